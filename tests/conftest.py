@@ -1,0 +1,38 @@
+"""Shared fixtures: one local lab per test session, on loopback, with fast timings."""
+from __future__ import annotations
+
+import pytest
+
+from labkit.sandbox import LocalLab, Timings
+
+
+@pytest.fixture(scope="session")
+def local_lab(tmp_path_factory):
+    lab = LocalLab(tmp_path_factory.mktemp("local-lab"), Timings.fast()).start()
+    yield lab
+    lab.stop()
+
+
+@pytest.fixture
+def lab_env(local_lab, monkeypatch):
+    """The local lab's variables in os.environ, as `source lab.env` would set them."""
+    for key, value in local_lab.env.items():
+        monkeypatch.setenv(key, value)
+    return dict(local_lab.env)
+
+
+@pytest.fixture
+def kube_api(local_lab):
+    from kubernetes import client, config
+
+    return config.new_client_from_config(str(local_lab.kubeconfig_path))
+
+
+@pytest.fixture(autouse=True)
+def _no_faults_left(request):
+    """Faults injected by one test never leak into the next."""
+    yield
+    if "local_lab" in request.fixturenames:
+        lab = request.getfixturevalue("local_lab")
+        for server in (lab.kube_server, lab.frontend_server, lab.tenant_server):
+            server.faults.clear()
