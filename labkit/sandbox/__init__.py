@@ -129,3 +129,8 @@ class LocalLab:
             "    user: labkit-local\n    namespace: default\n"
             "current-context: labkit-local\n"
         )
+
+
+def default_state_dir() -> Path:
+    """Where `python -m labkit sandbox` writes lab.env, so any terminal or kernel can attach."""
+    return Path(os.environ.get("LABKIT_STATE_DIR") or Path.home() / ".cache" / "labkit" / "local-lab")
