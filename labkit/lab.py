@@ -1,0 +1,368 @@
+"""The workshop steps as one object over the cluster, Dynatrace and the shop, with a timeline.
+
+`connect()` decides which lab this is: a configured tenant and cluster, a running
+`python -m labkit sandbox` (its lab.env), or a local lab started inside this process.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable
+
+from labkit import settings as names
+from labkit.errors import LabError, Unreachable
+from labkit.settings import Settings, read_dotenv
+
+Progress = Callable[[str, "float | None"], None]
+
+# Timeline step names, in the order the lab page walks through them.
+EVENT_SENT = "event sent"
+FLAG_APPLIED = "flag applied"
+FLAGD_RESTARTED = "flagd restarted"
+FLAGD_SERVING = "flagd serving the new value"
+FIRST_FAILURE = "first failure seen by the shop"
+ERROR_LOGS = "error logs seen"
+PROBLEM_OPENED = "problem opened"
+ROLLED_BACK = "rolled back"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class Step:
+    time: datetime
+    step: str
+    detail: str = ""
+
+
+@dataclass
+class Timeline:
+    """What happened in this run of the lab, in order; drawn on the charts."""
+
+    run_id: str = field(default_factory=lambda: secrets.token_hex(4))
+    steps: list[Step] = field(default_factory=list)
+
+    def add(self, step: str, detail: str = "", at: datetime | None = None) -> Step:
+        entry = Step(at or _now(), step, detail)
+        self.steps.append(entry)
+        return entry
+
+    def last(self, step: str) -> Step | None:
+        return next((s for s in reversed(self.steps) if s.step == step), None)
+
+    def frame(self):
+        import pandas as pd
+
+        return pd.DataFrame(
+            {"time": pd.to_datetime([s.time for s in self.steps], utc=True),
+             "step": [s.step for s in self.steps], "detail": [s.detail for s in self.steps]})
+
+    def _repr_html_(self) -> str:
+        return f"<b>run {self.run_id}</b>" + self.frame().to_html(index=False)
+
+
+@dataclass
+class Check:
+    item: str
+    ok: bool
+    detail: str
+
+
+class Preflight(list):
+    """Checks of tenant and cluster; each says what is missing and how to fix it."""
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self)
+
+    def frame(self):
+        import pandas as pd
+
+        return pd.DataFrame([{"check": c.item, "ok": "yes" if c.ok else "NO", "detail": c.detail}
+                             for c in self])
+
+    def _repr_html_(self) -> str:
+        return self.frame().to_html(index=False)
+
+    def __str__(self) -> str:
+        return "\n".join(f"{'ok ' if c.ok else 'NO '} {c.item}: {c.detail}" for c in self)
+
+
+class Lab:
+    """The lab: the workshop steps as methods, each recorded on the timeline."""
+
+    def __init__(self, settings: Settings, local_lab=None):
+        from labkit.cluster import Cluster
+        from labkit.dynatrace import Dynatrace
+        from labkit.shop import Shop
+
+        self.settings = settings
+        self._local_lab = local_lab  # only when this process started the local lab
+        self.cluster = Cluster(settings)
+        self.dynatrace = Dynatrace(settings)
+        self.shop = Shop(settings)
+        self.timeline = Timeline()
+        self._changes: list = []  # (flag, old, new) applied in this run, for roll_back()
+
+    # --- where we are -----------------------------------------------------------------------
+    @property
+    def local(self) -> bool:
+        return self.settings.local
+
+    def where(self) -> str:
+        return self.settings.where()
+
+    def __repr__(self) -> str:
+        return f"<Lab: {self.where()}, run {self.timeline.run_id}>"
+
+    def _repr_html_(self) -> str:
+        badge = "🧪 " if self.local else ""
+        return f"<b>{badge}Connected to the {self.where()}</b> (run {self.timeline.run_id})"
+
+    def close(self) -> None:
+        self.dynatrace.close()
+        if self._local_lab is not None:
+            self._local_lab.stop()
+            self._local_lab = None
+
+    # --- preflight ----------------------------------------------------------------------------
+    def check(self, service: str = names.SERVICE, flag: str = names.FLAG) -> Preflight:
+        """Tenant and cluster, each item with what to do when it fails."""
+        from labkit.dynatrace import READ_SCOPES
+
+        result = Preflight()
+        result.append(Check("lab", True, self.where()))
+        try:
+            missing = self.dynatrace.missing_scopes(READ_SCOPES | {"events.ingest"})
+            result.append(Check("token scopes", not missing,
+                                "all needed scopes present" if not missing else
+                                "missing " + ", ".join(sorted(missing)) +
+                                ": add them to the token in Access tokens"))
+            entity = self.dynatrace.find_service(service)
+            result.append(Check(f"service {service!r}", entity is not None,
+                                f"seen as {entity.id}" if entity else
+                                "not seen in the last 3 days: is the demo sending data?"))
+        except LabError as exc:
+            result.append(Check("Dynatrace", False, str(exc)))
+        try:
+            variants = self.cluster.flag_file().variants(flag)
+            result.append(Check(f"flag {flag!r}", True, "variants " + ", ".join(variants)))
+            served = self.cluster.served_value(flag)
+            result.append(Check("flagd", True, f"serves {flag} = {served.variant}"))
+        except LabError as exc:
+            result.append(Check("cluster", False, str(exc)))
+        return result
+
+    # --- the change ---------------------------------------------------------------------------
+    def flags(self):
+        """The live flags as a table: key, variants, default, what flagd serves."""
+        import pandas as pd
+
+        rows = []
+        for f in self.cluster.flag_file().flags:
+            rows.append({"flag": f.key, "variants": ", ".join(f"{k}={v}" for k, v in f.variants.items()),
+                         "default": f.default_variant, "description": f.description})
+        return pd.DataFrame(rows)
+
+    def variants(self, flag: str = names.FLAG) -> list[str]:
+        return list(self.cluster.flag_file().variants(flag))
+
+    def served(self, flag: str = names.FLAG):
+        return self.cluster.served_value(flag)
+
+    def inform_dynatrace(self, variant: str, flag: str = names.FLAG, service: str = names.SERVICE,
+                         old: str | None = None):
+        """Step 1: the change event, sent before the change as the lab page says."""
+        if old is None:
+            old = self.cluster.flag_file().flag(flag).default_variant
+        event = self.dynatrace.send_change_event(service, flag, variant, old=old,
+                                                 run_id=self.timeline.run_id)
+        self.timeline.add(EVENT_SENT, f"{flag}: {old} → {variant}", at=event.sent_at)
+        return event
+
+    def make_change(self, variant: str, flag: str = names.FLAG):
+        """Step 2: the ConfigMap edit, that flag's defaultVariant only."""
+        change = self.cluster.set_default_variant(flag, variant)
+        if change.changed:
+            self._changes.append((flag, change.old_variant, change.new_variant))
+        self.timeline.add(FLAG_APPLIED, f"{flag}: {change.old_variant} → {change.new_variant}")
+        return change
+
+    def restart_flagd(self, progress: Progress | None = None, timeout: float = 180, how: str = "scale"):
+        """Step 3: flagd reads its flags only at start (init container copy), so restart it."""
+        result = self.cluster.restart_flagd(timeout=timeout, progress=progress, how=how)
+        self.timeline.add(FLAGD_RESTARTED, f"{how}, {result.seconds:.1f} s")
+        return result
+
+    def prove_served(self, variant: str, flag: str = names.FLAG, timeout: float = 30,
+                     progress: Progress | None = None):
+        """Ask flagd itself (OFREP) which variant it serves now."""
+        served = self.cluster.wait_served(flag, variant, timeout=timeout, progress=progress)
+        self.timeline.add(FLAGD_SERVING, f"{flag} = {served.variant} ({served.value!r})")
+        return served
+
+    def change_flag(self, variant: str, flag: str = names.FLAG, service: str = names.SERVICE,
+                    progress: Progress | None = None, send_event: bool = True):
+        """Event → ConfigMap → restart → served check: the whole change in one call."""
+        report = progress or (lambda msg, frac=None: None)
+        old = self.cluster.flag_file().flag(flag).default_variant
+        if old == variant:
+            served = self.cluster.served_value(flag)
+            if served.variant == variant:  # nothing to change: no event, no restart
+                report(f"{flag} is already {variant} and flagd serves it", 1.0)
+                return served
+        if send_event and not self._event_pending(flag, old, variant):
+            report(f"Telling Dynatrace: {flag} {old} → {variant}", 0.05)
+            self.inform_dynatrace(variant, flag, service, old=old)
+        report(f"Changing {flag} to {variant} in the ConfigMap", 0.15)
+        self.make_change(variant, flag)
+        self.restart_flagd(progress=lambda m, f=None: report(m, None if f is None else 0.2 + 0.7 * f))
+        report("Asking flagd what it serves", 0.92)
+        served = self.prove_served(variant, flag)
+        report(f"flagd serves {flag} = {served.variant}", 1.0)
+        return served
+
+    def _event_pending(self, flag: str, old: str, variant: str) -> bool:
+        """True when inform_dynatrace() already announced exactly this change (no duplicate event)."""
+        sent, applied = self.timeline.last(EVENT_SENT), self.timeline.last(FLAG_APPLIED)
+        return bool(sent and sent.detail == f"{flag}: {old} → {variant}"
+                    and (applied is None or applied.time < sent.time))
+
+    # --- traffic and what Dynatrace sees -------------------------------------------------------
+    def generate_traffic(self, seconds: float = 60, rate: float = 5.0, progress: Progress | None = None,
+                         stop: threading.Event | None = None):
+        """Add → view → empty the cart; only DELETE /api/cart exercises EmptyCart."""
+        result = self.shop.run(seconds=seconds, rate=rate, progress=progress, stop=stop)
+        if result.first_failure_at and not self.timeline.last(FIRST_FAILURE):
+            self.timeline.add(FIRST_FAILURE, result.summary(), at=result.first_failure_at)
+        return result
+
+    def since(self) -> datetime:
+        """Start of this run's window: a little before the first step (or the last 30 min)."""
+        first = self.timeline.steps[0].time if self.timeline.steps else _now()
+        return first - timedelta(minutes=30)
+
+    def wait_for_error_logs(self, timeout: float = 300, service: str = names.SERVICE,
+                            progress: Progress | None = None):
+        change = self.timeline.last(FLAG_APPLIED)
+        since = change.time if change else _now() - timedelta(minutes=30)
+        logs = self.dynatrace.wait_for_error_logs(service, since=since, timeout=timeout, progress=progress)
+        if not self.timeline.last(ERROR_LOGS) and len(logs):
+            self.timeline.add(ERROR_LOGS, f"{len(logs)} error logs", at=logs["timestamp"].min())
+        return logs
+
+    def wait_for_problem(self, timeout: float = 600, service: str = names.SERVICE,
+                         progress: Progress | None = None):
+        change = self.timeline.last(FLAG_APPLIED)
+        since = change.time if change else _now() - timedelta(hours=1)
+        found = self.dynatrace.wait_for_problem(service, since=since, timeout=timeout, progress=progress)
+        if not self.timeline.last(PROBLEM_OPENED) and len(found):
+            first = found.sort_values("start").iloc[0]
+            self.timeline.add(PROBLEM_OPENED, f"{first['display_id']}: {first['title']}", at=first["start"])
+        return found
+
+    def failed_requests(self, service: str = names.SERVICE, since: datetime | str | None = None,
+                        resolution: str = "1m"):
+        return self.dynatrace.failed_requests(service, since=since or self.since(), resolution=resolution)
+
+    def problems(self, service: str = names.SERVICE, since: datetime | str = "now-1d"):
+        return self.dynatrace.problems(service, since=since)
+
+    def error_logs(self, service: str = names.SERVICE, since="now-1h", limit: int = 100):
+        return self.dynatrace.error_logs(service, since=since, limit=limit)
+
+    def change_events(self, service: str = names.SERVICE, since="now-2h"):
+        return self.dynatrace.change_events(service, since=since)
+
+    def chart(self, service: str = names.SERVICE, since: datetime | str | None = None):
+        """Failed requests and failure rate, change events marked, problems shaded."""
+        from labkit import charts
+
+        since = since or self.since()
+        return charts.failures_figure(
+            self.failed_requests(service, since), events=self.change_events(service, since),
+            problems=self.problems(service, since), timeline=self.timeline, service=service,
+            local=self.local)
+
+    def verdict(self, service: str = names.SERVICE, flag: str = names.FLAG):
+        """Failure rate before the change against after flagd served the new value."""
+        from labkit import charts
+
+        return charts.compare(self.failed_requests(service, self.since()), self.timeline, flag=flag)
+
+    # --- roll back and reset --------------------------------------------------------------------
+    def roll_back(self, flag: str = names.FLAG, service: str = names.SERVICE,
+                  progress: Progress | None = None):
+        """Put the flag back to what it was before this run changed it (default: off)."""
+        before = next((old for f, old, _ in self._changes if f == flag), None)
+        target = before or ("off" if "off" in self.variants(flag) else None)
+        if target is None:
+            raise LabError(f"No earlier value of {flag!r} is known in this run; "
+                           f"choose one of {', '.join(self.variants(flag))} with change_flag().")
+        served = self.change_flag(target, flag, service, progress=progress)
+        self.timeline.add(ROLLED_BACK, f"{flag} = {served.variant}")
+        self._changes = [c for c in self._changes if c[0] != flag]
+        return served
+
+    def reset(self, progress: Progress | None = None):
+        """Facilitator's reset between groups: every flag back to 'off', flagd restarted."""
+        live = self.cluster.flag_file()
+        changed = []
+        for f in live.flags:
+            if "off" in f.variants and f.default_variant != "off":
+                self.cluster.set_default_variant(f.key, "off")
+                changed.append(f.key)
+        if changed:
+            self.restart_flagd(progress=progress)
+        self.timeline = Timeline()
+        self._changes.clear()
+        return changed
+
+
+def _local_lab_env(state_dir: Path) -> dict[str, str] | None:
+    """The env of a running `python -m labkit sandbox`, if its lab.env is there and it answers."""
+    import httpx
+
+    env = read_dotenv(state_dir / "lab.env")
+    if not env.get("DT_URL"):
+        return None
+    try:
+        httpx.get(env["DT_URL"] + "/", timeout=1.0)
+    except httpx.HTTPError:
+        return None  # a stale lab.env from a sandbox that was killed
+    return env
+
+
+def connect(settings: Settings | None = None, *, state_dir: str | Path | None = None,
+            start_local: bool = True, timings=None) -> Lab:
+    """The lab to work on, and say which one it is.
+
+    1. a tenant configured in the environment or .env (DT_URL + DT_API_TOKEN): the real lab;
+    2. else a running `python -m labkit sandbox` (its lab.env in the state dir): attach to it;
+    3. else start the local lab inside this process (stopped by lab.close() or at exit).
+    """
+    from labkit.sandbox import default_state_dir
+
+    settings = settings or Settings.load()
+    if settings.has_tenant:
+        return Lab(settings)
+    env = _local_lab_env(Path(state_dir) if state_dir else default_state_dir())
+    if env:
+        return Lab(Settings.load(environ={**os.environ, **env}, dotenv=None))
+    if not start_local:
+        raise Unreachable("No tenant is configured (DT_URL, DT_API_TOKEN) and no local lab is "
+                          "running. Start one with: python -m labkit sandbox")
+    import atexit
+    import tempfile
+
+    from labkit.sandbox import LocalLab, Timings
+
+    local = LocalLab(tempfile.mkdtemp(prefix="labkit-local-lab-"), timings or Timings.from_env()).start()
+    atexit.register(local.stop)
+    return Lab(Settings.load(environ={**os.environ, **local.env}, dotenv=None), local_lab=local)
