@@ -1,0 +1,331 @@
+"""What the local lab's Dynatrace tenant "knows": requests, logs, entities, events and problems.
+
+The shop writes into it as it serves requests; the tenant reads from it to answer API calls. One
+lock guards everything, and every method holds it only briefly. Request counts are kept as
+per-service, per-minute counters so a 24-hour chart at 1-minute resolution is a cheap lookup; the
+individual records, logs and events are kept in bounded lists.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+MINUTE_MS = 60_000
+CART = "cart"
+
+# The OpenTelemetry demo's services as they appear in the lab (OTel-only "unified" services).
+SERVICES = ("cart", "frontend", "frontend-proxy", "product-catalog", "checkout", "currency",
+            "payment", "shipping", "quote", "email", "recommendation", "ad", "accounting",
+            "fraud-detection", "load-generator")
+
+# Baseline requests per minute per service while the lab is calm (seeded history and shopper).
+BASELINE_PER_MINUTE = {"cart": 4, "frontend": 12, "frontend-proxy": 14, "product-catalog": 8,
+                       "checkout": 1, "currency": 6, "recommendation": 3, "ad": 3}
+DEFAULT_PER_MINUTE = 1
+
+REDIS_ERROR = ("Can't access cart storage. System.ApplicationException: Wasn't able to connect to "
+               "redis \n  at cart.cartstore.ValkeyCartStore.EmptyCartAsync(String userId) in "
+               "/usr/src/app/src/cartstore/ValkeyCartStore.cs:line 177")
+PROBLEM_TITLE = "Redis connection errors"
+CHANGE_LOOKBACK_MS = 30 * MINUTE_MS  # a change this long before a problem counts as evidence
+
+MAX_RECORDS = 20_000
+MAX_INFO_LOGS = 20_000
+MAX_ERROR_LOGS = 20_000
+MAX_EVENTS = 5_000
+
+
+def service_id(name: str) -> str:
+    """A stable Dynatrace-shaped id for a service name (same name, same id, every run)."""
+    return "SERVICE-" + hashlib.sha256(name.encode()).hexdigest()[:16].upper()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def iso(ms: int) -> str:
+    """Grail's timestamp form: UTC with nanoseconds, e.g. 2025-08-07T08:00:00.123000000Z."""
+    dt = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{(ms % 1000) * 1_000_000:09d}Z"
+
+
+def iso_ms(ms: int) -> str:
+    """The classic API's ISO form with milliseconds, e.g. 2020-11-05T08:15:30.144Z."""
+    dt = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+@dataclass
+class RequestRecord:
+    time: int  # epoch ms, UTC
+    service: str
+    endpoint: str
+    failed: bool
+    duration_ms: float
+    trace_id: str
+    span_id: str
+
+
+@dataclass
+class Entity:
+    entity_id: str
+    name: str
+    first_seen: int
+    last_seen: int
+    type: str = "SERVICE"
+
+    def stub(self) -> dict:
+        return {"entityId": {"id": self.entity_id, "type": self.type}, "name": self.name}
+
+
+@dataclass
+class Event:
+    event_id: str
+    correlation_id: str
+    event_type: str
+    title: str
+    start: int
+    end: int
+    entity: Entity
+    properties: dict[str, str]
+
+    def status(self, now: int) -> str:
+        return "OPEN" if self.end > now else "CLOSED"
+
+
+@dataclass
+class Problem:
+    problem_id: str
+    display_id: str
+    start: int
+    entity: Entity
+    last_error: int
+    error_count: int
+    end: int = -1  # -1 while open, as the classic API shows it
+    title: str = PROBLEM_TITLE
+    event_ids: list[str] = field(default_factory=list)
+
+    @property
+    def open(self) -> bool:
+        return self.end == -1
+
+
+class Telemetry:
+    """Thread-safe store of the local lab's observability data."""
+
+    def __init__(self, timings, seed: int | None = None):
+        self.timings = timings
+        self.clock = now_ms  # tests may replace it
+        self._lock = threading.Lock()
+        self._rng = random.Random(seed)
+        self._minutes: dict[str, dict[int, list[int]]] = {s: {} for s in SERVICES}
+        self._records: deque[RequestRecord] = deque(maxlen=MAX_RECORDS)
+        self._info_logs: deque[dict] = deque(maxlen=MAX_INFO_LOGS)
+        # Error logs are kept apart so a flood of INFO lines never pushes them out.
+        self._error_logs: deque[dict] = deque(maxlen=MAX_ERROR_LOGS)
+        self._recent_errors: deque[int] = deque()  # priority-1 cart error times, for detection
+        self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
+        self._problems: list[Problem] = []
+        self._display_seq = itertools.count(1)
+        now = self.clock()
+        seed_start = now - int(timings.seed_hours * 3600_000)
+        self.entities = {name: Entity(service_id(name), name, seed_start, now) for name in SERVICES}
+        self.environment = Entity("environment", "environment", seed_start, now, "ENVIRONMENT")
+        self._seed(seed_start, now)
+
+    # ----- ids ------------------------------------------------------------------------------
+    def _hex(self, n: int) -> str:
+        return "".join(self._rng.choice("0123456789abcdef") for _ in range(n))
+
+    def new_trace(self) -> tuple[str, str]:
+        with self._lock:
+            return self._hex(32), self._hex(16)
+
+    # ----- writing --------------------------------------------------------------------------
+    def _seed(self, start: int, end: int) -> None:
+        """Baseline history so charts have a past: a few calm requests a minute, no failures."""
+        for service in SERVICES:
+            rate = BASELINE_PER_MINUTE.get(service, DEFAULT_PER_MINUTE)
+            buckets = self._minutes[service]
+            for minute in range(start // MINUTE_MS, end // MINUTE_MS):
+                n = self._poisson(rate)
+                if n:
+                    buckets[minute] = [n, 0]
+        # A little INFO history for the cart, so "surrounding logs" is not empty.
+        t = start
+        while t < end:
+            t += int(self._rng.expovariate(1 / 60_000))
+            if t < end:
+                trace, span = self._hex(32), self._hex(16)
+                self._info_logs.append(self._cart_log(t, "GetCartAsync called with userId=seed",
+                                                      trace, span, "INFO", "pod-seed"))
+
+    def _poisson(self, lam: float) -> int:
+        # Knuth's method: fine for the small rates used here.
+        limit, k, p = pow(2.718281828459045, -lam), 0, 1.0
+        while True:
+            p *= self._rng.random()
+            if p <= limit:
+                return k
+            k += 1
+
+    def record(self, service: str, endpoint: str, failed: bool = False, duration_ms: float = 5.0,
+               trace_id: str | None = None, span_id: str | None = None, at: int | None = None
+               ) -> RequestRecord:
+        """One served request (a span in the real lab)."""
+        with self._lock:
+            t = self.clock() if at is None else at
+            rec = RequestRecord(t, service, endpoint, failed, duration_ms,
+                                trace_id or self._hex(32), span_id or self._hex(16))
+            self._count(service, t, failed)
+            self._records.append(rec)
+            return rec
+
+    def _count(self, service: str, t: int, failed: bool) -> None:
+        buckets = self._minutes.setdefault(service, {})
+        slot = buckets.get(t // MINUTE_MS)
+        if slot is None:
+            slot = buckets[t // MINUTE_MS] = [0, 0]
+        slot[0] += 1
+        slot[1] += failed
+        entity = self.entities.get(service)
+        if entity is None:
+            entity = self.entities[service] = Entity(service_id(service), service, t, t)
+        entity.last_seen = max(entity.last_seen, t)
+
+    def _cart_log(self, t: int, content: str, trace_id: str, span_id: str, level: str,
+                  pod: str) -> dict:
+        """A log line shaped like the lab's cart logs in Grail (OTel + k8s + pod annotations)."""
+        return {
+            "timestamp": iso(t), "_ms": t, "content": content, "loglevel": level, "status": level,
+            "service.name": CART, "dt.entity.service": self.entities[CART].entity_id,
+            "trace_id": trace_id, "span_id": span_id, "host.name": f"cart-{pod}",
+            "k8s.namespace.name": "default", "k8s.pod.name": f"cart-{pod}",
+            "k8s.container.name": "cart", "dt.owner": "team-cart", "dt.cost.product": "otel-demo",
+            "dt.cost.costcenter": "engineering", "log.source": "otel", "event.type": "LOG",
+        }
+
+    def log_cart_info(self, content: str, trace_id: str, span_id: str, pod: str) -> None:
+        with self._lock:
+            self._info_logs.append(self._cart_log(self.clock(), content, trace_id, span_id,
+                                                  "INFO", pod))
+
+    def log_cart_redis_error(self, trace_id: str, span_id: str, pod: str) -> dict:
+        """The EmptyCart failure log; the lab's pipeline marks it for alerting (priority "1")."""
+        with self._lock:
+            t = self.clock()
+            entry = self._cart_log(t, REDIS_ERROR, trace_id, span_id, "ERROR", pod)
+            entry.update({"statuscode": "FailedPrecondition", "priority": "1", "alertme": "true",
+                          "detail": REDIS_ERROR})
+            self._error_logs.append(entry)
+            self._detect(t)
+            return entry
+
+    # ----- problems -------------------------------------------------------------------------
+    def _detect(self, t: int) -> None:
+        """Open (or extend) the Redis problem when enough priority-1 errors arrive in a window."""
+        window = int(self.timings.problem_window * 1000)
+        errors = self._recent_errors
+        errors.append(t)
+        while errors and errors[0] < t - window:
+            errors.popleft()
+        self._close_quiet(t)
+        current = self._problems[-1] if self._problems and self._problems[-1].open else None
+        if current:
+            current.last_error = t
+            current.error_count += 1
+        elif len(errors) >= self.timings.problem_errors:
+            start = errors[0]
+            seq = next(self._display_seq)
+            problem_id = f"-{self._rng.getrandbits(62)}_{start}V2"
+            self._problems.append(Problem(problem_id, f"P-{seq:02d}", start, self.entities[CART],
+                                          t, len(errors)))
+
+    def _close_quiet(self, now: int) -> None:
+        quiet = int(self.timings.problem_quiet * 1000)
+        for p in self._problems:
+            if p.open and now - p.last_error >= quiet:
+                p.end = now
+
+    def check_problems(self) -> None:
+        """Close problems that have been quiet long enough (called periodically and on reads)."""
+        with self._lock:
+            self._close_quiet(self.clock())
+
+    def problems(self) -> list[Problem]:
+        with self._lock:
+            self._close_quiet(self.clock())
+            return list(self._problems)
+
+    def change_evidence(self, problem: Problem) -> list[Event]:
+        """Change events on the problem's entity in the 30 minutes before it started."""
+        with self._lock:
+            return [e for e in self._events
+                    if e.entity.entity_id == problem.entity.entity_id
+                    and e.event_type in ("CUSTOM_CONFIGURATION", "CUSTOM_DEPLOYMENT")
+                    and problem.start - CHANGE_LOOKBACK_MS <= e.start <= problem.start]
+
+    # ----- events ---------------------------------------------------------------------------
+    def add_event(self, event_type: str, title: str, entity: Entity, start: int, end: int,
+                  properties: dict[str, str]) -> Event:
+        with self._lock:
+            event = Event(f"{self._rng.getrandbits(63) - (1 << 62)}_{start}", self._hex(16),
+                          event_type, title, start, end, entity, dict(properties))
+            self._events.append(event)
+            return event
+
+    def events(self) -> list[Event]:
+        with self._lock:
+            return list(self._events)
+
+    # ----- reading --------------------------------------------------------------------------
+    def entity_list(self) -> list[Entity]:
+        with self._lock:
+            return list(self.entities.values())
+
+    def entity_by_id(self, entity_id: str) -> Entity | None:
+        with self._lock:
+            for e in self.entities.values():
+                if e.entity_id == entity_id:
+                    return e
+        return None
+
+    def minute_counts(self, service: str, first_minute: int, last_minute: int
+                      ) -> list[tuple[int, int] | None]:
+        """[(requests, failures) or None] for each minute in [first, last): None = no data."""
+        with self._lock:
+            buckets = self._minutes.get(service, {})
+            out = []
+            for m in range(first_minute, last_minute):
+                slot = buckets.get(m)
+                out.append((slot[0], slot[1]) if slot else None)
+            return out
+
+    def services_with_data(self) -> list[str]:
+        with self._lock:
+            return [s for s, b in self._minutes.items() if b]
+
+    def logs(self, start: int, end: int) -> list[dict]:
+        """Log records in [start, end), oldest first, Grail-shaped; `_ms` is private (epoch ms)."""
+        with self._lock:
+            rows = [r for r in itertools.chain(self._info_logs, self._error_logs)
+                    if start <= r["_ms"] < end]
+        rows.sort(key=lambda r: r["_ms"])
+        return rows
+
+    def records(self, service: str | None = None) -> list[RequestRecord]:
+        with self._lock:
+            return [r for r in self._records if service is None or r.service == service]
+
+    def counts(self, service: str, start: int, end: int) -> tuple[int, int]:
+        """(requests, failures) recorded for a service in [start, end), from the record list."""
+        with self._lock:
+            rows = [r for r in self._records if r.service == service and start <= r.time < end]
+        return len(rows), sum(r.failed for r in rows)
