@@ -36,3 +36,8 @@ def _no_faults_left(request):
         lab = request.getfixturevalue("local_lab")
         for server in (lab.kube_server, lab.frontend_server, lab.tenant_server):
             server.faults.clear()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "notebooks: executes the workbook headless (slow)")
+    config.addinivalue_line("markers", "browser: drives JupyterLab in Debian's chromium")

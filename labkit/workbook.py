@@ -1,0 +1,110 @@
+"""Jupyter: open the workbook in JupyterLab, or run every notebook headless and keep the results.
+
+Both run on the lab that `labkit.connect()` would find; when that is the local lab, it is started
+here once and its variables handed to JupyterLab and the kernels, so every notebook attaches to it.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from labkit.errors import LabError
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+ORDER = ["00-setup", "01-introduce-change", "02-review-problem", "03-roll-back"]
+
+
+def _importable(env: dict) -> dict:
+    """Kernels start in notebooks/: put the repository on their path so `import labkit` works."""
+    path = env.get("PYTHONPATH", "")
+    return {**env, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), path) if p)}
+
+
+@contextmanager
+def lab_environment(timings=None, say=print):
+    """os.environ-style variables for kernels: the configured lab, a running sandbox, or a new local lab."""
+    from labkit.lab import _local_lab_env
+    from labkit.sandbox import LocalLab, Timings, default_state_dir
+    from labkit.settings import Settings
+
+    settings = Settings.load()
+    if settings.has_tenant:
+        say(f"Using {settings.where()}")
+        yield _importable(dict(os.environ))
+        return
+    running = _local_lab_env(default_state_dir())
+    if running:
+        say(f"Attaching to the running local lab at {running['DT_URL']}")
+        yield _importable({**os.environ, **running})
+        return
+    with LocalLab(tempfile.mkdtemp(prefix="labkit-local-lab-"), timings or Timings.from_env()) as local:
+        say(f"Started the local lab (Kubernetes {local.kube_server.url}, Dynatrace {local.tenant_server.url})")
+        yield _importable({**os.environ, **local.env})
+
+
+def run_notebook(path: Path, out_dir: Path, env: dict, timeout: float = 900) -> Path:
+    """Execute one notebook in a fresh kernel with `env`; write it (and an HTML copy) to out_dir."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    book = nbformat.read(path, as_version=4)
+    saved = dict(os.environ)
+    os.environ.update(_importable(env))  # the kernel inherits the lab's variables
+    try:
+        NotebookClient(book, timeout=timeout, kernel_name="python3", store_widget_state=False,
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / path.name
+    nbformat.write(book, target)
+    _write_html(book, target.with_suffix(".html"))
+    return target
+
+
+def _write_html(book, target: Path) -> None:
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(book)
+    target.write_text(body, encoding="utf-8")
+
+
+def run_workbook(out_dir: str | Path, names: list[str] | None = None, say=print) -> list[Path]:
+    """The whole workshop, headless, in order; returns the executed notebooks."""
+    out_dir = Path(out_dir)
+    written = []
+    with lab_environment(say=say) as env:
+        env = {**env, "LABKIT_STATIC_CHARTS": "1", "PLOTLY_RENDERER": "notebook_connected+plotly_mimetype"}
+        for name in names or ORDER:
+            started = time.monotonic()
+            say(f"running {name} ...")
+            try:
+                written.append(run_notebook(NOTEBOOKS / f"{name}.ipynb", out_dir, env))
+            except Exception as exc:  # nbclient's CellExecutionError carries the failing cell
+                raise LabError(f"{name} failed: {str(exc)[-2000:]}") from None
+            say(f"  {name} done in {time.monotonic() - started:.1f} s -> {out_dir / name}.ipynb/.html")
+    return written
+
+
+def open_jupyterlab(port: int | None = None, extra: list[str] | None = None) -> int:
+    """JupyterLab on notebooks/, its kernels pointed at the lab; returns JupyterLab's exit code."""
+    args = [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={NOTEBOOKS}"]
+    if port:
+        args.append(f"--port={port}")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        args.append("--allow-root")
+    with lab_environment() as env:
+        print("Opening JupyterLab; start with 01-introduce-change.ipynb. Ctrl-C stops it and the local lab.")
+        proc = subprocess.Popen(args + (extra or []), env=env)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            proc.terminate()
+            return proc.wait(timeout=15)
