@@ -1,0 +1,315 @@
+"""Cart traffic against the demo frontend: add an item, view the cart, empty it (EmptyCart).
+
+The demo's own load generator never calls `DELETE /api/cart`, so cart failures stay hidden unless
+someone empties carts on purpose (FACTS.md). `Shop.run()` does exactly that, at a chosen rate for a
+chosen time, and counts what failed and when. Refused connections, timeouts and 5xx answers are
+counted as failures, never raised; when the frontend cannot be reached at all, the result carries a
+note on how to reach it.
+
+Interrupts: `stop` (a threading.Event) ends a run cleanly and returns the partial result. A
+KeyboardInterrupt (Ctrl-C, the notebook's stop button) is reported through `progress`, the partial
+result is kept in `Shop.last_result`, and the interrupt is re-raised, so scripts and cells stop as
+the user asked.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+import httpx
+
+from labkit.errors import BadInput
+from labkit.settings import DEFAULT_FRONTEND_URL, Settings
+
+Progress = Callable[[str, "float | None"], None]
+
+OPERATIONS = ("products", "add", "view", "empty")
+FALLBACK_PRODUCT = "OLJCESPC7Z"  # the demo catalogue's first product
+PORT_FORWARD_HINT = ("run `kubectl -n default port-forward svc/frontend-proxy 8080:8080` in another "
+                     "terminal (the lab's way), set FRONTEND_URL, or start the local lab")
+MAX_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed shop operation, as the shopper saw it."""
+
+    timestamp: datetime  # UTC, when the answer (or the error) arrived
+    operation: str       # products | add | view | empty
+    status: int | None   # HTTP status, None when there was no answer
+    detail: str
+
+
+@dataclass
+class ShopResult:
+    """What a run of cart traffic did."""
+
+    url: str = ""
+    sessions: int = 0
+    operations: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    by_operation: dict[str, int] = field(default_factory=dict)
+    failures_by_operation: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    interrupted: bool = False
+    notes: list[str] = field(default_factory=list)
+    max_failures_kept: int = 1000
+    failure_count: int = 0  # all failures, also those beyond max_failures_kept
+
+    @property
+    def first_failure_at(self) -> datetime | None:
+        return self.failures[0].timestamp if self.failures else None
+
+    @property
+    def ops_per_second(self) -> float:
+        return self.operations / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def unreachable(self) -> bool:
+        return bool(self.failures) and self.failure_count == self.operations and all(
+            f.status is None for f in self.failures)
+
+    def summary(self) -> str:
+        empties = self.by_operation.get("empty", 0)
+        failed_empties = self.failures_by_operation.get("empty", 0)
+        text = (f"{self.sessions} sessions, {self.operations} operations in {self.seconds:.1f} s "
+                f"({self.ops_per_second:.0f}/s), {self.failure_count} failed")
+        if empties:
+            text += f" ({failed_empties} of {empties} cart empties)"
+        if self.first_failure_at:
+            text += f", first failure at {self.first_failure_at:%H:%M:%S} UTC"
+        if self.interrupted:
+            text += ", interrupted"
+        return text + "".join(f". {n}" for n in self.notes)
+
+
+class _Tally:
+    """Counts shared by the worker threads (one lock, cheap updates)."""
+
+    def __init__(self, result: ShopResult):
+        self.result = result
+        self.lock = threading.Lock()
+        self.ops = Counter()
+        self.failed = Counter()
+
+    def ok(self, op: str) -> None:
+        with self.lock:
+            self.ops[op] += 1
+            self.result.operations += 1
+
+    def fail(self, op: str, status: int | None, detail: str) -> None:
+        failure = Failure(datetime.now(timezone.utc), op, status, detail[:300])
+        with self.lock:
+            self.ops[op] += 1
+            self.failed[op] += 1
+            self.result.operations += 1
+            self.result.failure_count += 1
+            if len(self.result.failures) < self.result.max_failures_kept:
+                self.result.failures.append(failure)
+
+
+class Shop:
+    """The demo shop's frontend API, as a shopper who empties carts.
+
+    `Shop(settings)` or `Shop("http://localhost:8080")`; `run(seconds, rate)` sends sessions of
+    add -> view -> empty. One keep-alive httpx.Client per worker thread.
+    """
+
+    def __init__(self, settings_or_url: Settings | str | None = None, timeout: float = 5.0):
+        if settings_or_url is None:
+            settings_or_url = Settings.load()
+        url = settings_or_url.frontend_url if isinstance(settings_or_url, Settings) else str(settings_or_url)
+        url = (url or DEFAULT_FRONTEND_URL).strip().rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise BadInput(f"The frontend URL must start with http:// or https://; got {url[:80]!r}. "
+                           "Set FRONTEND_URL (the lab's port-forward is http://localhost:8080).")
+        self.url = url
+        self.timeout = float(timeout)
+        self._products: list[str] | None = None
+        self._lock = threading.Lock()
+        self.last_result: ShopResult | None = None
+
+    def __repr__(self) -> str:
+        return f"Shop({self.url!r})"
+
+    def _client(self, pool: int = 1) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=httpx.Timeout(self.timeout),
+                            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
+                            trust_env=False, headers={"User-Agent": "labkit-shop"})
+
+    # ---- one session
+
+    def _product(self, client: httpx.Client, tally: _Tally, n: int) -> tuple[str | None, bool]:
+        """(a product id from the cached catalogue, reached); id None when the catalogue failed."""
+        products = self._products
+        if products is None:
+            resp, reached = self._call(client, tally, "products", "GET", "/api/products")
+            if resp is None:
+                return None, reached
+            try:
+                body = resp.json()
+                items = body.get("products", []) if isinstance(body, dict) else body
+                products = [str(p["id"]) for p in items if isinstance(p, dict) and p.get("id")]
+            except (ValueError, TypeError, KeyError):
+                products = []
+            products = products or [FALLBACK_PRODUCT]
+            with self._lock:
+                self._products = products
+        return products[n % len(products)], True
+
+    def _call(self, client: httpx.Client, tally: _Tally, op: str, method: str, path: str,
+              **kwargs) -> tuple[httpx.Response | None, bool]:
+        """(response when it succeeded, whether the frontend answered at all)."""
+        try:
+            resp = client.request(method, path, **kwargs)
+        except httpx.ConnectError:
+            tally.fail(op, None, f"connection refused: the frontend at {self.url} is not reachable")
+            return None, False
+        except httpx.TimeoutException:
+            tally.fail(op, None, f"no answer within {self.timeout:g} s")
+            return None, True
+        except httpx.HTTPError as exc:
+            tally.fail(op, None, f"{type(exc).__name__}: the connection broke off")
+            return None, True
+        if resp.status_code >= 400:
+            tally.fail(op, resp.status_code, _detail(resp))
+            return None, True
+        tally.ok(op)
+        return resp, True
+
+    def session(self, client: httpx.Client, tally: _Tally, n: int) -> bool:
+        """add -> view -> empty for one new user. False when the frontend could not be reached."""
+        product, reached = self._product(client, tally, n)
+        if product is None:
+            return reached
+        user = uuid.uuid4().hex
+        _, reached = self._call(client, tally, "add", "POST", "/api/cart",
+                                    json={"userId": user, "item": {"productId": product, "quantity": 1}})
+        if not reached:
+            return False
+        # view and empty even when add failed: EmptyCart is what the lab needs exercised
+        _, reached = self._call(client, tally, "view", "GET", "/api/cart",
+                                params={"sessionId": user, "currencyCode": "USD"})
+        if not reached:
+            return False
+        _, reached = self._call(client, tally, "empty", "DELETE", "/api/cart", json={"userId": user})
+        return reached
+
+    # ---- a run
+
+    def run(self, seconds: float = 60, rate: float = 5.0, progress: Progress | None = None,
+            stop: threading.Event | None = None, max_sessions: int | None = None,
+            workers: int | None = None) -> ShopResult:
+        """Cart sessions for `seconds` at `rate` sessions/s (0 = as fast as possible).
+
+        Bounded by `seconds` (at most an hour) and `max_sessions`. Returns a ShopResult; failures
+        (5xx, refused connections, timeouts) are counted, not raised.
+        """
+        try:
+            seconds = float(seconds)
+            rate = float(rate)
+        except (TypeError, ValueError):
+            raise BadInput(f"seconds and rate must be numbers; got {seconds!r}, {rate!r}.") from None
+        if not (0 < seconds <= MAX_SECONDS):
+            raise BadInput(f"seconds must be between 0 and {MAX_SECONDS:g}; got {seconds:g}.")
+        if rate < 0:
+            raise BadInput(f"rate must be >= 0 sessions per second (0 = as fast as possible); got {rate:g}.")
+        if workers is None:
+            workers = 4 if rate == 0 else max(1, min(8, int(rate // 50) + 1))
+        workers = max(1, int(workers))
+        stop = stop or threading.Event()
+        result = ShopResult(url=self.url)
+        tally = _Tally(result)
+        state = {"next": 0, "sessions": 0}
+        state_lock = threading.Lock()
+        start = time.monotonic()
+        deadline = start + seconds
+        unreachable = threading.Event()
+
+        def claim() -> int | None:
+            """The next session number and when it may start, or None when the run is over."""
+            with state_lock:
+                n = state["next"]
+                if max_sessions is not None and n >= max_sessions:
+                    return None
+                state["next"] = n + 1
+            if rate > 0:
+                due = start + n / rate
+                if due >= deadline:
+                    return None
+                if due > time.monotonic() and stop.wait(due - time.monotonic()):
+                    return None
+            return n
+
+        def worker() -> None:
+            with self._client() as client:
+                while not stop.is_set() and time.monotonic() < deadline:
+                    n = claim()
+                    if n is None or stop.is_set():
+                        return
+                    reached = self.session(client, tally, n)
+                    with state_lock:
+                        state["sessions"] += 1
+                    if not reached:
+                        unreachable.set()
+                        stop.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+
+        threads = [threading.Thread(target=worker, name=f"labkit-shop-{i}", daemon=True)
+                   for i in range(workers)]
+        for t in threads:
+            t.start()
+        try:
+            while any(t.is_alive() for t in threads):
+                threads[0].join(timeout=0.5 if progress else 0.2)
+                for t in threads:
+                    if not t.is_alive():
+                        t.join()
+                if progress and any(t.is_alive() for t in threads):
+                    elapsed = time.monotonic() - start
+                    progress(f"{state['sessions']} sessions, {result.operations} operations, "
+                             f"{result.failure_count} failed", min(1.0, elapsed / seconds))
+        except KeyboardInterrupt:
+            stop.set()
+            for t in threads:
+                t.join(timeout=self.timeout + 1)
+            result.interrupted = True
+            self._finish(result, tally, state, start, unreachable)
+            self.last_result = result
+            if progress:
+                progress(f"interrupted: {result.summary()}", None)
+            raise
+        self._finish(result, tally, state, start, unreachable)
+        self.last_result = result
+        if progress:
+            progress(result.summary(), 1.0)
+        return result
+
+    def _finish(self, result: ShopResult, tally: _Tally, state: dict, start: float,
+                unreachable: threading.Event) -> None:
+        with tally.lock:
+            result.sessions = state["sessions"]
+            result.by_operation = dict(tally.ops)
+            result.failures_by_operation = dict(tally.failed)
+        result.failures.sort(key=lambda f: f.timestamp)
+        result.seconds = time.monotonic() - start
+        if unreachable.is_set():
+            result.notes.append(f"The frontend at {self.url} could not be reached: {PORT_FORWARD_HINT}")
+
+
+def _detail(resp: httpx.Response) -> str:
+    try:
+        body = resp.json()
+    except (ValueError, UnicodeDecodeError):
+        text = resp.text.strip()
+        return f"HTTP {resp.status_code}" + (f": {text[:200]}" if text and not text.startswith("<") else "")
+    if isinstance(body, dict):
+        err = body.get("error", body.get("message", ""))
+        if isinstance(err, dict):
+            err = err.get("message", "")
+        return f"HTTP {resp.status_code}: {err}" if err else f"HTTP {resp.status_code}"
+    return f"HTTP {resp.status_code}"
