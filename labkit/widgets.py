@@ -1,0 +1,456 @@
+"""ipywidgets for the workbook: progress, the flag switch, the live chart, waits with progress.
+
+Each widget class keeps its ipywidgets tree in `.widget` and displays as that tree, so a notebook
+cell can end with the object itself. ipywidgets is imported when a widget is made and plotly's
+FigureWidget (about 1.3 s to import) only when a live chart is drawn: `import labkit.widgets` is
+cheap, and `terminal_progress` works in a terminal without any of them.
+
+Nothing here blocks a headless run for ever: the background threads are daemons and bounded
+(each lab step has its own timeout; the live chart stops itself after `max_duration`).
+"""
+from __future__ import annotations
+
+import html
+import os
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+from labkit.errors import LabError
+
+FLAG = "cartFailure"
+SERVICE = "cart"
+
+_RED = "#b00020"
+_GREEN = "#1b5e20"
+
+
+# --- progress ----------------------------------------------------------------------------------
+def terminal_progress(message: str, fraction: float | None = None) -> None:
+    """A `progress` callback for a terminal: one plain line per report, on stderr."""
+    prefix = f"[{fraction * 100:3.0f}%]" if fraction is not None else "[ .. ]"
+    print(f"{prefix} {message}", file=sys.stderr, flush=True)
+
+
+def _in_kernel() -> bool:
+    """True inside a Jupyter kernel (where widgets have a frontend to talk to)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def _show(obj) -> None:
+    """Display obj in a notebook; a no-op elsewhere (tests, scripts)."""
+    if _in_kernel():
+        from IPython.display import display
+
+        display(obj)
+
+
+class _Displayable:
+    """Displays as its `.widget` in a notebook."""
+
+    widget: Any
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return self.widget._repr_mimebundle_(include=include, exclude=exclude)
+
+
+class ProgressView(_Displayable):
+    """A progress bar and a one-line message; `.callback` is a labkit `progress` argument.
+
+        view = ProgressView(); display(view)
+        lab.wait_for_error_logs(progress=view.callback)
+    """
+
+    def __init__(self, description: str = ""):
+        import ipywidgets as w
+
+        self.message = ""
+        self.fraction: float | None = None
+        self.bar = w.FloatProgress(value=0.0, min=0.0, max=1.0, description=description,
+                                   bar_style="info")
+        self.label = w.HTML(value="")
+        self.bar.add_class("labkit-progress-bar")
+        self.label.add_class("labkit-progress-message")
+        self.widget = w.HBox([self.bar, self.label])
+        self.widget.add_class("labkit-progress")
+
+    def callback(self, message: str, fraction: float | None = None) -> None:
+        """Report a step: message shown next to the bar; fraction 0..1 moves it (None keeps it)."""
+        self.message = message
+        if fraction is not None:
+            self.fraction = min(max(float(fraction), 0.0), 1.0)
+            self.bar.value = self.fraction
+        self.bar.bar_style = "info"
+        self.label.value = html.escape(message)
+
+    __call__ = callback
+
+    def done(self, message: str = "done") -> None:
+        self.message, self.fraction = message, 1.0
+        self.bar.value = 1.0
+        self.bar.bar_style = "success"
+        self.label.value = f'<span style="color:{_GREEN}">✔ {html.escape(message)}</span>'
+
+    def fail(self, message: str) -> None:
+        self.message = message
+        self.bar.bar_style = "danger"
+        self.label.value = f'<span style="color:{_RED}">✘ {html.escape(message)}</span>'
+
+
+def _error_text(exc: BaseException) -> str:
+    """A LabError's own message; anything else named by its type (no traceback in the widget)."""
+    return str(exc) if isinstance(exc, LabError) else f"{type(exc).__name__}: {exc}"
+
+
+# --- the flag switch ------------------------------------------------------------------------------
+class FlagSwitch(_Displayable):
+    """The live variants of a flag as toggle buttons, what flagd serves now, and an Apply button.
+
+    Apply runs lab.change_flag (event → ConfigMap → restart → served check) in a background thread
+    with a progress display; the button is disabled while it runs; errors appear in red in the widget.
+    `apply(variant)` does the same from code (synchronously by default) and returns the Served result
+    (None on failure, with the error kept in `.error`).
+    """
+
+    def __init__(self, lab, flag: str = FLAG, service: str = SERVICE):
+        import ipywidgets as w
+
+        self.lab, self.flag, self.service = lab, flag, service
+        self.error: BaseException | None = None
+        self.result = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._busy = False
+
+        badge = " <small>(🧪 local lab)</small>" if getattr(lab, "local", False) else ""
+        self.title = w.HTML(f"<b>{html.escape(flag)}</b> on <b>{html.escape(service)}</b>{badge}")
+        self.toggle = w.ToggleButtons(options=[], description="variant:",
+                                      tooltips=[], style={"button_width": "auto"})
+        self.toggle.add_class("labkit-variants")
+        self.served_label = w.HTML("flagd serves: …")
+        self.served_label.add_class("labkit-served")
+        self.apply_button = w.Button(description="Apply", button_style="primary", icon="check",
+                                     tooltip=f"send the change event, change {flag}, restart flagd, "
+                                             "check what flagd serves")
+        self.apply_button.add_class("labkit-apply")
+        self.apply_button.on_click(lambda _button: self.apply(wait=False))
+        self.progress = ProgressView()
+        self.status = w.HTML("")
+        self.status.add_class("labkit-status")
+        self.widget = w.VBox([self.title, self.toggle, self.served_label, self.apply_button,
+                              self.progress.widget, self.status])
+        self.widget.add_class("labkit-flag-switch")
+
+        try:
+            self.toggle.options = list(lab.variants(flag))
+        except Exception as exc:  # shown in the widget, not as a traceback
+            self._show_error(exc)
+            self.apply_button.disabled = True
+        served = self.refresh()
+        variant = getattr(served, "variant", None)
+        if variant in self.toggle.options:
+            self.toggle.value = variant
+
+    # -- state shown ---
+    @property
+    def running(self) -> bool:
+        """True while a change is being applied (button or apply())."""
+        return self._busy
+
+    def refresh(self):
+        """Ask flagd what it serves now and show it; returns the Served result (or None)."""
+        try:
+            served = self.lab.served(self.flag)
+        except Exception as exc:
+            self.served_label.value = (f'flagd serves: <span style="color:{_RED}">unknown</span> '
+                                       f"<small>({html.escape(_error_text(exc))})</small>")
+            return None
+        if served is None or getattr(served, "variant", None) is None:
+            self.served_label.value = "flagd serves: <b>nothing</b> <small>(no flagd pod is ready)</small>"
+            return served
+        self.served_label.value = f"flagd serves: <b>{html.escape(str(served.variant))}</b>"
+        return served
+
+    @property
+    def served_text(self) -> str:
+        """The served label as plain text, e.g. 'flagd serves: on'."""
+        import re
+
+        return html.unescape(re.sub(r"<[^>]+>", "", self.served_label.value))
+
+    def _show_error(self, exc: BaseException) -> None:
+        self.error = exc
+        self.status.value = f'<span style="color:{_RED}">✘ {html.escape(_error_text(exc))}</span>'
+
+    def _set_busy(self, busy: bool) -> None:
+        self.apply_button.disabled = busy
+        self.toggle.disabled = busy
+        self.apply_button.description = "Applying…" if busy else "Apply"
+
+    # -- the change ---
+    def apply(self, variant: str | None = None, wait: bool = True):
+        """Change the flag to `variant` (default: the selected one) the whole way to flagd.
+
+        wait=True runs here and returns the Served result (None on failure; see `.error`);
+        wait=False starts a background thread and returns None at once (`.wait()` joins it).
+        """
+        with self._lock:
+            if self.running:
+                self.status.value = "already applying a change; wait for it to finish"
+                return None
+            variant = variant if variant is not None else self.toggle.value
+            if variant is not None and variant in self.toggle.options and variant != self.toggle.value:
+                self.toggle.value = variant
+            self._busy = True
+            self.error, self.result = None, None
+            self.status.value = ""
+            self._set_busy(True)
+            self.progress.callback(f"changing {self.flag} to {variant}", 0.0)
+            if wait:
+                self._thread = None
+            else:
+                self._thread = threading.Thread(target=self._run, args=(variant,), daemon=True,
+                                                name=f"labkit-apply-{self.flag}")
+                self._thread.start()
+                return None
+        return self._run(variant)
+
+    def _run(self, variant):
+        try:
+            if variant is None:
+                raise LabError(f"No variant of {self.flag!r} is selected; choose one and press Apply.")
+            served = self.lab.change_flag(variant, self.flag, self.service, progress=self.progress.callback)
+            self.result = served
+            got = getattr(served, "variant", variant)
+            self.progress.done(f"flagd serves {self.flag} = {got}")
+            self.status.value = (f'<span style="color:{_GREEN}">✔ {html.escape(self.flag)} is now '
+                                 f"<b>{html.escape(str(got))}</b>, and flagd serves it</span>")
+            return served
+        except Exception as exc:
+            self.progress.fail("the change did not complete")
+            self._show_error(exc)
+            return None
+        finally:
+            try:
+                self.refresh()
+            finally:
+                self._set_busy(False)
+                self._busy = False
+
+    def wait(self, timeout: float | None = None):
+        """Wait for a change started by the button (or apply(wait=False)); returns the result."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return self.result
+
+
+# --- the live chart ---------------------------------------------------------------------------------
+def static_charts() -> bool:
+    """True where a FigureWidget cannot render: LABKIT_STATIC_CHARTS=1, no anywidget, or no kernel."""
+    import importlib.util
+
+    if os.environ.get("LABKIT_STATIC_CHARTS", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if importlib.util.find_spec("anywidget") is None:
+        return True
+    return not _in_kernel()
+
+
+class LiveChart(_Displayable):
+    """The failures chart, refreshed every `every` seconds in a background thread, with a Stop button.
+
+    Where widgets cannot render (see `static_charts()`, or static=True) it is drawn once as a static
+    figure instead. The refresh thread is a daemon and stops itself after `max_duration` seconds.
+    Errors while refreshing are shown under the chart; the last good figure stays.
+    """
+
+    def __init__(self, lab, service: str = SERVICE, every: float = 5.0, since=None,
+                 max_duration: float = 15 * 60, static: bool | None = None, start: bool = True):
+        self.lab, self.service, self.every, self.since = lab, service, max(float(every), 0.5), since
+        self.max_duration = max_duration
+        self.static = static_charts() if static is None else static
+        self.error: BaseException | None = None
+        self.updates = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+        figure = self._build()
+        if self.static:
+            self.figure = figure
+            self.widget = None
+            return
+        import ipywidgets as w
+        import plotly.graph_objects as go
+
+        self.figure = go.FigureWidget(figure)
+        self.stop_button = w.Button(description="Stop", icon="stop", button_style="warning",
+                                    tooltip="stop refreshing this chart")
+        self.stop_button.add_class("labkit-stop")
+        self.stop_button.on_click(lambda _b: self.stop())
+        self.status = w.HTML("")
+        self.status.add_class("labkit-status")
+        self.widget = w.VBox([self.figure, w.HBox([self.stop_button, self.status])])
+        self.widget.add_class("labkit-live-chart")
+        self._show_status()
+        if start:
+            self.start()
+
+    # -- data ---
+    def _build(self):
+        """A fresh go.Figure from the lab (errors kept in .error; an empty figure if nothing came)."""
+        from labkit import charts
+
+        since = self.since or self.lab.since()
+        failed = events = problems = None
+        problems_seen = []
+        try:
+            failed = self.lab.failed_requests(self.service, since)
+        except Exception as exc:
+            problems_seen.append(exc)
+        for name in ("change_events", "problems"):
+            try:
+                frame = getattr(self.lab, name)(self.service, since)
+            except Exception as exc:
+                problems_seen.append(exc)
+                frame = None
+            if name == "change_events":
+                events = frame
+            else:
+                problems = frame
+        self.error = problems_seen[0] if problems_seen else None
+        return charts.failures_figure(failed, events=events, problems=problems,
+                                      timeline=getattr(self.lab, "timeline", None),
+                                      service=self.service, local=getattr(self.lab, "local", False))
+
+    def refresh(self) -> None:
+        """Fetch the data once more and redraw (called by the thread; fine to call directly)."""
+        with self._lock:
+            try:
+                fresh = self._build()
+            except Exception as exc:
+                self.error = exc
+                fresh = None
+            if fresh is not None:
+                if self.static:
+                    self.figure = fresh
+                else:
+                    with self.figure.batch_update():
+                        for mine, new in zip(self.figure.data, fresh.data):
+                            mine.x, mine.y = new.x, new.y
+                            if getattr(new, "customdata", None) is not None:
+                                mine.customdata = new.customdata
+                        self.figure.layout.shapes = fresh.layout.shapes
+                        self.figure.layout.annotations = fresh.layout.annotations
+                        self.figure.layout.meta = fresh.layout.meta
+                        self.figure.layout.title = fresh.layout.title
+                self.updates += 1
+            self._show_status()
+
+    def _show_status(self, note: str = "") -> None:
+        if self.static:
+            return
+        if self.error is not None:
+            self.status.value = (f'<span style="color:{_RED}">✘ {html.escape(_error_text(self.error))}'
+                                 "</span>")
+            return
+        stamp = time.strftime("%H:%M:%S", time.gmtime())
+        state = note or (f"live, every {self.every:g} s" if self.running else "not refreshing")
+        self.status.value = f"<small>{html.escape(state)}; updated {stamp} UTC</small>"
+
+    # -- the thread ---
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        if self.static or self.running:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="labkit-live-chart")
+        self._thread.start()
+        self.stop_button.disabled = False
+        self._show_status()
+
+    def _loop(self) -> None:
+        deadline = time.monotonic() + self.max_duration
+        note = "stopped"
+        while not self._stop.wait(self.every):
+            if time.monotonic() >= deadline:
+                note = f"stopped after {self.max_duration / 60:g} min; run the cell again to go on"
+                break
+            self.refresh()
+        self._thread = None
+        try:
+            self.stop_button.disabled = True
+        except Exception:
+            pass
+        self._show_status(note)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop refreshing (the chart stays as it is)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        if self.static:
+            return _figure_bundle(self.figure, include, exclude)
+        return self.widget._repr_mimebundle_(include=include, exclude=exclude)
+
+
+def _figure_bundle(figure, include=None, exclude=None) -> dict:
+    """The figure as plotly's renderers show it; the plotly mimetype where no renderer applies."""
+    import json
+
+    bundle = figure._repr_mimebundle_(include=include, exclude=exclude) or {}
+    if not bundle:
+        bundle = {"application/vnd.plotly.v1+json": {**json.loads(figure.to_json()), "config": {}}}
+    meta = (figure.layout.meta or {}).get("labkit", {}) if figure.layout.meta else {}
+    title = figure.layout.title.text or "chart"
+    bundle.setdefault("text/plain", f"<{title}: {meta.get('slots', 0)} slots, "
+                                    f"{meta.get('change_markers', 0)} change markers>")
+    return bundle
+
+
+# --- waits with progress ------------------------------------------------------------------------------
+def wait_with_progress(fn: Callable[..., Any], *args, timeout: float | None = None,
+                       label: str | None = None, show: bool = True, raise_errors: bool = False,
+                       **kwargs):
+    """Run a labkit wait (lab.wait_for_error_logs, lab.wait_for_problem, ...) with a progress bar.
+
+    In a notebook it displays a ProgressView; elsewhere it prints progress lines on stderr. Returns
+    what `fn` returns; a LabError (a timeout, say) is shown as a red message and None is returned,
+    unless raise_errors=True.
+    """
+    name = label or getattr(fn, "__name__", "waiting").replace("_", " ")
+    if timeout is not None:
+        kwargs["timeout"] = timeout
+    if show and _in_kernel():
+        view = ProgressView()
+        _show(view)
+        callback, done, fail = view.callback, view.done, view.fail
+    else:
+        view = None
+        callback = terminal_progress
+        done = lambda msg: terminal_progress(msg, 1.0)  # noqa: E731
+        fail = lambda msg: terminal_progress("failed: " + msg, None)  # noqa: E731
+    callback(f"{name}…", 0.0)
+    try:
+        result = fn(*args, progress=callback, **kwargs)
+    except LabError as exc:
+        fail(str(exc))
+        if raise_errors:
+            raise
+        return None
+    count = f": {len(result)} found" if hasattr(result, "__len__") and not isinstance(result, str) else ""
+    done(f"{name}: done{count}")
+    return result

@@ -1,0 +1,231 @@
+"""Widgets, headless in-process (ipywidgets works without a frontend).
+
+The flag switch and the live chart are exercised over a real Lab on the local lab when its parts
+exist; the chart's rendering paths also over a small recorded lab that hands back DataFrames of the
+labkit.dynatrace shapes.
+"""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+import pytest
+
+from labkit import widgets
+from labkit.errors import LabTimeout
+from labkit.lab import Timeline
+
+LAB_PARTS = ("labkit.sandbox.kube", "labkit.sandbox.tenant", "labkit.sandbox.shop",
+             "labkit.dynatrace", "labkit.cluster", "labkit.shop")
+
+
+def _missing_parts() -> list[str]:
+    missing = []
+    for name in LAB_PARTS:
+        try:
+            if importlib.util.find_spec(name) is None:
+                missing.append(name)
+        except ModuleNotFoundError:
+            missing.append(name)
+    return missing
+
+
+@pytest.fixture
+def real_lab(request):
+    missing = _missing_parts()
+    if missing:
+        pytest.skip("the local lab is not complete yet: " + ", ".join(missing))
+    from labkit.lab import Lab
+    from labkit.settings import Settings
+
+    local_lab = request.getfixturevalue("local_lab")
+    lab = Lab(Settings.load(environ=dict(local_lab.env), dotenv=None))
+    yield lab
+    try:
+        if "off" in lab.variants("cartFailure") and lab.served("cartFailure").variant != "off":
+            lab.change_flag("off", "cartFailure", send_event=False)
+    finally:
+        lab.dynatrace.close()
+
+
+class RecordedLab:
+    """Hands back fixed DataFrames in the shapes labkit.dynatrace returns (for the chart paths)."""
+
+    local = True
+
+    def __init__(self):
+        now = pd.Timestamp.now(tz="UTC").floor("min")
+        self.slots = pd.DataFrame({
+            "timestamp": pd.date_range(now - pd.Timedelta(minutes=9), now, freq="1min"),
+            "failed": [0] * 5 + [3] * 5, "requests": [30] * 10})
+        self.slots["failure_rate"] = self.slots["failed"] / self.slots["requests"]
+        self.timeline = Timeline()
+        self.timeline.add("flag applied", "cartFailure: off → on", at=(now - pd.Timedelta(minutes=5)).to_pydatetime())
+        self.calls = 0
+        self.fail_problems = False
+
+    def since(self):
+        return datetime.now(timezone.utc) - timedelta(minutes=30)
+
+    def failed_requests(self, service="cart", since=None):
+        self.calls += 1
+        return self.slots
+
+    def change_events(self, service="cart", since=None):
+        t = self.timeline.steps[0].time
+        return pd.DataFrame({"timestamp": pd.to_datetime([t], utc=True), "title": ["feature flag changed"],
+                             "flag": ["cartFailure"], "old": ["off"], "new": ["on"], "run_id": ["r"],
+                             "event_id": ["e1"], "status": ["OK"]})
+
+    def problems(self, service="cart", since=None):
+        if self.fail_problems:
+            raise LabTimeout("Dynatrace did not answer the problems query in 10 s; try again.")
+        return pd.DataFrame(columns=["problem_id", "display_id", "title", "status", "severity",
+                                     "start", "end", "affected", "root_cause"])
+
+
+# --- progress ------------------------------------------------------------------------------
+def test_progress_view_callback_updates_bar_and_message():
+    view = widgets.ProgressView()
+    view.callback("Restarting flagd: 1 of 1 pods ready", 0.5)
+    assert view.bar.value == 0.5
+    assert "Restarting flagd" in view.label.value and view.message.startswith("Restarting")
+    view.callback("still waiting", None)  # no fraction: the bar stays where it was
+    assert view.bar.value == 0.5 and "still waiting" in view.label.value
+    view("<b>escaped</b>", 2.0)
+    assert view.bar.value == 1.0 and "&lt;b&gt;" in view.label.value
+    view.done("flagd serves cartFailure = on")
+    assert view.bar.bar_style == "success" and "flagd serves cartFailure = on" in view.label.value
+    view.fail("flagd did not become ready in 180 s")
+    assert view.bar.bar_style == "danger" and "did not become ready" in view.label.value
+    assert "application/vnd.jupyter.widget-view+json" in view._repr_mimebundle_()
+
+
+def test_terminal_progress_prints_plain_lines_on_stderr(capsys):
+    widgets.terminal_progress("Restarting flagd", 0.25)
+    widgets.terminal_progress("waiting for the problem")
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["[ 25%] Restarting flagd", "[ .. ] waiting for the problem"]
+
+
+def test_wait_with_progress_returns_result_or_shows_error(capsys):
+    def wait_for_problem(timeout, progress=None):
+        progress("asking Dynatrace", 0.5)
+        return ["P-1"]
+
+    assert widgets.wait_with_progress(wait_for_problem, timeout=5) == ["P-1"]
+
+    def times_out(timeout, progress=None):
+        raise LabTimeout(f"No problem opened on cart within {timeout:g} s.")
+
+    assert widgets.wait_with_progress(times_out, timeout=3) is None
+    err = capsys.readouterr().err
+    assert "wait for problem: done: 1 found" in err and "No problem opened on cart within 3 s" in err
+    with pytest.raises(LabTimeout):
+        widgets.wait_with_progress(times_out, timeout=3, raise_errors=True)
+
+
+def test_import_is_cheap():
+    code = ("import sys, labkit.widgets; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'ipywidgets', 'plotly', 'pandas'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# --- live chart ----------------------------------------------------------------------------
+def test_live_chart_falls_back_to_a_static_figure(monkeypatch):
+    monkeypatch.setenv("LABKIT_STATIC_CHARTS", "1")
+    lab = RecordedLab()
+    chart = widgets.LiveChart(lab, every=0.5)
+    assert chart.static and chart.widget is None and not chart.running
+    import plotly.graph_objects as go
+
+    assert type(chart.figure) is go.Figure
+    assert chart.figure.layout.meta["labkit"]["change_markers"] == 1
+    bundle = chart._repr_mimebundle_()
+    assert "application/vnd.plotly.v1+json" in bundle or "text/html" in bundle
+    assert lab.calls == 1  # drawn once, no thread
+
+
+def test_static_outside_a_kernel(monkeypatch):
+    monkeypatch.delenv("LABKIT_STATIC_CHARTS", raising=False)
+    assert widgets.static_charts()  # pytest is not a Jupyter kernel
+
+
+def test_live_chart_refreshes_and_stops():
+    lab = RecordedLab()
+    chart = widgets.LiveChart(lab, every=0.5, static=False, max_duration=30)
+    try:
+        import plotly.graph_objects as go
+
+        assert isinstance(chart.figure, go.FigureWidget)
+        assert "labkit-live-chart" in chart.widget._dom_classes and chart.running
+        lab.slots.loc[lab.slots.index[-1], "failed"] = 9
+        deadline = datetime.now() + timedelta(seconds=10)
+        while chart.updates < 1 and datetime.now() < deadline:
+            chart._stop.wait(0.1)
+        assert chart.updates >= 1 and list(chart.figure.data[0].y)[-1] == 9
+        texts = [a.text for a in chart.figure.layout.annotations]
+        assert "cartFailure: off → on" in texts and any("local lab" in t for t in texts)
+    finally:
+        chart.stop()
+    assert not chart.running
+    assert chart.stop_button.disabled
+
+
+def test_live_chart_shows_errors_and_stops_by_itself():
+    lab = RecordedLab()
+    lab.fail_problems = True
+    chart = widgets.LiveChart(lab, every=0.5, static=False, max_duration=0.2)
+    chart._thread.join(5)
+    assert not chart.running
+    assert "did not answer the problems query" in chart.status.value
+    assert len(chart.figure.data[0].x) == 10  # bars still drawn despite the problems error
+
+
+# --- flag switch over a real lab --------------------------------------------------------------
+def test_flag_switch_over_the_local_lab(real_lab):
+    switch = widgets.FlagSwitch(real_lab, "cartFailure")
+    assert list(switch.toggle.options) == real_lab.variants("cartFailure")
+    assert "labkit-flag-switch" in switch.widget._dom_classes
+    assert "labkit-served" in switch.served_label._dom_classes
+    assert "labkit-status" in switch.status._dom_classes
+    before = real_lab.served("cartFailure").variant
+    assert switch.served_text == f"flagd serves: {before}"
+    target = "on" if before != "on" else "off"
+
+    served = switch.apply(target)
+    assert switch.error is None, switch.status.value
+    assert served.variant == target
+    assert switch.served_text == f"flagd serves: {target}"
+    assert switch.progress.bar.value == 1.0 and not switch.apply_button.disabled
+    assert switch.toggle.value == target
+
+
+def test_flag_switch_button_runs_in_background(real_lab):
+    switch = widgets.FlagSwitch(real_lab, "cartFailure")
+    target = "off" if real_lab.served("cartFailure").variant != "off" else "on"
+    switch.toggle.value = target
+    switch.apply_button.click()
+    assert switch.apply_button.disabled  # while it runs
+    switch.wait(60)
+    assert not switch.running and not switch.apply_button.disabled
+    assert switch.error is None, switch.status.value
+    assert switch.served_text == f"flagd serves: {target}"
+
+
+def test_flag_switch_shows_bad_variant_as_message(real_lab):
+    switch = widgets.FlagSwitch(real_lab, "cartFailure")
+    assert switch.apply("sometimes") is None
+    assert switch.error is not None
+    assert "sometimes" in switch.status.value and "Traceback" not in switch.status.value
+    assert switch.progress.bar.bar_style == "danger"
+
+
+def test_flag_switch_unknown_flag_is_shown_not_raised(real_lab):
+    switch = widgets.FlagSwitch(real_lab, "cartFailur")
+    assert switch.apply_button.disabled
+    assert "cartFailur" in switch.status.value
