@@ -24,10 +24,13 @@ import uuid
 from collections import deque
 from typing import Callable, Iterator
 
+import logging
+
 import yaml
 
 from labkit.sandbox.http import Request, Response, json_response
 
+log = logging.getLogger(__name__)
 NS = "default"
 USER = "system:serviceaccount:default:labkit"
 FLAGD = "flagd"
@@ -432,9 +435,12 @@ class Cluster:
         """The controller: fire due pod transitions, reconcile, sleep until the next change or timer."""
         with self._cond:
             while not self._stopped:
-                while self._timers and self._timers[0][0] <= time.monotonic():
-                    heapq.heappop(self._timers)[2]()
-                self._reconcile()
+                try:
+                    while self._timers and self._timers[0][0] <= time.monotonic():
+                        heapq.heappop(self._timers)[2]()
+                    self._reconcile()
+                except Exception:  # a sandbox bug must not freeze the lab's pods silently
+                    log.exception("local lab: the flagd controller failed a step")
                 timeout = self._timers[0][0] - time.monotonic() if self._timers else None
                 self._cond.wait(timeout)
 
@@ -743,6 +749,8 @@ class Cluster:
                     "deletionTimestamp", "ownerReferences"):
             if key in live_meta:
                 meta[key] = live_meta[key]
+            else:
+                meta.pop(key, None)
         if resource in ("deployments", "pods"):
             obj["status"] = copy.deepcopy(live.get("status"))  # status is a subresource
         if resource == "deployments" and obj.get("spec") != live.get("spec"):
@@ -816,6 +824,7 @@ class Cluster:
         """(type, object) events after resource_version until timeout, a hangup or stop()."""
         terms, fields = parse_label_selector(label_selector), parse_field_selector(field_selector)
         deadline = time.monotonic() + timeout
+        expired = False
         with self._cond:
             if resource_version in (None, "", "0"):
                 since = self._rv
@@ -826,15 +835,15 @@ class Cluster:
                 since = int(resource_version)
                 oldest = self._events[0][0] - 1 if self._events else self._rv
                 pending = []
-                if since < oldest:  # compacted away: the client must relist
+                expired = since < oldest  # compacted away: the client must relist
+                if expired:
                     pending = [("ERROR", {"kind": "Status", "apiVersion": "v1", "metadata": {},
                                           "status": "Failure", "reason": "Expired", "code": 410,
                                           "message": f"too old resource version: {since} ({oldest})"})]
-                    deadline = 0.0
         last_bookmark = time.monotonic()
         while True:
             yield from pending
-            if not deadline:
+            if expired:
                 return
             with self._cond:
                 while True:
@@ -1156,7 +1165,8 @@ def app(cluster: Cluster) -> Callable[[Request], Response]:
         target_app = cluster.service_app(name, number)
         if target_app is None:
             raise ApiError(503, "ServiceUnavailable", f'no endpoints available for service "{name}"')
-        return target_app(Request(req.method, "/" + rest, dict(req.query), dict(req.headers), req.body))
+        headers = {k: v for k, v in req.headers.items() if k != "authorization"}  # the apiserver drops them
+        return target_app(Request(req.method, "/" + rest, dict(req.query), headers, req.body))
 
     def flagd_proxy(req: Request, port: int, rest: str) -> Response:
         single = "ofrep/v1/evaluate/flags/"
