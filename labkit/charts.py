@@ -38,7 +38,7 @@ RATE_COLOR = "#1f77b4"
 CHANGE_COLOR = "#6a3d9a"
 STEP_COLOR = "#555555"
 PROBLEM_COLOR = "#ff7f0e"
-LOCAL_BADGE = "🧪 local lab: sandbox data, not a tenant"
+LOCAL_BADGE = "<b>local lab</b>: sandbox data, not a tenant"
 NO_DATA = "no data yet: generate some traffic, then refresh"
 
 
@@ -74,6 +74,8 @@ def _text(value, missing: str = "?") -> str:
 
 def change_label(flag, old, new) -> str:
     """'cartFailure: off → on', the way a change is named on charts and in verdicts."""
+    if _text(old, "") == "":
+        return f"{_text(flag)} → {_text(new)}"
     return f"{_text(flag)}: {_text(old)} → {_text(new)}"
 
 
@@ -157,9 +159,9 @@ def failures_figure(failed, events=None, problems=None, timeline=None, service: 
         when = _utc(step.time)
         shapes.append(dict(type="line", name="step", xref="x", yref="paper", x0=when, x1=when,
                            y0=0, y1=1, line=dict(color=STEP_COLOR, width=1, dash="dot")))
-        annotations.append(dict(name="step", x=when, xref="x", y=0.94 - 0.07 * (i % 4), yref="paper",
+        annotations.append(dict(name="step", x=when, xref="x", y=0.86 - 0.07 * (i % 4), yref="paper",
                                 xanchor="left", text=html.escape(_step_label(step)), showarrow=False,
-                                font=dict(color=STEP_COLOR, size=10),
+                                font=dict(color=STEP_COLOR, size=10), bgcolor="rgba(255,255,255,0.75)",
                                 hovertext=html.escape(f"{step.step}: {step.detail}")))
 
     # Problems: shaded spans from start to end (or now while open).
@@ -177,9 +179,10 @@ def failures_figure(failed, events=None, problems=None, timeline=None, service: 
         shapes.append(dict(type="rect", name="problem", xref="x", yref="paper", x0=start, x1=end,
                            y0=0, y1=1, fillcolor=PROBLEM_COLOR, opacity=0.15, layer="below",
                            line=dict(width=0)))
-        annotations.append(dict(name="problem", x=start, xref="x", y=0.0, yref="paper",
-                                yanchor="bottom", xanchor="left", text=html.escape(label),
-                                showarrow=False, font=dict(color="#a0522d", size=11)))
+        annotations.append(dict(name="problem", x=start, xref="x", y=1.0, yref="paper",
+                                yanchor="top", xanchor="left", text=html.escape(label),
+                                showarrow=False, font=dict(color="#a0522d", size=11),
+                                bgcolor="rgba(255,243,224,0.85)"))
         n_problems += 1
 
     empty = not rows
@@ -196,8 +199,8 @@ def failures_figure(failed, events=None, problems=None, timeline=None, service: 
         title=dict(text=f"{service}: failed requests"),
         xaxis=dict(title=dict(text="time (UTC)"), type="date"),
         yaxis=dict(title=dict(text="failed requests"), rangemode="tozero"),
-        yaxis2=dict(title=dict(text="failure rate %"), overlaying="y", side="right",
-                    rangemode="tozero", showgrid=False),
+        yaxis2=dict(title=dict(text="failure rate"), overlaying="y", side="right",
+                    rangemode="tozero", showgrid=False, tickmode="auto", ticksuffix="%"),
         legend=dict(orientation="h", yanchor="top", y=-0.18, x=0),
         margin=dict(t=90, r=70),
         bargap=0.15,
@@ -208,6 +211,10 @@ def failures_figure(failed, events=None, problems=None, timeline=None, service: 
                          "change_labels": [label for _, label in changes],
                          "step_markers": len(steps), "problems": n_problems}},
     )
+    if empty and not shapes:
+        now = _utc(datetime.now(timezone.utc))
+        fig.update_xaxes(range=[now - timedelta(minutes=30), now])
+        fig.update_yaxes(range=[0, 1], showticklabels=False)
     if widget:
         return go.FigureWidget(fig)
     return fig

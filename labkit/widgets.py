@@ -351,6 +351,9 @@ class LiveChart(_Displayable):
                         self.figure.layout.annotations = fresh.layout.annotations
                         self.figure.layout.meta = fresh.layout.meta
                         self.figure.layout.title = fresh.layout.title
+                        self.figure.layout.xaxis = fresh.layout.xaxis
+                        self.figure.layout.yaxis = fresh.layout.yaxis
+                        self.figure.layout.yaxis2 = fresh.layout.yaxis2
                 self.updates += 1
             self._show_status()
 

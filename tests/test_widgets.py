@@ -75,6 +75,9 @@ class RecordedLab:
         return self.slots
 
     def change_events(self, service="cart", since=None):
+        if not self.timeline.steps:
+            return pd.DataFrame(columns=["timestamp", "title", "flag", "old", "new", "run_id",
+                                         "event_id", "status"])
         t = self.timeline.steps[0].time
         return pd.DataFrame({"timestamp": pd.to_datetime([t], utc=True), "title": ["feature flag changed"],
                              "flag": ["cartFailure"], "old": ["off"], "new": ["on"], "run_id": ["r"],
@@ -229,3 +232,18 @@ def test_flag_switch_unknown_flag_is_shown_not_raised(real_lab):
     switch = widgets.FlagSwitch(real_lab, "cartFailur")
     assert switch.apply_button.disabled
     assert "cartFailur" in switch.status.value
+
+
+def test_live_chart_starting_empty_shows_data_once_it_arrives():
+    lab = RecordedLab()
+    full = lab.slots
+    lab.slots = full.iloc[0:0]
+    lab.timeline = Timeline()  # nothing happened yet either
+    chart = widgets.LiveChart(lab, static=False, start=False)
+    assert any("no data yet" in a.text for a in chart.figure.layout.annotations)
+    assert chart.figure.layout.yaxis.showticklabels is False
+    lab.slots = full
+    chart.refresh()
+    assert not any("no data yet" in a.text for a in chart.figure.layout.annotations)
+    assert chart.figure.layout.yaxis.showticklabels is not False
+    assert chart.figure.layout.xaxis.range is None and len(chart.figure.data[0].x) == 10
