@@ -739,6 +739,7 @@ class Dynatrace:
         state = _dict(_json(resp, what), what)
         deadline = time.monotonic() + timeout
         polls = 0
+        token = None
         while True:
             st = str(state.get("state", "")).upper()
             if st == "SUCCEEDED" or (not st and "result" in state):
@@ -751,7 +752,7 @@ class Dynatrace:
                 message, _ = _envelope_from(state)
                 raise LabError(f"The Grail query ended {st}{': ' + self._scrub(message) if message else ''}."
                                " Check the query; if it was RESULT_GONE, run it again.")
-            token = state.get("requestToken")
+            token = state.get("requestToken") or token  # poll answers do not repeat it
             if st not in ("RUNNING", "NOT_STARTED") or not token:
                 raise Unreachable(f"The tenant answered something unexpected for {what} "
                                   f"(state {st or 'missing'}). Try again.")
