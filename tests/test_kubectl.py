@@ -130,19 +130,22 @@ def test_get_things_and_errors(kubectl):
 
 
 def test_get_pods_watch_follows_a_restart(kubectl):
-    """`kubectl get pods -w` streams Table rows until the server closes the watch."""
-    proc = subprocess.Popen(["kubectl", "--cache-dir", str(kubectl.tmp / "cache"), "get", "pods", "-w",
-                             "--request-timeout=4s"],
+    """`kubectl get pods -w` streams Table rows (no degraded `NAME AGE` header) as pods change."""
+    import queue
+    import threading
+
+    proc = subprocess.Popen(["kubectl", "--cache-dir", str(kubectl.tmp / "cache"), "get", "pods", "-w"],
                             env=dict(os.environ, KUBECONFIG=str(kubectl.tmp / "kubeconfig"), HOME=str(kubectl.tmp)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     try:
-        first = proc.stdout.readline()
-        assert first.split()[:3] == ["NAME", "READY", "STATUS"]
-        assert "Running" in proc.stdout.readline()
+        assert lines.get(timeout=10).split()[:3] == ["NAME", "READY", "STATUS"]
+        assert "Running" in lines.get(timeout=10)
         kubectl("rollout", "restart", "deploy", "flagd")
-        lines = [proc.stdout.readline() for _ in range(3)]
-        assert any("Terminating" in line or "Init:0/1" in line for line in lines), lines
-        assert not any(line.split()[0] == "NAME" for line in lines if line.strip())  # no degraded header
+        rows = [lines.get(timeout=10) for _ in range(3)]
+        assert any("Terminating" in row or "Init:0/1" in row for row in rows), rows
+        assert not any(row.split()[0] == "NAME" for row in rows if row.strip())
     finally:
         proc.kill()
         proc.wait(timeout=5)

@@ -355,7 +355,8 @@ def test_error_statuses(lab):
     assert call("GET", "/apis/batch/v1/jobs")[0] == 404
     status, body = call("GET", "/apis/apps/v1/namespaces/default/deployments/nope")
     assert (status, body["message"], body["details"]["group"]) == (404, 'deployments.apps "nope" not found', "apps")
-    status, body = call("POST", "/api/v1/namespaces/default/configmaps", b"\x0a\x00", "application/vnd.kubernetes.protobuf")
+    status, body = call("POST", "/api/v1/namespaces/default/configmaps", b"\x0a\x00",
+                        "application/vnd.kubernetes.protobuf")
     assert status == 415 and body["reason"] == "UnsupportedMediaType"
     status, body = call("PATCH", "/apis/apps/v1/namespaces/default/deployments/flagd/scale",
                         b'{"spec":{"replicas":-1}}', "application/merge-patch+json")

@@ -108,6 +108,10 @@ def conflict(resource: str, name: str) -> ApiError:
                     "and try again", details(resource, name))
 
 
+def not_allowed() -> ApiError:
+    return ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+
+
 def invalid(kind: str, name: str, field: str, value, why: str) -> ApiError:
     msg = f'{kind} "{name}" is invalid: {field}: Invalid value: {json.dumps(value)}: {why}'
     return ApiError(422, "Invalid", msg, {"name": name, "kind": kind, "causes": [
@@ -681,13 +685,17 @@ class Cluster:
                      if object_matches(o, terms, fields)]
             return sorted(items, key=lambda o: o["metadata"]["name"]), str(self._rv)
 
+    def resource_version(self) -> str:
+        with self._cond:
+            return str(self._rv)
+
     def get(self, resource: str, name: str) -> dict:
         with self._cond:
             return copy.deepcopy(self._get(resource, name))
 
     def create(self, resource: str, body: dict, dry_run: bool = False) -> dict:
         if resource != "configmaps":
-            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+            raise not_allowed()
         with self._cond:
             name = (body.get("metadata") or {}).get("name")
             if not name:
@@ -739,7 +747,8 @@ class Cluster:
                 raise ApiError(400, "BadRequest", "json: cannot unmarshal object into Go value of type jsonpatch.Patch")
             return json_patch(live, patch)
         if not isinstance(patch, dict):
-            raise ApiError(400, "BadRequest", "json: cannot unmarshal array into Go value of type map[string]interface {}")
+            raise ApiError(400, "BadRequest",
+                           "json: cannot unmarshal array into Go value of type map[string]interface {}")
         return merge_patch(live, patch)
 
     def _store_update(self, resource: str, live: dict, obj: dict, dry_run: bool) -> dict:
@@ -788,7 +797,7 @@ class Cluster:
             if resource == "pods":  # the deployment controller then makes a replacement
                 return copy.deepcopy(self._terminate_pod(live))
             if resource != "configmaps":
-                raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+                raise not_allowed()
             self._write(resource, copy.deepcopy(live), "DELETED")
             return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                     "details": details(resource, name)}
@@ -809,7 +818,8 @@ class Cluster:
             new = self._patched(scale, content_type, body) if content_type else body
             replicas = (new.get("spec") or {}).get("replicas")
             if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
-                raise invalid("Scale.autoscaling", name, "spec.replicas", replicas, "must be greater than or equal to 0")
+                raise invalid("Scale.autoscaling", name, "spec.replicas", replicas,
+                              "must be greater than or equal to 0")
             rv = (new.get("metadata") or {}).get("resourceVersion")
             if content_type is None and rv and rv != scale["metadata"]["resourceVersion"]:
                 raise conflict("deployments", name)
@@ -1081,7 +1091,7 @@ def app(cluster: Cluster) -> Callable[[Request], Response]:
         watch = _is_true(req.query.get("watch"))
         verb = ("watch" if watch else "list") if req.method == "GET" and not name else VERBS.get(req.method)
         if verb is None:
-            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+            raise not_allowed()
         cluster.check(verb, resource, name)
         want_table = "as=Table" in req.headers.get("accept", "")
         if req.method == "GET" and name is None:
@@ -1102,7 +1112,7 @@ def app(cluster: Cluster) -> Callable[[Request], Response]:
                 raise ApiError(400, "BadRequest", "the body of the request must be an object")
             return json_response(cluster.create(resource, body, dry_run), 201)
         if name is None:
-            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+            raise not_allowed()
         if req.method == "PUT":
             body, _ = _body(req)
             if not isinstance(body, dict):
@@ -1114,7 +1124,7 @@ def app(cluster: Cluster) -> Callable[[Request], Response]:
             return json_response(obj, code)
         if req.method == "DELETE":
             return json_response(cluster.delete(resource, name))
-        raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+        raise not_allowed()
 
     def scale(req: Request, name: str) -> Response:
         cluster.check(VERBS.get(req.method, req.method.lower()), "deployments/scale", name)
@@ -1126,7 +1136,7 @@ def app(cluster: Cluster) -> Callable[[Request], Response]:
         if req.method == "PUT":
             body, _ = _body(req)
             return json_response(cluster.set_scale(name, None, body))
-        raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+        raise not_allowed()
 
     def watch_response(req: Request, resource: str, want_table: bool) -> Response:
         timeout = min(float(req.query.get("timeoutSeconds") or MAX_WATCH_SECONDS), MAX_WATCH_SECONDS)
@@ -1185,4 +1195,4 @@ def app(cluster: Cluster) -> Callable[[Request], Response]:
 def empty_list(resource: str, cluster: Cluster) -> dict:
     _, api_version, kind = KINDS[resource]
     return {"kind": f"{kind}List", "apiVersion": api_version,
-            "metadata": {"resourceVersion": str(cluster._rv)}, "items": []}
+            "metadata": {"resourceVersion": cluster.resource_version()}, "items": []}
