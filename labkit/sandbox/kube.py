@@ -431,6 +431,10 @@ class Cluster:
         if self._thread:
             self._thread.join(timeout=5)
 
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
     def _schedule(self, delay: float, callback: Callable[[], None]) -> None:
         heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), callback))
         self._cond.notify_all()
@@ -1139,6 +1143,8 @@ def app(cluster: Cluster) -> Callable[[Request], Response]:
         raise not_allowed()
 
     def watch_response(req: Request, resource: str, want_table: bool) -> Response:
+        if cluster.stopped:  # a clean error, not an empty stream a client would reconnect to at once
+            raise ApiError(503, "ServiceUnavailable", "the local lab's Kubernetes API has stopped")
         timeout = min(float(req.query.get("timeoutSeconds") or MAX_WATCH_SECONDS), MAX_WATCH_SECONDS)
         label, field = req.query.get("labelSelector"), req.query.get("fieldSelector")
         parse_label_selector(label), parse_field_selector(field)  # a bad selector is a 400, not a stream
