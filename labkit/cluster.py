@@ -64,11 +64,17 @@ class Cluster:
         self.settings = settings or Settings.load()
         self.namespace = self.settings.namespace
         self.api = api_client if api_client is not None else self._connect()
-        from kubernetes import client
-
-        self._core = client.CoreV1Api(self.api)
-        self._apps = client.AppsV1Api(self.api)
+        self._core_api = None
         self.conflicts = 0  # 409s retried by the last set_default_variant (for display and tests)
+
+    @property
+    def _core(self):
+        """The typed CoreV1Api, for watches only: building it costs ~1 s, so plain calls use _request."""
+        if self._core_api is None:
+            from kubernetes import client
+
+            self._core_api = client.CoreV1Api(self.api)
+        return self._core_api
 
     # ---- connection ---------------------------------------------------------------------------
     def _connect(self):
@@ -99,18 +105,37 @@ class Cluster:
         parts = urlsplit(self.api.configuration.host)
         return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
-    def _call(self, verb: str, resource: str, name: str | None, fn, *args, **kwargs):
-        """Call the API; map its failures to labkit errors naming the verb and the object."""
-        from kubernetes.client.exceptions import ApiException
+    def _request(self, method: str, path: str, verb: str, resource: str, name: str | None,
+                 body=None, query: list | None = None, content_type: str = "application/json"):
+        """One API call through the kubernetes client's ApiClient (auth, TLS, proxy from kubeconfig).
+
+        Returns the JSON body; failures become labkit errors naming the verb and the object.
+        """
         import urllib3
 
-        kwargs.setdefault("_request_timeout", _TIMEOUT)
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        method, url, headers, body, _ = self.api.param_serialize(
+            method, path, query_params=query or None, header_params=headers, body=body,
+            auth_settings=["BearerToken"])
         try:
-            return fn(*args, **kwargs)
-        except ApiException as exc:
-            raise self._error(exc.status, exc.body, verb, resource, name) from None
+            resp = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=_TIMEOUT)
+            raw = resp.read()
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._unreachable(exc) from None
+        if not 200 <= resp.status <= 299:
+            raise self._error(resp.status, raw.decode("utf-8", "replace") if raw else None, verb, resource, name)
+        try:
+            return json.loads(raw) if raw else {}
+        except ValueError:
+            raise Unreachable(f"The Kubernetes API at {self.host} answered {verb} {resource} with something "
+                              f"that is not JSON. {LOCAL_LAB_HINT}.") from None
+
+    def _path(self, resource: str, name: str = "", sub: str = "") -> str:
+        group = "/apis/apps/v1" if resource == "deployments" else "/api/v1"
+        out = f"{group}/namespaces/{quote(self.namespace, safe='')}/{resource}"
+        return out + (f"/{quote(name, safe='')}" if name else "") + (f"/{sub}" if sub else "")
 
     def _unreachable(self, exc) -> Unreachable:
         reason = "connection refused" if "refused" in str(exc).lower() else type(exc).__name__
@@ -146,14 +171,13 @@ class Cluster:
         return LabError(f"The Kubernetes API answered {status} to {verb} {resource} {name or ''}{detail}.")
 
     # ---- the flag ConfigMap -------------------------------------------------------------------
-    def _read_configmap(self):
-        return self._call("get", "configmaps", names.CONFIGMAP, self._core.read_namespaced_config_map,
-                          names.CONFIGMAP, self.namespace)
+    def _read_configmap(self) -> dict:
+        return self._request("GET", self._path("configmaps", names.CONFIGMAP), "get", "configmaps",
+                             names.CONFIGMAP)
 
-    def _flag_file(self, cm) -> FlagFile:
-        meta = self.api.sanitize_for_serialization(cm.metadata) if cm.metadata else {}
-        return FlagFile.from_configmap(cm.data or {}, name=names.CONFIGMAP, key=names.CONFIG_KEY,
-                                       metadata=meta)
+    def _flag_file(self, cm: dict) -> FlagFile:
+        return FlagFile.from_configmap(cm.get("data") or {}, name=names.CONFIGMAP, key=names.CONFIG_KEY,
+                                       metadata=cm.get("metadata") or {})
 
     def flag_file(self) -> FlagFile:
         """The live flag file from ConfigMap flagd-config (what flagd loads when a pod starts)."""
@@ -171,11 +195,10 @@ class Cluster:
             change = self._flag_file(cm).set_default_variant(flag, variant)
             if dry_run or not change.changed:
                 return change
-            cm.data = dict(cm.data)
-            cm.data[names.CONFIG_KEY] = change.after.to_json()
+            cm["data"] = dict(cm["data"], **{names.CONFIG_KEY: change.after.to_json()})
             try:  # PUT with the metadata.resourceVersion we read: optimistic concurrency
-                self._call("update", "configmaps", names.CONFIGMAP, self._core.replace_namespaced_config_map,
-                           names.CONFIGMAP, self.namespace, cm)
+                self._request("PUT", self._path("configmaps", names.CONFIGMAP), "update", "configmaps",
+                              names.CONFIGMAP, body=cm)
                 return change
             except _Conflict:
                 self.conflicts += 1
@@ -183,24 +206,25 @@ class Cluster:
                        f"conflicting writes); {flag} was not changed. Try again in a moment.")
 
     # ---- flagd pods and restarts --------------------------------------------------------------
-    def _list_pods(self):
-        result = self._call("list", "pods", None, self._core.list_namespaced_pod, self.namespace,
-                            label_selector=names.FLAGD_SELECTOR)
-        return {p.metadata.name: p for p in result.items}, result.metadata.resource_version
+    def _list_pods(self) -> tuple[dict, str]:
+        result = self._request("GET", self._path("pods"), "list", "pods", None,
+                               query=[("labelSelector", names.FLAGD_SELECTOR)])
+        pods = {p["metadata"]["name"]: p for p in result.get("items") or []}
+        return pods, (result.get("metadata") or {}).get("resourceVersion")
 
     def flagd_pods(self) -> list[dict]:
         """flagd's pods for display: name, phase, ready, age (s), terminating."""
         pods, _ = self._list_pods()
         now = datetime.now(timezone.utc)
         out = []
-        for pod in sorted(pods.values(), key=lambda p: p.metadata.name):
-            created = pod.metadata.creation_timestamp
+        for name, pod in sorted(pods.items()):
+            created = _parse_time((pod.get("metadata") or {}).get("creationTimestamp"))
             out.append({
-                "name": pod.metadata.name,
-                "phase": pod.status.phase if pod.status else None,
+                "name": name,
+                "phase": (pod.get("status") or {}).get("phase"),
                 "ready": _ready(pod),
                 "age": round((now - created).total_seconds(), 1) if created else None,
-                "terminating": pod.metadata.deletion_timestamp is not None,
+                "terminating": _terminating(pod),
             })
         return out
 
@@ -223,14 +247,15 @@ class Cluster:
                 _request_timeout=(5, remaining + 10))
             try:
                 for event in stream:
-                    obj = event["object"]
-                    if event["type"] == "BOOKMARK" or isinstance(obj, dict):
-                        continue
-                    rv = obj.metadata.resource_version or rv
+                    obj = event.get("raw_object") or {}
+                    meta = obj.get("metadata") or {}
+                    rv = meta.get("resourceVersion") or rv
+                    if event["type"] not in ("ADDED", "MODIFIED", "DELETED") or not meta.get("name"):
+                        continue  # BOOKMARK
                     if event["type"] == "DELETED":
-                        pods.pop(obj.metadata.name, None)
+                        pods.pop(meta["name"], None)
                     else:
-                        pods[obj.metadata.name] = obj
+                        pods[meta["name"]] = obj
                     on_change(pods)
                     if done(pods) or time.monotonic() >= deadline:
                         break
@@ -246,9 +271,9 @@ class Cluster:
         return pods
 
     def _scale(self, replicas: int) -> None:
-        self._call("patch", "deployments/scale", names.FLAGD_DEPLOYMENT,
-                   self._apps.patch_namespaced_deployment_scale, names.FLAGD_DEPLOYMENT, self.namespace,
-                   {"spec": {"replicas": replicas}})
+        self._request("PATCH", self._path("deployments", names.FLAGD_DEPLOYMENT, "scale"), "patch",
+                      "deployments/scale", names.FLAGD_DEPLOYMENT, body={"spec": {"replicas": replicas}},
+                      content_type="application/merge-patch+json")
 
     def restart_flagd(self, timeout: float = 120, progress: Progress | None = None,
                       how: str = "scale") -> RestartResult:
@@ -266,9 +291,9 @@ class Cluster:
         if how == "rollout":
             return self._rollout_restart(start, deadline, timeout, report)
 
-        scale = self._call("get", "deployments/scale", names.FLAGD_DEPLOYMENT,
-                           self._apps.read_namespaced_deployment_scale, names.FLAGD_DEPLOYMENT, self.namespace)
-        current = (scale.spec.replicas if scale.spec else None) or 0
+        scale = self._request("GET", self._path("deployments", names.FLAGD_DEPLOYMENT, "scale"), "get",
+                              "deployments/scale", names.FLAGD_DEPLOYMENT)
+        current = (scale.get("spec") or {}).get("replicas") or 0
         previous = max(1, current)
         name = names.FLAGD_DEPLOYMENT
         scaled_down = restored = False
@@ -318,8 +343,8 @@ class Cluster:
 
     def _rollout_restart(self, start: float, deadline: float, timeout: float, report: Progress) -> RestartResult:
         name = names.FLAGD_DEPLOYMENT
-        dep = self._call("get", "deployments", name, self._apps.read_namespaced_deployment, name, self.namespace)
-        replicas = dep.spec.replicas if dep.spec and dep.spec.replicas is not None else 1
+        dep = self._request("GET", self._path("deployments", name), "get", "deployments", name)
+        replicas = (dep.get("spec") or {}).get("replicas", 1)
         if replicas == 0:
             raise LabError(f"Deployment {name} is scaled to 0, so a rollout restart starts nothing. "
                            "Restart with how='scale' (it scales back to 1).")
@@ -327,9 +352,10 @@ class Cluster:
         old_names = set(old)
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         report(f"rollout restart of deployment {name} ({replicas} replica(s))", 0.0)
-        self._call("patch", "deployments", name, self._apps.patch_namespaced_deployment, name, self.namespace,
-                   {"spec": {"template": {"metadata": {"annotations": {
-                       "kubectl.kubernetes.io/restartedAt": stamp}}}}})
+        self._request("PATCH", self._path("deployments", name), "patch", "deployments", name,
+                      body={"spec": {"template": {"metadata": {"annotations": {
+                          "kubectl.kubernetes.io/restartedAt": stamp}}}}},
+                      content_type="application/strategic-merge-patch+json")
 
         def done(pods):
             return not (old_names & set(pods)) and len(_ready_names(pods, exclude=old_names)) >= replicas
@@ -349,12 +375,12 @@ class Cluster:
         return RestartResult(how="rollout", replicas=replicas, seconds=seconds, pods=ready)
 
     # ---- what flagd serves ----------------------------------------------------------------------
-    def served_value(self, flag: str) -> Served:
-        """Ask flagd over OFREP (through the API server's service proxy) what it serves for `flag`."""
+    def _ofrep(self, flag: str | None):
+        """POST flagd's OFREP (one flag, or all with flag=None) through the service proxy."""
         import urllib3
 
-        path = (f"/api/v1/namespaces/{quote(self.namespace, safe='')}/services/"
-                f"{names.FLAGD_SERVICE}:{names.OFREP_PORT}/proxy/ofrep/v1/evaluate/flags/{quote(flag, safe='')}")
+        path = (self._path("services") + f"/{names.FLAGD_SERVICE}:{names.OFREP_PORT}/proxy/ofrep/v1/evaluate/flags"
+                + (f"/{quote(flag, safe='')}" if flag is not None else ""))
         method, url, headers, body, _ = self.api.param_serialize(
             "POST", path, header_params={"Content-Type": "application/json", "Accept": "application/json"},
             body={"context": {}}, auth_settings=["BearerToken"])
@@ -363,20 +389,47 @@ class Cluster:
             raw = resp.read()
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._unreachable(exc) from None
-        status = resp.status
         try:
             data = json.loads(raw or b"null")
         except ValueError:
             data = None
+        return resp.status, data, raw
+
+    def served_values(self) -> dict[str, Served]:
+        """Everything flagd serves, by flag key (OFREP bulk evaluation; one request)."""
+        status, data, raw = self._ofrep(None)
+        if status == 200 and isinstance(data, dict) and isinstance(data.get("flags"), list):
+            return {d["key"]: Served(key=d["key"], value=d.get("value"), variant=d.get("variant"),
+                                     reason=d.get("reason"))
+                    for d in data["flags"] if isinstance(d, dict) and "key" in d and not d.get("errorCode")}
+        if status == 503:
+            raise self._not_serving("its flags")
+        if status in (400, 404, 405, 501):  # an older flagd without bulk evaluation: one by one
+            out = {}
+            for key in self.flag_file().keys:
+                try:
+                    out[key] = self.served_value(key)
+                except BadInput:
+                    pass
+            return out
+        raise self._error(status, raw.decode("utf-8", "replace") if raw else None, "create",
+                          "services/proxy", f"{names.FLAGD_SERVICE}:{names.OFREP_PORT}")
+
+    def _not_serving(self, what: str) -> Unreachable:
+        return Unreachable(
+            f"flagd is not serving (no Ready pod behind service {names.FLAGD_SERVICE}), so it cannot "
+            f"say what {what} is. Wait for the pod, or restart it: kubectl -n {self.namespace} scale "
+            f"deploy {names.FLAGD_DEPLOYMENT} --replicas=1")
+
+    def served_value(self, flag: str) -> Served:
+        """Ask flagd over OFREP (through the API server's service proxy) what it serves for `flag`."""
+        status, data, raw = self._ofrep(flag)
         if status == 200 and isinstance(data, dict):
             return Served(key=data.get("key", flag), value=data.get("value"), variant=data.get("variant"),
                           reason=data.get("reason"))
         is_status = isinstance(data, dict) and data.get("kind") == "Status"
         if status == 503:
-            raise Unreachable(
-                f"flagd is not serving (no Ready pod behind service {names.FLAGD_SERVICE}), so it cannot "
-                f"say what {flag} is. Wait for the pod, or restart it: kubectl -n {self.namespace} scale "
-                f"deploy {names.FLAGD_DEPLOYMENT} --replicas=1")
+            raise self._not_serving(flag)
         if status == 404 and not is_status and isinstance(data, dict):
             hint = ""
             try:
@@ -431,10 +484,23 @@ def _status_message(body) -> str:
     return ""
 
 
-def _ready(pod) -> bool:
-    conditions = (pod.status.conditions if pod.status else None) or []
-    return pod.metadata.deletion_timestamp is None and any(
-        c.type == "Ready" and c.status == "True" for c in conditions)
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _terminating(pod: dict) -> bool:
+    return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def _ready(pod: dict) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return not _terminating(pod) and any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def _ready_names(pods: dict, exclude=()) -> list[str]:
@@ -445,7 +511,7 @@ def _pod_states(pods: dict) -> str:
     if not pods:
         return "no pods"
     return ", ".join(
-        f"{n} {'Terminating' if p.metadata.deletion_timestamp else (p.status.phase if p.status else '?')}"
+        f"{n} {'Terminating' if _terminating(p) else (p.get('status') or {}).get('phase', '?')}"
         f"{' Ready' if _ready(p) else ''}" for n, p in sorted(pods.items()))
 
 
