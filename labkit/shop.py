@@ -13,6 +13,7 @@ the user asked.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -219,8 +220,8 @@ class Shop:
             raise BadInput(f"seconds must be between 0 and {MAX_SECONDS:g}; got {seconds:g}.")
         if rate < 0:
             raise BadInput(f"rate must be >= 0 sessions per second (0 = as fast as possible); got {rate:g}.")
-        if workers is None:
-            workers = 4 if rate == 0 else max(1, min(8, int(rate // 50) + 1))
+        if workers is None:  # enough keep-alive connections to hide per-request latency
+            workers = 12 if rate == 0 else max(1, min(16, math.ceil(rate / 5)))
         workers = max(1, int(workers))
         stop = stop or threading.Event()
         result = ShopResult(url=self.url)
