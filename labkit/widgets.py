@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from labkit.errors import LabError
 
+EVENT_SENT = "event sent"  # labkit.lab.EVENT_SENT (not imported: the lab pulls in its clients)
 FLAG = "cartFailure"
 SERVICE = "cart"
 
@@ -67,13 +68,13 @@ class ProgressView(_Displayable):
         lab.wait_for_error_logs(progress=view.callback)
     """
 
-    def __init__(self, description: str = ""):
+    def __init__(self, title: str = ""):
         import ipywidgets as w
 
+        self.title = title
         self.message = ""
         self.fraction: float | None = None
-        self.bar = w.FloatProgress(value=0.0, min=0.0, max=1.0, description=description,
-                                   bar_style="info")
+        self.bar = w.FloatProgress(value=0.0, min=0.0, max=1.0, bar_style="info")
         self.label = w.HTML(value="")
         self.bar.add_class("labkit-progress-bar")
         self.label.add_class("labkit-progress-message")
@@ -86,21 +87,38 @@ class ProgressView(_Displayable):
         if fraction is not None:
             self.fraction = min(max(float(fraction), 0.0), 1.0)
             self.bar.value = self.fraction
-        self.bar.bar_style = "info"
-        self.label.value = html.escape(message)
+        self.bar.bar_style = "success" if self.fraction is not None and self.fraction >= 1.0 else "info"
+        self.label.value = self._title() + html.escape(message)
 
     __call__ = callback
+
+    def _title(self) -> str:
+        return f"<b>{html.escape(self.title)}</b>: " if self.title else ""
 
     def done(self, message: str = "done") -> None:
         self.message, self.fraction = message, 1.0
         self.bar.value = 1.0
         self.bar.bar_style = "success"
-        self.label.value = f'<span style="color:{_GREEN}">✔ {html.escape(message)}</span>'
+        self.label.value = f'{self._title()}<span style="color:{_GREEN}">✔ {html.escape(message)}</span>'
 
     def fail(self, message: str) -> None:
         self.message = message
         self.bar.bar_style = "danger"
-        self.label.value = f'<span style="color:{_RED}">✘ {html.escape(message)}</span>'
+        self.label.value = f'{self._title()}<span style="color:{_RED}">✘ {html.escape(message)}</span>'
+
+
+def progress(title: str = ""):
+    """A `progress` argument for any labkit wait: a ProgressView shown in a notebook, plain lines
+    on stderr elsewhere.
+
+        lab.wait_for_problem(timeout=600, progress=widgets.progress("Waiting for the problem"))
+    """
+    if _in_kernel():
+        view = ProgressView(title)
+        _show(view)
+        return view
+    prefix = f"{title}: " if title else ""
+    return lambda message, fraction=None: terminal_progress(prefix + message, fraction)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -118,10 +136,11 @@ class FlagSwitch(_Displayable):
     (None on failure, with the error kept in `.error`).
     """
 
-    def __init__(self, lab, flag: str = FLAG, service: str = SERVICE):
+    def __init__(self, lab, flag: str = FLAG, service: str = SERVICE, send_event: bool | str = "auto"):
         import ipywidgets as w
 
         self.lab, self.flag, self.service = lab, flag, service
+        self.send_event = send_event
         self.error: BaseException | None = None
         self.result = None
         self._thread: threading.Thread | None = None
@@ -225,7 +244,12 @@ class FlagSwitch(_Displayable):
         try:
             if variant is None:
                 raise LabError(f"No variant of {self.flag!r} is selected; choose one and press Apply.")
-            served = self.lab.change_flag(variant, self.flag, self.service, progress=self.progress.callback)
+            send = self._should_send_event(variant)
+            if not send:
+                self.progress.callback(f"Dynatrace already knows: {self.flag} → {variant} "
+                                       "(change event sent earlier in this run)", 0.05)
+            served = self.lab.change_flag(variant, self.flag, self.service,
+                                          progress=self.progress.callback, send_event=send)
             self.result = served
             got = getattr(served, "variant", variant)
             self.progress.done(f"flagd serves {self.flag} = {got}")
@@ -242,6 +266,18 @@ class FlagSwitch(_Displayable):
             finally:
                 self._set_busy(False)
                 self._busy = False
+
+    def _should_send_event(self, variant: str) -> bool:
+        """send_event="auto": skip the event when the run's last step for this flag is an event
+        announcing this very change (lab.inform_dynatrace just before), so no duplicate is sent."""
+        if self.send_event != "auto":
+            return bool(self.send_event)
+        steps = getattr(getattr(self.lab, "timeline", None), "steps", None) or []
+        for step in reversed(steps):
+            if not (step.detail or "").startswith(f"{self.flag}:"):
+                continue
+            return not (step.step == EVENT_SENT and step.detail.endswith(f"→ {variant}"))
+        return True
 
     def wait(self, timeout: float | None = None):
         """Wait for a change started by the button (or apply(wait=False)); returns the result."""

@@ -114,6 +114,27 @@ def test_terminal_progress_prints_plain_lines_on_stderr(capsys):
     assert err == ["[ 25%] Restarting flagd", "[ .. ] waiting for the problem"]
 
 
+def test_progress_outside_a_notebook_prints_titled_lines(capsys):
+    report = widgets.progress("Cart traffic")
+    report("12 sessions, 1 failed", 0.5)
+    assert capsys.readouterr().err.strip() == "[ 50%] Cart traffic: 12 sessions, 1 failed"
+
+
+def test_progress_view_title_and_success_at_the_end():
+    view = widgets.ProgressView("Waiting for the problem")
+    view("asking Dynatrace", 0.3)
+    assert view.label.value.startswith("<b>Waiting for the problem</b>: asking Dynatrace")
+    assert view.bar.bar_style == "info"
+    view("problem P-1 opened", 1.0)
+    assert view.bar.bar_style == "success"
+
+
+def test_step_name_matches_the_lab():
+    from labkit import lab as labmod
+
+    assert widgets.EVENT_SENT == labmod.EVENT_SENT
+
+
 def test_wait_with_progress_returns_result_or_shows_error(capsys):
     def wait_for_problem(timeout, progress=None):
         progress("asking Dynatrace", 0.5)
@@ -247,3 +268,35 @@ def test_live_chart_starting_empty_shows_data_once_it_arrives():
     assert not any("no data yet" in a.text for a in chart.figure.layout.annotations)
     assert chart.figure.layout.yaxis.showticklabels is not False
     assert chart.figure.layout.xaxis.range is None and len(chart.figure.data[0].x) == 10
+
+
+def test_live_chart_over_the_local_lab_marks_the_change(real_lab):
+    switch = widgets.FlagSwitch(real_lab, "cartFailure")
+    before = real_lab.served("cartFailure").variant
+    target = "on" if before != "on" else "off"
+    assert switch.apply(target) is not None, switch.status.value
+    real_lab.generate_traffic(seconds=2, rate=20)
+    chart = widgets.LiveChart(real_lab, static=True)
+    meta = chart.figure.layout.meta["labkit"]
+    assert chart.error is None, chart.error
+    assert f"cartFailure: {before} → {target}" in meta["change_labels"]
+    assert meta["local"] and meta["slots"] > 0 and meta["step_markers"] >= 2
+    live = widgets.LiveChart(real_lab, static=False, start=False)
+    live.refresh()
+    assert live.error is None and "labkit-live-chart" in live.widget._dom_classes
+    assert any(a.text == f"cartFailure: {before} → {target}" for a in live.figure.layout.annotations)
+
+
+def test_flag_switch_does_not_send_a_second_event_after_inform_dynatrace(real_lab):
+    before = real_lab.served("cartFailure").variant
+    target = "on" if before != "on" else "off"
+    real_lab.inform_dynatrace(target, "cartFailure")
+    switch = widgets.FlagSwitch(real_lab, "cartFailure")
+    assert switch.apply(target) is not None, switch.status.value
+    sent = [s for s in real_lab.timeline.steps if s.step == widgets.EVENT_SENT]
+    assert len(sent) == 1
+    # a later change without a fresh announcement does send its own event
+    assert switch.apply(before) is not None, switch.status.value
+    sent = [s for s in real_lab.timeline.steps if s.step == widgets.EVENT_SENT]
+    assert [s.detail for s in sent] == [f"cartFailure: {before} → {target}",
+                                        f"cartFailure: {target} → {before}"]
