@@ -1,7 +1,12 @@
 """Shared fixtures: one local lab per test session, on loopback, with fast timings."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `pytest` alone finds labkit too
 
 from labkit.sandbox import LocalLab, Timings
 

@@ -1,0 +1,109 @@
+"""Speed targets, measured side by side in one run on the local lab; prints a table.
+
+    .venv/bin/python benchmarks/run.py [--repeat 5] [--workbook]
+
+Ratios and overheads, not absolute times, are what to compare on a shared, noisy machine.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from labkit.sandbox import LocalLab, Timings  # noqa: E402
+from labkit.settings import Settings  # noqa: E402
+
+
+def timed(fn, repeat: int) -> list[float]:
+    out = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def subprocess_seconds(args: list[str], env: dict, repeat: int) -> list[float]:
+    return timed(lambda: subprocess.run(args, env=env, cwd=ROOT, check=True, capture_output=True), repeat)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--workbook", action="store_true", help="also time the whole workbook headless")
+    args = parser.parse_args()
+    import os
+
+    import httpx
+
+    timings = Timings.fast()
+    timings.pod_terminate, timings.pod_start, timings.shopper_rate = 1.0, 1.0, 0.0
+    timings.seed_hours = 24.0
+    rows = []
+    with LocalLab(tempfile.mkdtemp(), timings) as lab:
+        env = {**os.environ, **lab.env, "PYTHONPATH": str(ROOT)}
+        settings = Settings.load(environ=lab.env, dotenv=None)
+        from labkit.cluster import Cluster
+        from labkit.dynatrace import Dynatrace
+        from labkit.shop import Shop
+
+        cluster = Cluster(settings)
+        lifecycle = timings.pod_terminate + timings.pod_start
+        restarts = timed(lambda: cluster.restart_flagd(timeout=60), args.repeat)
+        overhead = statistics.median(restarts) - lifecycle
+        rows.append(("restart_flagd() overhead over the pod lifecycle", f"{overhead:.3f} s",
+                     f"median of {args.repeat}; lifecycle {lifecycle:.1f} s", "<= 0.3 s", overhead <= 0.3))
+
+        flags = statistics.median(subprocess_seconds([sys.executable, "-m", "labkit", "flags"], env, args.repeat))
+        rows.append(("python -m labkit flags", f"{flags:.2f} s", "wall, fresh interpreter", "< 1.5 s", flags < 1.5))
+
+        imp = statistics.median(subprocess_seconds([sys.executable, "-c", "import labkit"], env, args.repeat))
+        rows.append(("import labkit", f"{imp:.3f} s", "fresh interpreter", "< 1.0 s", imp < 1.0))
+
+        dt = Dynatrace(settings)
+        body = {"title": "feature flag changed", "entitySelector": "type(SERVICE),entityName.equals(cart)",
+                "eventType": "CUSTOM_CONFIGURATION",
+                "properties": {"dt.event.is_rootcause_relevant": "true", "action": "changed",
+                               "feature_flag.key": "cartFailure", "defaultValue": "on"}}
+        bare = httpx.Client(headers={"Authorization": f"Api-Token {lab.api_token}"}, timeout=10)
+        n = max(args.repeat * 4, 20)
+        bare_t = statistics.median(timed(
+            lambda: bare.post(f"{lab.tenant_server.url}/api/v2/events/ingest", json=body).raise_for_status(), n))
+        ours_t = statistics.median(timed(lambda: dt.send_change_event("cart", "cartFailure", "on", old="off"), n))
+        ratio = ours_t / bare_t
+        rows.append(("send_change_event vs bare httpx POST", f"{ratio:.2f}x",
+                     f"{ours_t * 1000:.1f} ms vs {bare_t * 1000:.1f} ms, median of {n}", "<= 1.2x", ratio <= 1.2))
+
+        q = statistics.median(timed(lambda: dt.failed_requests("cart", since="now-24h", resolution="1m"), args.repeat))
+        rows.append(("24 h of cart at 1 min into a DataFrame", f"{q:.3f} s", f"median of {args.repeat}",
+                     "< 0.5 s", q < 0.5))
+
+        result = Shop(settings).run(seconds=5, rate=0)
+        ops = result.operations / 5
+        rows.append(("shop cart operations per second", f"{ops:.0f}/s", "one process, 5 s", ">= 200/s", ops >= 200))
+
+    if args.workbook:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "labkit", "workshop", "--out", tempfile.mkdtemp()],
+                       cwd=ROOT, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        wb = time.perf_counter() - start
+        rows.append(("whole workbook headless on the local lab", f"{wb:.0f} s", "default timings", "< 180 s",
+                     wb < 180))
+
+    widths = [max(len(str(r[i])) for r in rows + [("what", "value", "how", "target")]) for i in range(4)]
+    header = ("what", "value", "how", "target")
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)) + " | met")
+    print("-+-".join("-" * w for w in widths) + "-+----")
+    for row in rows:
+        print(" | ".join(str(c).ljust(w) for c, w in zip(row[:4], widths)) + f" | {'yes' if row[4] else 'NO'}")
+
+
+if __name__ == "__main__":
+    main()
