@@ -1,0 +1,275 @@
+"""python -m labkit as a user runs it: subprocesses against a sandbox Kubernetes API on loopback."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FLAGS_YAML = (ROOT / "labkit" / "sandbox" / "flags.yaml").read_text()
+
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters:
+- name: sandbox
+  cluster:
+    server: {url}
+users:
+- name: sandbox
+  user:
+    token: local-lab
+contexts:
+- name: sandbox
+  context:
+    cluster: sandbox
+    user: sandbox
+    namespace: default
+current-context: sandbox
+"""
+
+
+def base_env(tmp: Path, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DT_", "KUBECONFIG", "LABKIT_", "LAB_", "FRONTEND_URL"))}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+class KubeSandbox:
+    """Only the sandbox's Kubernetes API (flagd, the ConfigMap), with a kubeconfig for the CLI."""
+
+    def __init__(self, tmp: Path):
+        from labkit.sandbox import Timings, kube
+        from labkit.sandbox.http import LabServer
+
+        self.tmp = tmp
+        self.timings = Timings.fast()
+        self.cluster = kube.Cluster(self.timings, FLAGS_YAML)
+        self.server = LabServer(kube.app(self.cluster)).start()
+        self.cluster.start()
+        self.kubeconfig = tmp / "kubeconfig"
+        self.kubeconfig.write_text(KUBECONFIG.format(url=self.server.url))
+        deadline = time.monotonic() + 10
+        while self.cluster.flagd_value("cartFailure") is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def run(self, *args, timeout: float = 60, **env):
+        started = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "labkit", *args], cwd=self.tmp, capture_output=True,
+                              text=True, timeout=timeout,
+                              env=base_env(self.tmp, KUBECONFIG=str(self.kubeconfig), **env))
+        proc.seconds = time.monotonic() - started
+        return proc
+
+    def popen(self, *args):
+        return subprocess.Popen([sys.executable, "-m", "labkit", *args], cwd=self.tmp, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=base_env(self.tmp, KUBECONFIG=str(self.kubeconfig)))
+
+    def configmap(self) -> dict:
+        from kubernetes import client, config
+
+        api = config.new_client_from_config(str(self.kubeconfig))
+        cm = client.CoreV1Api(api).read_namespaced_config_map("flagd-config", "default")
+        return {"rv": cm.metadata.resource_version, "json": cm.data["demo.flagd.json"]}
+
+    def replicas(self) -> int:
+        return self.cluster.scale("flagd")["spec"]["replicas"]
+
+    def stop(self):
+        self.cluster.stop()
+        self.server.stop()
+
+
+@pytest.fixture
+def kube(tmp_path):
+    sb = KubeSandbox(tmp_path)
+    yield sb
+    sb.stop()
+
+
+def no_traceback(proc):
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+
+
+# ---- flags ------------------------------------------------------------------------------------------
+def test_flags_table_shows_variants_default_and_served_value_fast(kube):
+    kube.run("flags")  # warm the bytecode caches; the timed run is a user's second run
+    proc = kube.run("flags")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["FLAG", "VARIANTS", "DEFAULT", "SERVED"]
+    cart = next(l for l in lines if l.startswith("cartFailure "))
+    assert cart.split() == ["cartFailure", "on=true", "off=false", "off", "off", "(false)"]
+    payment = next(l for l in lines if l.startswith("paymentFailure "))
+    assert "10%=0.1" in payment and "off=0" in payment
+    assert proc.seconds < 1.5, f"python -m labkit flags took {proc.seconds:.2f}s"
+
+
+def test_flags_one_flag_and_unknown_flag(kube):
+    proc = kube.run("flags", "cartFailure", "-v")
+    assert proc.returncode == 0 and "Fail cart service" in proc.stdout and len(proc.stdout.splitlines()) == 2
+    proc = kube.run("flags", "cartFailur")
+    assert proc.returncode == 2 and "Did you mean 'cartFailure'?" in proc.stderr
+    no_traceback(proc)
+
+
+def test_flags_when_flagd_is_down_shows_dash(kube):
+    kube.cluster.set_scale("flagd", "application/merge-patch+json", {"spec": {"replicas": 0}})
+    deadline = time.monotonic() + 5
+    while kube.cluster.flagd_value("cartFailure") is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc = kube.run("flags")
+    assert proc.returncode == 0
+    cart = next(l for l in proc.stdout.splitlines() if l.startswith("cartFailure "))
+    assert cart.split()[-1] == "-"
+    assert "flagd is not serving" in proc.stderr
+
+
+# ---- set --------------------------------------------------------------------------------------------
+def test_set_changes_restarts_and_verifies(kube):
+    before = kube.configmap()["json"]
+    proc = kube.run("set", "cartFailure", "on", "--no-event")
+    assert proc.returncode == 0, proc.stderr
+    assert "flagd serves" not in proc.stdout or "on (true)" in proc.stdout
+    assert "serves cartFailure = on (true)" in proc.stdout
+    assert "no flagd pod left" in proc.stderr  # progress lines on stderr
+    after = kube.configmap()["json"]
+    idx = before.index('"cartFailure"')
+    assert after == before[:idx] + before[idx:].replace('"defaultVariant": "off"', '"defaultVariant": "on"', 1)
+    assert kube.cluster.flagd_value("cartFailure")["variant"] == "on"
+    assert kube.replicas() == 1
+    assert "change events come with the Dynatrace client" not in proc.stderr  # --no-event
+
+    proc = kube.run("set", "cartFailure", "off", "--how", "rollout")
+    assert proc.returncode == 0, proc.stderr
+    assert "rollout" in proc.stdout and "serves cartFailure = off (false)" in proc.stdout
+    assert "change events come with the Dynatrace client" in proc.stderr  # the hook ran
+
+
+def test_set_bad_flag_exits_2_with_suggestion(kube):
+    proc = kube.run("set", "cartFailur", "on")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "Did you mean 'cartFailure'?" in proc.stderr
+    no_traceback(proc)
+
+
+def test_set_bad_variant_exits_2_listing_variants(kube):
+    rv = kube.configmap()["rv"]
+    proc = kube.run("set", "cartFailure", "maybe")
+    assert proc.returncode == 2
+    assert "Allowed variants: on (true), off (false)" in proc.stderr
+    no_traceback(proc)
+    assert kube.configmap()["rv"] == rv
+
+
+def test_set_dry_run_prints_diff_and_changes_nothing(kube):
+    before = kube.configmap()
+    proc = kube.run("set", "cartFailure", "on", "--dry-run")
+    assert proc.returncode == 0
+    assert '-      "defaultVariant": "off"' in proc.stdout and '+      "defaultVariant": "on"' in proc.stdout
+    assert "nothing changed" in proc.stdout
+    assert kube.configmap() == before
+    assert kube.cluster.flagd_value("cartFailure")["variant"] == "off"
+
+
+def test_set_no_restart_leaves_flagd_on_the_old_value(kube):
+    proc = kube.run("set", "paymentFailure", "50%", "--no-restart", "--no-event")
+    assert proc.returncode == 0
+    assert json.loads(kube.configmap()["json"])["flags"]["paymentFailure"]["defaultVariant"] == "50%"
+    assert kube.cluster.flagd_value("paymentFailure")["variant"] == "off"
+    proc = kube.run("flags", "paymentFailure")
+    assert "off (0) *" in proc.stdout and "flagd still serves an older default" in proc.stdout
+
+
+def test_set_forbidden_exits_1(kube):
+    kube.cluster.forbid("update", "configmaps")
+    proc = kube.run("set", "cartFailure", "on", "--no-event")
+    assert proc.returncode == 1
+    assert "error: Not allowed to update configmaps in namespace default" in proc.stderr
+    no_traceback(proc)
+    proc = kube.run("set", "cartFailure", "on", "--no-event", "-v")
+    assert "Traceback" in proc.stderr  # -v shows where
+    assert "local-lab" not in proc.stderr  # the kubeconfig token never appears
+
+
+def test_ctrl_c_during_restart_exits_130_and_flagd_is_scaled_back(kube):
+    kube.timings.pod_terminate = 5.0  # pods linger Terminating: time to interrupt
+    proc = kube.popen("set", "cartFailure", "on", "--no-event")
+    deadline = time.monotonic() + 15
+    seen = ""
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        seen += line
+        if "waiting for" in line:
+            break
+    assert "waiting for" in seen, seen
+    proc.send_signal(signal.SIGINT)
+    rest_out, rest_err = proc.communicate(timeout=15)
+    assert proc.returncode == 130, seen + rest_err
+    assert "interrupted" in rest_err and "Traceback" not in rest_err
+    assert kube.replicas() == 1
+
+
+def test_usage_errors_exit_2(kube):
+    assert kube.run("set", "cartFailure").returncode == 2
+    assert kube.run("nonsense").returncode == 2
+    assert kube.run("set", "cartFailure", "on", "--how", "teleport").returncode == 2
+
+
+def test_unreachable_cluster_exits_1_with_a_hint(tmp_path):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    kc = tmp_path / "kubeconfig"
+    kc.write_text(KUBECONFIG.format(url=f"http://127.0.0.1:{port}"))
+    proc = subprocess.run([sys.executable, "-m", "labkit", "--kubeconfig", str(kc), "flags"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=30, env=base_env(tmp_path))
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: Cannot reach the Kubernetes API") and "python -m labkit sandbox" in proc.stderr
+    no_traceback(proc)
+
+
+# ---- sandbox ----------------------------------------------------------------------------------------
+def test_sandbox_command_serves_until_ctrl_c(tmp_path):
+    state = tmp_path / "lab"
+    env = base_env(tmp_path, LABKIT_POD_START="0.3", LABKIT_POD_TERMINATE="0.3", LABKIT_SEED_HOURS="0.2")
+    proc = subprocess.Popen([sys.executable, "-m", "labkit", "sandbox", "--state-dir", str(state)],
+                            cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        started = time.monotonic()
+        first = proc.stdout.readline()
+        ready_after = time.monotonic() - started
+        assert "ready" in first and str(state / "lab.env") in first, first + proc.stderr.read()
+        assert ready_after < 10
+        lab_env = {}
+        for line in (state / "lab.env").read_text().splitlines():
+            key, _, value = line.removeprefix("export ").partition("=")
+            lab_env[key] = value
+        assert (state / "kubeconfig").is_file() and "KUBECONFIG" in lab_env
+        deadline = time.monotonic() + 10
+        while True:  # flagd's first pod starts like a real one
+            flags = subprocess.run([sys.executable, "-m", "labkit", "flags", "cartFailure"], cwd=tmp_path,
+                                   capture_output=True, text=True, timeout=30, env=dict(env, **lab_env))
+            assert flags.returncode == 0, flags.stderr
+            if "off (false)" in flags.stdout or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert "off (false)" in flags.stdout
+        for token in (lab_env["DT_API_TOKEN"], lab_env["DT_PLATFORM_TOKEN"]):
+            assert token not in first and token not in flags.stdout + flags.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "stopped" in err
+    assert not (state / "lab.env").exists()
