@@ -302,6 +302,7 @@ class Dynatrace:
         self._lock = threading.Lock()
         self._entity_cache: dict[str, tuple[float, Entity | None]] = {}
         self.entity_cache_seconds = 60.0
+        self._entities_forbidden_until = 0.0
         self._secrets = [s for s in (settings.api_token, settings.platform_token) if s]
 
     # ---- lifecycle
@@ -570,8 +571,12 @@ class Dynatrace:
         run_id = run_id or uuid.uuid4().hex[:12]
         warnings: list[str] = []
         try:
+            if self._entities_forbidden_until > time.monotonic():
+                raise Forbidden("entities.read missing (remembered)")
             entity = self._service(service)
         except Forbidden:
+            # the lab's own token has ingest scopes only: remember, so each send costs one POST
+            self._entities_forbidden_until = time.monotonic() + self.entity_cache_seconds
             warnings.append(f"could not check that the service {service!r} exists (the token lacks "
                             "entities.read); sending the event anyway")
         except (Unreachable, LabError) as exc:
@@ -789,7 +794,7 @@ class Dynatrace:
         limit = max(1, min(int(limit), 10000))
         query = (f"fetch logs, from: {_dql_from(since)} | filter service.name == {_dql_string(service)}"
                  f' and loglevel == "ERROR" | sort timestamp desc | limit {limit}')
-        classic_query = f'status="ERROR" AND service.name="{service}"'
+        classic_query = f'status="ERROR" AND service.name="{service.replace(chr(34), "")}"'
         return self._logs(query, classic_query, since=since, limit=limit, newest_first=True,
                           keep=lambda r: r["service"] in (None, service) and
                           (r["loglevel"] or r["status"] or "ERROR").upper() == "ERROR")

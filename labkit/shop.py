@@ -149,18 +149,19 @@ class Shop:
         """(a product id from the cached catalogue, reached); id None when the catalogue failed."""
         products = self._products
         if products is None:
-            resp, reached = self._call(client, tally, "products", "GET", "/api/products")
-            if resp is None:
-                return None, reached
-            try:
-                body = resp.json()
-                items = body.get("products", []) if isinstance(body, dict) else body
-                products = [str(p["id"]) for p in items if isinstance(p, dict) and p.get("id")]
-            except (ValueError, TypeError, KeyError):
-                products = []
-            products = products or [FALLBACK_PRODUCT]
-            with self._lock:
-                self._products = products
+            with self._lock:  # one worker fetches the catalogue, the others wait for it
+                products = self._products
+                if products is None:
+                    resp, reached = self._call(client, tally, "products", "GET", "/api/products")
+                    if resp is None:
+                        return None, reached
+                    try:
+                        body = resp.json()
+                        items = body.get("products", []) if isinstance(body, dict) else body
+                        products = [str(p["id"]) for p in items if isinstance(p, dict) and p.get("id")]
+                    except (ValueError, TypeError, KeyError, AttributeError):
+                        products = []
+                    products = self._products = products or [FALLBACK_PRODUCT]
         return products[n % len(products)], True
 
     def _call(self, client: httpx.Client, tally: _Tally, op: str, method: str, path: str,
