@@ -64,17 +64,7 @@ class Cluster:
         self.settings = settings or Settings.load()
         self.namespace = self.settings.namespace
         self.api = api_client if api_client is not None else self._connect()
-        self._core_api = None
         self.conflicts = 0  # 409s retried by the last set_default_variant (for display and tests)
-
-    @property
-    def _core(self):
-        """The typed CoreV1Api, for watches only: building it costs ~1 s, so plain calls use _request."""
-        if self._core_api is None:
-            from kubernetes import client
-
-            self._core_api = client.CoreV1Api(self.api)
-        return self._core_api
 
     # ---- connection ---------------------------------------------------------------------------
     def _connect(self):
@@ -242,9 +232,8 @@ class Cluster:
             if remaining <= 0:
                 raise LabTimeout(timeout_message(pods))
             stream = watch.Watch().stream(
-                self._core.list_namespaced_pod, self.namespace, label_selector=names.FLAGD_SELECTOR,
-                resource_version=rv, timeout_seconds=max(1, math.ceil(remaining)),
-                _request_timeout=(5, remaining + 10))
+                self._watch_pods_call, label_selector=names.FLAGD_SELECTOR, resource_version=rv,
+                timeout_seconds=max(1, math.ceil(remaining)), _request_timeout=(5, remaining + 10))
             try:
                 for event in stream:
                     obj = event.get("raw_object") or {}
@@ -269,6 +258,28 @@ class Cluster:
             finally:
                 stream.close()
         return pods
+
+    def _watch_pods_call(self, *, label_selector: str, resource_version: str | None, timeout_seconds: int,
+                         watch: bool = True, _preload_content: bool = False, _request_timeout=None):
+        """The pod list call in watch mode, for kubernetes.watch.Watch().stream: returns the open
+        response. (The generated CoreV1Api would do the same but costs ~1 s to build; events stay
+        plain dicts, in event["raw_object"].)"""
+        import urllib3
+
+        query = [("labelSelector", label_selector), ("timeoutSeconds", timeout_seconds), ("watch", "true")]
+        if resource_version:
+            query.append(("resourceVersion", resource_version))
+        method, url, headers, _, _ = self.api.param_serialize(
+            "GET", self._path("pods"), query_params=query, header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"])
+        try:
+            resp = self.api.call_api(method, url, header_params=headers, _request_timeout=_request_timeout)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._unreachable(exc) from None
+        if not 200 <= resp.status <= 299:
+            raw = resp.read()
+            raise self._error(resp.status, raw.decode("utf-8", "replace") if raw else None, "watch", "pods", None)
+        return resp.response
 
     def _scale(self, replicas: int) -> None:
         self._request("PATCH", self._path("deployments", names.FLAGD_DEPLOYMENT, "scale"), "patch",

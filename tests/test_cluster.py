@@ -44,12 +44,12 @@ current-context: sandbox
 class Sandbox:
     """A sandbox Kubernetes API on loopback: the fake cluster object, its server, a kubeconfig."""
 
-    def __init__(self, tmp: Path, timings=None, flags_yaml: str = FLAGS_YAML):
+    def __init__(self, tmp: Path, timings=None, flags_yaml: str = FLAGS_YAML, **cluster_kw):
         from labkit.sandbox import Timings, kube
         from labkit.sandbox.http import LabServer
 
         self.timings = timings or Timings.fast()
-        self.cluster = kube.Cluster(self.timings, flags_yaml)
+        self.cluster = kube.Cluster(self.timings, flags_yaml, **cluster_kw)
         self.server = LabServer(kube.app(self.cluster))
         self.kubeconfig = tmp / "kubeconfig"
 
@@ -337,6 +337,29 @@ def test_rollout_restart_replaces_the_pods(sandbox):
     assert set(result.pods).isdisjoint(old)
     assert {p["name"] for p in lab.flagd_pods()} == set(result.pods)
     assert lab.served_value("cartFailure").variant == "on"
+
+
+def test_watch_from_a_compacted_resource_version_relists(tmp_path, monkeypatch):
+    """A 410 Expired from the watch (history compacted) makes labkit relist and carry on."""
+    sb = Sandbox(tmp_path, history=3).start()
+    try:
+        sb.wait_ready(1)
+        lab = sb.labkit()
+        real_list = Cluster._list_pods
+        calls = []
+
+        def stale_first(self):
+            pods, rv = real_list(self)
+            calls.append(rv)
+            return pods, ("1" if len(calls) == 1 else rv)
+
+        monkeypatch.setattr(Cluster, "_list_pods", stale_first)
+        result = lab.restart_flagd(timeout=20)
+        assert result.replicas == 1 and len(result.pods) == 1
+        assert len(calls) >= 3, "expected a relist after the 410"
+        assert sb.replicas() == 1
+    finally:
+        sb.stop()
 
 
 def test_wait_served_is_bounded(sandbox):
