@@ -88,6 +88,7 @@ class Faults:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "labkit-local-lab"
+    disable_nagle_algorithm = True  # headers and body go out at once: no 40 ms delayed-ACK stall
 
     def log_message(self, *args):  # quiet: the lab's own output matters, not access logs
         pass
@@ -195,3 +196,10 @@ class LabServer(ThreadingHTTPServer):
     def stop(self) -> None:
         self.shutdown()
         self.server_close()
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that hangs up first (a timeout, Ctrl-C) is normal here, not worth a traceback."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
