@@ -236,9 +236,10 @@ class Lab:
 
     # --- traffic and what Dynatrace sees -------------------------------------------------------
     def generate_traffic(self, seconds: float = 60, rate: float = 5.0, progress: Progress | None = None,
-                         stop: threading.Event | None = None):
+                         stop: threading.Event | None = None, until_failures: int | None = None):
         """Add → view → empty the cart; only DELETE /api/cart exercises EmptyCart."""
-        result = self.shop.run(seconds=seconds, rate=rate, progress=progress, stop=stop)
+        result = self.shop.run(seconds=seconds, rate=rate, progress=progress, stop=stop,
+                               until_failures=until_failures)
         if result.first_failure_at and not self.timeline.last(FIRST_FAILURE):
             self.timeline.add(FIRST_FAILURE, result.summary(), at=result.first_failure_at)
         return result

@@ -206,10 +206,11 @@ class Shop:
 
     def run(self, seconds: float = 60, rate: float = 5.0, progress: Progress | None = None,
             stop: threading.Event | None = None, max_sessions: int | None = None,
-            workers: int | None = None) -> ShopResult:
+            workers: int | None = None, until_failures: int | None = None) -> ShopResult:
         """Cart sessions for `seconds` at `rate` sessions/s (0 = as fast as possible).
 
-        Bounded by `seconds` (at most an hour) and `max_sessions`. Returns a ShopResult; failures
+        Bounded by `seconds` (at most an hour) and `max_sessions`; ends early once `until_failures`
+        requests have failed (enough to show the change worked). Returns a ShopResult; failures
         (5xx, refused connections, timeouts) are counted, not raised.
         """
         try:
@@ -268,6 +269,8 @@ class Shop:
         try:
             while any(t.is_alive() for t in threads):
                 threads[0].join(timeout=0.5 if progress else 0.2)
+                if until_failures and result.failure_count >= until_failures:
+                    stop.set()
                 for t in threads:
                     if not t.is_alive():
                         t.join()
