@@ -120,8 +120,8 @@ def cmd_sandbox(args) -> int:
                 "frontend-proxy")
             out(f"  demo shop       {lab.frontend_server.url}   (FRONTEND_URL)")
             out(f"  Dynatrace API   {lab.tenant_server.url}   (DT_URL; the local lab, not a real tenant)")
-            out("Then: kubectl get pods | python -m labkit flags | python -m labkit set cartFailure on. "
-                "Ctrl-C stops the lab.")
+            out("Try: kubectl get pods; python -m labkit flags; python -m labkit set cartFailure on")
+            out("Ctrl-C stops the local lab.")
         while not stop.wait(0.5):
             pass
     finally:

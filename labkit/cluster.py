@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -70,7 +71,7 @@ class Cluster:
     def _connect(self):
         from kubernetes import client, config
 
-        path = self.settings.kubeconfig
+        path = self.settings.kubeconfig or os.environ.get("KUBECONFIG")
         if not path:
             default = Path("~/.kube/config").expanduser()
             path = str(default) if default.is_file() else None

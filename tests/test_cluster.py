@@ -378,10 +378,13 @@ def test_flagd_pods_for_display(sandbox):
     assert pods[0]["name"].startswith("flagd-") and pods[0]["phase"] == "Running" and pods[0]["ready"]
 
 
-def test_full_local_lab_through_its_environment(lab_env):
-    """The session local lab, found the way a user finds it: KUBECONFIG from lab.env."""
+def test_full_local_lab_through_its_environment(lab_env, kube_api):
+    """The session local lab, found the way a user finds it: KUBECONFIG from lab.env (read only)."""
     lab = Cluster(Settings.load(dotenv=None))
     ff = lab.flag_file()
     assert "cartFailure" in ff.keys
     served = lab.served_value("cartFailure")
     assert served.variant == ff.flag("cartFailure").default_variant
+    assert lab.served_values()["cartFailure"] == served
+    # an ApiClient handed in (as a notebook might) works the same
+    assert Cluster(Settings.load(dotenv=None), api_client=kube_api).flag_file().text == ff.text
