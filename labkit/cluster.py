@@ -323,8 +323,10 @@ class Cluster:
                     report(f"waiting for {len(pods)} flagd pod(s) to go: {', '.join(sorted(pods))}", 0.2)
 
             self._watch_pods(lambda pods: not pods, deadline, gone_progress,
-                             lambda pods: f"flagd pods still terminating after {timeout:g}s: "
-                                          f"{', '.join(sorted(pods))}")
+                             lambda pods: f"flagd pods still terminating after {timeout:g}s "
+                                          f"({', '.join(sorted(pods))}); flagd is scaled back to {previous}. "
+                                          f"Retry with a longer timeout, or check: kubectl -n {self.namespace} "
+                                          f"get pods -l {names.FLAGD_SELECTOR}")
             report("no flagd pod left", 0.5)
             report(f"scaling deployment {name} back to {previous}", 0.55)
             self._scale(previous)
@@ -344,14 +346,23 @@ class Cluster:
         return RestartResult(how="scale", replicas=previous, seconds=seconds, pods=ready)
 
     def _scale_back(self, previous: int, exc: BaseException, report: Progress) -> None:
+        """After a failure or an interrupt past the scale-down: flagd back to `previous` replicas."""
+        for attempt in range(2):  # a second Ctrl-C during this one request gets one more try
+            try:
+                self._scale(previous)
+                break
+            except KeyboardInterrupt:
+                if attempt:
+                    raise
+            except Exception as again:
+                raise LabError(
+                    f"flagd could not be scaled back to {previous} after {type(exc).__name__} ({again}). "
+                    f"Run: kubectl -n {self.namespace} scale deploy {names.FLAGD_DEPLOYMENT} "
+                    f"--replicas={previous}") from exc
         try:
-            report(f"interrupted ({type(exc).__name__}): scaling flagd back to {previous}", None)
-            self._scale(previous)
-        except Exception as again:
-            raise LabError(
-                f"flagd could not be scaled back to {previous} after {type(exc).__name__} ({again}). "
-                f"Run: kubectl -n {self.namespace} scale deploy {names.FLAGD_DEPLOYMENT} --replicas={previous}"
-            ) from exc
+            report(f"{type(exc).__name__}: flagd scaled back to {previous}", None)
+        except Exception:
+            pass
 
     def _rollout_restart(self, start: float, deadline: float, timeout: float, report: Progress) -> RestartResult:
         name = names.FLAGD_DEPLOYMENT
