@@ -1,0 +1,393 @@
+"""The local lab's Dynatrace tenant, called with httpx over loopback in the reference's shapes."""
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from labkit.sandbox import Timings, make_token
+from labkit.sandbox.http import LabServer
+from labkit.sandbox.shop import Shop
+from labkit.sandbox.shop import app as shop_app
+from labkit.sandbox.telemetry import Telemetry, service_id
+from labkit.sandbox.tenant import LAB_INGEST_SCOPES, READ_AND_INGEST_SCOPES, Tenant
+from labkit.sandbox.tenant import app as tenant_app
+
+CART_ID = service_id("cart")
+CART = "type(SERVICE),entityName.equals(cart)"
+# The lab's runtime_change.py body, verbatim (a JSON boolean property included).
+LAB_EVENT = {"title": "feature flag changed", "entitySelector": CART,
+             "eventType": "CUSTOM_CONFIGURATION",
+             "properties": {"dt.event.is_rootcause_relevant": True, "action": "changed",
+                            "feature_flag.key": "cartFailure", "defaultValue": "on"}}
+QUERY = "/platform/storage/query/v1/"
+
+
+class Lab:
+    """Telemetry + shop + tenant on loopback, with clients for each token."""
+
+    def __init__(self, **timing_overrides):
+        self.timings = Timings.fast()
+        self.timings.shopper_rate = 0
+        for key, value in timing_overrides.items():
+            setattr(self.timings, key, value)
+        self.flag = {"value": None}
+        self.telemetry = Telemetry(self.timings, seed=3)
+        self.shop = Shop(lambda key: {"key": key, "value": self.flag["value"]}
+                         if self.flag["value"] is not None else None,
+                         self.telemetry, self.timings, seed=5)
+        self.api_token, self.ingest_token = make_token(), make_token()
+        self.platform_token = make_token("dt0s16")
+        self.tenant = Tenant(self.telemetry, self.timings, {
+            self.api_token: READ_AND_INGEST_SCOPES, self.ingest_token: LAB_INGEST_SCOPES},
+            platform_tokens={self.platform_token})
+        self.tenant_server = LabServer(tenant_app(self.tenant)).start()
+        self.shop_server = LabServer(shop_app(self.shop)).start()
+        self.tenant.start()
+        url = self.tenant_server.url
+        self.api = httpx.Client(base_url=url, timeout=10,
+                                headers={"Authorization": f"Api-Token {self.api_token}"})
+        self.ingest = httpx.Client(base_url=url, timeout=10,
+                                   headers={"Authorization": f"Api-Token {self.ingest_token}"})
+        self.grail = httpx.Client(base_url=url, timeout=10,
+                                  headers={"Authorization": f"Bearer {self.platform_token}"})
+        self.front = httpx.Client(base_url=self.shop_server.url, timeout=10)
+
+    def fail_empties(self, n: int) -> None:
+        """Attendee traffic with the flag at 100 %: add -> view -> DELETE, n times."""
+        self.flag["value"] = 1.0
+        for i in range(n):
+            self.front.post("/api/cart", json={"userId": f"u{i}",
+                                               "item": {"productId": "OLJCESPC7Z", "quantity": 1}})
+            self.front.get("/api/cart", params={"sessionId": f"u{i}"})
+            assert self.front.request("DELETE", "/api/cart", json={"userId": f"u{i}"}
+                                      ).status_code == 500
+
+    def dql(self, query: str, **body):
+        resp = self.grail.post(QUERY + "query:execute", json={"query": query, **body})
+        assert resp.status_code == 200, resp.text
+        return resp.json()["result"]
+
+    def close(self):
+        for client in (self.api, self.ingest, self.grail, self.front):
+            client.close()
+        self.tenant.stop()
+        self.tenant_server.stop()
+        self.shop_server.stop()
+
+
+@pytest.fixture(scope="module")
+def lab():
+    lab = Lab()
+    yield lab
+    lab.close()
+
+
+@pytest.fixture
+def fresh_lab():
+    lab = Lab(problem_quiet=0.6)
+    yield lab
+    lab.close()
+
+
+def metrics(lab, selector, **params):
+    resp = lab.api.get("/api/v2/metrics/query", params={"metricSelector": selector, **params})
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+# ----- events ----------------------------------------------------------------------------------
+def test_the_labs_event_is_accepted_and_read_back(lab):
+    resp = lab.ingest.post("/api/v2/events/ingest", json=LAB_EVENT)
+    assert resp.status_code == 201
+    body = resp.json()
+    assert body["reportCount"] == 1 and body["eventIngestResults"][0]["status"] == "OK"
+    correlation = body["eventIngestResults"][0]["correlationId"]
+
+    resp = lab.api.get("/api/v2/events", params={
+        "eventSelector": 'eventType("CUSTOM_CONFIGURATION")', "entitySelector": CART,
+        "from": "now-2h"})
+    assert resp.status_code == 200
+    event = next(e for e in resp.json()["events"] if e["correlationId"] == correlation)
+    assert event["title"] == "feature flag changed"
+    assert event["entityId"] == {"entityId": {"id": CART_ID, "type": "SERVICE"}, "name": "cart"}
+    props = {p["key"]: p["value"] for p in event["properties"]}
+    assert props["dt.event.is_rootcause_relevant"] == "true"  # read back as a string
+    assert props["feature_flag.key"] == "cartFailure"
+    assert event["status"] == "OPEN" and event["endTime"] > event["startTime"]
+
+    by_property = lab.api.get("/api/v2/events", params={
+        "eventSelector": 'property.feature_flag.key("cartFailure")', "from": "now-1d/d"}).json()
+    assert correlation in {e["correlationId"] for e in by_property["events"]}
+
+
+def test_a_selector_matching_nothing_reports_zero(lab):
+    body = dict(LAB_EVENT, entitySelector="type(SERVICE),entityName.equals(cartservice)")
+    resp = lab.ingest.post("/api/v2/events/ingest", json=body)
+    assert resp.status_code == 201
+    assert resp.json() == {"reportCount": 0, "eventIngestResults": []}
+
+
+def test_entity_name_matching_follows_the_selector_rules(lab):
+    def count(selector):
+        body = dict(LAB_EVENT, entitySelector=selector, eventType="CUSTOM_INFO")
+        return lab.ingest.post("/api/v2/events/ingest", json=body).json()["reportCount"]
+    assert count('type(SERVICE),entityName.equals("CART")') == 1  # equals ignores case
+    assert count("type(SERVICE),entityName(fronte)") == 2  # contains: frontend, frontend-proxy
+    assert count(f'entityId("{CART_ID}")') == 1
+
+
+def test_an_invalid_event_names_each_violation(lab):
+    body = {"eventType": "CONFIG_CHANGED", "properties": {"dt.foo": "x", "ok": "y"}}
+    resp = lab.ingest.post("/api/v2/events/ingest", json=body)
+    assert resp.status_code == 400
+    paths = {v["path"] for v in resp.json()["error"]["constraintViolations"]}
+    assert paths == {"eventType", "title", "properties.dt.foo"}
+    resp = lab.ingest.post("/api/v2/events/ingest", json=dict(LAB_EVENT, entitySelector="entityName.equals(cart)"))
+    assert resp.status_code == 400
+    assert "type" in resp.json()["error"]["constraintViolations"][0]["message"]
+
+
+def test_events_page_with_a_key_sent_alone(lab):
+    for i in range(3):
+        lab.api.post("/api/v2/events/ingest", json=dict(LAB_EVENT, title=f"page {i}",
+                                                        eventType="CUSTOM_ANNOTATION"))
+    params = {"eventSelector": 'eventType("CUSTOM_ANNOTATION")', "pageSize": "2"}
+    first = lab.api.get("/api/v2/events", params=params).json()
+    assert first["totalCount"] == 3 and len(first["events"]) == 2 and first["nextPageKey"]
+    mixed = lab.api.get("/api/v2/events", params={**params, "nextPageKey": first["nextPageKey"]})
+    assert mixed.status_code == 400
+    second = lab.api.get("/api/v2/events", params={"nextPageKey": first["nextPageKey"]}).json()
+    assert len(second["events"]) == 1 and second["nextPageKey"] is None
+
+
+# ----- auth ------------------------------------------------------------------------------------
+def test_missing_and_unknown_tokens_are_401(lab):
+    url = lab.tenant_server.url + "/api/v2/events"
+    assert httpx.get(url).status_code == 401
+    resp = httpx.get(url, headers={"Authorization": f"Api-Token {make_token()}"})
+    assert resp.status_code == 401 and resp.json()["error"]["code"] == 401
+    assert httpx.get(url, params={"api-token": lab.api_token}).status_code == 200
+
+
+def test_the_labs_ingest_only_token_cannot_read_and_says_which_scope(lab):
+    resp = lab.ingest.get("/api/v2/metrics/query",
+                          params={"metricSelector": "builtin:service.request.count"})
+    assert resp.status_code == 403
+    assert "metrics.read" in resp.json()["error"]["message"]
+    for path, scope in (("/api/v2/problems", "problems.read"), ("/api/v2/events", "events.read")):
+        assert scope in lab.ingest.get(path).json()["error"]["message"]
+
+
+def test_token_lookup_lists_the_scopes(lab):
+    resp = lab.ingest.post("/api/v2/apiTokens/lookup", json={"token": lab.ingest_token})
+    assert resp.status_code == 200
+    body = resp.json()
+    assert set(body["scopes"]) == set(LAB_INGEST_SCOPES)
+    assert body["id"] == ".".join(lab.ingest_token.split(".")[:2]) and body["enabled"] is True
+    assert lab.api.post("/api/v2/apiTokens/lookup", json={"token": make_token()}).status_code == 404
+    assert lab.api.post("/api/v2/apiTokens/lookup", json={"token": "nope"}).status_code == 400
+
+
+# ----- metrics ---------------------------------------------------------------------------------
+def test_cart_failures_show_in_the_unified_metrics(lab):
+    before = time.time() * 1000
+    lab.fail_empties(4)
+    selector = ("builtin:service.request.failure_count:splitBy():value:default(0),"
+                "builtin:service.request.count:splitBy():value:default(0)")
+    body = metrics(lab, selector, entitySelector=CART, **{"from": "now-5m", "resolution": "1m"})
+    assert body["resolution"] == "1m" and body["nextPageKey"] is None
+    failed, total = body["result"]
+    assert failed["metricId"] == selector.split(",")[0]
+    series = failed["data"][0]
+    assert series["dimensions"] == [] and series["dimensionMap"] == {}
+    assert len(series["timestamps"]) == len(series["values"])
+    assert sum(series["values"]) >= 4
+    assert sum(total["data"][0]["values"]) >= 12  # add + view + empty, per user
+    # Timestamps are slot ENDS: the failures' minute is reported one minute later.
+    slot_end = (int(before) // 60_000 + 1) * 60_000
+    assert all(t % 60_000 == 0 for t in series["timestamps"])
+    assert series["timestamps"][-1] >= slot_end
+
+
+def test_filter_and_default_split_by_entity(lab):
+    selector = f'builtin:service.request.count:filter(eq("dt.entity.service","{CART_ID}"))'
+    body = metrics(lab, selector, **{"from": "now-1h"})
+    (series,) = body["result"][0]["data"]
+    assert series["dimensionMap"] == {"dt.entity.service": CART_ID}
+    via_selector = ('builtin:service.request.count:filter(in("dt.entity.service",'
+                    'entitySelector("type(SERVICE),entityName.equals(cart)"))):splitBy()')
+    assert len(metrics(lab, via_selector, **{"from": "now-1h"})["result"][0]["data"]) == 1
+
+
+def test_empty_slots_are_null_until_defaulted(lab):
+    # The seeded history starts 2 h ago, so the first hours of this window are empty.
+    key = "builtin:service.request.count:splitBy()"
+    raw = metrics(lab, key, entitySelector=CART, **{"from": "now-5h", "resolution": "1h"})
+    values = raw["result"][0]["data"][0]["values"]
+    assert values[0] is None and values[-1] is not None
+    filled = metrics(lab, key + ":default(0)", entitySelector=CART,
+                     **{"from": "now-5h", "resolution": "1h"})["result"][0]["data"][0]["values"]
+    assert filled[0] == 0 and None not in filled
+    # With no data at all, only default(0,always) produces a series.
+    old = {"from": "now-3d", "to": "now-2d", "resolution": "1h"}
+    assert metrics(lab, key + ":default(0)", entitySelector=CART, **old)["result"][0]["data"] == []
+    always = metrics(lab, key + ":default(0,always)", entitySelector=CART, **old)
+    assert set(always["result"][0]["data"][0]["values"]) == {0}
+
+
+def test_inf_resolution_is_one_point(lab):
+    body = metrics(lab, "builtin:service.request.count:splitBy()", entitySelector=CART,
+                   **{"from": "now-2h", "resolution": "Inf"})
+    series = body["result"][0]["data"][0]
+    assert body["resolution"] == "Inf" and len(series["values"]) == 1 and series["values"][0] > 0
+
+
+def test_a_day_at_one_minute_resolution(lab):
+    body = metrics(lab, "builtin:service.request.failure_count:splitBy()", entitySelector=CART,
+                   **{"from": "now-24h", "resolution": "1m"})
+    assert len(body["result"][0]["data"][0]["timestamps"]) in (1440, 1441)
+
+
+def test_oneagent_keys_are_empty_and_unknown_keys_404(lab):
+    body = metrics(lab, "builtin:service.errors.total.count:splitBy():value:default(0)",
+                   entitySelector=CART)
+    assert body["result"][0]["data"] == [] and body["result"][0]["warnings"]
+    resp = lab.api.get("/api/v2/metrics/query", params={"metricSelector": "builtin:nope.count"})
+    assert resp.status_code == 404 and "builtin:nope.count" in resp.json()["error"]["message"]
+    bad = lab.api.get("/api/v2/metrics/query",
+                      params={"metricSelector": "builtin:service.request.count:splitBy(("})
+    assert bad.status_code == 400
+
+
+def test_time_formats(lab):
+    for value in ("now-1d/d", "2030-01-01T00:00:00Z", "2030-01-01T01:00:00.000+01:00",
+                  "2030-01-01 00:00", str(int(time.time() * 1000) - 3_600_000)):
+        resp = lab.api.get("/api/v2/events", params={"from": value, "to": "now+1d"
+                                                     if value.startswith("2030") else "now"})
+        assert resp.status_code in (200, 400), value
+        if not value.startswith("2030"):
+            assert resp.status_code == 200, (value, resp.text)
+    assert lab.api.get("/api/v2/events", params={"from": "yesterday"}).status_code == 400
+
+
+# ----- entities --------------------------------------------------------------------------------
+def test_entities_need_a_selector_and_show_the_cart(lab):
+    assert lab.api.get("/api/v2/entities").status_code == 400
+    resp = lab.api.get("/api/v2/entities", params={
+        "entitySelector": CART, "from": "now-3d", "fields": "+lastSeenTms,+firstSeenTms"})
+    (entity,) = resp.json()["entities"]
+    assert entity["entityId"] == CART_ID and entity["displayName"] == "cart"
+    assert entity["type"] == "SERVICE" and entity["firstSeenTms"] <= entity["lastSeenTms"]
+
+
+# ----- problems --------------------------------------------------------------------------------
+def test_problem_opens_on_redis_errors_and_closes_when_quiet(fresh_lab):
+    lab = fresh_lab
+    assert lab.api.get("/api/v2/problems", params={"from": "now-1d"}).json()["problems"] == []
+    lab.ingest.post("/api/v2/events/ingest", json=LAB_EVENT)
+    lab.fail_empties(lab.timings.problem_errors)
+    params = {"problemSelector": f'affectedEntities("{CART_ID}"),status("open")',
+              "from": "now-1d", "fields": "evidenceDetails"}
+    (problem,) = lab.api.get("/api/v2/problems", params=params).json()["problems"]
+    assert problem["title"] == "Redis connection errors" and problem["status"] == "OPEN"
+    assert problem["endTime"] == -1 and problem["displayId"].startswith("P-")
+    assert problem["rootCauseEntity"]["entityId"]["id"] == CART_ID
+    change = [d for d in problem["evidenceDetails"]["details"]
+              if d.get("eventType") == "CUSTOM_CONFIGURATION"]
+    assert change and change[0]["rootCauseRelevant"] is True
+
+    grail = lab.dql("fetch dt.davis.problems, from: now()-1d | filter not(dt.davis.is_duplicate)"
+                    f' | filter in(dt.entity.service, "{CART_ID}")')
+    assert [(r["event.status"], r["event.end"]) for r in grail["records"]] == [("ACTIVE", None)]
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        closed = lab.api.get("/api/v2/problems", params={
+            "problemSelector": 'status("closed")', "from": "now-1d"}).json()["problems"]
+        if closed:
+            break
+        time.sleep(0.1)
+    assert closed and closed[0]["endTime"] > closed[0]["startTime"]
+    records = lab.dql("fetch dt.davis.problems, from: now()-1d")["records"]
+    assert records[0]["event.status"] == "CLOSED" and records[0]["event.end"]
+
+
+# ----- Grail -----------------------------------------------------------------------------------
+def test_grail_finds_the_redis_error_logs(lab):
+    lab.fail_empties(2)
+    result = lab.dql('fetch logs, from: now()-1h | filter matchesPhrase(content, "redis") '
+                     '| sort timestamp desc | limit 100')
+    records = result["records"]
+    assert len(records) >= 2
+    assert all("Wasn't able to connect to redis" in r["content"] for r in records)
+    newest = records[0]
+    assert newest["loglevel"] == "ERROR" and newest["priority"] == "1"
+    assert newest["timestamp"].endswith("Z") and newest["timestamp"] >= records[-1]["timestamp"]
+    assert result["types"][0]["mappings"]["timestamp"] == {"type": "timestamp"}
+    only = lab.dql('fetch logs | filter service.name == "cart" and loglevel == "ERROR" '
+                   "| fields timestamp, content | limit 1")["records"]
+    assert list(only[0]) == ["timestamp", "content"]
+
+
+def test_grail_events_and_timeseries(lab):
+    lab.ingest.post("/api/v2/events/ingest", json=LAB_EVENT)
+    events = lab.dql('fetch events | filter event.type == "CUSTOM_CONFIGURATION" '
+                     '| filter dt.entity.service.name == "cart"')["records"]
+    assert events and events[0]["feature_flag.key"] == "cartFailure"
+    result = lab.dql("timeseries { failed = sum(dt.service.request.failure_count), "
+                     "total = sum(dt.service.request.count) }, by: { dt.service.name }, "
+                     'filter: { dt.service.name == "cart" }, interval: 1m, from: now()-2h')
+    (record,) = result["records"]
+    assert record["interval"] == "60000000000" and record["dt.service.name"] == "cart"
+    assert len(record["failed"]) == len(record["total"]) >= 120
+    assert {m["fieldName"] for m in result["metadata"]["metrics"]} == {"failed", "total"}
+    single = lab.dql("timeseries total = sum(dt.service.request.count), from: now()-10m")
+    assert len(single["records"]) == 1
+
+
+def test_grail_answers_202_then_poll_succeeds():
+    lab = Lab(grail_delay=0.3)
+    try:
+        resp = lab.grail.post(QUERY + "query:execute", json={
+            "query": "fetch logs | limit 1", "requestTimeoutMilliseconds": 10})
+        assert resp.status_code == 202
+        body = resp.json()
+        assert body["state"] == "RUNNING" and body["requestToken"] and body["ttlSeconds"] > 0
+        poll = lab.grail.get(QUERY + "query:poll", params={
+            "request-token": body["requestToken"], "request-timeout-milliseconds": 2000})
+        assert poll.status_code == 200 and poll.json()["state"] == "SUCCEEDED"
+        assert len(poll.json()["result"]["records"]) == 1
+        unknown = lab.grail.get(QUERY + "query:poll", params={"request-token": "bm9wZQ=="})
+        assert unknown.status_code in (404, 410) and "error" in unknown.json()
+    finally:
+        lab.close()
+
+
+def test_grail_needs_a_bearer_token_and_rejects_unsupported_dql(lab):
+    url = lab.tenant_server.url + QUERY + "query:execute"
+    resp = httpx.post(url, json={"query": "fetch logs"},
+                      headers={"Authorization": f"Api-Token {lab.api_token}"})
+    assert resp.status_code == 401 and resp.json()["error"]["code"] == 401
+    bad = lab.grail.post(QUERY + "query:execute", json={"query": "fetch logs | summarize count()"})
+    assert bad.status_code == 400
+    details = bad.json()["error"]["details"]
+    assert "summarize" in details["errorMessage"] and details["syntaxErrorPosition"]
+
+
+# ----- the whole local lab ---------------------------------------------------------------------
+def test_local_lab_wires_shop_and_tenant(local_lab):
+    front = httpx.Client(base_url=local_lab.frontend_server.url, timeout=10)
+    api = httpx.Client(base_url=local_lab.tenant_server.url, timeout=10,
+                       headers={"Authorization": f"Api-Token {local_lab.ingest_token}"})
+    try:
+        assert front.get("/api/products").status_code == 200
+        resp = api.post("/api/v2/events/ingest", json=LAB_EVENT)
+        assert resp.status_code == 201 and resp.json()["reportCount"] == 1
+        read = api.get("/api/v2/metrics/query", params={"metricSelector": "builtin:service.request.count"},
+                       headers={"Authorization": f"Api-Token {local_lab.api_token}"})
+        assert read.status_code == 200 and read.json()["result"][0]["data"]
+    finally:
+        front.close()
+        api.close()
