@@ -1806,6 +1806,7 @@ def grail_execute(tenant: Tenant, req: Request) -> Response:
     max_records = _int_param(body.get("maxResultRecords"), "maxResultRecords", 1000)
     delay = float(tenant.timings.grail_delay)
     job = GrailJob(query, frame, time.monotonic() + delay, max_records)
+    job.expires_at = job.ready_at + 500  # a token nobody polls is dropped after its ttl
     if delay * 1000 <= wait_ms:
         if delay > 0:
             time.sleep(delay)  # the query's own duration, not a wait for a condition
