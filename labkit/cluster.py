@@ -373,7 +373,8 @@ class Cluster:
                            "Restart with how='scale' (it scales back to 1).")
         old, _ = self._list_pods()
         old_names = set(old)
-        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        # RFC3339 like kubectl, but with microseconds: two restarts in one second must both roll
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         report(f"rollout restart of deployment {name} ({replicas} replica(s))", 0.0)
         self._request("PATCH", self._path("deployments", name), "patch", "deployments", name,
                       body={"spec": {"template": {"metadata": {"annotations": {

@@ -337,6 +337,8 @@ def test_rollout_restart_replaces_the_pods(sandbox):
     assert set(result.pods).isdisjoint(old)
     assert {p["name"] for p in lab.flagd_pods()} == set(result.pods)
     assert lab.served_value("cartFailure").variant == "on"
+    again = lab.restart_flagd(timeout=20, how="rollout")  # at once: must roll again, not no-op
+    assert set(again.pods).isdisjoint(result.pods)
 
 
 def test_watch_from_a_compacted_resource_version_relists(tmp_path, monkeypatch):
