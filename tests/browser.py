@@ -87,6 +87,8 @@ def isolated_jupyter_env(work: Path) -> dict[str, str]:
         ("JUPYTER_CONFIG_DIR", "jupyter-config"), ("JUPYTER_DATA_DIR", "jupyter-data"),
         ("JUPYTER_RUNTIME_DIR", "jupyter-runtime"), ("JUPYTERLAB_SETTINGS_DIR", "lab-settings"),
         ("JUPYTERLAB_WORKSPACES_DIR", "lab-workspaces"), ("IPYTHONDIR", "ipython")]}
+    # JupyterLab's language-server autodetection runs `npm prefix -g`, which logs to ~/.npm/_logs.
+    dirs["npm_config_cache"] = work / "npm-cache"
     for path in dirs.values():
         path.mkdir(parents=True, exist_ok=True)
     settings = dirs["JUPYTERLAB_SETTINGS_DIR"]
