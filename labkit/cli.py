@@ -15,7 +15,6 @@ from typing import Callable
 
 from labkit.errors import BadInput, LabError
 
-DEFAULT_STATE_DIR = ".labkit/local-lab"
 
 
 @dataclass
@@ -51,6 +50,8 @@ def settings(args):
     from labkit.settings import Settings
 
     s = Settings.load()
+    if not s.has_tenant and not s.kubeconfig:
+        s = _running_local_lab() or s
     changes = {}
     if getattr(args, "namespace", None):
         if not re.match(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", args.namespace):
@@ -59,6 +60,28 @@ def settings(args):
     if getattr(args, "kubeconfig", None):
         changes["kubeconfig"] = args.kubeconfig
     return dataclasses.replace(s, **changes)
+
+
+def _running_local_lab():
+    """Settings of a `python -m labkit sandbox` running elsewhere, when nothing else is configured."""
+    import os
+
+    from labkit.lab import _local_lab_env
+    from labkit.sandbox import default_state_dir
+    from labkit.settings import Settings
+
+    env = _local_lab_env(default_state_dir())
+    return Settings.load(environ={**os.environ, **env}, dotenv=None) if env else None
+
+
+def dynatrace(args):
+    from labkit.dynatrace import Dynatrace
+
+    s = settings(args)
+    if not s.has_tenant:
+        raise LabError("No Dynatrace tenant is configured: set DT_URL and DT_API_TOKEN (environment or "
+                       ".env), or start the local lab: python -m labkit sandbox")
+    return Dynatrace(s)
 
 
 def cluster(args):
@@ -88,8 +111,9 @@ def table(rows: list[list[str]], header: list[str]) -> str:
 
 # ---- sandbox --------------------------------------------------------------------------------------
 def _sandbox_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
-                   help=f"where lab.env and kubeconfig are written (default ./{DEFAULT_STATE_DIR})")
+    p.add_argument("--state-dir", default=None,
+                   help="where lab.env and kubeconfig are written (default $LABKIT_STATE_DIR or "
+                        "~/.cache/labkit/local-lab, where labkit and the notebooks look for it)")
 
 
 @command("sandbox", "run the local lab (Kubernetes API, flagd, shop, Dynatrace API) until Ctrl-C",
@@ -99,9 +123,9 @@ def cmd_sandbox(args) -> int:
     import threading
     from pathlib import Path
 
-    from labkit.sandbox import LocalLab
+    from labkit.sandbox import LocalLab, default_state_dir
 
-    state_dir = Path(args.state_dir).resolve()
+    state_dir = Path(args.state_dir or default_state_dir()).resolve()
     stop = threading.Event()
     previous = {}
 
@@ -184,16 +208,25 @@ def _set_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-restart", action="store_true", help="change the ConfigMap only")
     p.add_argument("--dry-run", action="store_true", help="print the diff; change nothing")
     p.add_argument("--no-event", action="store_true", help="do not send a change event to Dynatrace")
+    p.add_argument("--service", default="cart", help="the service the change event is about (default cart)")
     p.add_argument("--how", choices=("scale", "rollout"), default="scale",
                    help="restart flagd by scaling to 0 and back (the lab's way) or a rollout restart")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for flagd (default 120)")
 
 
 def _send_change_event(args, change) -> None:
-    """HOOK (lead, part 2): tell Dynatrace a change is coming, before it is applied."""
+    """Tell Dynatrace a change is coming, before it is applied (the lab's runtimeChange.sh)."""
     if args.no_event:
         return
-    err("note: change events come with the Dynatrace client; none sent")
+    if not settings(args).has_tenant:
+        err("note: no Dynatrace tenant configured (DT_URL, DT_API_TOKEN): no change event sent "
+            "(--no-event silences this)")
+        return
+    with dynatrace(args) as dt:
+        event = dt.send_change_event(args.service, change.flag, change.new_variant, old=change.old_variant)
+    out(f"change event sent: {event.summary()}")
+    for warning in event.warnings:
+        err(f"warning: {warning}")
 
 
 @command("set", "set a flag's default variant, restart flagd and check it serves the new value", _set_args)
@@ -231,6 +264,142 @@ def cmd_set(args) -> int:
                              progress=progress_printer())
     out(f"flagd restarted ({result.how}, {result.replicas} pod(s), {result.seconds:.1f}s) and serves "
         f"{args.flag} = {served}")
+    return 0
+
+
+# ---- Dynatrace and the shop (part 2) ----------------------------------------------------------------
+def _frame(df, columns: list[str], empty: str) -> None:
+    """A DataFrame as a plain table (UTC times to the second), or a sentence when it is empty."""
+    if df is None or len(df) == 0:
+        out(empty)
+        return
+    rows = []
+    for _, r in df[columns].iterrows():
+        rows.append(["-" if (v is None or v != v) else
+                     (f"{v:%Y-%m-%d %H:%M:%S}" if hasattr(v, "strftime") else str(v)) for v in r])
+    out(table(rows, [c.upper() for c in columns]))
+
+
+def _event_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("service", help="the service the change is about, e.g. cart")
+    p.add_argument("flag", help="the flag key, e.g. cartFailure")
+    p.add_argument("value", help="the new value (variant), e.g. on")
+    p.add_argument("--old", help="the value before the change (default: what the ConfigMap says now)")
+
+
+@command("event", "send Dynatrace a change event (a drop-in for the lab's runtimeChange.sh)", _event_args)
+def cmd_event(args) -> int:
+    old = args.old
+    if old is None:
+        try:
+            old = cluster(args).flag_file().flag(args.flag).default_variant
+        except LabError:
+            old = None  # the event is still worth sending without the old value
+    with dynatrace(args) as dt:
+        event = dt.send_change_event(args.service, args.flag, args.value, old=old)
+    out(f"change event sent: {event.summary()}")
+    for warning in event.warnings:
+        err(f"warning: {warning}")
+    return 0
+
+
+def _since_args(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("service", nargs="?", default="cart", help="service name (default cart)")
+    p.add_argument("--since", default=default, help=f"how far back: 30m, 2h, 1d (default {default})")
+
+
+def _since(value: str) -> str:
+    if not re.match(r"^\d{1,4}[mhdw]$", value):
+        raise BadInput(f"--since {value[:40]!r} must be a number and a unit: 30m, 2h, 1d or 1w.")
+    return f"now-{value}"
+
+
+@command("failures", "the service's failed requests per minute, from Dynatrace",
+         lambda p: (_since_args(p, "30m"), p.add_argument("--resolution", default="1m",
+                                                            help="slot size: 1m, 5m, 1h (default 1m)")))
+def cmd_failures(args) -> int:
+    with dynatrace(args) as dt:
+        df = dt.failed_requests(args.service, since=_since(args.since), resolution=args.resolution)
+    df = df.assign(failure_rate=(df["failure_rate"] * 100).round(1).astype(str) + "%")
+    _frame(df, ["timestamp", "requests", "failed", "failure_rate"], f"no requests of {args.service} yet")
+    total, failed = int(df["requests"].sum()), int(df["failed"].sum())
+    out(f"{args.service}: {failed} of {total} requests failed in the last {args.since}")
+    return 0
+
+
+@command("problems", "problems affecting the service", lambda p: _since_args(p, "1d"))
+def cmd_problems(args) -> int:
+    with dynatrace(args) as dt:
+        df = dt.problems(args.service, since=_since(args.since))
+    _frame(df, ["display_id", "status", "title", "start", "end", "affected"],
+           f"no problems on {args.service} in the last {args.since}")
+    return 0
+
+
+@command("logs", "the service's error logs (Grail with DT_PLATFORM_TOKEN, else log search)",
+         lambda p: (_since_args(p, "1h"), p.add_argument("--limit", type=int, default=20)))
+def cmd_logs(args) -> int:
+    if not 1 <= args.limit <= 1000:
+        raise BadInput("--limit must be between 1 and 1000.")
+    with dynatrace(args) as dt:
+        df = dt.error_logs(args.service, since=_since(args.since), limit=args.limit)
+    if len(df):  # one line per log: the first line of the message says what failed
+        df = df.assign(content=df["content"].str.split("\n").str[0].str.strip())
+    _frame(df, ["timestamp", "loglevel", "trace_id", "content"], f"no error logs of {args.service} "
+           f"in the last {args.since}")
+    return 0
+
+
+def _shop_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--minutes", type=float, default=1.0, help="how long (default 1)")
+    p.add_argument("--rate", type=float, default=5.0, help="cart sessions per second (default 5; 0 = flat out)")
+
+
+@command("shop", "cart traffic: add an item, view the cart, empty it; counts failures", _shop_args)
+def cmd_shop(args) -> int:
+    from labkit.shop import Shop
+
+    if not 0 < args.minutes <= 60:
+        raise BadInput("--minutes must be more than 0 and at most 60.")
+    result = Shop(settings(args)).run(seconds=args.minutes * 60, rate=args.rate, progress=progress_printer())
+    out(result.summary())
+    for note in result.notes:
+        err(f"note: {note}")
+    for f in result.failures[:5]:
+        out(f"  {f.timestamp:%H:%M:%S} {f.operation}: {f.detail}")
+    return 1 if result.unreachable else 0
+
+
+@command("check", "preflight: tenant URL and token scopes, the service, ConfigMap, flagd and the flag",
+         lambda p: p.add_argument("--flag", default="cartFailure"))
+def cmd_check(args) -> int:
+    from labkit.lab import Lab
+
+    lab = Lab(settings(args))
+    try:
+        result = lab.check(flag=args.flag)
+    finally:
+        lab.close()
+    out(str(result))
+    return 0 if result.ok else 1
+
+
+# ---- the workbook -----------------------------------------------------------------------------------
+@command("lab", "open the workbook in JupyterLab (starting the local lab when nothing is configured)",
+         lambda p: p.add_argument("--port", type=int, default=None))
+def cmd_lab(args) -> int:
+    from labkit.workbook import open_jupyterlab
+
+    return open_jupyterlab(port=args.port)
+
+
+@command("workshop", "run every notebook headless on the lab; write executed notebooks and HTML",
+         lambda p: p.add_argument("--out", default="workshop-run", help="folder (default ./workshop-run)"))
+def cmd_workshop(args) -> int:
+    from labkit.workbook import run_workbook
+
+    written = run_workbook(args.out, say=lambda m: err(m))
+    out("\n".join(str(p) for p in written))
     return 0
 
 
