@@ -14,16 +14,8 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-# Timeline step names (the same strings as labkit.lab's constants; repeated here so that drawing a
-# figure does not import the lab and its clients).
-EVENT_SENT = "event sent"
-FLAG_APPLIED = "flag applied"
-FLAGD_RESTARTED = "flagd restarted"
-FLAGD_SERVING = "flagd serving the new value"
-FIRST_FAILURE = "first failure seen by the shop"
-ERROR_LOGS = "error logs seen"
-PROBLEM_OPENED = "problem opened"
-ROLLED_BACK = "rolled back"
+# The timeline's step names (labkit.lab imports only the standard library at module level).
+from labkit.lab import EVENT_SENT, FIRST_FAILURE, FLAG_APPLIED, FLAGD_SERVING, ROLLED_BACK  # noqa: E402
 
 # Timeline steps drawn as thin dotted markers, with their short labels.
 STEP_LABELS = {
@@ -305,7 +297,15 @@ def compare(failed, timeline, flag: str = "cartFailure", window: timedelta = tim
         ts = pd.Series([], dtype="datetime64[ns]")
     change_ts, served_ts = pd.Timestamp(change_at), pd.Timestamp(served_at)
     before = frame[((ts > change_ts - window) & (ts <= change_ts)).to_numpy()] if len(frame) else frame
-    after = frame[((ts > served_ts) & (ts <= served_ts + window)).to_numpy()] if len(frame) else frame
+    # Timestamps are slot ends. A slot that started before flagd served the new value mixes traffic
+    # from both sides of the change, so "after" means whole slots, unless there are none yet.
+    slot = ts.diff().median() if len(ts) > 1 else pd.Timedelta(minutes=1)
+    slot = slot if slot == slot else pd.Timedelta(minutes=1)  # NaT when the diffs are undefined
+    after = frame[((ts - slot >= served_ts) & (ts <= served_ts + window)).to_numpy()] if len(frame) else frame
+    mixed = ""
+    if int(after["requests"].fillna(0).sum() if len(after) else 0) < min_requests and len(frame):
+        after = frame[((ts > served_ts) & (ts <= served_ts + window)).to_numpy()]
+        mixed = " (includes the minute of the change)"
 
     def totals(part) -> tuple[int, int]:
         if not len(part):
@@ -316,7 +316,7 @@ def compare(failed, timeline, flag: str = "cartFailure", window: timedelta = tim
     a_failed, a_req = totals(after)
     b_rate = b_failed / b_req if b_req else nan
     a_rate = a_failed / a_req if a_req else nan
-    after_what = f"after {label}"
+    after_what = f"after {label}{mixed}"
 
     if a_req < min_requests:
         text, rose = "not enough traffic after the change yet: run generate_traffic()", False

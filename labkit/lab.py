@@ -109,6 +109,11 @@ class Lab:
         self.shop = Shop(settings)
         self.timeline = Timeline()
         self._changes: list = []  # (flag, old, new) applied in this run, for roll_back()
+        self._listeners: list[Callable] = []  # called as fn(flag, served) after each change_flag
+
+    def on_change(self, listener: Callable) -> None:
+        """Call listener(flag, served) after every change of a flag made through this lab."""
+        self._listeners.append(listener)
 
     # --- where we are -----------------------------------------------------------------------
     @property
@@ -122,8 +127,7 @@ class Lab:
         return f"<Lab: {self.where()}, run {self.timeline.run_id}>"
 
     def _repr_html_(self) -> str:
-        badge = "🧪 " if self.local else ""
-        return f"<b>{badge}Connected to the {self.where()}</b> (run {self.timeline.run_id})"
+        return f"<b>Connected to the {self.where()}</b> (run {self.timeline.run_id})"
 
     def close(self) -> None:
         self.dynatrace.close()
@@ -217,7 +221,9 @@ class Lab:
             if served.variant == variant:  # nothing to change: no event, no restart
                 report(f"{flag} is already {variant} and flagd serves it", 1.0)
                 return served
-        if send_event and not self._event_pending(flag, old, variant):
+        if send_event and self._event_pending(flag, old, variant):
+            report(f"Dynatrace already knows: {flag} {old} → {variant} (event sent before)", 0.05)
+        elif send_event:
             report(f"Telling Dynatrace: {flag} {old} → {variant}", 0.05)
             self.inform_dynatrace(variant, flag, service, old=old)
         report(f"Changing {flag} to {variant} in the ConfigMap", 0.15)
@@ -226,6 +232,8 @@ class Lab:
         report("Asking flagd what it serves", 0.92)
         served = self.prove_served(variant, flag)
         report(f"flagd serves {flag} = {served.variant}", 1.0)
+        for listener in self._listeners:
+            listener(flag, served)
         return served
 
     def _event_pending(self, flag: str, old: str, variant: str) -> bool:

@@ -19,9 +19,7 @@ from typing import Any, Callable
 
 from labkit.errors import LabError
 
-EVENT_SENT = "event sent"  # labkit.lab.EVENT_SENT (not imported: the lab pulls in its clients)
-FLAG = "cartFailure"
-SERVICE = "cart"
+from labkit.settings import FLAG, SERVICE
 
 _RED = "#b00020"
 _GREEN = "#1b5e20"
@@ -136,7 +134,7 @@ class FlagSwitch(_Displayable):
     (None on failure, with the error kept in `.error`).
     """
 
-    def __init__(self, lab, flag: str = FLAG, service: str = SERVICE, send_event: bool | str = "auto"):
+    def __init__(self, lab, flag: str = FLAG, service: str = SERVICE, send_event: bool = True):
         import ipywidgets as w
 
         self.lab, self.flag, self.service = lab, flag, service
@@ -147,7 +145,7 @@ class FlagSwitch(_Displayable):
         self._lock = threading.Lock()
         self._busy = False
 
-        badge = " <small>(🧪 local lab)</small>" if getattr(lab, "local", False) else ""
+        badge = " <small>(local lab)</small>" if getattr(lab, "local", False) else ""
         self.title = w.HTML(f"<b>{html.escape(flag)}</b> on <b>{html.escape(service)}</b>{badge}")
         self.toggle = w.ToggleButtons(options=[], description="variant:",
                                       tooltips=[], style={"button_width": "auto"})
@@ -171,10 +169,17 @@ class FlagSwitch(_Displayable):
         except Exception as exc:  # shown in the widget, not as a traceback
             self._show_error(exc)
             self.apply_button.disabled = True
-        served = self.refresh()
+        self._follow(self.refresh())
+        lab.on_change(self._changed_elsewhere)  # e.g. lab.roll_back() in a later cell
+
+    def _follow(self, served) -> None:
         variant = getattr(served, "variant", None)
         if variant in self.toggle.options:
             self.toggle.value = variant
+
+    def _changed_elsewhere(self, flag: str, served) -> None:
+        if flag == self.flag and not self.running:
+            self._follow(self.refresh())
 
     # -- state shown ---
     @property
@@ -244,12 +249,8 @@ class FlagSwitch(_Displayable):
         try:
             if variant is None:
                 raise LabError(f"No variant of {self.flag!r} is selected; choose one and press Apply.")
-            send = self._should_send_event(variant)
-            if not send:
-                self.progress.callback(f"Dynatrace already knows: {self.flag} → {variant} "
-                                       "(change event sent earlier in this run)", 0.05)
             served = self.lab.change_flag(variant, self.flag, self.service,
-                                          progress=self.progress.callback, send_event=send)
+                                          progress=self.progress.callback, send_event=self.send_event)
             self.result = served
             got = getattr(served, "variant", variant)
             self.progress.done(f"flagd serves {self.flag} = {got}")
@@ -266,18 +267,6 @@ class FlagSwitch(_Displayable):
             finally:
                 self._set_busy(False)
                 self._busy = False
-
-    def _should_send_event(self, variant: str) -> bool:
-        """send_event="auto": skip the event when the run's last step for this flag is an event
-        announcing this very change (lab.inform_dynatrace just before), so no duplicate is sent."""
-        if self.send_event != "auto":
-            return bool(self.send_event)
-        steps = getattr(getattr(self.lab, "timeline", None), "steps", None) or []
-        for step in reversed(steps):
-            if not (step.detail or "").startswith(f"{self.flag}:"):
-                continue
-            return not (step.step == EVENT_SENT and step.detail.endswith(f"→ {variant}"))
-        return True
 
     def wait(self, timeout: float | None = None):
         """Wait for a change started by the button (or apply(wait=False)); returns the result."""
