@@ -81,7 +81,7 @@ def run_workbook(out_dir: str | Path, names: list[str] | None = None, say=print)
     out_dir = Path(out_dir)
     written = []
     with lab_environment(say=say) as env:
-        env = {**env, "LABKIT_STATIC_CHARTS": "1", "PLOTLY_RENDERER": "notebook_connected+plotly_mimetype"}
+        env = {**env, "LABKIT_STATIC_CHARTS": "1", "PLOTLY_RENDERER": "plotly_mimetype+notebook"}
         for name in names or ORDER:
             started = time.monotonic()
             say(f"running {name} ...")
