@@ -138,23 +138,28 @@ def failures_figure(failed, events=None, problems=None, timeline=None, service: 
         for step in _steps(timeline):
             if step.step == EVENT_SENT and _utc(step.time) is not None:
                 changes.append((_utc(step.time), step.detail or "change event"))
+    known = [x for x in xs if x is not None] + [w for w, _ in changes]
+    middle = min(known) + (max(known) - min(known)) / 2 if known else None
     for when, label in changes:
+        side = "right" if middle is not None and when > middle else "left"  # keep the label on the chart
         shapes.append(dict(type="line", name="change", xref="x", yref="paper", x0=when, x1=when,
                            y0=0, y1=1, line=dict(color=CHANGE_COLOR, width=2, dash="dash")))
         annotations.append(dict(name="change", x=when, xref="x", y=1.0, yref="paper", yanchor="bottom",
-                                xanchor="left", text=html.escape(label), showarrow=False,
+                                xanchor=side, text=html.escape(label), showarrow=False,
                                 font=dict(color=CHANGE_COLOR, size=12)))
 
-    # Timeline steps: thinner dotted markers with short labels, staggered so they do not overlap.
+    # Timeline steps: thin dotted lines, named in one caption under the chart (steps seconds apart
+    # would otherwise pile their labels on top of each other).
     steps = [s for s in _steps(timeline) if s.step in STEP_LABELS and _utc(s.time) is not None]
-    for i, step in enumerate(steps):
+    for step in steps:
         when = _utc(step.time)
         shapes.append(dict(type="line", name="step", xref="x", yref="paper", x0=when, x1=when,
                            y0=0, y1=1, line=dict(color=STEP_COLOR, width=1, dash="dot")))
-        annotations.append(dict(name="step", x=when, xref="x", y=0.86 - 0.07 * (i % 4), yref="paper",
-                                xanchor="left", text=html.escape(_step_label(step)), showarrow=False,
-                                font=dict(color=STEP_COLOR, size=10), bgcolor="rgba(255,255,255,0.75)",
-                                hovertext=html.escape(f"{step.step}: {step.detail}")))
+    if steps:
+        caption = "dotted: " + " · ".join(f"{_step_label(st)} {_utc(st.time):%H:%M:%S}" for st in steps[-6:])
+        annotations.append(dict(name="step", x=0, xref="paper", y=-0.3, yref="paper", xanchor="left",
+                                yanchor="top", text=html.escape(caption), showarrow=False, align="left",
+                                font=dict(color=STEP_COLOR, size=10)))
 
     # Problems: shaded spans from start to end (or now while open).
     n_problems = 0
@@ -182,8 +187,8 @@ def failures_figure(failed, events=None, problems=None, timeline=None, service: 
         annotations.append(dict(name="no-data", text=NO_DATA, x=0.5, y=0.5, xref="paper",
                                 yref="paper", showarrow=False, font=dict(size=16, color="#777")))
     if local:
-        annotations.append(dict(name="local-lab", text=LOCAL_BADGE, x=1.0, y=1.12, xref="paper",
-                                yref="paper", xanchor="right", yanchor="bottom", showarrow=False,
+        annotations.append(dict(name="local-lab", text=LOCAL_BADGE, x=1.0, y=-0.18, xref="paper",
+                                yref="paper", xanchor="right", yanchor="top", showarrow=False,
                                 bgcolor="#fff3cd", bordercolor="#d39e00", borderwidth=1,
                                 font=dict(size=11, color="#7a5b00")))
 
@@ -194,7 +199,7 @@ def failures_figure(failed, events=None, problems=None, timeline=None, service: 
         yaxis2=dict(title=dict(text="failure rate"), overlaying="y", side="right",
                     rangemode="tozero", showgrid=False, tickmode="auto", ticksuffix="%"),
         legend=dict(orientation="h", yanchor="top", y=-0.18, x=0),
-        margin=dict(t=90, r=70),
+        margin=dict(t=90, r=70, b=110),
         bargap=0.15,
         shapes=shapes,
         annotations=annotations,

@@ -94,6 +94,18 @@ class Preflight(list):
         return "\n".join(f"{'ok ' if c.ok else 'NO '} {c.item}: {c.detail}" for c in self)
 
 
+@dataclass
+class Reset:
+    """What a facilitator's reset did."""
+
+    flags_set_off: list[str]
+
+    def __repr__(self) -> str:
+        done = (f"set {', '.join(self.flags_set_off)} back to off and restarted flagd"
+                if self.flags_set_off else "every flag was already off; flagd left running")
+        return f"Lab reset: {done}; timeline cleared. Ready for the next group."
+
+
 class Lab:
     """The lab: the workshop steps as methods, each recorded on the timeline."""
 
@@ -253,9 +265,10 @@ class Lab:
         return result
 
     def since(self) -> datetime:
-        """Start of this run's window: a little before the first step (or the last 30 min)."""
-        first = self.timeline.steps[0].time if self.timeline.steps else _now()
-        return first - timedelta(minutes=30)
+        """Start of this run's charts: 10 min before its first step, else the last 30 min."""
+        if self.timeline.steps:
+            return self.timeline.steps[0].time - timedelta(minutes=10)
+        return _now() - timedelta(minutes=30)
 
     def wait_for_error_logs(self, timeout: float = 300, service: str = names.SERVICE,
                             progress: Progress | None = None):
@@ -331,7 +344,7 @@ class Lab:
             self.restart_flagd(progress=progress)
         self.timeline = Timeline()
         self._changes.clear()
-        return changed
+        return Reset(changed)
 
 
 def _local_lab_env(state_dir: Path) -> dict[str, str] | None:

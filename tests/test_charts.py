@@ -73,9 +73,9 @@ def test_figure_shows_bars_rate_change_marker_steps_and_problem():
     change = annotations(fig, "change")
     assert [a.text for a in change] == ["cartFailure: off → on"]
     assert shapes(fig, "change")[0].line.dash == "dash"
-    # timeline steps: thinner dotted markers, short labels
+    # timeline steps: thinner dotted markers, named with their times in one caption under the chart
     step_texts = [a.text for a in annotations(fig, "step")]
-    assert step_texts == ["flag applied", "flagd serves on"]
+    assert step_texts == ["dotted: flag applied 10:10:00 · flagd serves on 10:11:00"]
     assert all(s.line.dash == "dot" and s.line.width < 2 for s in shapes(fig, "step"))
     (rect,) = shapes(fig, "problem")
     assert rect.type == "rect"
@@ -131,7 +131,7 @@ def test_rollback_draws_two_change_markers_and_rolled_back_step():
                                  events=events_frame((10, "off", "on"), (29, "on", "off")), timeline=tl)
     assert fig.layout.meta["labkit"]["change_markers"] == 2
     assert "cartFailure: on → off" in [a.text for a in annotations(fig, "change")]
-    assert "rolled back" in [a.text for a in annotations(fig, "step")]
+    assert "rolled back 10:30:00" in annotations(fig, "step")[0].text
 
 
 def test_widget_figure_is_a_figure_widget():
