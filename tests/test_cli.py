@@ -12,27 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from labkit.sandbox import kubeconfig_text
+
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS_YAML = (ROOT / "labkit" / "sandbox" / "flags.yaml").read_text()
 
-KUBECONFIG = """apiVersion: v1
-kind: Config
-clusters:
-- name: sandbox
-  cluster:
-    server: {url}
-users:
-- name: sandbox
-  user:
-    token: local-lab
-contexts:
-- name: sandbox
-  context:
-    cluster: sandbox
-    user: sandbox
-    namespace: default
-current-context: sandbox
-"""
 
 
 def base_env(tmp: Path, **extra) -> dict:
@@ -56,7 +40,7 @@ class KubeSandbox:
         self.server = LabServer(kube.app(self.cluster)).start()
         self.cluster.start()
         self.kubeconfig = tmp / "kubeconfig"
-        self.kubeconfig.write_text(KUBECONFIG.format(url=self.server.url))
+        self.kubeconfig.write_text(kubeconfig_text(self.server.url))
         deadline = time.monotonic() + 10
         while self.cluster.flagd_value("cartFailure") is None and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -231,7 +215,7 @@ def test_unreachable_cluster_exits_1_with_a_hint(tmp_path):
     port = s.getsockname()[1]
     s.close()
     kc = tmp_path / "kubeconfig"
-    kc.write_text(KUBECONFIG.format(url=f"http://127.0.0.1:{port}"))
+    kc.write_text(kubeconfig_text(f"http://127.0.0.1:{port}"))
     proc = subprocess.run([sys.executable, "-m", "labkit", "--kubeconfig", str(kc), "flags"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=30, env=base_env(tmp_path))
     assert proc.returncode == 1

@@ -15,30 +15,13 @@ import pytest
 
 from labkit.cluster import Cluster, RestartResult
 from labkit.errors import BadInput, Forbidden, LabTimeout, NotFound, Unreachable
+from labkit.sandbox import kubeconfig_text
 from labkit.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS_YAML = (ROOT / "labkit" / "sandbox" / "flags.yaml").read_text()
 CM_PATH = "/api/v1/namespaces/default/configmaps/flagd-config"
 
-KUBECONFIG = """apiVersion: v1
-kind: Config
-clusters:
-- name: sandbox
-  cluster:
-    server: {url}
-users:
-- name: sandbox
-  user:
-    token: local-lab
-contexts:
-- name: sandbox
-  context:
-    cluster: sandbox
-    user: sandbox
-    namespace: default
-current-context: sandbox
-"""
 
 
 class Sandbox:
@@ -56,7 +39,7 @@ class Sandbox:
     def start(self):
         self.server.start()
         self.cluster.start()
-        self.kubeconfig.write_text(KUBECONFIG.format(url=self.server.url))
+        self.kubeconfig.write_text(kubeconfig_text(self.server.url))
         return self
 
     def stop(self):
@@ -264,7 +247,7 @@ def test_unreachable_cluster_says_what_to_do(tmp_path):
     port = s.getsockname()[1]
     s.close()
     kc = tmp_path / "kubeconfig"
-    kc.write_text(KUBECONFIG.format(url=f"http://127.0.0.1:{port}"))
+    kc.write_text(kubeconfig_text(f"http://127.0.0.1:{port}"))
     lab = Cluster(Settings(kubeconfig=str(kc)))
     t = time.monotonic()
     with pytest.raises(Unreachable) as err:

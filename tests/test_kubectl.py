@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit.sandbox import SHARED_FLAGS, Timings, kube
+from labkit.sandbox import SHARED_FLAGS, Timings, kube, kubeconfig_text
 from labkit.sandbox.http import LabServer
 
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None,
@@ -26,12 +26,7 @@ def kubectl(tmp_path):
     cluster = kube.Cluster(timings, SHARED_FLAGS.read_text()).start()
     server = LabServer(kube.app(cluster)).start()
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\n"
-        f"clusters:\n- name: local\n  cluster:\n    server: {server.url}\n"
-        "users:\n- name: local\n  user:\n    token: local-lab\n"
-        "contexts:\n- name: local\n  context:\n    cluster: local\n    user: local\n    namespace: default\n"
-        "current-context: local\n")
+    kubeconfig.write_text(kubeconfig_text(server.url))
     env = dict(os.environ, KUBECONFIG=str(kubeconfig), HOME=str(tmp_path))
 
     def run(*args, timeout=30) -> subprocess.CompletedProcess:

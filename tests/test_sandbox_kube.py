@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit.sandbox import SHARED_FLAGS, Timings, kube
+from labkit.sandbox import SHARED_FLAGS, Timings, kube, kubeconfig_text
 from labkit.sandbox.http import LabServer, Request, json_response
 
 NS = "default"
@@ -16,12 +16,7 @@ SELECTOR = "opentelemetry.io/name=flagd"
 
 
 def write_kubeconfig(path: Path, server_url: str) -> Path:
-    path.write_text(
-        "apiVersion: v1\nkind: Config\n"
-        f"clusters:\n- name: local\n  cluster:\n    server: {server_url}\n"
-        "users:\n- name: local\n  user:\n    token: local-lab\n"
-        "contexts:\n- name: local\n  context:\n    cluster: local\n    user: local\n    namespace: default\n"
-        "current-context: local\n")
+    path.write_text(kubeconfig_text(server_url))
     return path
 
 

@@ -51,6 +51,18 @@ def make_token(prefix: str = "dt0c01") -> str:
     return f"{prefix}.{part(24)}.{part(64)}"
 
 
+def kubeconfig_text(server_url: str) -> str:
+    """A kubeconfig for a local lab's Kubernetes API (plain http on loopback; kubectl sends no token)."""
+    return (
+        "apiVersion: v1\nkind: Config\n"
+        f"clusters:\n- name: labkit-local\n  cluster:\n    server: {server_url}\n"
+        "users:\n- name: labkit-local\n  user:\n    token: local-lab\n"
+        "contexts:\n- name: labkit-local\n  context:\n    cluster: labkit-local\n"
+        "    user: labkit-local\n    namespace: default\n"
+        "current-context: labkit-local\n"
+    )
+
+
 class LocalLab:
     """All of the local lab in this process, on free loopback ports, until stop()."""
 
@@ -121,14 +133,7 @@ class LocalLab:
         }
 
     def kubeconfig(self) -> str:
-        return (
-            "apiVersion: v1\nkind: Config\n"
-            f"clusters:\n- name: labkit-local\n  cluster:\n    server: {self.kube_server.url}\n"
-            "users:\n- name: labkit-local\n  user:\n    token: local-lab\n"
-            "contexts:\n- name: labkit-local\n  context:\n    cluster: labkit-local\n"
-            "    user: labkit-local\n    namespace: default\n"
-            "current-context: labkit-local\n"
-        )
+        return kubeconfig_text(self.kube_server.url)
 
 
 def default_state_dir() -> Path:
