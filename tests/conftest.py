@@ -46,3 +46,19 @@ def _no_faults_left(request):
 def pytest_configure(config):
     config.addinivalue_line("markers", "notebooks: executes the workbook headless (slow)")
     config.addinivalue_line("markers", "browser: drives JupyterLab in Debian's chromium")
+
+
+# ---- hardening results table (issue 6; tests/hardening_report.py) ------------------------------
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if "fault_record" in getattr(item, "fixturenames", ()):
+        from hardening_report import mark_outcome
+
+        mark_outcome(item.nodeid, not report.failed)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if "hardening_report" in sys.modules:
+        sys.modules["hardening_report"].terminal_summary(terminalreporter)
