@@ -25,6 +25,7 @@ Progress = Callable[[str, "float | None"], None]
 LOCAL_LAB_HINT = "Is the cluster running? For the local lab: python -m labkit sandbox"
 _TIMEOUT = (5, 30)          # (connect, read) seconds on every plain API call
 _CONFLICT_ATTEMPTS = 5      # re-reads after a 409 before giving up
+_WATCH_RETRIES = 3          # a dropped watch or a 5xx: relist and watch again this often (within the timeout)
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,24 @@ class Cluster:
 
     def _watch_pods(self, done: Callable[[dict], bool], deadline: float, on_change: Callable[[dict], None],
                     timeout_message: Callable[[dict], str]) -> dict:
-        """List flagd pods, then watch from the list's resourceVersion until done(pods)."""
+        """List flagd pods, then watch from the list's resourceVersion until done(pods).
+
+        A watch that drops or a list/watch answered with a server error is retried from a fresh list
+        a few times (as client-go's reflector does), still bounded by `deadline`; then Unreachable.
+        """
+        failures = 0
+        while True:
+            try:
+                return self._watch_pods_once(done, deadline, on_change, timeout_message)
+            except Unreachable:
+                failures += 1
+                delay = 0.1 * 2 ** (failures - 1)
+                if failures > _WATCH_RETRIES or time.monotonic() + delay >= deadline:
+                    raise
+                time.sleep(delay)  # backoff before the relist, not a wait for a condition
+
+    def _watch_pods_once(self, done: Callable[[dict], bool], deadline: float, on_change: Callable[[dict], None],
+                         timeout_message: Callable[[dict], str]) -> dict:
         from kubernetes import watch
         from kubernetes.client.exceptions import ApiException
         import urllib3
