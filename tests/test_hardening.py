@@ -254,3 +254,212 @@ def test_tenant_403_with_the_labs_ingest_only_token(local_lab, lab_env, fault_re
     secret = local_lab.ingest_token.rsplit(".", 1)[1]
     rec.leaked = (exception_text(err.value) + caplog.text + repr(dt)).count(secret)
     assert n == 1 and rec.leaked == 0
+
+
+# ================================================================================ the cluster
+class KubeOnly:
+    """A Kubernetes API of the local lab by itself (flagd, the ConfigMap), so a case can break it."""
+
+    def __init__(self, tmp: Path, **timings):
+        from labkit.sandbox import Timings, kube, kubeconfig_text
+        from labkit.sandbox.http import LabServer
+
+        self.timings = Timings.fast()
+        for key, value in timings.items():
+            setattr(self.timings, key, value)
+        self.cluster = kube.Cluster(self.timings, FLAGS_YAML)
+        self.server = LabServer(kube.app(self.cluster)).start()
+        self.cluster.start()
+        self.kubeconfig = tmp / "kubeconfig"
+        self.kubeconfig.write_text(kubeconfig_text(self.server.url))
+        assert wait_until(lambda: self.ready() == 1)
+
+    def labkit(self):
+        from labkit.cluster import Cluster
+
+        return Cluster(Settings(kubeconfig=str(self.kubeconfig)))
+
+    def configmap_bytes(self) -> str:
+        return json.dumps(self.cluster.get("configmaps", "flagd-config"), sort_keys=True)
+
+    def flags(self) -> dict:
+        return json.loads(self.cluster.get("configmaps", "flagd-config")["data"]["demo.flagd.json"])["flags"]
+
+    def replicas(self) -> int:
+        return self.cluster.scale("flagd")["spec"]["replicas"]
+
+    def ready(self) -> int:
+        pods, _ = self.cluster.list("pods", "opentelemetry.io/name=flagd", None)
+        return sum(1 for p in pods if self.cluster._is_ready(p))
+
+    def scale(self, n: int) -> None:
+        self.cluster.set_scale("flagd", "application/merge-patch+json", {"spec": {"replicas": n}})
+        assert wait_until(lambda: self.ready() == n and len(self.cluster.list("pods", None, None)[0]) == n)
+
+    def break_first_watch(self, how: str) -> dict:
+        """The next pod watch goes wrong: 'drop' after one event, or an ERROR 410 Expired event."""
+        from labkit.sandbox.http import Response
+
+        real, seen = self.server.app, {"broken": 0}
+
+        def app(req):
+            if req.query.get("watch") == "true" and req.path == PODS and not seen["broken"]:
+                seen["broken"] += 1
+                resp = real(req)
+                if how == "drop":
+                    def dropped():
+                        yield next(resp.body)
+                        raise ConnectionResetError("the watch connection dropped")
+                    return Response(200, dropped(), "application/json")
+                resp.body.close()
+                gone = {"type": "ERROR", "object": {
+                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "reason": "Expired", "code": 410, "message": "too old resource version: 1 (42)"}}
+                return Response(200, iter([json.dumps(gone).encode() + b"\n"]), "application/json")
+            return real(req)
+
+        self.server.app = app
+        return seen
+
+    def stop(self):
+        self.cluster.stop()
+        self.server.stop()
+
+
+@pytest.fixture
+def kube(tmp_path):
+    k = KubeOnly(tmp_path)
+    yield k
+    k.stop()
+
+
+def test_cluster_409_concurrent_edit_lands_first_both_survive(kube, fault_record):
+    """Someone edits paymentFailure between our read and our write: 409, re-read, both edits kept."""
+    rec = fault_record("cluster", "409 on the ConfigMap, a concurrent edit landing first")
+    lab = kube.labkit()
+    kube.server.faults.add(latency=0.4, count=1, path_prefix=CM_PATH, method="PUT")  # hold our write
+    seen = kube.server.faults.seen
+
+    def other_writer():
+        wait_until(lambda: kube.server.faults.seen > seen)
+        live = kube.cluster.get("configmaps", "flagd-config")
+        doc = json.loads(live["data"]["demo.flagd.json"])
+        doc["flags"]["paymentFailure"]["defaultVariant"] = "50%"
+        kube.cluster.patch("configmaps", "flagd-config", "application/merge-patch+json",
+                           {"data": {"demo.flagd.json": json.dumps(doc, indent=2)}})
+
+    writer = threading.Thread(target=other_writer)
+    writer.start()
+    change = lab.set_default_variant("cartFailure", "on")
+    writer.join()
+    flags = kube.flags()
+    rec.lost = int(flags["cartFailure"]["defaultVariant"] != "on") + int(
+        flags["paymentFailure"]["defaultVariant"] != "50%")
+    assert lab.conflicts >= 1, "the concurrent write did not land first"
+    assert change.new_variant == "on" and rec.lost == 0
+
+
+def test_cluster_403_changes_nothing(kube, fault_record):
+    rec = fault_record("cluster", "403 on the ConfigMap update and on the scale")
+    before = kube.configmap_bytes()
+    kube.cluster.forbid("update", "configmaps")
+    with pytest.raises(Forbidden) as err:
+        kube.labkit().set_default_variant("cartFailure", "on")
+    assert "update configmaps in namespace default" in str(err.value) and "RBAC" in str(err.value)
+    kube.cluster.allow_all()
+    kube.cluster.forbid("patch", "deployments/scale")
+    with pytest.raises(Forbidden, match="patch deployments/scale"):
+        kube.labkit().restart_flagd(timeout=5)
+    kube.cluster.allow_all()
+    rec.lost = int(kube.configmap_bytes() != before) + int(kube.replicas() != 1)
+    assert rec.lost == 0 and kube.ready() == 1
+
+
+def test_cluster_403_on_the_watch_mid_restart_scales_back(kube, fault_record):
+    rec = fault_record("cluster", "403 on the pod watch in the middle of a restart")
+    kube.scale(2)
+    kube.cluster.forbid("watch", "pods")
+    with pytest.raises(Forbidden, match="watch pods"):
+        kube.labkit().restart_flagd(timeout=5)
+    kube.cluster.allow_all()
+    rec.lost = int(kube.replicas() != 2)
+    assert rec.lost == 0 and wait_until(lambda: kube.ready() == 2)
+
+
+def test_cluster_404_configmap_missing(kube, fault_record, monkeypatch, tmp_path, capsys):
+    from labkit import cli
+
+    rec = fault_record("cluster", "404: the ConfigMap is missing")
+    kube.cluster.delete("configmaps", "flagd-config")
+    with pytest.raises(NotFound) as err:
+        kube.labkit().set_default_variant("cartFailure", "on")
+    assert "ConfigMap flagd-config not found in namespace default" in str(err.value)
+    assert "kubectl apply -f flags.yaml" in str(err.value)
+    monkeypatch.chdir(tmp_path)
+    for key in [k for k in os.environ if k.startswith(("DT_", "LABKIT_", "FRONTEND_URL"))]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
+    code = cli.main(["set", "cartFailure", "on", "--no-event"])
+    out, errtext = capsys.readouterr()
+    assert code == 1 and "ConfigMap flagd-config not found" in errtext and "Traceback" not in errtext
+    rec.lost = int(kube.cluster._objects["configmaps"].get("flagd-config") is not None) + int(kube.replicas() != 1)
+    assert rec.lost == 0, "nothing may be created or restarted for a missing ConfigMap"
+
+
+@pytest.mark.parametrize("how", ["drop", "410"])
+def test_cluster_watch_broken_mid_restart(how, kube, fault_record):
+    name = {"drop": "a pod watch dropped mid-restart", "410": "410 Gone on the pod watch mid-restart"}[how]
+    rec = fault_record("cluster", name)
+    kube.scale(2)
+    seen = kube.break_first_watch(how)
+    result = kube.labkit().restart_flagd(timeout=10)
+    assert seen["broken"] == 1
+    rec.lost = int(kube.replicas() != 2) + int(result.replicas != 2)
+    assert rec.lost == 0 and len(result.pods) == 2 and kube.ready() == 2
+
+
+def test_cluster_500_on_the_watch_mid_restart(kube, fault_record):
+    rec = fault_record("cluster", "500 on the pod watch mid-restart")
+    kube.scale(2)
+    knobs = kube.server.faults
+
+    def progress(message, fraction=None):
+        if message.startswith("waiting for") and not knobs.seen:
+            knobs.add(status=500, count=1, path_prefix=PODS, method="GET",
+                      body={"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 500,
+                            "message": "etcdserver: leader changed"})
+
+    result = kube.labkit().restart_flagd(timeout=10, progress=progress)
+    assert knobs.seen == 1, "the fault was not hit"
+    rec.lost = int(kube.replicas() != 2) + int(result.replicas != 2)
+    assert rec.lost == 0 and kube.ready() == 2
+
+
+def test_cluster_flagd_never_ready_times_out_at_its_replica_count(kube, fault_record):
+    rec = fault_record("cluster", "a flagd pod that never becomes Ready")
+    kube.scale(2)
+    kube.timings.pod_start = 3600.0
+    started = time.monotonic()
+    with pytest.raises(LabTimeout) as err:
+        kube.labkit().restart_flagd(timeout=1.5)
+    assert time.monotonic() - started < 4
+    assert "scaled back to 2 but not Ready" in str(err.value) and "kubectl" in str(err.value)
+    rec.lost = int(kube.replicas() != 2)
+    assert rec.lost == 0
+
+
+@pytest.mark.parametrize("when", ["waiting for", "flagd pods ready"])
+def test_cluster_interrupt_in_the_middle_of_restart_flagd(when, kube, fault_record):
+    """Ctrl-C while old pods go (flagd at 0) or while new ones start: flagd ends at its count."""
+    phase = "while pods terminate" if when == "waiting for" else "while pods start"
+    rec = fault_record("cluster", f"KeyboardInterrupt in restart_flagd {phase}")
+    kube.scale(2)
+
+    def progress(message, fraction=None):
+        if message.startswith(when):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        kube.labkit().restart_flagd(timeout=10, progress=progress)
+    rec.lost = int(kube.replicas() != 2)
+    assert rec.lost == 0 and wait_until(lambda: kube.ready() == 2)
