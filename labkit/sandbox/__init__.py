@@ -5,6 +5,8 @@ nothing configured, the tests). labkit's other modules reach it over HTTP like a
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 import secrets
 import string
@@ -12,6 +14,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 SHARED_FLAGS = Path(__file__).with_name("flags.yaml")
+FLAGS_COPY = "flagd-config.json"  # the ConfigMap as last written, so a restarted local lab keeps it
+PORTS = "ports.json"              # the ports last used, reused when free so lab.env stays valid
 
 
 @dataclass
@@ -36,11 +40,21 @@ class Timings:
     def from_env(cls, environ=None, base: "Timings | None" = None) -> "Timings":
         """Override any field with LABKIT_<FIELD> (e.g. LABKIT_POD_START=1.5)."""
         env = os.environ if environ is None else environ
+        from labkit.errors import BadInput
+
         t = base or cls()
         for f in fields(cls):
-            raw = env.get(f"LABKIT_{f.name.upper()}")
+            name = f"LABKIT_{f.name.upper()}"
+            raw = env.get(name)
             if raw:
-                setattr(t, f.name, type(f.default)(float(raw)) if f.type != "int" else int(float(raw)))
+                try:
+                    value = float(raw)
+                except ValueError:
+                    value = math.nan
+                if not math.isfinite(value) or value < 0:
+                    raise BadInput(f"{name} must be a number of {'seconds' if f.type != 'int' else 'errors'} "
+                                   f"(0 or more, e.g. 1.5); got {raw[:40]!r}. Fix or unset it.")
+                setattr(t, f.name, type(f.default)(value) if f.type != "int" else int(value))
         return t
 
 
@@ -73,19 +87,39 @@ class LocalLab:
 
         self.state_dir = Path(state_dir)
         self.timings = timings or Timings.from_env()
-        self.api_token = make_token()
+        # A lab.env still here is from a local lab that was killed: keep its tokens (and below its
+        # ports and flags), so the terminals and kernels that sourced it keep working after a restart.
+        previous = _previous_env(self.state_dir / "lab.env")
+        self.api_token = previous.get("DT_API_TOKEN") or make_token()
         self.ingest_token = make_token()  # the lab's own token: ingest scopes only
-        self.platform_token = make_token("dt0s16")
+        self.platform_token = previous.get("DT_PLATFORM_TOKEN") or make_token("dt0s16")
+        saved = None if flags_yaml else _read_json(self.state_dir / FLAGS_COPY)
+        self.restored_flags = isinstance(saved, dict) and isinstance(saved.get("data"), dict)
+        if self.restored_flags:
+            flags_yaml = json.dumps(saved)  # JSON is YAML: the ConfigMap as it was last written
         self.cluster = kube.Cluster(self.timings, flags_yaml or SHARED_FLAGS.read_text())
+        self.cluster.on_configmap_change = self._keep_flags
         self.telemetry = telemetry.Telemetry(self.timings)
         self.shop = shop.Shop(self.cluster.flagd_value, self.telemetry, self.timings)
         self.tenant = tenant.Tenant(self.telemetry, self.timings, {
             self.api_token: tenant.READ_AND_INGEST_SCOPES,
             self.ingest_token: tenant.LAB_INGEST_SCOPES,
         }, platform_tokens={self.platform_token})
-        self.kube_server = LabServer(kube.app(self.cluster))
-        self.frontend_server = LabServer(shop.app(self.shop))
-        self.tenant_server = LabServer(tenant.app(self.tenant))
+        ports = _read_json(self.state_dir / PORTS)
+        ports = ports if isinstance(ports, dict) else {}
+
+        def server(app, name: str) -> LabServer:
+            port = ports.get(name)
+            if isinstance(port, int) and 1024 <= port <= 65535:
+                try:
+                    return LabServer(app, port=port)
+                except OSError:
+                    pass  # taken by now: a new free port (lab.env is rewritten at start)
+            return LabServer(app)
+
+        self.kube_server = server(kube.app(self.cluster), "kube")
+        self.frontend_server = server(shop.app(self.shop), "frontend")
+        self.tenant_server = server(tenant.app(self.tenant), "tenant")
         self.cluster.register_service("frontend-proxy", 8080, self.frontend_server.app)
 
     def start(self) -> "LocalLab":
@@ -95,6 +129,9 @@ class LocalLab:
         self.shop.start()
         self.tenant.start()
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.state_dir / PORTS, json.dumps({
+            name: server.server_address[1] for name, server in (
+                ("kube", self.kube_server), ("frontend", self.frontend_server), ("tenant", self.tenant_server))}))
         self.kubeconfig_path.write_text(self.kubeconfig())
         env_file = self.state_dir / "lab.env"
         env_file.touch(mode=0o600)
@@ -109,6 +146,19 @@ class LocalLab:
             server.stop()
         for name in ("lab.env", "kubeconfig"):
             (self.state_dir / name).unlink(missing_ok=True)
+
+    def _keep_flags(self, configmap: dict | None) -> None:
+        """After every write of the flag ConfigMap: keep it in the state dir (deleted: forget it)."""
+        path = self.state_dir / FLAGS_COPY
+        if configmap is None:
+            path.unlink(missing_ok=True)
+            return
+        meta = configmap.get("metadata") or {}
+        kept = {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {k: meta[k] for k in ("name", "labels", "annotations") if k in meta},
+                "data": configmap.get("data") or {}}
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, json.dumps(kept, indent=1))
 
     def __enter__(self):
         return self.start()
@@ -134,6 +184,27 @@ class LocalLab:
 
     def kubeconfig(self) -> str:
         return kubeconfig_text(self.kube_server.url)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _previous_env(path: Path) -> dict[str, str]:
+    """Tokens from a lab.env left behind (a killed local lab), when they look like tokens."""
+    from labkit.settings import _TOKEN, read_dotenv
+
+    env = read_dotenv(path)
+    return {k: v for k, v in env.items() if k in ("DT_API_TOKEN", "DT_PLATFORM_TOKEN") and _TOKEN.match(v)}
 
 
 def default_state_dir() -> Path:

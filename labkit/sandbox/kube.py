@@ -363,6 +363,8 @@ class Cluster:
         self._services: dict[tuple[str, int], Callable[[Request], Response]] = {}
         self._stopped = False
         self._thread: threading.Thread | None = None
+        #: called as fn(configmap_or_None) after every write of a ConfigMap (LocalLab keeps the flags)
+        self.on_configmap_change: Callable[[dict | None], None] | None = None
         with self._cond:
             self._seed(flags_yaml_text)
 
@@ -410,6 +412,11 @@ class Cluster:
             self._objects[resource][meta["name"]] = obj
         self._events.append((self._rv, resource, event, copy.deepcopy(obj)))
         self._cond.notify_all()
+        if resource == "configmaps" and self.on_configmap_change is not None:
+            try:
+                self.on_configmap_change(None if event == "DELETED" else copy.deepcopy(obj))
+            except Exception:  # keeping a copy must never fail the write itself
+                log.exception("local lab: could not keep a copy of ConfigMap %s", meta["name"])
         return obj
 
     def _get(self, resource: str, name: str) -> dict:
