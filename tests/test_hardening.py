@@ -463,3 +463,76 @@ def test_cluster_interrupt_in_the_middle_of_restart_flagd(when, kube, fault_reco
         kube.labkit().restart_flagd(timeout=10, progress=progress)
     rec.lost = int(kube.replicas() != 2)
     assert rec.lost == 0 and wait_until(lambda: kube.ready() == 2)
+
+
+# ================================================================================ the sandbox process
+def _sandbox_env(tmp: Path) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DT_", "KUBECONFIG", "LABKIT_", "LAB_", "FRONTEND_URL"))}
+    env.update(PYTHONPATH=str(ROOT), LABKIT_POD_START="0.3", LABKIT_POD_TERMINATE="0.3",
+               LABKIT_SEED_HOURS="0.2", LABKIT_SHOPPER_RATE="2")
+    return env
+
+
+def _start_sandbox(state: Path, tmp: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "labkit", "sandbox", "--state-dir", str(state)],
+                            cwd=tmp, env=_sandbox_env(tmp), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    assert "local lab ready" in first, first + (proc.stderr.read() if proc.poll() is not None else "")
+    return proc
+
+
+def _cli(capsys, *args) -> tuple[int, str, str]:
+    from labkit import cli
+
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_sandbox_killed_and_restarted_mid_run(tmp_path, monkeypatch, capsys, fault_record):
+    """kill -9 of `python -m labkit sandbox`: a clear Unreachable while it is down (exit 1, no
+    traceback); started again on the same state dir it keeps its ports, tokens and flags, so the
+    lab.env a terminal sourced before works again, and the flag change made before the kill is there."""
+    from labkit.settings import read_dotenv
+
+    rec = fault_record("sandbox", "the local lab process killed (-9) and restarted mid-run")
+    state = tmp_path / "lab"
+    proc = _start_sandbox(state, tmp_path)
+    try:
+        env = read_dotenv(state / "lab.env")
+        monkeypatch.chdir(tmp_path)
+        for key in [k for k in os.environ if k.startswith(("DT_", "LABKIT_", "FRONTEND_URL", "KUBECONFIG"))]:
+            monkeypatch.delenv(key)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        code, out, err = _cli(capsys, "set", "cartFailure", "on")
+        assert code == 0 and "serves cartFailure = on" in out, err
+    finally:
+        proc.kill()  # no clean stop: lab.env stays behind, nothing answers
+        proc.communicate(timeout=10)
+
+    down = subprocess.run([sys.executable, "-m", "labkit", "flags"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, env=dict(_sandbox_env(tmp_path), **env))
+    assert down.returncode == 1, down.stderr
+    assert down.stderr.startswith("error: Cannot reach the Kubernetes API") and "labkit sandbox" in down.stderr
+    assert "Traceback" not in down.stderr + down.stdout
+    code, out, err = _cli(capsys, "set", "cartFailure", "off", "--no-event")
+    assert code == 1 and err.startswith("error: Cannot reach") and "Traceback" not in err
+
+    proc = _start_sandbox(state, tmp_path)
+    try:
+        assert read_dotenv(state / "lab.env") == env, "ports or tokens changed: the old lab.env broke"
+        code, out, err = _cli(capsys, "flags", "cartFailure")
+        assert code == 0, err
+        row = next(line for line in out.splitlines() if line.startswith("cartFailure"))
+        kept = row.split()[3] == "on" and "on (true)" in row  # DEFAULT and SERVED columns
+        code, out, err = _cli(capsys, "set", "cartFailure", "off")  # the event too: same tokens
+        assert code == 0 and "serves cartFailure = off" in out and "change event sent" in out, err
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+    rec.lost = int(not kept)
+    assert kept, f"the change made before the kill was lost: {row}"
+    assert proc.returncode == 0
