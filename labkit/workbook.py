@@ -55,7 +55,8 @@ def run_notebook(path: Path, out_dir: Path, env: dict, timeout: float = 900) -> 
 
     book = nbformat.read(path, as_version=4)
     saved = dict(os.environ)
-    os.environ.update(_importable(env))  # the kernel inherits the lab's variables
+    # The kernel inherits the lab's variables; charts carry HTML too, so the HTML copy shows them.
+    os.environ.update(_importable({"PLOTLY_RENDERER": "plotly_mimetype+notebook", **env}))
     try:
         NotebookClient(book, timeout=timeout, kernel_name="python3", store_widget_state=False,
                        resources={"metadata": {"path": str(path.parent)}}).execute()
@@ -81,7 +82,7 @@ def run_workbook(out_dir: str | Path, names: list[str] | None = None, say=print)
     out_dir = Path(out_dir)
     written = []
     with lab_environment(say=say) as env:
-        env = {**env, "LABKIT_STATIC_CHARTS": "1", "PLOTLY_RENDERER": "plotly_mimetype+notebook"}
+        env = {**env, "LABKIT_STATIC_CHARTS": "1"}
         for name in names or ORDER:
             started = time.monotonic()
             say(f"running {name} ...")
