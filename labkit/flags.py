@@ -155,9 +155,9 @@ class FlagFile:
 
     def flag(self, key: str) -> Flag:
         flags = self.data["flags"]
-        if key not in flags:
+        if not isinstance(key, str) or key not in flags:
             raise BadInput(
-                f"No flag {key!r} in {self.key} (ConfigMap {self.name}).{nearest(key, flags)} "
+                f"No flag {_shown(key)} in {self.key} (ConfigMap {self.name}).{nearest(str(key), flags)} "
                 f"Flags: {', '.join(flags)}.")
         return _flag(key, flags[key])
 
@@ -171,7 +171,7 @@ class FlagFile:
         if not isinstance(variant, str) or variant not in current.variants:
             allowed = ", ".join(f"{name} ({format_value(v)})" for name, v in current.variants.items())
             raise BadInput(
-                f"Flag {flag!r} has no variant {variant!r}.{nearest(str(variant), current.variants)} "
+                f"Flag {flag!r} has no variant {_shown(variant)}.{nearest(str(variant), current.variants)} "
                 f"Allowed variants: {allowed or 'none'}.")
         if current.default_variant == variant:
             after = self
@@ -216,6 +216,13 @@ class FlagFile:
 
 
 # ---- helpers --------------------------------------------------------------------------------------
+def _shown(value, limit: int = 60) -> str:
+    """A name the user gave, for a message: its repr, cut short when it is long."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}… ({len(value)} characters)"
+    return repr(value)
+
+
 def _flag(key: str, body: dict) -> Flag:
     variants = body.get("variants") or {}
     default = body.get("defaultVariant")
