@@ -195,8 +195,10 @@ class Lab:
     def inform_dynatrace(self, variant: str, flag: str = names.FLAG, service: str = names.SERVICE,
                          old: str | None = None):
         """Step 1: the change event, sent before the change as the lab page says."""
+        live = self.cluster.flag_file()
+        live.set_default_variant(flag, variant)  # an unknown flag or variant is refused before any event
         if old is None:
-            old = self.cluster.flag_file().flag(flag).default_variant
+            old = live.flag(flag).default_variant
         event = self.dynatrace.send_change_event(service, flag, variant, old=old,
                                                  run_id=self.timeline.run_id)
         self.timeline.add(EVENT_SENT, f"{flag}: {old} → {variant}", at=event.sent_at)
@@ -227,7 +229,9 @@ class Lab:
                     progress: Progress | None = None, send_event: bool = True):
         """Event → ConfigMap → restart → served check: the whole change in one call."""
         report = progress or (lambda msg, frac=None: None)
-        old = self.cluster.flag_file().flag(flag).default_variant
+        live = self.cluster.flag_file()
+        live.set_default_variant(flag, variant)  # validate first: a bad variant sends no event
+        old = live.flag(flag).default_variant
         if old == variant:
             served = self.cluster.served_value(flag)
             if served.variant == variant:  # nothing to change: no event, no restart
