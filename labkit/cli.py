@@ -233,6 +233,8 @@ def _send_change_event(args, change) -> None:
 def cmd_set(args) -> int:
     from labkit.errors import Unreachable
 
+    if not (0 < args.timeout <= 3600):  # also refuses nan and inf; before anything is touched
+        raise BadInput(f"--timeout must be more than 0 and at most 3600 seconds; got {args.timeout:g}.")
     lab = cluster(args)
     preview = lab.set_default_variant(args.flag, args.variant, dry_run=True)  # validates; writes nothing
     if args.dry_run:
@@ -318,8 +320,11 @@ def _since(value: str) -> str:
          lambda p: (_since_args(p, "30m"), p.add_argument("--resolution", default="1m",
                                                             help="slot size: 1m, 5m, 1h (default 1m)")))
 def cmd_failures(args) -> int:
+    if not re.match(r"^\d{1,4}[mhdw]$", args.resolution):
+        raise BadInput(f"--resolution {args.resolution[:40]!r} must be a number and a unit: 1m, 5m, 1h or 1d.")
+    since = _since(args.since)
     with dynatrace(args) as dt:
-        df = dt.failed_requests(args.service, since=_since(args.since), resolution=args.resolution)
+        df = dt.failed_requests(args.service, since=since, resolution=args.resolution)
     df = df.assign(failure_rate=(df["failure_rate"] * 100).round(1).astype(str) + "%")
     _frame(df, ["timestamp", "requests", "failed", "failure_rate"], f"no requests of {args.service} yet")
     total, failed = int(df["requests"].sum()), int(df["failed"].sum())
