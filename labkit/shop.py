@@ -220,7 +220,7 @@ class Shop:
             raise BadInput(f"seconds and rate must be numbers; got {seconds!r}, {rate!r}.") from None
         if not (0 < seconds <= MAX_SECONDS):
             raise BadInput(f"seconds must be between 0 and {MAX_SECONDS:g}; got {seconds:g}.")
-        if rate < 0:
+        if not math.isfinite(rate) or rate < 0:
             raise BadInput(f"rate must be >= 0 sessions per second (0 = as fast as possible); got {rate:g}.")
         if workers is None:  # enough keep-alive connections to hide per-request latency
             workers = 12 if rate == 0 else max(1, min(16, math.ceil(rate / 5)))
