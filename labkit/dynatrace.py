@@ -56,6 +56,7 @@ _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _MAX_RETRY_AFTER = 30.0  # s: never sleep longer than this on one Retry-After
 _SCOPE_RE = re.compile(r"\b(?:[a-zA-Z]+(?:\.[a-zA-Z]+)*\.(?:read|write|ingest)|storage:[a-z.-]+:[a-z]+)\b")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 # --------------------------------------------------------------------------- results
@@ -565,8 +566,14 @@ class Dynatrace:
         check) go to `.warnings`. Raises LabError when an entity result is not OK or when no entity
         matched; never resends after the tenant may have processed the POST.
         """
-        if not isinstance(flag, str) or not flag:
+        if not isinstance(flag, str) or not flag.strip():
             raise BadInput("The flag name is empty; name the flag, e.g. 'cartFailure'.")
+        if new is None or (isinstance(new, str) and not new.strip()):
+            raise BadInput(f"The new value of {flag[:60]!r} is empty; name the variant, e.g. 'on'.")
+        for label, value in (("flag name", flag), ("service name", service), ("new value", new), ("old value", old)):
+            if isinstance(value, str) and _CONTROL.search(value):
+                raise BadInput(f"The {label} {value[:60]!r} contains a line break or control character; "
+                               "Dynatrace names and flag keys are one line.")
         selector = service_selector(service)
         run_id = run_id or uuid.uuid4().hex[:12]
         warnings: list[str] = []
