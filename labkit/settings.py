@@ -68,8 +68,9 @@ def is_loopback(host: str | None) -> bool:
 def _check_url(name: str, url: str) -> str:
     url = url.strip().rstrip("/")
     parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise BadInput(f"{name} must be a URL like https://abc12345.live.dynatrace.com; got {url[:80]!r}.")
+    if parts.scheme not in ("https", "http") or not parts.hostname or len(parts.hostname) > 253:
+        raise BadInput(f"{name} must be a URL like https://abc12345.live.dynatrace.com; got {url[:80]!r}"
+                       f"{f' ({len(url)} characters)' if len(url) > 80 else ''}.")
     if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise BadInput(
             f"{name} uses http:// for {parts.hostname}; tokens are only sent over https "
