@@ -536,3 +536,234 @@ def test_sandbox_killed_and_restarted_mid_run(tmp_path, monkeypatch, capsys, fau
     rec.lost = int(not kept)
     assert kept, f"the change made before the kill was lost: {row}"
     assert proc.returncode == 0
+
+
+# ================================================================================ the shop
+def test_shop_refused_connections_are_counted_not_raised(fault_record, capsys, monkeypatch, tmp_path):
+    from labkit.shop import Shop
+
+    rec = fault_record("shop", "frontend refusing connections")
+    url = f"http://127.0.0.1:{closed_port()}"
+    result = Shop(url).run(seconds=0.6, rate=20)
+    assert result.unreachable and result.failure_count >= 1
+    assert all(f.status is None and "connection refused" in f.detail for f in result.failures)
+    assert "port-forward svc/frontend-proxy 8080:8080" in result.summary()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FRONTEND_URL", url)
+    code, out, err = _cli(capsys, "shop", "--minutes", "0.01")
+    assert code == 1 and "failed" in out and "port-forward" in err and "Traceback" not in out + err
+
+
+def test_shop_5xx_and_slow_answers_are_counted_not_raised(local_lab, fault_record):
+    from labkit.shop import Shop
+
+    rec = fault_record("shop", "frontend answering 500/503 and slower than the timeout")
+    knobs = local_lab.frontend_server.faults
+    knobs.add(status=503, path_prefix="/api/cart", method="DELETE", count=3)
+    knobs.add(status=500, body="<html>upstream error</html>", path_prefix="/api/cart", method="GET", count=2)
+    knobs.add(latency=0.5, path_prefix="/api/cart", method="POST", count=1)
+    result = Shop(local_lab.frontend_server.url, timeout=0.25).run(seconds=2, rate=0, max_sessions=8)
+    statuses = sorted((f.operation, f.status) for f in result.failures)
+    assert result.sessions == 8 and not result.unreachable
+    assert statuses.count(("empty", 503)) == 3 and statuses.count(("view", 500)) == 2
+    assert ("add", None) in statuses and any("no answer within 0.25 s" in f.detail for f in result.failures)
+    assert result.failure_count == 6 and result.operations >= 8 * 3
+
+
+# ================================================================================ bad input
+BIG = "x" * 10_000
+INJECT = "cart),type(HOST"           # would add a criterion to an unquoted entity selector
+INJECT2 = 'cart",entityName.equals(checkout'
+
+# (id, argv, exit code, words in the one-line error); every case: no traceback, nothing changed
+CLI_CASES = [
+    ("set: empty flag", ["set", "", "on"], 2, ["No flag ''"]),
+    ("set: empty variant", ["set", "cartFailure", ""], 2, ["no variant ''", "Allowed variants"]),
+    ("set: flag key with a dot", ["set", "cart.Failure", "on"], 2, ["Did you mean 'cartFailure'"]),
+    ("set: variant ../../etc", ["set", "cartFailure", "../../etc"], 2, ["Allowed variants: on (true), off (false)"]),
+    ("set: 10k-character flag", ["set", BIG, "on"], 2, ["No flag"]),
+    ("set: 10k-character variant", ["set", "cartFailure", BIG], 2, ["Allowed variants"]),
+    ("set: unicode flag", ["set", "cartFailüre", "on"], 2, ["Did you mean 'cartFailure'"]),
+    ("set: unicode variant", ["set", "cartFailure", "ön"], 2, ["Allowed variants"]),
+    ("set: newline in --namespace", ["set", "cartFailure", "on", "--namespace", "de\nfault"], 2,
+     ["is not a Kubernetes namespace name"]),
+    ("set: 10k-character --namespace", ["set", "cartFailure", "on", "--namespace", BIG], 2,
+     ["is not a Kubernetes namespace name"]),
+    ("set: --timeout not a number", ["set", "cartFailure", "on", "--timeout", "soon"], 2, ["invalid float"]),
+    ("set: --timeout negative", ["set", "cartFailure", "on", "--timeout", "-5"], 2, ["--timeout"]),
+    ("set: --timeout nan", ["set", "cartFailure", "on", "--timeout", "nan"], 2, ["--timeout"]),
+    ("set: --how unknown", ["set", "cartFailure", "on", "--how", "teleport"], 2, ["invalid choice"]),
+    ("set: selector injection in --service", ["set", "cartFailure", "on", "--service", INJECT], 1,
+     ["No entity matched", '"cart),type(HOST"']),
+    ("event: empty service", ["event", "", "cartFailure", "on"], 2, ["service name is empty"]),
+    ("event: selector injection ) ,", ["event", INJECT, "cartFailure", "on"], 1, ["No entity matched"]),
+    ("event: selector injection quote", ["event", INJECT2, "cartFailure", "on"], 1, ["No entity matched"]),
+    ("event: empty flag", ["event", "cart", "", "on"], 2, ["flag name is empty"]),
+    ("event: empty value", ["event", "cart", "cartFailure", ""], 2, ["value"]),
+    ("event: 10k-character value", ["event", "cart", "cartFailure", BIG], 2, ["4096"]),
+    ("event: newline in the flag", ["event", "cart", "cart\nFailure", "on"], 2, ["flag"]),
+    ("failures: empty --since", ["failures", "--since", ""], 2, ["--since"]),
+    ("failures: --since with injection", ["failures", "--since", "1h)|fetch logs"], 2, ["--since"]),
+    ("failures: --since too large", ["failures", "--since", "99999m"], 2, ["--since"]),
+    ("failures: --resolution nonsense", ["failures", "--resolution", "1m)"], 2, ["resolution"]),
+    ("failures: injection-shaped service", ["failures", INJECT], 0, []),
+    ("problems: --since 1y", ["problems", "--since", "1y"], 2, ["--since"]),
+    ("logs: --limit 0", ["logs", "--limit", "0"], 2, ["--limit"]),
+    ("logs: --limit not a number", ["logs", "--limit", "many"], 2, ["invalid int"]),
+    ("logs: DQL-injection-shaped service", ["logs", 'cart" or true or "'], 0, []),
+    ("shop: --minutes 0", ["shop", "--minutes", "0"], 2, ["--minutes"]),
+    ("shop: --minutes nan", ["shop", "--minutes", "nan"], 2, ["--minutes"]),
+    ("shop: --rate negative", ["shop", "--minutes", "0.01", "--rate", "-1"], 2, ["rate"]),
+    ("shop: --rate nan", ["shop", "--minutes", "0.01", "--rate", "nan"], 2, ["rate"]),
+    ("flags: 10k-character flag", ["flags", BIG], 2, ["No flag"]),
+    ("unknown command", ["teleport"], 2, ["invalid choice"]),
+]
+
+
+def _snapshot(local_lab) -> tuple[str, int, int]:
+    """What must not change: the ConfigMap (bytes), stored events, flagd's replicas."""
+    cm = json.dumps(local_lab.cluster.get("configmaps", "flagd-config"), sort_keys=True)
+    return cm, len(local_lab.telemetry.events()), local_lab.cluster.scale("flagd")["spec"]["replicas"]
+
+
+@pytest.mark.parametrize("name,argv,code,words", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_bad_input_cli(name, argv, code, words, local_lab, canary, canary_env, capsys, fault_record):
+    from labkit import cli
+
+    rec = fault_record("bad input", f"CLI {name}")
+    before = _snapshot(local_lab)
+    try:
+        got = cli.main(argv)
+    except SystemExit as exc:  # argparse: usage and a one-line error, exit 2
+        got = exc.code
+    out, err = capsys.readouterr()
+    after = _snapshot(local_lab)
+    rec.lost = int(after != before)
+    rec.leaked = canary.hits(out, err)
+    assert got == code, f"exit {got}: {err[-600:]}"
+    assert "Traceback" not in out + err
+    if code:
+        assert err.lstrip().startswith(("error:", "usage: python -m labkit")), err[-600:]
+        assert len(err) < 2000, f"{len(err)} characters of error"
+    for word in words:
+        assert word in err, err[-600:]
+    assert rec.lost == 0, "something changed"
+    assert rec.leaked == 0
+
+
+SWITCH_CASES = [("empty", ""), ("../../etc", "../../etc"), ("wrong type (int)", 1),
+                ("wrong type (bool)", True), ("10k characters", BIG), ("unicode", "ön"),
+                ("a dot", "o.n"), ("newline", "on\n")]
+
+
+@pytest.fixture(scope="module")
+def lab(local_lab, canary):
+    from labkit.lab import Lab
+
+    lab = Lab(Settings.load(environ=canary.env(local_lab), dotenv=None))
+    yield lab
+    lab.close()
+
+
+@pytest.mark.parametrize("name,variant", SWITCH_CASES, ids=[c[0] for c in SWITCH_CASES])
+def test_bad_input_flag_switch(name, variant, lab, local_lab, canary, fault_record):
+    from labkit.widgets import FlagSwitch
+
+    rec = fault_record("bad input", f"FlagSwitch.apply: {name}")
+    switch = FlagSwitch(lab, "cartFailure")
+    before = _snapshot(local_lab)
+    assert switch.apply(variant) is None
+    after = _snapshot(local_lab)
+    rec.lost = int(after != before)
+    rec.leaked = canary.hits(switch.status.value, repr(switch.error))
+    assert isinstance(switch.error, BadInput), repr(switch.error)
+    assert "Allowed variants: on (true), off (false)" in switch.status.value
+    assert "Traceback" not in switch.status.value and len(switch.status.value) < 1000
+    assert rec.lost == 0, "an event was stored or the ConfigMap changed"
+    assert rec.leaked == 0
+
+
+def test_bad_input_flag_switch_flag_key_with_a_dot(lab, local_lab, fault_record):
+    from labkit.widgets import FlagSwitch
+
+    rec = fault_record("bad input", "FlagSwitch for a flag key with a dot")
+    before = _snapshot(local_lab)
+    switch = FlagSwitch(lab, "cart.Failure")
+    assert switch.apply_button.disabled and "Did you mean" in switch.status.value
+    assert switch.apply("on") is None and isinstance(switch.error, BadInput)
+    rec.lost = int(_snapshot(local_lab) != before)
+    assert rec.lost == 0
+
+
+# (id, variables, a .env file's text or None, the variable the message must name)
+SETTINGS_CASES = [
+    ("DT_URL not a URL", {"DT_URL": "abc12345.live.dynatrace.com"}, None, "DT_URL"),
+    ("DT_URL plain http to a remote host", {"DT_URL": "http://example.com"}, None, "DT_URL"),
+    ("DT_URL with a query", {"DT_URL": "https://abc12345.live.dynatrace.com/?next=evil"}, None, "DT_URL"),
+    ("DT_URL 10k characters", {"DT_URL": f"https://{BIG}.live.dynatrace.com"}, None, "DT_URL"),
+    ("DT_URL javascript:", {"DT_URL": "javascript:alert(1)"}, None, "DT_URL"),
+    ("DT_API_TOKEN not a token", {"DT_API_TOKEN": "hunter2hunter2hunter2"}, None, "DT_API_TOKEN"),
+    ("DT_API_TOKEN with a shell suffix", {"DT_API_TOKEN": "dt0c01.ABC.DEF;rm -rf ~"}, None, "DT_API_TOKEN"),
+    ("DT_API_TOKEN unicode", {"DT_API_TOKEN": "dt0c01.ÄBC.DËF"}, None, "DT_API_TOKEN"),
+    ("DT_API_TOKEN 10k characters", {"DT_API_TOKEN": "dt0c01.A." + BIG + "!"}, None, "DT_API_TOKEN"),
+    ("DT_PLATFORM_TOKEN with a newline", {"DT_PLATFORM_TOKEN": "dt0s16.ABC\n.DEF"}, None, "DT_PLATFORM_TOKEN"),
+    ("LAB_NAMESPACE with a newline", {"LAB_NAMESPACE": "de\nfault"}, None, "LAB_NAMESPACE"),
+    ("LAB_NAMESPACE 10k characters", {"LAB_NAMESPACE": BIG}, None, "LAB_NAMESPACE"),
+    ("LAB_NAMESPACE unicode", {"LAB_NAMESPACE": "défault"}, None, "LAB_NAMESPACE"),
+    ("FRONTEND_URL not http", {"FRONTEND_URL": "ftp://localhost:8080"}, None, "FRONTEND_URL"),
+    (".env: DT_URL plain http", {}, "DT_URL=http://abc12345.live.dynatrace.com\n", "DT_URL"),
+    (".env: quoted bad token", {}, "export DT_API_TOKEN='not a token'\n", "DT_API_TOKEN"),
+    (".env: binary junk and a bad namespace", {}, "\x00\xff garbage\nLAB_NAMESPACE=UPPER\n", "LAB_NAMESPACE"),
+]
+
+
+@pytest.mark.parametrize("name,environ,dotenv,variable", SETTINGS_CASES, ids=[c[0] for c in SETTINGS_CASES])
+def test_bad_input_settings(name, environ, dotenv, variable, tmp_path, fault_record):
+    rec = fault_record("bad input", f"settings: {name}")
+    path = tmp_path / ".env"
+    if dotenv is not None:
+        path.write_text(dotenv, encoding="utf-8", errors="surrogateescape")
+    with pytest.raises(BadInput) as err:
+        Settings.load(environ=environ, dotenv=path)
+    text = str(err.value)
+    secret_ish = [v for v in list(environ.values()) + [dotenv or ""] if "TOKEN" in name and v]
+    rec.leaked = sum(text.count(v.strip().strip("'")) for v in secret_ish if len(v) > 6) + int(
+        "DEF" in text and "TOKEN" in name)
+    assert variable in text and len(text) < 500, text[:600]
+    assert rec.leaked == 0, "a token value was echoed"
+
+
+def test_bad_input_timings_env(fault_record):
+    from labkit.sandbox import Timings
+
+    rec = fault_record("bad input", "LABKIT_POD_START not a number / negative")
+    for raw in ("fast", "-1", "nan", BIG):
+        with pytest.raises(BadInput, match="LABKIT_POD_START must be a number"):
+            Timings.from_env({"LABKIT_POD_START": raw})
+    assert Timings.from_env({"LABKIT_POD_START": "0.5"}).pod_start == 0.5
+
+
+def test_tokens_are_refused_for_plain_http_to_a_remote_host(canary, fault_record):
+    """A token never goes to http:// anywhere but loopback: refused before any request."""
+    import respx
+
+    from labkit.settings import Secret
+
+    rec = fault_record("secrets", "token for an http:// non-loopback host refused, never sent")
+    with respx.mock(assert_all_called=False) as router:
+        route = router.route().respond(200, json={})
+        errors = []
+        for env in ({"DT_URL": "http://example.com", "DT_API_TOKEN": canary.api},
+                    {"DT_URL": "https://abc12345.live.dynatrace.com", "DT_API_TOKEN": canary.api,
+                     "DT_PLATFORM_URL": "http://abc12345.apps.dynatrace.com"}):
+            with pytest.raises(BadInput) as err:
+                Settings.load(environ=env, dotenv=None)
+            errors.append(exception_text(err.value))
+        for url in ("http://example.com", "http://10.0.0.8:8080", "http://localhost.example.com",
+                    "http://0.0.0.0:8080"):
+            with pytest.raises(BadInput) as err:
+                Dynatrace(Settings(dt_url=url, api_token=Secret(canary.api)))
+            errors.append(exception_text(err.value))
+    rec.leaked = canary.hits(*errors)
+    assert not route.called and rec.leaked == 0
+    assert all("https" in e for e in errors)
