@@ -251,13 +251,18 @@ def _envelope(resp: httpx.Response) -> tuple[str, list[str]]:
     return str(message)[:500], violations
 
 
+def _req(what: str) -> str:
+    """'to read X' -> 'the request to read X', so every message reads as a sentence."""
+    return f"the request {what}" if what.startswith("to ") else what
+
+
 def _json(resp: httpx.Response, what: str):
     try:
         return resp.json()
     except (ValueError, UnicodeDecodeError):
         kind = resp.headers.get("content-type", "no content type").split(";")[0]
         raise Unreachable(
-            f"The tenant answered something unexpected for {what} (HTTP {resp.status_code}, {kind}, "
+            f"The tenant answered something unexpected for {_req(what)} (HTTP {resp.status_code}, {kind}, "
             "not JSON). Check that DT_URL is the Dynatrace environment address "
             "(https://<id>.live.dynatrace.com), not a proxy or login page, and try again."
         ) from None
@@ -265,7 +270,7 @@ def _json(resp: httpx.Response, what: str):
 
 def _dict(body, what: str) -> dict:
     if not isinstance(body, dict):
-        raise Unreachable(f"The tenant answered something unexpected for {what} (a JSON "
+        raise Unreachable(f"The tenant answered something unexpected for {_req(what)} (a JSON "
                           f"{type(body).__name__}, not an object). Check DT_URL and try again.")
     return body
 
@@ -407,7 +412,7 @@ class Dynatrace:
                 if event:
                     raise Unreachable(self._maybe_recorded_message(what, f"no answer within {self.timeout:g} s")) from None
                 raise Unreachable(
-                    f"Dynatrace did not answer {what} within {self.timeout:g} s "
+                    f"Dynatrace did not answer {_req(what)} within {self.timeout:g} s "
                     f"(after {attempt} attempt{'s' if attempt > 1 else ''}). The tenant may be slow or "
                     "overloaded: try again in a minute, or pass a longer timeout."
                 ) from None
@@ -439,7 +444,7 @@ class Dynatrace:
                 if self.settings.local else
                 " Check DT_URL, your network or proxy, and that the tenant is up.")
         return self._scrub(
-            f"Could not reach Dynatrace at {self._host(api)} for {what} ({_exc_kind(exc)}, "
+            f"Could not reach Dynatrace at {self._host(api)} for {_req(what)} ({_exc_kind(exc)}, "
             f"{attempts} attempt{'s' if attempts > 1 else ''}).{hint}")
 
     def _maybe_recorded_message(self, what: str, why: str) -> str:
@@ -467,7 +472,7 @@ class Dynatrace:
         var = "DT_API_TOKEN" if api == "classic" else "DT_PLATFORM_TOKEN"
         if status == 401:
             return Forbidden(
-                f"Dynatrace rejected the token (401) for {what}{detail}. Check {var}: it may be "
+                f"Dynatrace rejected the token (401) for {_req(what)}{detail}. Check {var}: it may be "
                 f"wrong, expired or revoked, or lack the scope {scope}.")
         if status == 403:
             named = _SCOPE_RE.findall(message)
@@ -476,26 +481,26 @@ class Dynatrace:
                 f"The token in {var} is not allowed {what} (403): it needs the scope {missing}"
                 f"{detail}. Add the scope to the token (Access tokens) or use a token that has it.")
         if status == 404:
-            return NotFound(f"Dynatrace answered 404 Not found for {what}{detail}. Check DT_URL "
+            return NotFound(f"Dynatrace answered 404 Not found for {_req(what)}{detail}. Check DT_URL "
                             "(the environment address, no path) and the names you asked for.")
         if status == 400 or status == 422:
             extra = "".join(f"\n  - {v}" for v in violations)
-            return BadInput(f"Dynatrace refused {what} as invalid ({status}){detail}{extra}")
+            return BadInput(f"Dynatrace refused {_req(what)} as invalid ({status}){detail}{extra}")
         if event and status >= 500:
             return Unreachable(self._maybe_recorded_message(what, f"HTTP {status}{detail}"))
         if status == 429:
             tail = (" The event was rejected, not recorded: send it again in a minute."
                     if event else " Try again in a minute.")
-            return Unreachable(f"Dynatrace is throttling requests (429) for {what} after {attempt} "
+            return Unreachable(f"Dynatrace is throttling requests (429) for {_req(what)} after {attempt} "
                                f"attempt{'s' if attempt > 1 else ''}.{tail}")
         if status >= 500:
-            return Unreachable(f"Dynatrace answered {status} for {what}{detail} after {attempt} "
+            return Unreachable(f"Dynatrace answered {status} for {_req(what)}{detail} after {attempt} "
                                f"attempt{'s' if attempt > 1 else ''}. The tenant has a problem: "
                                "try again in a few minutes.")
         if 300 <= status < 400:
-            return LabError(f"Dynatrace redirected {what} ({status}). DT_URL must be the environment "
+            return LabError(f"Dynatrace redirected {_req(what)} ({status}). DT_URL must be the environment "
                             "address itself (https://<id>.live.dynatrace.com, no path).")
-        return LabError(f"Dynatrace answered {status} for {what}{detail}.")
+        return LabError(f"Dynatrace answered {status} for {_req(what)}{detail}.")
 
     # ---- JSON helpers
 
@@ -766,7 +771,7 @@ class Dynatrace:
                                " Check the query; if it was RESULT_GONE, run it again.")
             token = state.get("requestToken") or token  # poll answers do not repeat it
             if st not in ("RUNNING", "NOT_STARTED") or not token:
-                raise Unreachable(f"The tenant answered something unexpected for {what} "
+                raise Unreachable(f"The tenant answered something unexpected for {_req(what)} "
                                   f"(state {st or 'missing'}). Try again.")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
