@@ -101,11 +101,21 @@ def open_jupyterlab(port: int | None = None, extra: list[str] | None = None) -> 
         args.append(f"--port={port}")
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         args.append("--allow-root")
-    with lab_environment() as env:
-        print("Opening JupyterLab; start with 01-introduce-change.ipynb. Ctrl-C stops it and the local lab.")
-        proc = subprocess.Popen(args + (extra or []), env=env)
-        try:
-            return proc.wait()
-        except KeyboardInterrupt:
-            proc.terminate()
-            return proc.wait(timeout=15)
+    import signal
+
+    def stop(signum, frame):  # a terminal closing or `kill`: stop JupyterLab and the local lab too
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with lab_environment() as env:
+            print("Opening JupyterLab; start with 01-introduce-change.ipynb. "
+                  "Ctrl-C stops it and the local lab.")
+            proc = subprocess.Popen(args + (extra or []), env=env)
+            try:
+                return proc.wait()
+            except KeyboardInterrupt:
+                proc.terminate()
+                return proc.wait(timeout=15)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
