@@ -391,3 +391,22 @@ def test_local_lab_wires_shop_and_tenant(local_lab):
     finally:
         front.close()
         api.close()
+
+
+def test_a_second_problem_starts_at_its_own_first_error():
+    """Errors a closed problem already covered do not backdate the next problem."""
+    from labkit.sandbox import Timings
+    from labkit.sandbox.telemetry import Telemetry
+
+    timings = Timings.fast()
+    timings.problem_errors, timings.problem_window, timings.problem_quiet = 2, 60.0, 3.0
+    telemetry = Telemetry(timings)
+    t0, now = 1_800_000_000_000, [0]
+    telemetry.clock = lambda: t0 + now[0]
+    for at in (0, 1000, 6000, 7000):  # P-01 from two errors; 5 s quiet closes it; two more errors
+        now[0] = at
+        telemetry.check_problems()
+        telemetry.log_cart_redis_error("a" * 32, "b" * 16, "pod")
+    first, second = telemetry.problems()
+    assert not first.open and second.open
+    assert first.start == t0 and second.start == t0 + 6000, (first, second)

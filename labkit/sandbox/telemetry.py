@@ -241,12 +241,15 @@ class Telemetry:
         if current:
             current.last_error = t
             current.error_count += 1
-        elif len(errors) >= self.timings.problem_errors:
-            start = errors[0]
-            seq = next(self._display_seq)
-            problem_id = f"-{self._rng.getrandbits(62)}_{start}V2"
-            self._problems.append(Problem(problem_id, f"P-{seq:02d}", start, self.entities[CART],
-                                          t, len(errors)))
+        else:
+            # Errors that a closed problem already covered do not count again for a new one.
+            covered = self._problems[-1].last_error if self._problems else None
+            fresh = [e for e in errors if covered is None or e > covered]
+            if len(fresh) >= self.timings.problem_errors:
+                seq = next(self._display_seq)
+                problem_id = f"-{self._rng.getrandbits(62)}_{fresh[0]}V2"
+                self._problems.append(Problem(problem_id, f"P-{seq:02d}", fresh[0], self.entities[CART],
+                                              t, len(fresh)))
 
     def _close_quiet(self, now: int) -> None:
         quiet = int(self.timings.problem_quiet * 1000)
