@@ -139,13 +139,18 @@ def failures_figure(failed, events=None, problems=None, timeline=None, service: 
             if step.step == EVENT_SENT and _utc(step.time) is not None:
                 changes.append((_utc(step.time), step.detail or "change event"))
     known = [x for x in xs if x is not None] + [w for w, _ in changes]
-    middle = min(known) + (max(known) - min(known)) / 2 if known else None
-    for when, label in changes:
+    span = (max(known) - min(known)) if known else timedelta(0)
+    middle = min(known) + span / 2 if known else None
+    previous, row = None, 0
+    for when, label in sorted(changes, key=lambda c: c[0]):
         side = "right" if middle is not None and when > middle else "left"  # keep the label on the chart
+        # Changes close together (a flip and its rollback) stack their labels instead of overlapping.
+        row = (row + 1) % 3 if previous is not None and when - previous < span / 8 else 0
+        previous = when
         shapes.append(dict(type="line", name="change", xref="x", yref="paper", x0=when, x1=when,
                            y0=0, y1=1, line=dict(color=CHANGE_COLOR, width=2, dash="dash")))
-        annotations.append(dict(name="change", x=when, xref="x", y=1.0, yref="paper", yanchor="bottom",
-                                xanchor=side, text=html.escape(label), showarrow=False,
+        annotations.append(dict(name="change", x=when, xref="x", y=1.0 + 0.07 * row, yref="paper",
+                                yanchor="bottom", xanchor=side, text=html.escape(label), showarrow=False,
                                 font=dict(color=CHANGE_COLOR, size=12)))
 
     # Timeline steps: thin dotted lines, named in one caption under the chart (steps seconds apart
