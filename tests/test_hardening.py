@@ -483,11 +483,13 @@ def _start_sandbox(state: Path, tmp: Path) -> subprocess.Popen:
     return proc
 
 
-def _cli(capsys, *args) -> tuple[int, str, str]:
+def _cli(capsys, *args, seen: list | None = None) -> tuple[int, str, str]:
     from labkit import cli
 
     code = cli.main(list(args))
     out, err = capsys.readouterr()
+    if seen is not None:
+        seen.append(out + err)
     return code, out, err
 
 
@@ -498,6 +500,7 @@ def test_sandbox_killed_and_restarted_mid_run(tmp_path, monkeypatch, capsys, fau
     from labkit.settings import read_dotenv
 
     rec = fault_record("sandbox", "the local lab process killed (-9) and restarted mid-run")
+    seen: list[str] = []
     state = tmp_path / "lab"
     proc = _start_sandbox(state, tmp_path)
     try:
@@ -507,7 +510,7 @@ def test_sandbox_killed_and_restarted_mid_run(tmp_path, monkeypatch, capsys, fau
             monkeypatch.delenv(key)
         for key, value in env.items():
             monkeypatch.setenv(key, value)
-        code, out, err = _cli(capsys, "set", "cartFailure", "on")
+        code, out, err = _cli(capsys, "set", "cartFailure", "on", seen=seen)
         assert code == 0 and "serves cartFailure = on" in out, err
     finally:
         proc.kill()  # no clean stop: lab.env stays behind, nothing answers
@@ -518,24 +521,27 @@ def test_sandbox_killed_and_restarted_mid_run(tmp_path, monkeypatch, capsys, fau
     assert down.returncode == 1, down.stderr
     assert down.stderr.startswith("error: Cannot reach the Kubernetes API") and "labkit sandbox" in down.stderr
     assert "Traceback" not in down.stderr + down.stdout
-    code, out, err = _cli(capsys, "set", "cartFailure", "off", "--no-event")
+    code, out, err = _cli(capsys, "set", "cartFailure", "off", "--no-event", seen=seen)
     assert code == 1 and err.startswith("error: Cannot reach") and "Traceback" not in err
 
     proc = _start_sandbox(state, tmp_path)
     try:
         assert read_dotenv(state / "lab.env") == env, "ports or tokens changed: the old lab.env broke"
-        code, out, err = _cli(capsys, "flags", "cartFailure")
+        code, out, err = _cli(capsys, "flags", "cartFailure", seen=seen)
         assert code == 0, err
         row = next(line for line in out.splitlines() if line.startswith("cartFailure"))
         kept = row.split()[3] == "on" and "on (true)" in row  # DEFAULT and SERVED columns
-        code, out, err = _cli(capsys, "set", "cartFailure", "off")  # the event too: same tokens
+        code, out, err = _cli(capsys, "set", "cartFailure", "off", seen=seen)  # the event too: same tokens
         assert code == 0 and "serves cartFailure = off" in out and "change event sent" in out, err
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=20)
     rec.lost = int(not kept)
+    secrets = [env[k].rsplit(".", 1)[1] for k in ("DT_API_TOKEN", "DT_PLATFORM_TOKEN")]
+    shown = down.stdout + down.stderr + "".join(seen) + capsys.readouterr().err
+    rec.leaked = sum(shown.count(s) for s in secrets)
     assert kept, f"the change made before the kill was lost: {row}"
-    assert proc.returncode == 0
+    assert proc.returncode == 0 and rec.leaked == 0
 
 
 # ================================================================================ the shop
