@@ -56,7 +56,7 @@ def pytest_runtest_makereport(item, call):
     if "fault_record" in getattr(item, "fixturenames", ()):
         from hardening_report import mark_outcome
 
-        mark_outcome(item.nodeid, not report.failed)
+        mark_outcome(item.nodeid, report.passed)  # failed or skipped: not survived
 
 
 def pytest_terminal_summary(terminalreporter):

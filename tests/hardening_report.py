@@ -52,7 +52,7 @@ def fault_record(request):
 
 
 def mark_outcome(nodeid: str, passed: bool) -> None:
-    """Called for every test phase report: a failed phase marks that test's records as not survived."""
+    """Called for every test phase report: a failed (or skipped) phase marks that test's records as not survived."""
     for rec in RECORDS:
         if rec.nodeid == nodeid:
             rec.passed = passed if rec.passed in (None, True) else False
