@@ -139,6 +139,9 @@ def cmd_sandbox(args) -> int:
         lab.start()
         if not stop.is_set():
             out(f"local lab ready: source {state_dir / 'lab.env'}")
+            if lab.restored_flags:
+                out(f"  flags restored from {state_dir / 'flagd-config.json'} (delete it to start from "
+                    "the lab's flags.yaml)")
             out(f"  Kubernetes API  {lab.kube_server.url}   KUBECONFIG={lab.kubeconfig_path}")
             out("                  ConfigMap flagd-config, Deployment flagd, Services flagd (OFREP 8016), "
                 "frontend-proxy")
