@@ -833,7 +833,7 @@ class Dynatrace:
         if rows is None:
             try:
                 rows = self._classic_logs(classic_query, since, limit)
-            except (Forbidden, NotFound) as exc:
+            except (Forbidden, NotFound):
                 why = f" (Grail said: {grail_problem})" if grail_problem else ""
                 raise Forbidden(self._platform_token_message() + why) from None
         rows = [r for r in rows if keep(r)]

@@ -28,7 +28,7 @@ def lab_env(local_lab, monkeypatch):
 
 @pytest.fixture
 def kube_api(local_lab):
-    from kubernetes import client, config
+    from kubernetes import config
 
     return config.new_client_from_config(str(local_lab.kubeconfig_path))
 

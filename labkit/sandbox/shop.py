@@ -14,6 +14,7 @@ import random
 import threading
 from collections import OrderedDict
 
+from labkit.sandbox import Background
 from labkit.sandbox.http import Request, Response, json_response
 
 FLAG = "cartFailure"
@@ -80,24 +81,20 @@ class Shop:
         self.rng = random.Random(seed)
         self._lock = threading.Lock()
         self._carts: OrderedDict[str, dict[str, int]] = OrderedDict()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # Like the demo's load generator: sessions at random intervals, `shopper_rate` a second.
+        self._shopper = Background(
+            "labkit-shopper", lambda: self.timings.shopper_rate > 0 and self.shop_once(),
+            lambda: self.rng.expovariate(self.timings.shopper_rate) if self.timings.shopper_rate > 0 else 0.5)
         self.pod = f"{self.rng.getrandbits(36):09x}-{self.rng.getrandbits(24):05x}"
 
     # ----- lifecycle ------------------------------------------------------------------------
     def start(self) -> "Shop":
-        if self.timings.shopper_rate > 0 and self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._shop_forever, name="labkit-shopper",
-                                            daemon=True)
-            self._thread.start()
+        if self.timings.shopper_rate > 0:
+            self._shopper.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._shopper.stop()
 
     # ----- the cart service -----------------------------------------------------------------
     def _trace(self) -> tuple[str, str]:
@@ -145,16 +142,6 @@ class Shop:
         return True
 
     # ----- the background shopper -----------------------------------------------------------
-    def _shop_forever(self) -> None:
-        while not self._stop.is_set():
-            rate = self.timings.shopper_rate
-            if rate <= 0 or self._stop.wait(self.rng.expovariate(rate)):
-                return
-            try:
-                self.shop_once()
-            except Exception:  # a shopper hiccup must not end the lab's background traffic
-                pass
-
     def shop_once(self) -> None:
         """One load-generator session: browse, add, view, sometimes check out. Never DELETE."""
         user = f"shopper-{self.rng.getrandbits(32):08x}"

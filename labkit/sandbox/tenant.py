@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
+from labkit.sandbox import Background
 from labkit.sandbox.http import Request, Response, json_response
 from labkit.sandbox.telemetry import (MINUTE_MS, Entity, Event, Problem, Telemetry, iso, iso_ms)
 
@@ -166,31 +167,38 @@ def timeframe(req_params: dict, now: int, default_from: int) -> tuple[int, int]:
 # =============================================================================================
 # Selector parsing shared by entitySelector, eventSelector, problemSelector and metricSelector
 # =============================================================================================
-def split_top(text: str, sep: str = ",") -> list[str]:
-    """Split on `sep` outside quotes and parentheses ('~' escapes inside Dynatrace quotes)."""
-    parts, depth, quoted, buf, i = [], 0, False, [], 0
+def _scan(text: str, start: int = 0):
+    """(index, char, depth) of each character outside Dynatrace quotes ('~' escapes inside them);
+    depth counts the parentheses open before it. Raises ValueError on unbalanced text at the end."""
+    depth, quoted, i = 0, False, start
     while i < len(text):
         c = text[i]
-        if quoted and c == "~" and i + 1 < len(text):
-            buf.append(text[i:i + 2])
+        if quoted and c == "~":
             i += 2
             continue
         if c == '"':
             quoted = not quoted
-        elif not quoted and c == "(":
-            depth += 1
-        elif not quoted and c == ")":
-            depth -= 1
-        if c == sep and depth == 0 and not quoted:
-            parts.append("".join(buf))
-            buf = []
-        else:
-            buf.append(c)
+        elif not quoted:
+            yield i, c, depth
+            depth += (c == "(") - (c == ")")
         i += 1
     if quoted or depth:
         raise ValueError("unbalanced quotes or parentheses")
-    parts.append("".join(buf))
-    return [p.strip() for p in parts]
+
+
+def split_top(text: str, sep: str = ",") -> list[str]:
+    """Split on `sep` outside quotes and parentheses."""
+    cuts = [i for i, c, depth in _scan(text) if c == sep and depth == 0]
+    bounds = zip([-1, *cuts], [*cuts, len(text)])
+    return [text[a + 1:b].strip() for a, b in bounds]
+
+
+def closing_paren(text: str, start: int) -> int:
+    """Index of the parenthesis that closes the one at `start`."""
+    for i, c, depth in _scan(text, start):
+        if c == ")" and depth == 1:
+            return i
+    raise ValueError("unbalanced parentheses")
 
 
 CALL_RE = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*\((.*)\)\s*$", re.S)
@@ -352,8 +360,8 @@ class Tenant:
         self._jobs: dict[str, GrailJob] = {}
         self._gone: set[str] = set()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # A timer, not a wait for a condition: problems close after a quiet period of time.
+        self._housekeeper = Background("labkit-tenant", self._housekeeping, lambda: 0.5)
 
     @staticmethod
     def _token_name(scopes) -> str:
@@ -361,28 +369,19 @@ class Tenant:
             else "labkit local lab (read + ingest)"
 
     def start(self) -> "Tenant":
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._housekeeping, name="labkit-tenant",
-                                            daemon=True)
-            self._thread.start()
+        self._housekeeper.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._housekeeper.stop()
 
     def _housekeeping(self) -> None:
-        # A timer, not a wait for a condition: problems close after a quiet period of time.
-        while not self._stop.wait(0.5):
-            self.telemetry.check_problems()
-            now = time.monotonic()
-            with self._lock:
-                for token in [t for t, j in self._jobs.items() if j.expires_at < now]:
-                    del self._jobs[token]
-                    self._gone.add(token)
+        self.telemetry.check_problems()
+        now = time.monotonic()
+        with self._lock:
+            for token in [t for t, j in self._jobs.items() if j.expires_at < now]:
+                del self._jobs[token]
+                self._gone.add(token)
 
     # ----- auth ------------------------------------------------------------------------------
     def authorize(self, req: Request, scope: str | None) -> TokenInfo:
@@ -605,23 +604,10 @@ def _transformations(text: str) -> list[tuple[str, str | None]]:
             raise ValueError(f"unexpected text '{text[i:]}'")
         name, i = m.group(1), m.end()
         if i < len(text) and text[i] == "(":
-            depth, j, quoted = 0, i, False
-            while j < len(text):
-                c = text[j]
-                if quoted and c == "~":
-                    j += 2
-                    continue
-                if c == '"':
-                    quoted = not quoted
-                elif not quoted and c == "(":
-                    depth += 1
-                elif not quoted and c == ")":
-                    depth -= 1
-                    if depth == 0:
-                        break
-                j += 1
-            if depth:
-                raise ValueError(f"unbalanced parentheses after :{name}")
+            try:
+                j = closing_paren(text, i)
+            except ValueError:
+                raise ValueError(f"unbalanced parentheses after :{name}") from None
             out.append((name, text[i + 1:j]))
             i = j + 1
         else:
