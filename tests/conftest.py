@@ -33,6 +33,16 @@ def kube_api(local_lab):
     return config.new_client_from_config(str(local_lab.kubeconfig_path))
 
 
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nobody listens on: connections to it are refused."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(autouse=True)
 def _no_faults_left(request):
     """Faults injected by one test never leak into the next."""

@@ -149,6 +149,14 @@ class Canary:
         return dict(local_lab.env, DT_API_TOKEN=self.api, DT_PLATFORM_TOKEN=self.platform)
 
 
+@pytest.fixture(scope="module")
+def canary(local_lab):
+    """A canary token registered with the session's local lab for one test module."""
+    c = Canary().register(local_lab)
+    yield c
+    c.unregister()
+
+
 def exception_text(exc: BaseException) -> str:
     """Everything a user could see of an exception: str, repr, and the traceback Python would print."""
     import traceback

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -209,13 +208,9 @@ def test_usage_errors_exit_2(kube):
     assert kube.run("set", "cartFailure", "on", "--how", "teleport").returncode == 2
 
 
-def test_unreachable_cluster_exits_1_with_a_hint(tmp_path):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+def test_unreachable_cluster_exits_1_with_a_hint(tmp_path, closed_port):
     kc = tmp_path / "kubeconfig"
-    kc.write_text(kubeconfig_text(f"http://127.0.0.1:{port}"))
+    kc.write_text(kubeconfig_text(f"http://127.0.0.1:{closed_port}"))
     proc = subprocess.run([sys.executable, "-m", "labkit", "--kubeconfig", str(kc), "flags"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=30, env=base_env(tmp_path))
     assert proc.returncode == 1

@@ -238,15 +238,9 @@ def test_missing_configmap_key_and_deployment(sandbox):
         elsewhere.restart_flagd(timeout=5)
 
 
-def test_unreachable_cluster_says_what_to_do(tmp_path):
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+def test_unreachable_cluster_says_what_to_do(tmp_path, closed_port):
     kc = tmp_path / "kubeconfig"
-    kc.write_text(kubeconfig_text(f"http://127.0.0.1:{port}"))
+    kc.write_text(kubeconfig_text(f"http://127.0.0.1:{closed_port}"))
     lab = Cluster(Settings(kubeconfig=str(kc)))
     t = time.monotonic()
     with pytest.raises(Unreachable) as err:

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from hardening_report import Canary, exception_text, fault_record  # noqa: F401  (fixture)
+from hardening_report import canary, exception_text, fault_record  # noqa: F401  (fixtures)
 from labkit.dynatrace import READ_SCOPES, Dynatrace
 from labkit.errors import BadInput, Forbidden, LabError, LabTimeout, NotFound, Unreachable
 from labkit.settings import Settings
@@ -35,14 +34,6 @@ FLAGS_YAML = (ROOT / "labkit" / "sandbox" / "flags.yaml").read_text()
 EVENTS = "/api/v2/events/ingest"
 PODS = "/api/v1/namespaces/default/pods"
 CM_PATH = "/api/v1/namespaces/default/configmaps/flagd-config"
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def stored(local_lab, run_id: str) -> int:
@@ -57,13 +48,6 @@ def wait_until(condition, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.02)
     return condition()
-
-
-@pytest.fixture(scope="module")
-def canary(local_lab):
-    c = Canary().register(local_lab)
-    yield c
-    c.unregister()
 
 
 @pytest.fixture
@@ -219,10 +203,10 @@ def test_tenant_malformed_json_on_a_read(local_lab, canary, canary_env, fault_re
     assert rec.leaked == 0
 
 
-def test_tenant_connection_refused(canary, canary_env, local_lab, fault_record, caplog):
+def test_tenant_connection_refused(canary, canary_env, local_lab, fault_record, caplog, closed_port):
     caplog.set_level(logging.DEBUG)
     rec = fault_record("tenant", "connection refused (nothing listening)")
-    env = dict(canary_env, DT_URL=f"http://127.0.0.1:{closed_port()}")
+    env = dict(canary_env, DT_URL=f"http://127.0.0.1:{closed_port}")
     before = len(local_lab.telemetry.events())
     started = time.monotonic()
     with client(env) as dt, pytest.raises(Unreachable) as err:
@@ -544,11 +528,12 @@ def test_sandbox_killed_and_restarted_mid_run(tmp_path, monkeypatch, capsys, fau
 
 
 # ================================================================================ the shop
-def test_shop_refused_connections_are_counted_not_raised(fault_record, capsys, monkeypatch, tmp_path):
+def test_shop_refused_connections_are_counted_not_raised(fault_record, capsys, monkeypatch, tmp_path,
+                                                        closed_port):
     from labkit.shop import Shop
 
     rec = fault_record("shop", "frontend refusing connections")
-    url = f"http://127.0.0.1:{closed_port()}"
+    url = f"http://127.0.0.1:{closed_port}"
     result = Shop(url).run(seconds=0.6, rate=20)
     assert result.unreachable and result.failure_count >= 1
     assert all(f.status is None and "connection refused" in f.detail for f in result.failures)

@@ -14,16 +14,9 @@ import os
 
 import pytest
 
-from hardening_report import Canary, exception_text, fault_record  # noqa: F401  (fixture)
+from hardening_report import canary, fault_record  # noqa: F401  (fixtures)
 from labkit.dynatrace import Dynatrace
 from labkit.settings import Settings
-
-
-@pytest.fixture(scope="module")
-def canary(local_lab):
-    c = Canary().register(local_lab)
-    yield c
-    c.unregister()
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """labkit.shop against the local lab's demo frontend, over loopback with real httpx."""
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -63,10 +62,8 @@ def test_boolean_on_fails_some_empties(shop, cart_flag):
     assert 3 <= failed <= 50
 
 
-def test_unreachable_frontend_is_counted_with_a_hint(cart_flag):
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def test_unreachable_frontend_is_counted_with_a_hint(cart_flag, closed_port):
+    port = closed_port
     start = time.monotonic()
     result = Shop(f"http://127.0.0.1:{port}").run(seconds=1.0, rate=50)
     assert time.monotonic() - start < 2.5
