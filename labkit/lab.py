@@ -195,10 +195,11 @@ class Lab:
     def inform_dynatrace(self, variant: str, flag: str = names.FLAG, service: str = names.SERVICE,
                          old: str | None = None):
         """Step 1: the change event, sent before the change as the lab page says."""
-        live = self.cluster.flag_file()
-        live.set_default_variant(flag, variant)  # an unknown flag or variant is refused before any event
-        if old is None:
-            old = live.flag(flag).default_variant
+        # An unknown flag or variant is refused here, before any event is sent.
+        change = self.cluster.flag_file().set_default_variant(flag, variant)
+        return self._announce(flag, change.old_variant if old is None else old, variant, service)
+
+    def _announce(self, flag: str, old: str, variant: str, service: str):
         event = self.dynatrace.send_change_event(service, flag, variant, old=old,
                                                  run_id=self.timeline.run_id)
         self.timeline.add(EVENT_SENT, f"{flag}: {old} → {variant}", at=event.sent_at)
@@ -229,9 +230,7 @@ class Lab:
                     progress: Progress | None = None, send_event: bool = True):
         """Event → ConfigMap → restart → served check: the whole change in one call."""
         report = progress or (lambda msg, frac=None: None)
-        live = self.cluster.flag_file()
-        live.set_default_variant(flag, variant)  # validate first: a bad variant sends no event
-        old = live.flag(flag).default_variant
+        old = self.cluster.flag_file().set_default_variant(flag, variant).old_variant  # validates first
         if old == variant:
             served = self.cluster.served_value(flag)
             if served.variant == variant:  # nothing to change: no event, no restart
@@ -241,7 +240,7 @@ class Lab:
             report(f"Dynatrace already knows: {flag} {old} → {variant} (event sent before)", 0.05)
         elif send_event:
             report(f"Telling Dynatrace: {flag} {old} → {variant}", 0.05)
-            self.inform_dynatrace(variant, flag, service, old=old)
+            self._announce(flag, old, variant, service)
         report(f"Changing {flag} to {variant} in the ConfigMap", 0.15)
         self.make_change(variant, flag)
         self.restart_flagd(progress=lambda m, f=None: report(m, None if f is None else 0.2 + 0.7 * f))
