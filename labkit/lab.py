@@ -370,24 +370,25 @@ def connect(settings: Settings | None = None, *, state_dir: str | Path | None = 
 
     1. a tenant configured in the environment or .env (DT_URL + DT_API_TOKEN): the real lab;
     2. else a running `python -m labkit sandbox` (its lab.env in the state dir): attach to it;
-    3. else start the local lab inside this process (stopped by lab.close() or at exit).
+    3. else start the local lab inside this process (stopped by lab.close() or at exit), with its
+       lab.env in the state dir, so the other notebooks' kernels and terminals attach to it.
     """
     from labkit.sandbox import default_state_dir
 
     settings = settings or Settings.load()
     if settings.has_tenant:
         return Lab(settings)
-    env = _local_lab_env(Path(state_dir) if state_dir else default_state_dir())
+    state_dir = Path(state_dir) if state_dir else default_state_dir()
+    env = _local_lab_env(state_dir)
     if env:
         return Lab(Settings.load(environ={**os.environ, **env}, dotenv=None))
     if not start_local:
         raise Unreachable("No tenant is configured (DT_URL, DT_API_TOKEN) and no local lab is "
                           "running. Start one with: python -m labkit sandbox")
     import atexit
-    import tempfile
 
     from labkit.sandbox import LocalLab, Timings
 
-    local = LocalLab(tempfile.mkdtemp(prefix="labkit-local-lab-"), timings or Timings.from_env()).start()
+    local = LocalLab(state_dir, timings or Timings.from_env()).start()
     atexit.register(local.stop)
     return Lab(Settings.load(environ={**os.environ, **local.env}, dotenv=None), local_lab=local)

@@ -1,0 +1,44 @@
+"""labkit.connect(): which lab it finds, and that every notebook's kernel ends up on the same one."""
+from __future__ import annotations
+
+import pytest
+
+import labkit
+from labkit.errors import Unreachable
+from labkit.sandbox import Timings
+
+
+@pytest.fixture
+def nothing_configured(monkeypatch, tmp_path):
+    for key in ("DT_URL", "DT_API_TOKEN", "DT_PLATFORM_TOKEN", "KUBECONFIG", "FRONTEND_URL",
+                "LABKIT_LOCAL_LAB", "LABKIT_STATE_DIR"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(tmp_path)  # no .env here
+    return tmp_path / "state"
+
+
+def test_connect_starts_the_local_lab_once_and_others_attach(nothing_configured):
+    first = labkit.connect(state_dir=nothing_configured, timings=Timings.fast())
+    try:
+        assert first.local and "local lab" in first.where()
+        assert (nothing_configured / "lab.env").is_file()
+        second = labkit.connect(state_dir=nothing_configured)  # another kernel, same laptop
+        assert second.settings.dt_url == first.settings.dt_url
+        assert second.served("cartFailure").variant == first.served("cartFailure").variant
+        second.close()
+    finally:
+        first.close()
+    assert not (nothing_configured / "lab.env").exists()  # stopped with the kernel that started it
+
+
+def test_connect_without_starting_says_how(nothing_configured):
+    with pytest.raises(Unreachable, match="python -m labkit sandbox"):
+        labkit.connect(state_dir=nothing_configured, start_local=False)
+
+
+def test_connect_uses_a_configured_lab(lab_env):
+    lab = labkit.connect()
+    try:
+        assert lab.settings.dt_url == lab_env["DT_URL"] and lab._local_lab is None
+    finally:
+        lab.close()
