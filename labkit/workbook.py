@@ -27,7 +27,7 @@ def _importable(env: dict) -> dict:
 
 
 @contextmanager
-def lab_environment(timings=None, say=print):
+def lab_environment(timings=None, say=print, state_dir=None):
     """os.environ-style variables for kernels: the configured lab, a running sandbox, or a new local lab."""
     from labkit.lab import _local_lab_env
     from labkit.sandbox import LocalLab, Timings, default_state_dir
@@ -43,7 +43,8 @@ def lab_environment(timings=None, say=print):
         say(f"Attaching to the running local lab at {running['DT_URL']}")
         yield _importable({**os.environ, **running})
         return
-    with LocalLab(tempfile.mkdtemp(prefix="labkit-local-lab-"), timings or Timings.from_env()) as local:
+    state_dir = state_dir or tempfile.mkdtemp(prefix="labkit-local-lab-")
+    with LocalLab(state_dir, timings or Timings.from_env()) as local:
         say(f"Started the local lab (Kubernetes {local.kube_server.url}, Dynatrace {local.tenant_server.url})")
         yield _importable({**os.environ, **local.env})
 
@@ -96,19 +97,23 @@ def run_workbook(out_dir: str | Path, names: list[str] | None = None, say=print)
 
 def open_jupyterlab(port: int | None = None, extra: list[str] | None = None) -> int:
     """JupyterLab on notebooks/, its kernels pointed at the lab; returns JupyterLab's exit code."""
+    import signal
+
+    from labkit.sandbox import default_state_dir
+
     args = [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={NOTEBOOKS}"]
     if port:
         args.append(f"--port={port}")
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         args.append("--allow-root")
-    import signal
 
     def stop(signum, frame):  # a terminal closing or `kill`: stop JupyterLab and the local lab too
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
-        with lab_environment() as env:
+        # The default state dir: terminals (`python -m labkit flags`, kubectl) attach to this lab too.
+        with lab_environment(state_dir=default_state_dir()) as env:
             print("Opening JupyterLab; start with 01-introduce-change.ipynb. "
                   "Ctrl-C stops it and the local lab.")
             proc = subprocess.Popen(args + (extra or []), env=env)
