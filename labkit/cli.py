@@ -81,6 +81,7 @@ def dynatrace(args):
     if not s.has_tenant:
         raise LabError("No Dynatrace tenant is configured: set DT_URL and DT_API_TOKEN (environment or "
                        ".env), or start the local lab: python -m labkit sandbox")
+    args.local_lab_note = s.local  # said after the output, so no one mistakes it for a tenant's data
     return Dynatrace(s)
 
 
@@ -433,7 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # argparse errors exit 2
     try:
-        return COMMANDS[args.command].run(args) or 0
+        code = COMMANDS[args.command].run(args) or 0
+        if getattr(args, "local_lab_note", False):
+            err("(local lab: sandbox data, not a real tenant)")
+        return code
     except LabError as exc:
         err(f"error: {exc}")
         if args.verbose:

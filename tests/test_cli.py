@@ -252,3 +252,12 @@ def test_sandbox_command_serves_until_ctrl_c(tmp_path):
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "stopped" in err
     assert not (state / "lab.env").exists()
+
+
+def test_tenant_commands_on_the_local_lab_say_so(lab_env, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "labkit", "failures", "cart", "--since", "30m"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={**base_env(tmp_path), **lab_env})
+    assert proc.returncode == 0, proc.stderr
+    assert "requests failed in the last 30m" in proc.stdout
+    assert "local lab: sandbox data, not a real tenant" in proc.stderr
