@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from kube_sandbox import KubeSandbox
 from labkit.sandbox import kubeconfig_text
 
 ROOT = Path(__file__).resolve().parents[1]
-FLAGS_YAML = (ROOT / "labkit" / "sandbox" / "flags.yaml").read_text()
 
 
 
@@ -26,20 +26,12 @@ def base_env(tmp: Path, **extra) -> dict:
     return env
 
 
-class KubeSandbox:
-    """Only the sandbox's Kubernetes API (flagd, the ConfigMap), with a kubeconfig for the CLI."""
+class CliSandbox(KubeSandbox):
+    """A sandbox Kubernetes API with flagd serving, and the CLI run against it as a user would."""
 
     def __init__(self, tmp: Path):
-        from labkit.sandbox import Timings, kube
-        from labkit.sandbox.http import LabServer
-
-        self.tmp = tmp
-        self.timings = Timings.fast()
-        self.cluster = kube.Cluster(self.timings, FLAGS_YAML)
-        self.server = LabServer(kube.app(self.cluster)).start()
-        self.cluster.start()
-        self.kubeconfig = tmp / "kubeconfig"
-        self.kubeconfig.write_text(kubeconfig_text(self.server.url))
+        super().__init__(tmp)
+        self.start()
         deadline = time.monotonic() + 10
         while self.cluster.flagd_value("cartFailure") is None and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -67,14 +59,10 @@ class KubeSandbox:
     def replicas(self) -> int:
         return self.cluster.scale("flagd")["spec"]["replicas"]
 
-    def stop(self):
-        self.cluster.stop()
-        self.server.stop()
-
 
 @pytest.fixture
 def kube(tmp_path):
-    sb = KubeSandbox(tmp_path)
+    sb = CliSandbox(tmp_path)
     yield sb
     sb.stop()
 

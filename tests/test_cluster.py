@@ -8,45 +8,21 @@ from __future__ import annotations
 import json
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from labkit.cluster import Cluster, RestartResult
 from labkit.errors import BadInput, Forbidden, LabTimeout, NotFound, Unreachable
+from kube_sandbox import KubeSandbox
 from labkit.sandbox import kubeconfig_text
 from labkit.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
-FLAGS_YAML = (ROOT / "labkit" / "sandbox" / "flags.yaml").read_text()
 CM_PATH = "/api/v1/namespaces/default/configmaps/flagd-config"
 
 
 
-class Sandbox:
-    """A sandbox Kubernetes API on loopback: the fake cluster object, its server, a kubeconfig."""
-
-    def __init__(self, tmp: Path, timings=None, flags_yaml: str = FLAGS_YAML, **cluster_kw):
-        from labkit.sandbox import Timings, kube
-        from labkit.sandbox.http import LabServer
-
-        self.timings = timings or Timings.fast()
-        self.cluster = kube.Cluster(self.timings, flags_yaml, **cluster_kw)
-        self.server = LabServer(kube.app(self.cluster))
-        self.kubeconfig = tmp / "kubeconfig"
-
-    def start(self):
-        self.server.start()
-        self.cluster.start()
-        self.kubeconfig.write_text(kubeconfig_text(self.server.url))
-        return self
-
-    def stop(self):
-        self.cluster.stop()
-        self.server.stop()
-
-    def labkit(self, **kw) -> Cluster:
-        return Cluster(Settings(kubeconfig=str(self.kubeconfig), **kw))
+class Sandbox(KubeSandbox):
+    """A sandbox Kubernetes API on loopback, read back through the real client (not labkit.cluster)."""
 
     def api(self):
         from kubernetes import config

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import pytest
 
+from kube_sandbox import KubeSandbox
 from hardening_report import canary, exception_text, fault_record  # noqa: F401  (fixtures)
 from labkit.dynatrace import READ_SCOPES, Dynatrace
 from labkit.errors import BadInput, Forbidden, LabError, LabTimeout, NotFound, Unreachable
 from labkit.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-FLAGS_YAML = (ROOT / "labkit" / "sandbox" / "flags.yaml").read_text()
 EVENTS = "/api/v2/events/ingest"
 PODS = "/api/v1/namespaces/default/pods"
 CM_PATH = "/api/v1/namespaces/default/configmaps/flagd-config"
@@ -240,27 +240,15 @@ def test_tenant_403_with_the_labs_ingest_only_token(local_lab, lab_env, fault_re
 
 
 # ================================================================================ the cluster
-class KubeOnly:
+class KubeOnly(KubeSandbox):
     """A Kubernetes API of the local lab by itself (flagd, the ConfigMap), so a case can break it."""
 
     def __init__(self, tmp: Path, **timings):
-        from labkit.sandbox import Timings, kube, kubeconfig_text
-        from labkit.sandbox.http import LabServer
-
-        self.timings = Timings.fast()
+        super().__init__(tmp)
         for key, value in timings.items():
             setattr(self.timings, key, value)
-        self.cluster = kube.Cluster(self.timings, FLAGS_YAML)
-        self.server = LabServer(kube.app(self.cluster)).start()
-        self.cluster.start()
-        self.kubeconfig = tmp / "kubeconfig"
-        self.kubeconfig.write_text(kubeconfig_text(self.server.url))
+        self.start()
         assert wait_until(lambda: self.ready() == 1)
-
-    def labkit(self):
-        from labkit.cluster import Cluster
-
-        return Cluster(Settings(kubeconfig=str(self.kubeconfig)))
 
     def configmap_bytes(self) -> str:
         return json.dumps(self.cluster.get("configmaps", "flagd-config"), sort_keys=True)
@@ -304,9 +292,6 @@ class KubeOnly:
         self.server.app = app
         return seen
 
-    def stop(self):
-        self.cluster.stop()
-        self.server.stop()
 
 
 @pytest.fixture

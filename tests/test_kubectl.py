@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from labkit.sandbox import SHARED_FLAGS, Timings, kube, kubeconfig_text
-from labkit.sandbox.http import LabServer
+from kube_sandbox import KubeSandbox
+from labkit.sandbox import SHARED_FLAGS, Timings
 
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None,
                                 reason="kubectl is not installed; these tests run the real kubectl binary")
@@ -23,21 +23,17 @@ def kubectl(tmp_path):
     """Run kubectl against a fresh cluster; flagd pods stay Terminating long enough to be seen."""
     timings = Timings.fast()
     timings.pod_terminate = 1.0
-    cluster = kube.Cluster(timings, SHARED_FLAGS.read_text()).start()
-    server = LabServer(kube.app(cluster)).start()
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(kubeconfig_text(server.url))
-    env = dict(os.environ, KUBECONFIG=str(kubeconfig), HOME=str(tmp_path))
+    sandbox = KubeSandbox(tmp_path, timings).start()
+    env = dict(os.environ, KUBECONFIG=str(sandbox.kubeconfig), HOME=str(tmp_path))
 
     def run(*args, timeout=30) -> subprocess.CompletedProcess:
         return subprocess.run(["kubectl", "--cache-dir", str(tmp_path / "cache"), *args], env=env,
                               capture_output=True, text=True, timeout=timeout)
 
-    run.cluster = cluster
+    run.cluster = sandbox.cluster
     run.tmp = tmp_path
     yield run
-    cluster.stop()
-    server.stop()
+    sandbox.stop()
 
 
 def changed_flags_yaml(tmp: Path, variant: str) -> Path:
