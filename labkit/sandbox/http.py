@@ -1,17 +1,20 @@
-"""A small threaded HTTP/1.1 server for the local lab's APIs, with fault knobs for tests.
+"""The loopback HTTP/1.1 server and the route table every local-lab API uses, with fault knobs for tests.
 
-Each API is an `app(request) -> Response`; a Response whose body is an iterator is streamed with
-chunked encoding (Kubernetes watches). Request bodies may be chunked (`kubectl create --raw`).
+Each API is a `Router`: its routes as data, 404 vs 405 decided here once, the error body shaped by
+that API's own `HttpError` (Kubernetes Status, Dynatrace error envelope, ...). A Response whose body
+is an iterator is streamed with chunked encoding (watches, `logs -f`); request bodies may be chunked
+(`kubectl create --raw`).
 """
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 JSON = "application/json"
 
@@ -38,6 +41,85 @@ class Response:
 
 def json_response(obj, status: int = 200, **headers) -> Response:
     return Response(status, obj, JSON, dict(headers))
+
+
+class HttpError(Exception):
+    """An answer other than success, with its wire status. Each API subclasses it to shape the body
+    its clients parse (moto's exceptions carry the wire code the same way)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+    def response(self) -> Response:
+        return json_response({"error": {"code": self.status, "message": self.message}}, self.status)
+
+
+@dataclass(frozen=True)
+class Route:
+    """`path` may hold `{name}` (one segment, percent-decoded) and a last `{name:path}` (the rest).
+    The handler is called as handler(state, request, **params)."""
+
+    path: str
+    handler: Callable[..., Response]
+    methods: tuple[str, ...] = ("GET",)
+
+    def __post_init__(self):
+        pattern = re.sub(r"\{(\w+)(:path)?\}",
+                         lambda m: f"(?P<{m[1]}>{'.*' if m[2] else '[^/]+'})", self.path)
+        object.__setattr__(self, "_regex", re.compile(f"^{pattern}$"))
+
+    def match(self, path: str) -> dict[str, str] | None:
+        found = self._regex.match(path)  # type: ignore[attr-defined]
+        return {k: unquote(v) for k, v in found.groupdict().items()} if found else None
+
+
+@dataclass(frozen=True)
+class Mount:
+    """Every path under `prefix` goes to another router (another API with its own error shape)."""
+
+    prefix: str
+    router: "Router"
+
+
+class Router:
+    """One API: the first route whose path and method match answers; a path that matches with
+    another method is a 405, no match a 404 (starlette's rule); `error` shapes both, and every
+    HttpError a handler raises, in that API's own body."""
+
+    def __init__(self, routes: list, error: Callable[[int, str], HttpError], state=None,
+                 name: str = "the local lab's API"):
+        self.routes, self.error, self.state, self.name = routes, error, state, name
+
+    def bind(self, state) -> "Router":
+        """The same table over one model instance (tables are module-level data)."""
+        return Router(self.routes, self.error, state, self.name)
+
+    def __call__(self, req: Request) -> Response:
+        path = req.path.rstrip("/") or "/"
+        try:
+            return self._dispatch(req, path)
+        except HttpError as err:
+            return err.response()
+
+    def _dispatch(self, req: Request, path: str) -> Response:
+        allowed: list[str] = []
+        for route in self.routes:
+            if isinstance(route, Mount):
+                if path == route.prefix or path.startswith(route.prefix.rstrip("/") + "/"):
+                    return route.router.bind(self.state)(req)
+                continue
+            params = route.match(path)
+            if params is None:
+                continue
+            methods = route.methods + (("HEAD",) if "GET" in route.methods else ())
+            if "*" in methods or req.method in methods:
+                return route.handler(self.state, req, **params)
+            allowed += [m for m in route.methods if m not in allowed]
+        if allowed:
+            raise self.error(405, f"method {req.method} is not allowed on {path} (allowed: "
+                                  f"{', '.join(allowed)})")
+        raise self.error(404, f"{req.method} {path} is not an endpoint of {self.name}")
 
 
 @dataclass

@@ -14,8 +14,8 @@ import random
 import threading
 from collections import OrderedDict
 
-from labkit.sandbox import Background
-from labkit.sandbox.http import Request, Response, json_response
+from labkit.sandbox.background import Background
+from labkit.sandbox.http import HttpError, Request, Response, Route, Router, json_response
 
 FLAG = "cartFailure"
 BOOLEAN_ON_RATE = 0.1  # the lab: a boolean `on` fails about 1 in 10 empties
@@ -173,8 +173,15 @@ class Shop:
 
 
 # ----- the frontend API -------------------------------------------------------------------------
+class ShopError(HttpError):
+    """The demo frontend answers errors as {"error": message}."""
+
+    def response(self) -> Response:
+        return json_response({"error": self.message}, self.status)
+
+
 def _error(status: int, message: str) -> Response:
-    return json_response({"error": message}, status)
+    return ShopError(status, message).response()
 
 
 def _body(req: Request):
@@ -237,28 +244,21 @@ def _empty_cart(shop: Shop, req: Request) -> Response:
                        "System.ApplicationException: Wasn't able to connect to redis")
 
 
-ROUTES = {
-    ("GET", "/api/products"): _get_products,
-    ("GET", "/api/cart"): _get_cart,
-    ("POST", "/api/cart"): _add_to_cart,
-    ("DELETE", "/api/cart"): _empty_cart,
-}
+def _index(shop: Shop, req: Request) -> Response:
+    return Response(200, "<html><body>OpenTelemetry demo (labkit local lab)</body></html>", "text/html")
 
 
-def app(shop: Shop):
-    def handle(req: Request) -> Response:
-        path = req.path.rstrip("/") or "/"
-        handler = ROUTES.get((req.method, path))
-        if handler:
-            return handler(shop, req)
-        if any(p == path for _, p in ROUTES):
-            return _error(405, f"method {req.method} not allowed on {path}")
-        if path == "/" and req.method == "GET":
-            return Response(200, "<html><body>OpenTelemetry demo (labkit local lab)</body></html>",
-                            "text/html")
-        return _error(404, f"{path} not found")
+ROUTES = [
+    Route("/", _index),
+    Route("/api/products", _get_products),
+    Route("/api/cart", _get_cart),
+    Route("/api/cart", _add_to_cart, ("POST",)),
+    Route("/api/cart", _empty_cart, ("DELETE",)),
+]
 
-    return handle
+
+def app(shop: Shop) -> Router:
+    return Router(ROUTES, ShopError, shop, "the demo frontend")
 
 
 __all__ = ["Shop", "app", "PRODUCTS", "failure_rate"]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-from labkit.sandbox import Background
+from labkit.sandbox.background import Background
 from labkit.sandbox.http import Request, Response, json_response
 from labkit.sandbox.telemetry import (MINUTE_MS, Entity, Event, Problem, Telemetry, iso, iso_ms)
 
