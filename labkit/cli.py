@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from labkit.errors import BadInput, LabError
+from labkit.progress import printer
 
 
 
@@ -49,29 +50,16 @@ def settings(args):
     """Settings from env/.env, with --namespace/--kubeconfig on top."""
     from labkit.settings import Settings
 
-    s = Settings.load()
-    if not s.has_tenant and not s.kubeconfig:
-        s = _running_local_lab() or s
+    from labkit.settings import check_namespace
+    from labkit.which import which_lab
+
+    s = which_lab(Settings.load(), start=False).settings
     changes = {}
     if getattr(args, "namespace", None):
-        if not re.match(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", args.namespace):
-            raise BadInput(f"--namespace {args.namespace[:70]!r} is not a Kubernetes namespace name.")
-        changes["namespace"] = args.namespace
+        changes["namespace"] = check_namespace("--namespace", args.namespace)
     if getattr(args, "kubeconfig", None):
         changes["kubeconfig"] = args.kubeconfig
     return dataclasses.replace(s, **changes)
-
-
-def _running_local_lab():
-    """Settings of a `python -m labkit sandbox` running elsewhere, when nothing else is configured."""
-    import os
-
-    from labkit.lab import _local_lab_env
-    from labkit.sandbox import default_state_dir
-    from labkit.settings import Settings
-
-    env = _local_lab_env(default_state_dir())
-    return Settings.load(environ={**os.environ, **env}, dotenv=None) if env else None
 
 
 def dynatrace(args):
@@ -89,19 +77,6 @@ def cluster(args):
     from labkit.cluster import Cluster
 
     return Cluster(settings(args))
-
-
-def progress_printer(prefix: str = "  "):
-    """A progress(message, fraction) callback writing plain lines to stderr (repeats skipped)."""
-    last = [None]
-
-    def progress(message: str, fraction: float | None = None) -> None:
-        if message == last[0]:
-            return
-        last[0] = message
-        pct = f"{fraction * 100:3.0f}% " if fraction is not None else "     "
-        err(f"{prefix}{pct}{message}")
-    return progress
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
@@ -124,7 +99,7 @@ def cmd_sandbox(args) -> int:
     import threading
     from pathlib import Path
 
-    from labkit.sandbox import LocalLab, default_state_dir
+    from labkit.which import default_state_dir, new_local_lab
 
     state_dir = Path(args.state_dir or default_state_dir()).resolve()
     stop = threading.Event()
@@ -135,7 +110,7 @@ def cmd_sandbox(args) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous[sig] = signal.signal(sig, on_signal)
-    lab = LocalLab(state_dir)
+    lab = new_local_lab(state_dir)
     try:
         lab.start()
         if not stop.is_set():
@@ -172,11 +147,11 @@ def cmd_flags(args) -> int:
     from labkit.errors import Unreachable
     from labkit.flags import format_value
 
-    lab = cluster(args)
-    ff = lab.flag_file()
+    k8s = cluster(args)
+    ff = k8s.flag_file()
     flags = [ff.flag(args.flag)] if args.flag else ff.flags
     try:
-        served = lab.served_values()
+        served = k8s.served_values()
         why = ""
     except Unreachable as exc:
         served, why = {}, str(exc)
@@ -239,22 +214,22 @@ def cmd_set(args) -> int:
 
     if not (0 < args.timeout <= 3600):  # also refuses nan and inf; before anything is touched
         raise BadInput(f"--timeout must be more than 0 and at most 3600 seconds; got {args.timeout:g}.")
-    lab = cluster(args)
-    preview = lab.set_default_variant(args.flag, args.variant, dry_run=True)  # validates; writes nothing
+    k8s = cluster(args)
+    preview = k8s.set_default_variant(args.flag, args.variant, dry_run=True)  # validates; writes nothing
     if args.dry_run:
         out(preview.diff.rstrip("\n") if preview.changed else preview.summary())
         out("dry run: nothing changed")
         return 0
     if preview.changed:
         _send_change_event(args, preview)
-        change = lab.set_default_variant(args.flag, args.variant)
+        change = k8s.set_default_variant(args.flag, args.variant)
         out(f"changed ConfigMap {change.after.name}: {change.summary()}")
         if args.verbose:
             out(change.diff.rstrip("\n"))
     else:
         change = preview
         try:
-            if lab.served_value(args.flag).variant == args.variant:
+            if k8s.served_value(args.flag).variant == args.variant:
                 out(f"{args.flag} is already {args.variant!r} and flagd serves it; nothing to do.")
                 return 0
         except Unreachable:
@@ -265,9 +240,9 @@ def cmd_set(args) -> int:
             f"{args.variant} (without --no-restart), or kubectl scale deploy flagd --replicas=0 and back.")
         return 0
     err(f"restarting flagd ({args.how}):")
-    result = lab.restart_flagd(timeout=args.timeout, progress=progress_printer(), how=args.how)
-    served = lab.wait_served(args.flag, args.variant, timeout=min(30.0, args.timeout),
-                             progress=progress_printer())
+    result = k8s.restart_flagd(timeout=args.timeout, progress=printer(), how=args.how)
+    served = k8s.wait_served(args.flag, args.variant, timeout=min(30.0, args.timeout),
+                             progress=printer())
     out(f"flagd restarted ({result.how}, {result.replicas} pod(s), {result.seconds:.1f}s) and serves "
         f"{args.flag} = {served}")
     return 0
@@ -370,7 +345,7 @@ def cmd_shop(args) -> int:
 
     if not 0 < args.minutes <= 60:
         raise BadInput("--minutes must be more than 0 and at most 60.")
-    result = Shop(settings(args)).run(seconds=args.minutes * 60, rate=args.rate, progress=progress_printer())
+    result = Shop(settings(args)).run(seconds=args.minutes * 60, rate=args.rate, progress=printer())
     out(result.summary())
     for note in result.notes:
         err(f"note: {note}")

@@ -1,70 +1,23 @@
-"""The workshop steps as one object over the cluster, Dynatrace and the shop, with a timeline.
+"""The workshop steps as one object over the cluster, Dynatrace and the shop, with the run's timeline.
 
-`connect()` decides which lab this is: a configured tenant and cluster, a running
-`python -m labkit sandbox` (its lab.env), or a local lab started inside this process.
+`connect()` gives the Lab that labkit.which's one rule chooses (a configured lab, a running local
+lab, or a new one).
 """
 from __future__ import annotations
 
-import os
-import secrets
 import threading
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
 
 from labkit import settings as names
 from labkit.errors import LabError, Unreachable
-from labkit.settings import Settings, read_dotenv
+from labkit.progress import Progress, quiet
+from labkit.settings import Settings
 
-Progress = Callable[[str, "float | None"], None]
-
-# Timeline step names, in the order the lab page walks through them.
-EVENT_SENT = "event sent"
-FLAG_APPLIED = "flag applied"
-FLAGD_RESTARTED = "flagd restarted"
-FLAGD_SERVING = "flagd serving the new value"
-FIRST_FAILURE = "first failure seen by the shop"
-ERROR_LOGS = "error logs seen"
-PROBLEM_OPENED = "problem opened"
-ROLLED_BACK = "rolled back"
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-@dataclass
-class Step:
-    time: datetime
-    step: str
-    detail: str = ""
-
-
-@dataclass
-class Timeline:
-    """What happened in this run of the lab, in order; drawn on the charts."""
-
-    run_id: str = field(default_factory=lambda: secrets.token_hex(4))
-    steps: list[Step] = field(default_factory=list)
-
-    def add(self, step: str, detail: str = "", at: datetime | None = None) -> Step:
-        entry = Step(at or _now(), step, detail)
-        self.steps.append(entry)
-        return entry
-
-    def last(self, step: str) -> Step | None:
-        return next((s for s in reversed(self.steps) if s.step == step), None)
-
-    def frame(self):
-        import pandas as pd
-
-        return pd.DataFrame(
-            {"time": pd.to_datetime([s.time for s in self.steps], utc=True),
-             "step": [s.step for s in self.steps], "detail": [s.detail for s in self.steps]})
-
-    def _repr_html_(self) -> str:
-        return f"<b>run {self.run_id}</b>" + self.frame().to_html(index=False)
+from labkit.timeline import (ERROR_LOGS, EVENT_SENT, FIRST_FAILURE, FLAG_APPLIED, FLAGD_RESTARTED,
+                             FLAGD_SERVING, PROBLEM_OPENED, ROLLED_BACK, Timeline, now)
 
 
 @dataclass
@@ -202,7 +155,7 @@ class Lab:
     def _announce(self, flag: str, old: str, variant: str, service: str):
         event = self.dynatrace.send_change_event(service, flag, variant, old=old,
                                                  run_id=self.timeline.run_id)
-        self.timeline.add(EVENT_SENT, f"{flag}: {old} → {variant}", at=event.sent_at)
+        self.timeline.add(EVENT_SENT, flag=flag, old=old, new=variant, at=event.sent_at)
         return event
 
     def make_change(self, variant: str, flag: str = names.FLAG):
@@ -210,26 +163,26 @@ class Lab:
         change = self.cluster.set_default_variant(flag, variant)
         if change.changed:
             self._changes.append((flag, change.old_variant, change.new_variant))
-        self.timeline.add(FLAG_APPLIED, f"{flag}: {change.old_variant} → {change.new_variant}")
+        self.timeline.add(FLAG_APPLIED, flag=flag, old=change.old_variant, new=change.new_variant)
         return change
 
     def restart_flagd(self, progress: Progress | None = None, timeout: float = 180, how: str = "scale"):
         """Step 3: flagd reads its flags only at start (init container copy), so restart it."""
         result = self.cluster.restart_flagd(timeout=timeout, progress=progress, how=how)
-        self.timeline.add(FLAGD_RESTARTED, f"{how}, {result.seconds:.1f} s")
+        self.timeline.add(FLAGD_RESTARTED, note=f"{how}, {result.seconds:.1f} s")
         return result
 
     def prove_served(self, variant: str, flag: str = names.FLAG, timeout: float = 30,
                      progress: Progress | None = None):
         """Ask flagd itself (OFREP) which variant it serves now."""
         served = self.cluster.wait_served(flag, variant, timeout=timeout, progress=progress)
-        self.timeline.add(FLAGD_SERVING, f"{flag} = {served.variant} ({served.value!r})")
+        self.timeline.add(FLAGD_SERVING, flag=flag, new=served.variant, note=repr(served.value))
         return served
 
     def change_flag(self, variant: str, flag: str = names.FLAG, service: str = names.SERVICE,
                     progress: Progress | None = None, send_event: bool = True):
         """Event → ConfigMap → restart → served check: the whole change in one call."""
-        report = progress or (lambda msg, frac=None: None)
+        report = progress or quiet
         old = self.cluster.flag_file().set_default_variant(flag, variant).old_variant  # validates first
         if old == variant:
             served = self.cluster.served_value(flag)
@@ -254,7 +207,7 @@ class Lab:
     def _event_pending(self, flag: str, old: str, variant: str) -> bool:
         """True when inform_dynatrace() already announced exactly this change (no duplicate event)."""
         sent, applied = self.timeline.last(EVENT_SENT), self.timeline.last(FLAG_APPLIED)
-        return bool(sent and sent.detail == f"{flag}: {old} → {variant}"
+        return bool(sent and sent.is_change_of(flag, old, variant)
                     and (applied is None or applied.time < sent.time))
 
     # --- traffic and what Dynatrace sees -------------------------------------------------------
@@ -264,32 +217,33 @@ class Lab:
         result = self.shop.run(seconds=seconds, rate=rate, progress=progress, stop=stop,
                                until_failures=until_failures)
         if result.first_failure_at and not self.timeline.last(FIRST_FAILURE):
-            self.timeline.add(FIRST_FAILURE, result.summary(), at=result.first_failure_at)
+            self.timeline.add(FIRST_FAILURE, note=result.summary(), at=result.first_failure_at)
         return result
 
     def since(self) -> datetime:
         """Start of this run's charts: 10 min before its first step, else the last 30 min."""
         if self.timeline.steps:
             return self.timeline.steps[0].time - timedelta(minutes=10)
-        return _now() - timedelta(minutes=30)
+        return now() - timedelta(minutes=30)
 
     def wait_for_error_logs(self, timeout: float = 300, service: str = names.SERVICE,
                             progress: Progress | None = None):
         change = self.timeline.last(FLAG_APPLIED)
-        since = change.time if change else _now() - timedelta(minutes=30)
+        since = change.time if change else now() - timedelta(minutes=30)
         logs = self.dynatrace.wait_for_error_logs(service, since=since, timeout=timeout, progress=progress)
         if not self.timeline.last(ERROR_LOGS) and len(logs):
-            self.timeline.add(ERROR_LOGS, f"{len(logs)} error logs", at=logs["timestamp"].min())
+            self.timeline.add(ERROR_LOGS, note=f"{len(logs)} error logs", at=logs["timestamp"].min())
         return logs
 
     def wait_for_problem(self, timeout: float = 600, service: str = names.SERVICE,
                          progress: Progress | None = None):
         change = self.timeline.last(FLAG_APPLIED)
-        since = change.time if change else _now() - timedelta(hours=1)
+        since = change.time if change else now() - timedelta(hours=1)
         found = self.dynatrace.wait_for_problem(service, since=since, timeout=timeout, progress=progress)
         if not self.timeline.last(PROBLEM_OPENED) and len(found):
             first = found.sort_values("start").iloc[0]
-            self.timeline.add(PROBLEM_OPENED, f"{first['display_id']}: {first['title']}", at=first["start"])
+            self.timeline.add(PROBLEM_OPENED, note=f"{first['display_id']}: {first['title']}",
+                              at=first["start"])
         return found
 
     def failed_requests(self, service: str = names.SERVICE, since: datetime | str | None = None,
@@ -305,21 +259,34 @@ class Lab:
     def change_events(self, service: str = names.SERVICE, since="now-2h"):
         return self.dynatrace.change_events(service, since=since)
 
-    def chart(self, service: str = names.SERVICE, since: datetime | str | None = None):
-        """Failed requests and failure rate, change events marked, problems shaded."""
+    def chart(self, service: str = names.SERVICE, since: datetime | str | None = None, *,
+              errors: list | None = None):
+        """Failed requests and failure rate, change events marked, problems shaded.
+
+        With `errors` (a list), a part that fails to load is left out and its error appended, so a
+        live chart keeps drawing what it has."""
         from labkit import charts
 
         since = since or self.since()
+
+        def part(fetch):
+            if errors is None:
+                return fetch(service, since)
+            try:
+                return fetch(service, since)
+            except Exception as exc:  # noqa: BLE001 - shown under the chart by the caller
+                errors.append(exc)
+                return None
+
         return charts.failures_figure(
-            self.failed_requests(service, since), events=self.change_events(service, since),
-            problems=self.problems(service, since), timeline=self.timeline, service=service,
-            local=self.local)
+            part(self.failed_requests), events=part(self.change_events), problems=part(self.problems),
+            timeline=self.timeline, service=service, local=self.local)
 
     def verdict(self, service: str = names.SERVICE, flag: str = names.FLAG):
         """Failure rate before the change against after flagd served the new value."""
-        from labkit import charts
+        from labkit import verdict
 
-        return charts.compare(self.failed_requests(service, self.since()), self.timeline, flag=flag)
+        return verdict.compare(self.failed_requests(service, self.since()), self.timeline, flag=flag)
 
     # --- roll back and reset --------------------------------------------------------------------
     def roll_back(self, flag: str = names.FLAG, service: str = names.SERVICE,
@@ -331,7 +298,7 @@ class Lab:
             raise LabError(f"No earlier value of {flag!r} is known in this run; "
                            f"choose one of {', '.join(self.variants(flag))} with change_flag().")
         served = self.change_flag(target, flag, service, progress=progress)
-        self.timeline.add(ROLLED_BACK, f"{flag} = {served.variant}")
+        self.timeline.add(ROLLED_BACK, flag=flag, new=served.variant)
         self._changes = [c for c in self._changes if c[0] != flag]
         return served
 
@@ -350,45 +317,23 @@ class Lab:
         return Reset(changed)
 
 
-def _local_lab_env(state_dir: Path) -> dict[str, str] | None:
-    """The env of a running `python -m labkit sandbox`, if its lab.env is there and it answers."""
-    import httpx
-
-    env = read_dotenv(state_dir / "lab.env")
-    if not env.get("DT_URL"):
-        return None
-    try:
-        httpx.get(env["DT_URL"] + "/", timeout=1.0)
-    except httpx.HTTPError:
-        return None  # a stale lab.env from a sandbox that was killed
-    return env
-
-
 def connect(settings: Settings | None = None, *, state_dir: str | Path | None = None,
             start_local: bool = True, timings=None) -> Lab:
-    """The lab to work on, and say which one it is.
+    """The lab to work on, as labkit.which's one rule chooses it:
 
-    1. a tenant configured in the environment or .env (DT_URL + DT_API_TOKEN): the real lab;
-    2. else a running `python -m labkit sandbox` (its lab.env in the state dir): attach to it;
+    1. a lab configured in the environment or .env (DT_URL + DT_API_TOKEN, or a KUBECONFIG);
+    2. else a running local lab (its lab.env in the state dir): attach to it;
     3. else start the local lab inside this process (stopped by lab.close() or at exit), with its
        lab.env in the state dir, so the other notebooks' kernels and terminals attach to it.
     """
-    from labkit.sandbox import default_state_dir
-
-    settings = settings or Settings.load()
-    if settings.has_tenant:
-        return Lab(settings)
-    state_dir = Path(state_dir) if state_dir else default_state_dir()
-    env = _local_lab_env(state_dir)
-    if env:
-        return Lab(Settings.load(environ={**os.environ, **env}, dotenv=None))
-    if not start_local:
-        raise Unreachable("No tenant is configured (DT_URL, DT_API_TOKEN) and no local lab is "
-                          "running. Start one with: python -m labkit sandbox")
     import atexit
 
-    from labkit.sandbox import LocalLab, Timings
+    from labkit.which import which_lab
 
-    local = LocalLab(state_dir, timings or Timings.from_env()).start()
-    atexit.register(local.stop)
-    return Lab(Settings.load(environ={**os.environ, **local.env}, dotenv=None), local_lab=local)
+    choice = which_lab(settings, state_dir=state_dir, start=start_local, timings=timings)
+    if choice.how == "none":
+        raise Unreachable("No tenant is configured (DT_URL, DT_API_TOKEN) and no local lab is "
+                          "running. Start one with: python -m labkit sandbox")
+    if choice.local_lab is not None:
+        atexit.register(choice.close)
+    return Lab(choice.settings, local_lab=choice.local_lab)

@@ -11,8 +11,9 @@ def quiet(_message: str, _fraction: float | None = None) -> None:
     """The default progress: say nothing."""
 
 
-def printer(prefix: str = "  ", stream=None) -> Progress:
-    """A progress callback for a terminal: one plain line per new message, on stderr."""
+def printer(prefix: str = "  ", title: str = "", stream=None) -> Progress:
+    """A progress callback for a terminal: one plain line per new message, on stderr
+    ("  25% <title>message"); a message said twice in a row is printed once."""
     last: list[str | None] = [None]
 
     def progress(message: str, fraction: float | None = None) -> None:
@@ -20,6 +21,6 @@ def printer(prefix: str = "  ", stream=None) -> Progress:
             return
         last[0] = message
         pct = f"{fraction * 100:3.0f}% " if fraction is not None else "     "
-        print(f"{prefix}{pct}{message}", file=stream or sys.stderr, flush=True)
+        print(f"{prefix}{pct}{title}{message}", file=stream or sys.stderr, flush=True)
 
     return progress

@@ -4,7 +4,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -18,7 +18,6 @@ FLAGD_DEPLOYMENT = "flagd"
 FLAGD_SELECTOR = "opentelemetry.io/name=flagd"
 FLAGD_SERVICE = "flagd"
 OFREP_PORT = 8016
-FRONTEND_SERVICE = "frontend-proxy"
 DEFAULT_FRONTEND_URL = "http://localhost:8080"  # the lab's port-forward
 SERVICE = "cart"
 FLAG = "cartFailure"
@@ -63,6 +62,13 @@ def is_loopback(host: str | None) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def check_namespace(name: str, value: str) -> str:
+    """A Kubernetes namespace name (RFC 1123 label), or a BadInput naming where it came from."""
+    if not re.match(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", value):
+        raise BadInput(f"{name} {value[:70]!r} is not a Kubernetes namespace name.")
+    return value
 
 
 def _check_url(name: str, url: str) -> str:
@@ -145,7 +151,6 @@ class Settings:
     kubeconfig: str | None = None
     namespace: str = NAMESPACE
     local: bool = False  # True when these settings point at the local lab
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def load(cls, environ: dict | None = None, dotenv: str | Path | None = ".env") -> "Settings":
@@ -157,9 +162,7 @@ class Settings:
             dt_url, platform_url = dynatrace_urls(env["DT_URL"])
         if env.get("DT_PLATFORM_URL", "").strip():
             platform_url = _check_url("DT_PLATFORM_URL", env["DT_PLATFORM_URL"])
-        namespace = env.get("LAB_NAMESPACE", "").strip() or NAMESPACE
-        if not re.match(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", namespace):
-            raise BadInput(f"LAB_NAMESPACE {namespace[:70]!r} is not a Kubernetes namespace name.")
+        namespace = check_namespace("LAB_NAMESPACE", env.get("LAB_NAMESPACE", "").strip() or NAMESPACE)
         return cls(
             dt_url=dt_url,
             platform_url=platform_url,

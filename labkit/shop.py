@@ -20,16 +20,13 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable
 
 import httpx
 
 from labkit.errors import BadInput
+from labkit.progress import Progress
 from labkit.settings import DEFAULT_FRONTEND_URL, Settings
 
-Progress = Callable[[str, "float | None"], None]
-
-OPERATIONS = ("products", "add", "view", "empty")
 FALLBACK_PRODUCT = "OLJCESPC7Z"  # the demo catalogue's first product
 PORT_FORWARD_HINT = ("run `kubectl -n default port-forward svc/frontend-proxy 8080:8080` in another "
                      "terminal (the lab's way), set FRONTEND_URL, or start the local lab")
@@ -213,86 +210,31 @@ class Shop:
         requests have failed (enough to show the change worked). Returns a ShopResult; failures
         (5xx, refused connections, timeouts) are counted, not raised.
         """
-        try:
-            seconds = float(seconds)
-            rate = float(rate)
-        except (TypeError, ValueError):
-            raise BadInput(f"seconds and rate must be numbers; got {seconds!r}, {rate!r}.") from None
-        if not (0 < seconds <= MAX_SECONDS):
-            raise BadInput(f"seconds must be between 0 and {MAX_SECONDS:g}; got {seconds:g}.")
-        if not math.isfinite(rate) or rate < 0:
-            raise BadInput(f"rate must be >= 0 sessions per second (0 = as fast as possible); got {rate:g}.")
+        seconds, rate = _checked_pace(seconds, rate)
         if workers is None:  # enough keep-alive connections to hide per-request latency
             workers = 12 if rate == 0 else max(1, min(16, math.ceil(rate / 5)))
-        workers = max(1, int(workers))
-        stop = stop or threading.Event()
-        result = ShopResult(url=self.url)
-        tally = _Tally(result)
-        state = {"next": 0, "sessions": 0}
-        state_lock = threading.Lock()
-        start = time.monotonic()
-        deadline = start + seconds
-        unreachable = threading.Event()
-
-        def claim() -> int | None:
-            """The next session number and when it may start, or None when the run is over."""
-            with state_lock:
-                n = state["next"]
-                if max_sessions is not None and n >= max_sessions:
-                    return None
-                state["next"] = n + 1
-            if rate > 0:
-                due = start + n / rate
-                if due >= deadline:
-                    return None
-                if due > time.monotonic() and stop.wait(due - time.monotonic()):
-                    return None
-            return n
-
-        def worker() -> None:
-            with self._client() as client:
-                while not stop.is_set() and time.monotonic() < deadline:
-                    n = claim()
-                    if n is None or stop.is_set():
-                        return
-                    reached = self.session(client, tally, n)
-                    with state_lock:
-                        state["sessions"] += 1
-                    if not reached:
-                        unreachable.set()
-                        stop.wait(min(0.5, max(0.0, deadline - time.monotonic())))
-
-        threads = [threading.Thread(target=worker, name=f"labkit-shop-{i}", daemon=True)
-                   for i in range(workers)]
+        run = _Run(self, seconds, rate, stop or threading.Event(), max_sessions)
+        threads = [threading.Thread(target=run.worker, name=f"labkit-shop-{i}", daemon=True)
+                   for i in range(max(1, int(workers)))]
         for t in threads:
             t.start()
         try:
-            while any(t.is_alive() for t in threads):
-                threads[0].join(timeout=0.5 if progress else 0.2)
-                if until_failures and result.failure_count >= until_failures:
-                    stop.set()
-                for t in threads:
-                    if not t.is_alive():
-                        t.join()
-                if progress and any(t.is_alive() for t in threads):
-                    elapsed = time.monotonic() - start
-                    progress(f"{state['sessions']} sessions, {result.operations} operations, "
-                             f"{result.failure_count} failed", min(1.0, elapsed / seconds))
+            run.watch(threads, progress, until_failures)
         except KeyboardInterrupt:
-            stop.set()
+            run.stop.set()
             for t in threads:
                 t.join(timeout=self.timeout + 1)
-            result.interrupted = True
-            self._finish(result, tally, state, start, unreachable)
-            self.last_result = result
-            if progress:
-                progress(f"interrupted: {result.summary()}", None)
+            run.result.interrupted = True
+            self._end(run, progress, "interrupted: {}", None)
             raise
-        self._finish(result, tally, state, start, unreachable)
-        self.last_result = result
+        return self._end(run, progress, "{}", 1.0)
+
+    def _end(self, run: "_Run", progress: Progress | None, say: str, fraction) -> ShopResult:
+        self._finish(run.result, run.tally, run.state, run.start, run.unreachable)
+        self.last_result = run.result
         if progress:
-            progress(result.summary(), 1.0)
-        return result
+            progress(say.format(run.result.summary()), fraction)
+        return run.result
 
     def _finish(self, result: ShopResult, tally: _Tally, state: dict, start: float,
                 unreachable: threading.Event) -> None:
@@ -318,3 +260,76 @@ def _detail(resp: httpx.Response) -> str:
             err = err.get("message", "")
         return f"HTTP {resp.status_code}: {err}" if err else f"HTTP {resp.status_code}"
     return f"HTTP {resp.status_code}"
+
+
+def _checked_pace(seconds, rate) -> tuple[float, float]:
+    """(seconds, rate) as floats within their bounds, or a BadInput saying what is allowed."""
+    try:
+        seconds, rate = float(seconds), float(rate)
+    except (TypeError, ValueError):
+        raise BadInput(f"seconds and rate must be numbers; got {seconds!r}, {rate!r}.") from None
+    if not (0 < seconds <= MAX_SECONDS):
+        raise BadInput(f"seconds must be between 0 and {MAX_SECONDS:g}; got {seconds:g}.")
+    if not math.isfinite(rate) or rate < 0:
+        raise BadInput(f"rate must be >= 0 sessions per second (0 = as fast as possible); got {rate:g}.")
+    return seconds, rate
+
+
+class _Run:
+    """One Shop.run(): the session counter the workers share, paced at `rate`, until the deadline."""
+
+    def __init__(self, shop: Shop, seconds: float, rate: float, stop: threading.Event,
+                 max_sessions: int | None):
+        self.shop, self.seconds, self.rate, self.stop = shop, seconds, rate, stop
+        self.max_sessions = max_sessions
+        self.result = ShopResult(url=shop.url)
+        self.tally = _Tally(self.result)
+        self.state = {"next": 0, "sessions": 0}
+        self.lock = threading.Lock()
+        self.start = time.monotonic()
+        self.deadline = self.start + seconds
+        self.unreachable = threading.Event()
+
+    def claim(self) -> int | None:
+        """The next session number once it may start, or None when the run is over."""
+        with self.lock:
+            n = self.state["next"]
+            if self.max_sessions is not None and n >= self.max_sessions:
+                return None
+            self.state["next"] = n + 1
+        if self.rate > 0:
+            due = self.start + n / self.rate
+            if due >= self.deadline:
+                return None
+            if due > time.monotonic() and self.stop.wait(due - time.monotonic()):
+                return None
+        return n
+
+    def worker(self) -> None:
+        with self.shop._client() as client:
+            while not self.stop.is_set() and time.monotonic() < self.deadline:
+                n = self.claim()
+                if n is None or self.stop.is_set():
+                    return
+                reached = self.shop.session(client, self.tally, n)
+                with self.lock:
+                    self.state["sessions"] += 1
+                if not reached:  # a pause, not a busy loop, while the frontend is unreachable
+                    self.unreachable.set()
+                    self.stop.wait(min(0.5, max(0.0, self.deadline - time.monotonic())))
+
+    def watch(self, threads: list[threading.Thread], progress: Progress | None,
+              until_failures: int | None) -> None:
+        """Wait for the workers, ending early at `until_failures`, reporting progress."""
+        result = self.result
+        while any(t.is_alive() for t in threads):
+            threads[0].join(timeout=0.5 if progress else 0.2)
+            if until_failures and result.failure_count >= until_failures:
+                self.stop.set()
+            for t in threads:
+                if not t.is_alive():
+                    t.join()
+            if progress and any(t.is_alive() for t in threads):
+                elapsed = time.monotonic() - self.start
+                progress(f"{self.state['sessions']} sessions, {result.operations} operations, "
+                         f"{result.failure_count} failed", min(1.0, elapsed / self.seconds))

@@ -1,9 +1,9 @@
-"""ipywidgets for the workbook: progress, the flag switch, the live chart, waits with progress.
+"""ipywidgets for the workbook: progress, the flag switch, the live chart.
 
 Each widget class keeps its ipywidgets tree in `.widget` and displays as that tree, so a notebook
 cell can end with the object itself. ipywidgets is imported when a widget is made and plotly's
 FigureWidget (about 1.3 s to import) only when a live chart is drawn: `import labkit.widgets` is
-cheap, and `terminal_progress` works in a terminal without any of them.
+cheap, and `progress()` prints plain lines in a terminal without any of them.
 
 Nothing here blocks a headless run for ever: the background threads are daemons and bounded
 (each lab step has its own timeout; the live chart stops itself after `max_duration`).
@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import html
 import os
-import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 from labkit.errors import LabError
-
+from labkit.progress import printer
 from labkit.settings import FLAG, SERVICE
 
 _RED = "#b00020"
@@ -26,12 +25,6 @@ _GREEN = "#1b5e20"
 
 
 # --- progress ----------------------------------------------------------------------------------
-def terminal_progress(message: str, fraction: float | None = None) -> None:
-    """A `progress` callback for a terminal: one plain line per report, on stderr."""
-    prefix = f"[{fraction * 100:3.0f}%]" if fraction is not None else "[ .. ]"
-    print(f"{prefix} {message}", file=sys.stderr, flush=True)
-
-
 def _in_kernel() -> bool:
     """True inside a Jupyter kernel (where widgets have a frontend to talk to)."""
     try:
@@ -115,8 +108,7 @@ def progress(title: str = ""):
         view = ProgressView(title)
         _show(view)
         return view
-    prefix = f"{title}: " if title else ""
-    return lambda message, fraction=None: terminal_progress(prefix + message, fraction)
+    return printer(title=f"{title}: " if title else "")
 
 
 def _error_text(exc: BaseException) -> str:
@@ -330,30 +322,11 @@ class LiveChart(_Displayable):
 
     # -- data ---
     def _build(self):
-        """A fresh go.Figure from the lab (errors kept in .error; an empty figure if nothing came)."""
-        from labkit import charts
-
-        since = self.since or self.lab.since()
-        failed = events = problems = None
-        problems_seen = []
-        try:
-            failed = self.lab.failed_requests(self.service, since)
-        except Exception as exc:
-            problems_seen.append(exc)
-        for name in ("change_events", "problems"):
-            try:
-                frame = getattr(self.lab, name)(self.service, since)
-            except Exception as exc:
-                problems_seen.append(exc)
-                frame = None
-            if name == "change_events":
-                events = frame
-            else:
-                problems = frame
-        self.error = problems_seen[0] if problems_seen else None
-        return charts.failures_figure(failed, events=events, problems=problems,
-                                      timeline=getattr(self.lab, "timeline", None),
-                                      service=self.service, local=getattr(self.lab, "local", False))
+        """A fresh go.Figure from the lab; a part that fails is left out and kept in .error."""
+        errors: list[BaseException] = []
+        figure = self.lab.chart(self.service, self.since, errors=errors)
+        self.error = errors[0] if errors else None
+        return figure
 
     def refresh(self) -> None:
         """Fetch the data once more and redraw (called by the thread; fine to call directly)."""
@@ -447,38 +420,3 @@ def _figure_bundle(figure, include=None, exclude=None) -> dict:
     bundle.setdefault("text/plain", f"<{title}: {meta.get('slots', 0)} slots, "
                                     f"{meta.get('change_markers', 0)} change markers>")
     return bundle
-
-
-# --- waits with progress ------------------------------------------------------------------------------
-def wait_with_progress(fn: Callable[..., Any], *args, timeout: float | None = None,
-                       label: str | None = None, show: bool = True, raise_errors: bool = False,
-                       **kwargs):
-    """Run a labkit wait (lab.wait_for_error_logs, lab.wait_for_problem, ...) with a progress bar.
-
-    In a notebook it displays a ProgressView; elsewhere it prints progress lines on stderr. Returns
-    what `fn` returns; a LabError (a timeout, say) is shown as a red message and None is returned,
-    unless raise_errors=True.
-    """
-    name = label or getattr(fn, "__name__", "waiting").replace("_", " ")
-    if timeout is not None:
-        kwargs["timeout"] = timeout
-    if show and _in_kernel():
-        view = ProgressView()
-        _show(view)
-        callback, done, fail = view.callback, view.done, view.fail
-    else:
-        view = None
-        callback = terminal_progress
-        done = lambda msg: terminal_progress(msg, 1.0)  # noqa: E731
-        fail = lambda msg: terminal_progress("failed: " + msg, None)  # noqa: E731
-    callback(f"{name}…", 0.0)
-    try:
-        result = fn(*args, progress=callback, **kwargs)
-    except LabError as exc:
-        fail(str(exc))
-        if raise_errors:
-            raise
-        return None
-    count = f": {len(result)} found" if hasattr(result, "__len__") and not isinstance(result, str) else ""
-    done(f"{name}: done{count}")
-    return result

@@ -28,25 +28,15 @@ def _importable(env: dict) -> dict:
 
 @contextmanager
 def lab_environment(timings=None, say=print, state_dir=None):
-    """os.environ-style variables for kernels: the configured lab, a running sandbox, or a new local lab."""
-    from labkit.lab import _local_lab_env
-    from labkit.sandbox import LocalLab, Timings, default_state_dir
-    from labkit.settings import Settings
+    """os.environ-style variables for kernels, for the lab labkit.which chooses; a local lab started
+    here (in `state_dir`, else a temporary one) lives as long as the with-block."""
+    from labkit.which import which_lab
 
-    settings = Settings.load()
-    if settings.has_tenant:
-        say(f"Using {settings.where()}")
-        yield _importable(dict(os.environ))
-        return
-    running = _local_lab_env(default_state_dir())
-    if running:
-        say(f"Attaching to the running local lab at {running['DT_URL']}")
-        yield _importable({**os.environ, **running})
-        return
-    state_dir = state_dir or tempfile.mkdtemp(prefix="labkit-local-lab-")
-    with LocalLab(state_dir, timings or Timings.from_env()) as local:
-        say(f"Started the local lab (Kubernetes {local.kube_server.url}, Dynatrace {local.tenant_server.url})")
-        yield _importable({**os.environ, **local.env})
+    # A running local lab is looked for where terminals look; a new one goes into `state_dir`.
+    new_dir = state_dir or tempfile.mkdtemp(prefix="labkit-local-lab-")
+    with which_lab(timings=timings, new_state_dir=new_dir) as choice:
+        say(choice.describe())
+        yield _importable(choice.env)
 
 
 def run_notebook(path: Path, out_dir: Path, env: dict, timeout: float = 900) -> Path:
@@ -99,7 +89,7 @@ def open_jupyterlab(port: int | None = None, extra: list[str] | None = None) -> 
     """JupyterLab on notebooks/, its kernels pointed at the lab; returns JupyterLab's exit code."""
     import signal
 
-    from labkit.sandbox import default_state_dir
+    from labkit.which import default_state_dir
 
     args = [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={NOTEBOOKS}"]
     if port:

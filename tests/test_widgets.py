@@ -17,7 +17,9 @@ import pytest
 from labkit import widgets
 from labkit.errors import LabTimeout
 from labkit import lab as labmod
-from labkit.lab import Timeline
+from labkit.lab import Lab as _Lab
+from labkit.progress import printer
+from labkit.timeline import Timeline
 
 LAB_PARTS = ("labkit.sandbox.kube", "labkit.sandbox.tenant", "labkit.sandbox.shop",
              "labkit.dynatrace", "labkit.cluster", "labkit.shop")
@@ -64,9 +66,12 @@ class RecordedLab:
             "failed": [0] * 5 + [3] * 5, "requests": [30] * 10})
         self.slots["failure_rate"] = self.slots["failed"] / self.slots["requests"]
         self.timeline = Timeline()
-        self.timeline.add("flag applied", "cartFailure: off → on", at=(now - pd.Timedelta(minutes=5)).to_pydatetime())
+        self.timeline.add("flag applied", flag="cartFailure", old="off", new="on",
+                          at=(now - pd.Timedelta(minutes=5)).to_pydatetime())
         self.calls = 0
         self.fail_problems = False
+
+    chart = _Lab.chart  # the real Lab's chart over these recorded frames
 
     def since(self):
         return datetime.now(timezone.utc) - timedelta(minutes=30)
@@ -108,17 +113,19 @@ def test_progress_view_callback_updates_bar_and_message():
     assert "application/vnd.jupyter.widget-view+json" in view._repr_mimebundle_()
 
 
-def test_terminal_progress_prints_plain_lines_on_stderr(capsys):
-    widgets.terminal_progress("Restarting flagd", 0.25)
-    widgets.terminal_progress("waiting for the problem")
+def test_terminal_progress_prints_plain_lines_on_stderr_once_each(capsys):
+    report = printer()
+    report("Restarting flagd", 0.25)
+    report("Restarting flagd", 0.25)  # said again: not printed again
+    report("waiting for the problem")
     err = capsys.readouterr().err.splitlines()
-    assert err == ["[ 25%] Restarting flagd", "[ .. ] waiting for the problem"]
+    assert err == ["   25% Restarting flagd", "       waiting for the problem"]
 
 
 def test_progress_outside_a_notebook_prints_titled_lines(capsys):
     report = widgets.progress("Cart traffic")
     report("12 sessions, 1 failed", 0.5)
-    assert capsys.readouterr().err.strip() == "[ 50%] Cart traffic: 12 sessions, 1 failed"
+    assert capsys.readouterr().err.rstrip() == "   50% Cart traffic: 12 sessions, 1 failed"
 
 
 def test_progress_view_title_and_success_at_the_end():
@@ -128,23 +135,6 @@ def test_progress_view_title_and_success_at_the_end():
     assert view.bar.bar_style == "info"
     view("problem P-1 opened", 1.0)
     assert view.bar.bar_style == "success"
-
-
-def test_wait_with_progress_returns_result_or_shows_error(capsys):
-    def wait_for_problem(timeout, progress=None):
-        progress("asking Dynatrace", 0.5)
-        return ["P-1"]
-
-    assert widgets.wait_with_progress(wait_for_problem, timeout=5) == ["P-1"]
-
-    def times_out(timeout, progress=None):
-        raise LabTimeout(f"No problem opened on cart within {timeout:g} s.")
-
-    assert widgets.wait_with_progress(times_out, timeout=3) is None
-    err = capsys.readouterr().err
-    assert "wait for problem: done: 1 found" in err and "No problem opened on cart within 3 s" in err
-    with pytest.raises(LabTimeout):
-        widgets.wait_with_progress(times_out, timeout=3, raise_errors=True)
 
 
 def test_import_is_cheap():
@@ -288,10 +278,10 @@ def test_flag_switch_does_not_send_a_second_event_after_inform_dynatrace(real_la
     real_lab.inform_dynatrace(target, "cartFailure")
     switch = widgets.FlagSwitch(real_lab, "cartFailure")
     assert switch.apply(target) is not None, switch.status.value
-    sent = [s for s in real_lab.timeline.steps if s.step == labmod.EVENT_SENT]
+    sent = [s for s in real_lab.timeline.steps if s.kind == labmod.EVENT_SENT]
     assert len(sent) == 1
     # a later change without a fresh announcement does send its own event
     assert switch.apply(before) is not None, switch.status.value
-    sent = [s for s in real_lab.timeline.steps if s.step == labmod.EVENT_SENT]
+    sent = [s for s in real_lab.timeline.steps if s.kind == labmod.EVENT_SENT]
     assert [s.detail for s in sent] == [f"cartFailure: {before} → {target}",
                                         f"cartFailure: {target} → {before}"]
