@@ -1,5 +1,12 @@
 """labkit's errors: one small hierarchy whose messages say what happened, why, and what to do.
 
+    LabError            something in the lab went wrong (exit code 1)
+    ├── BadInput        the user asked for what cannot be: unknown flag, variant, bad config (exit 2)
+    ├── NotFound        a thing the lab needs is missing: ConfigMap, data key, deployment, service
+    ├── Forbidden       credentials lack a permission; names the scope or verb
+    ├── LabTimeout      a bounded wait ran out before its condition held
+    └── Unreachable     a system did not answer, or answered 5xx after bounded retries
+
 Messages never carry a secret: build them from names, never from tokens or headers.
 """
 from __future__ import annotations

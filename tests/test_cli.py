@@ -110,7 +110,6 @@ def test_set_changes_restarts_and_verifies(kube):
     before = kube.configmap()["json"]
     proc = kube.run("set", "cartFailure", "on", "--no-event")
     assert proc.returncode == 0, proc.stderr
-    assert "flagd serves" not in proc.stdout or "on (true)" in proc.stdout
     assert "serves cartFailure = on (true)" in proc.stdout
     assert "no flagd pod left" in proc.stderr  # progress lines on stderr
     after = kube.configmap()["json"]
