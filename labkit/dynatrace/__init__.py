@@ -1,0 +1,507 @@
+"""The Dynatrace API for the lab: change events, failed requests, problems, logs, entities, scopes.
+
+A `Dynatrace` object speaks the lab's words; underneath, `_http` is the one request path (clients
+and auth per API, retries, scrubbing, labkit errors), `_query` spells selectors, DQL and
+timeframes, `_grail` runs a DQL query and `_frames` turns answers into DataFrames.
+
+pandas is imported inside the functions that build DataFrames, so importing this package is cheap.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Callable, Iterable
+
+import httpx
+
+from labkit.dynatrace._frames import (change_event_frame, classic_log_row, failure_frame, grail_log_row,
+                                      log_frame, metric_series, problem_frame)
+from labkit.dynatrace._grail import run_dql
+from labkit.dynatrace._http import (GRAIL_LOG_SCOPES, Http, json_object, maybe_recorded_message,
+                                    platform_token_message)
+from labkit.dynatrace._http import parse_retry_after as _parse_retry_after  # noqa: F401 (tests use it)
+from labkit.dynatrace._query import (as_datetime, as_str, dql_from, dql_string, quote_selector_value,
+                                     service_selector, time_param, utc_ms)
+from labkit.errors import BadInput, Forbidden, LabError, LabTimeout, NotFound, Unreachable
+from labkit.progress import Progress
+from labkit.settings import Settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+__all__ = ["Dynatrace", "ChangeEvent", "Entity", "READ_SCOPES", "INGEST_SCOPE", "GRAIL_LOG_SCOPES",
+           "EVENT_TYPE", "UNIFIED_KEYS", "ONEAGENT_KEYS", "service_selector", "quote_selector_value"]
+
+log = logging.getLogger(__name__)
+
+#: Api-Token scopes labkit's reads need (FACTS.md, reference §11).
+READ_SCOPES = frozenset({"events.read", "metrics.read", "problems.read", "entities.read"})
+INGEST_SCOPE = "events.ingest"
+
+EVENT_TYPE = "CUSTOM_CONFIGURATION"
+UNIFIED_KEYS = ("builtin:service.request.failure_count", "builtin:service.request.count")
+ONEAGENT_KEYS = ("builtin:service.errors.total.count", "builtin:service.requestCount.total")
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Entity:
+    """A monitored entity (here: a service) as the tenant knows it."""
+
+    id: str
+    name: str
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+
+    def seen_within(self, delta: timedelta, now: datetime | None = None) -> bool:
+        now = now or datetime.now(timezone.utc)
+        return self.last_seen is not None and self.last_seen >= now - delta
+
+
+@dataclass
+class ChangeEvent:
+    """What send_change_event sent and what the tenant said about it."""
+
+    service: str
+    flag: str
+    old: str | None
+    new: str
+    run_id: str
+    sent_at: datetime
+    report_count: int
+    statuses: list[str] = field(default_factory=list)
+    correlation_ids: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.report_count > 0 and all(s == "OK" for s in self.statuses)
+
+    def summary(self) -> str:
+        old = f"{self.old} -> " if self.old is not None else ""
+        text = (f"change event for service {self.service!r}: {self.flag} {old}{self.new} "
+                f"(run {self.run_id}) recorded on {self.report_count} entit"
+                f"{'y' if self.report_count == 1 else 'ies'}, status {', '.join(self.statuses) or '-'}")
+        return text + "".join(f"; warning: {w}" for w in self.warnings)
+
+
+# --------------------------------------------------------------------------- the client
+
+
+class Dynatrace:
+    """The lab's Dynatrace tenant (or the local lab's stand-in) over HTTP.
+
+    >>> with Dynatrace(Settings.load()) as dt:
+    ...     dt.send_change_event("cart", "cartFailure", "on", old="off")
+    """
+
+    def __init__(self, settings: Settings, *, timeout: float = 10.0, retries: int = 3,
+                 backoff: float = 0.5, transport: httpx.BaseTransport | None = None):
+        self._http = Http(settings, timeout=timeout, retries=retries, backoff=backoff,
+                          transport=transport)
+        self.settings = settings
+        self._entity_cache: dict[str, tuple[float, Entity | None]] = {}
+        self.entity_cache_seconds = 60.0
+        self._entities_forbidden_until = 0.0
+
+    # ---- lifecycle
+
+    @property
+    def timeout(self) -> float:
+        return self._http.timeout
+
+    @property
+    def retries(self) -> int:
+        return self._http.retries
+
+    @property
+    def backoff(self) -> float:
+        return self._http.backoff
+
+    def __repr__(self) -> str:
+        where = "local lab" if self.settings.local else "tenant"
+        return f"Dynatrace({where} {self.settings.dt_url!r})"
+
+    def __enter__(self) -> "Dynatrace":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # ---- reading the classic API
+
+    def _get_json(self, path: str, *, scope: str, what: str, params: dict | None = None) -> dict:
+        resp = self._http.request("classic", "GET", path, params=params, scope=scope, what=what)
+        return json_object(resp, what)
+
+    def _paged(self, path: str, key: str, *, scope: str, what: str, params: dict,
+               keep: Iterable[str] = (), max_pages: int = 100) -> list[dict]:
+        """All items of a paged list: the nextPageKey is sent alone (plus `keep` params)."""
+        items: list[dict] = []
+        page = self._get_json(path, scope=scope, what=what, params=params)
+        for _ in range(max_pages):
+            got = page.get(key) or []
+            items.extend(x for x in got if isinstance(x, dict))
+            cursor = page.get("nextPageKey")
+            if not cursor:
+                return items
+            next_params = {"nextPageKey": cursor}
+            next_params.update({k: params[k] for k in keep if params.get(k) is not None})
+            page = self._get_json(path, scope=scope, what=what, params=next_params)
+        log.warning("%s: stopped after %d pages", what, max_pages)
+        return items
+
+    # ---- entities
+
+    def find_service(self, name: str) -> Entity | None:
+        """The SERVICE entity named `name` (case-insensitive, as Dynatrace matches), seen in 3 days."""
+        params = {"entitySelector": service_selector(name), "from": "now-3d",
+                  "fields": "+lastSeenTms,+firstSeenTms"}
+        entities = self._paged("/api/v2/entities", "entities", scope="entities.read",
+                               what=f"to look up the service {name!r}", params=params)
+        found = [Entity(id=str(e.get("entityId", "")), name=str(e.get("displayName", name)),
+                        first_seen=utc_ms(e.get("firstSeenTms")), last_seen=utc_ms(e.get("lastSeenTms")))
+                 for e in entities if e.get("entityId")]
+        if not found:
+            return None
+        epoch = datetime.min.replace(tzinfo=timezone.utc)
+        found.sort(key=lambda e: (e.name == name, e.last_seen or epoch), reverse=True)
+        return found[0]
+
+    def _service(self, name: str) -> Entity | None:
+        """find_service with a short cache (the event POST should cost one round trip)."""
+        now = time.monotonic()
+        hit = self._entity_cache.get(name)
+        if hit and now - hit[0] < self.entity_cache_seconds and hit[1] is not None:
+            return hit[1]
+        entity = self.find_service(name)
+        self._entity_cache[name] = (now, entity)
+        return entity
+
+    def _require_service(self, name: str) -> Entity:
+        entity = self._service(name)
+        if entity is None:
+            raise NotFound(
+                f"Dynatrace knows no service named {name!r} seen in the last 3 days. Check the name "
+                "(the lab's is 'cart') and that the demo sends traces to this tenant.")
+        return entity
+
+    # ---- change events
+
+    def send_change_event(self, service: str, flag: str, new, old=None, run_id: str | None = None,
+                          title: str = "feature flag changed") -> ChangeEvent:
+        """Tell Dynatrace a flag changes on `service`: the lab's CUSTOM_CONFIGURATION event.
+
+        The body is the lab's payload (runtime_change.py) with all property values as strings, plus
+        `previousValue` and `labkit.run_id`. Warnings (unknown service, not seen in 24 h, could not
+        check) go to `.warnings`. Raises LabError when an entity result is not OK or when no entity
+        matched; never resends after the tenant may have processed the POST.
+        """
+        _check_change(service, flag, new, old)
+        selector = service_selector(service)
+        run_id = run_id or uuid.uuid4().hex[:12]
+        warnings = self._service_warnings(service)
+        body = _change_event_body(title, selector, flag, new, old, run_id)
+        sent_at = datetime.now(timezone.utc)
+        what = f"the change event for {flag} on service {service!r}"
+        resp = self._http.request("classic", "POST", "/api/v2/events/ingest", body=body,
+                                  scope=INGEST_SCOPE, what=what, idempotent=False, event=True)
+        event = _ingest_result(resp, what, selector, ChangeEvent(
+            service=service, flag=flag, old=None if old is None else as_str(old), new=as_str(new),
+            run_id=run_id, sent_at=sent_at, report_count=0, warnings=warnings))
+        if event.report_count == 0:
+            self._entity_cache.pop(service, None)
+            note = "".join(f" ({w})" for w in warnings)
+            raise LabError(
+                f"No entity matched {selector}: {what} was not recorded{note}. The service was not "
+                f"seen in the last 24 hours, or its name differs (Dynatrace shows it under Services). "
+                "Send some traffic (labkit shop) and try again.")
+        for w in warnings:
+            log.warning("%s", w)
+        return event
+
+    def _service_warnings(self, service: str) -> list[str]:
+        """Why the event may match no entity, checked before sending (never stops the send)."""
+        try:
+            if self._entities_forbidden_until > time.monotonic():
+                raise Forbidden("entities.read missing (remembered)")
+            entity = self._service(service)
+        except Forbidden:
+            # the lab's own token has ingest scopes only: remember, so each send costs one POST
+            self._entities_forbidden_until = time.monotonic() + self.entity_cache_seconds
+            return [f"could not check that the service {service!r} exists (the token lacks "
+                    "entities.read); sending the event anyway"]
+        except BadInput:
+            raise
+        except LabError as exc:
+            return [f"could not check the service {service!r} first ({exc}); sending anyway"]
+        if entity is None:
+            return [f"Dynatrace knows no service named {service!r} (not seen in the last "
+                    "3 days): the event will probably match no entity"]
+        if not entity.seen_within(timedelta(hours=24)):
+            seen = entity.last_seen.isoformat(timespec="minutes") if entity.last_seen else "never"
+            return [f"the service {service!r} was last seen {seen}; the event selector "
+                    "only matches entities seen in the last 24 hours"]
+        return []
+
+    def change_events(self, service: str, since="now-2h") -> "pd.DataFrame":
+        """CUSTOM_CONFIGURATION events on `service` since `since`, oldest first."""
+        params = {"eventSelector": f'eventType("{EVENT_TYPE}")',
+                  "entitySelector": service_selector(service),
+                  "from": time_param(since), "pageSize": 1000}
+        events = self._paged("/api/v2/events", "events", scope="events.read",
+                             what=f"to read change events of service {service!r}", params=params)
+        return change_event_frame(events)
+
+    # ---- metrics
+
+    def failed_requests(self, service: str, since="now-2h", resolution: str = "1m",
+                        until=None) -> "pd.DataFrame":
+        """Failed and total requests of `service` per slot, and the failure rate.
+
+        Columns: timestamp (UTC, the END of each slot, as Dynatrace labels it), failed, requests
+        (int64), failure_rate (failed / requests as a 0..1 float). Unified-service keys first
+        (OTel services), the OneAgent keys when those are empty. A slot with no data point (null)
+        counted nothing, so it becomes 0 for both counts; failure_rate is NaN where requests == 0
+        (undefined, not 0 %).
+        """
+        selector = service_selector(service)
+        what = f"to read failed requests of service {service!r}"
+        series = None
+        for keys in (UNIFIED_KEYS, ONEAGENT_KEYS):
+            metric_selector = ",".join(f"{k}:splitBy():value:default(0)" for k in keys)
+            params = {"metricSelector": metric_selector, "entitySelector": selector,
+                      "from": time_param(since), "to": time_param(until, "until"),
+                      "resolution": resolution}
+            body = self._get_json("/api/v2/metrics/query", scope="metrics.read", what=what,
+                                  params=params)
+            series = metric_series(body, keys)
+            if series[0] is not None or series[1] is not None:
+                break
+        return failure_frame(*series)
+
+    # ---- problems
+
+    def problems(self, service: str | None = None, since="now-1d", status: str | None = None) -> "pd.DataFrame":
+        """Problems (optionally those affecting `service`; status 'open' or 'closed'), newest first.
+
+        Columns: problem_id, display_id, title, status (OPEN/CLOSED), severity, start, end (NaT
+        while open), affected (names joined by ', '), root_cause (name or None).
+        """
+        criteria = []
+        if service is not None:
+            entity = self._require_service(service)
+            criteria.append(f"affectedEntities({quote_selector_value(entity.id, always=True)})")
+        if status is not None:
+            status = str(status).lower()
+            if status not in ("open", "closed"):
+                raise BadInput(f"status must be 'open' or 'closed' (or None for both); got {status!r}.")
+            criteria.append(f'status("{status}")')
+        params = {"problemSelector": ",".join(criteria) or None, "from": time_param(since),
+                  "pageSize": 500}
+        what = "to read problems" + (f" of service {service!r}" if service else "")
+        items = self._paged("/api/v2/problems", "problems", scope="problems.read", what=what,
+                            params=params)
+        return problem_frame(items)
+
+    # ---- logs
+
+    def dql(self, query: str, *, timeout: float = 60.0, progress: Progress | None = None,
+            max_records: int | None = None) -> list[dict]:
+        """Run a DQL query on Grail (platform token) and return its records."""
+        return run_dql(self._http, query, timeout=timeout, progress=progress, max_records=max_records)
+
+    def error_logs(self, service: str, since="now-1h", limit: int = 100) -> "pd.DataFrame":
+        """ERROR logs of `service`, newest first: Grail DQL with the platform token, else the
+        classic log search with the API token, else Forbidden naming the token needed.
+
+        Columns: timestamp (UTC), loglevel, status, content, trace_id, span_id, service.
+        """
+        limit = max(1, min(int(limit), 10000))
+        query = (f"fetch logs, from: {dql_from(since)} | filter service.name == {dql_string(service)}"
+                 f' and loglevel == "ERROR" | sort timestamp desc | limit {limit}')
+        classic_query = f'status="ERROR" AND service.name="{service.replace(chr(34), "")}"'
+        return self._logs(query, classic_query, since=since, limit=limit, newest_first=True,
+                          keep=lambda r: r["service"] in (None, service) and
+                          (r["loglevel"] or r["status"] or "ERROR").upper() == "ERROR")
+
+    def logs_for_trace(self, trace_id: str, since="now-1d", limit: int = 1000) -> "pd.DataFrame":
+        """All logs carrying `trace_id`, oldest first (the story of one failed request)."""
+        if not isinstance(trace_id, str) or not re.fullmatch(r"[0-9a-fA-F]{16,32}", trace_id):
+            raise BadInput(f"{trace_id!r} is not a trace id (32 hex digits, as in a log's trace_id).")
+        query = (f"fetch logs, from: {dql_from(since)} | filter trace_id == {dql_string(trace_id)}"
+                 f" | sort timestamp asc | limit {int(limit)}")
+        classic_query = f'trace_id="{trace_id}"'
+        return self._logs(query, classic_query, since=since, limit=limit, newest_first=False,
+                          keep=lambda r: r["trace_id"] in (None, trace_id))
+
+    def _logs(self, query: str, classic_query: str, *, since, limit: int, newest_first: bool,
+              keep: Callable[[dict], bool]) -> "pd.DataFrame":
+        grail_problem: LabError | None = None
+        rows: list[dict] | None = None
+        if self.settings.platform_token:
+            try:
+                rows = [grail_log_row(r) for r in self.dql(query, max_records=limit)]
+            except (Forbidden, NotFound) as exc:
+                grail_problem = exc
+        if rows is None:
+            try:
+                rows = self._classic_logs(classic_query, since, limit)
+            except (Forbidden, NotFound):
+                why = f" (Grail said: {grail_problem})" if grail_problem else ""
+                raise Forbidden(platform_token_message() + why) from None
+        rows = [r for r in rows if keep(r)]
+        return log_frame(rows, newest_first)
+
+    def _classic_logs(self, query: str, since, limit: int) -> list[dict]:
+        params = {"query": query, "from": time_param(since), "limit": min(limit, 1000),
+                  "sort": "-timestamp"}
+        body = self._get_json("/api/v2/logs/search", scope="logs.read", what="to search logs",
+                              params=params)
+        return [classic_log_row(r) for r in (body.get("results") or []) if isinstance(r, dict)]
+
+    # ---- tokens
+
+    def token_scopes(self) -> set[str]:
+        """The scopes of DT_API_TOKEN, from POST /api/v2/apiTokens/lookup."""
+        what = "to look up the API token's scopes"
+        try:
+            resp = self._http.request("classic", "POST", "/api/v2/apiTokens/lookup",
+                                      body={"token": self.settings.api_token.reveal()},
+                                      scope="any scope", what=what)
+        except NotFound:
+            raise NotFound("Dynatrace does not know the token in DT_API_TOKEN (404 on lookup). "
+                           "Copy the token again from Access tokens.") from None
+        body = json_object(resp, what)
+        scopes = body.get("scopes") or []
+        if body.get("enabled") is False:
+            log.warning("the token in DT_API_TOKEN is disabled")
+        return {str(s) for s in scopes}
+
+    def missing_scopes(self, required: Iterable[str] = READ_SCOPES) -> set[str]:
+        """Which of `required` the API token lacks (empty set: all there)."""
+        return set(required) - self.token_scopes()
+
+    # ---- waiting
+
+    def wait_for_error_logs(self, service: str, since: datetime, timeout: float = 300.0,
+                            progress: Progress | None = None, limit: int = 100) -> "pd.DataFrame":
+        """Poll error_logs until some at or after `since` show up; LabTimeout after `timeout` s."""
+        since = as_datetime(since)
+
+        def check():
+            frame = self.error_logs(service, since=since, limit=limit)
+            return frame[frame["timestamp"] >= since].reset_index(drop=True)
+
+        return _wait_for(check, timeout, progress,
+                         f"error logs of service {service!r}",
+                         f"No error logs from service {service!r} reached Dynatrace within {timeout:g} s "
+                         "after the change. Check that the flag is on (labkit flags), that traffic "
+                         "exercises the cart (labkit shop) and that logs are shipped.")
+
+    def wait_for_problem(self, service: str, since: datetime, timeout: float = 600.0,
+                         progress: Progress | None = None) -> "pd.DataFrame":
+        """Poll problems until one affecting `service` has started at/after `since` or is open."""
+        since = as_datetime(since)
+
+        def check():
+            frame = self.problems(service, since=since - timedelta(minutes=5))
+            fresh = (frame["start"] >= since) | (frame["status"].astype("string").str.upper() == "OPEN")
+            return frame[fresh.fillna(False)].reset_index(drop=True)
+
+        return _wait_for(check, timeout, progress, f"a problem on service {service!r}",
+                         f"No problem on service {service!r} opened within {timeout:g} s. Davis needs "
+                         "several error logs in a few minutes: keep traffic running (labkit shop), "
+                         "check the error logs arrived (labkit logs), and wait a little longer.")
+
+
+# --------------------------------------------------------------------------- change event steps
+
+
+def _check_change(service: str, flag: str, new, old) -> None:
+    """BadInput for an empty flag or value, or a name with a line break or control character."""
+    if not isinstance(flag, str) or not flag.strip():
+        raise BadInput("The flag name is empty; name the flag, e.g. 'cartFailure'.")
+    if new is None or (isinstance(new, str) and not new.strip()):
+        raise BadInput(f"The new value of {flag[:60]!r} is empty; name the variant, e.g. 'on'.")
+    for label, value in (("flag name", flag), ("service name", service), ("new value", new), ("old value", old)):
+        if isinstance(value, str) and _CONTROL.search(value):
+            raise BadInput(f"The {label} {value[:60]!r} contains a line break or control character; "
+                           "Dynatrace names and flag keys are one line.")
+
+
+def _change_event_body(title: str, selector: str, flag: str, new, old, run_id: str) -> dict:
+    """The lab's CUSTOM_CONFIGURATION payload, every property value a string."""
+    properties = {
+        "dt.event.is_rootcause_relevant": "true",
+        "action": "changed",
+        "feature_flag.key": flag,
+        "defaultValue": as_str(new),
+    }
+    if old is not None:
+        properties["previousValue"] = as_str(old)
+    properties["labkit.run_id"] = run_id
+    return {"title": title, "entitySelector": selector, "eventType": EVENT_TYPE,
+            "properties": properties}
+
+
+def _ingest_result(resp: httpx.Response, what: str, selector: str, event: ChangeEvent) -> ChangeEvent:
+    """`event` with the tenant's answer filled in; LabError when an entity's status is not OK."""
+    try:
+        result = resp.json()
+    except (ValueError, UnicodeDecodeError):
+        raise Unreachable(maybe_recorded_message(
+            what, f"HTTP {resp.status_code} with a body that is not JSON")) from None
+    if not isinstance(result, dict):
+        raise Unreachable(maybe_recorded_message(what, "an answer that is not a JSON object"))
+    results = [r for r in (result.get("eventIngestResults") or []) if isinstance(r, dict)]
+    event.statuses = [str(r.get("status", "")) for r in results]
+    event.correlation_ids = [str(r["correlationId"]) for r in results if r.get("correlationId")]
+    try:
+        event.report_count = int(result.get("reportCount", len(results)))
+    except (TypeError, ValueError):
+        event.report_count = len(results)
+    bad = [s for s in event.statuses if s != "OK"]
+    if bad:
+        raise LabError(
+            f"Dynatrace accepted the request but did not record {what} on every entity: status "
+            f"{', '.join(bad)} (HTTP {resp.status_code}). Check the service in Dynatrace; "
+            f"the lab's selector is {selector}.")
+    return event
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+def _wait_for(check: Callable[[], "pd.DataFrame"], timeout: float, progress: Progress | None,
+          what: str, timeout_message: str) -> "pd.DataFrame":
+    """check() until it returns rows, backing off 0.5 s -> 10 s; LabTimeout after `timeout` s."""
+    start = time.monotonic()
+    deadline = start + max(0.0, timeout)
+    delay = 0.5
+    while True:
+        frame = check()
+        elapsed = time.monotonic() - start
+        if len(frame):
+            if progress:
+                progress(f"found {len(frame)} {what}", 1.0)
+            return frame
+        if progress:
+            progress(f"waiting for {what} ({elapsed:.0f} s of {timeout:g} s)",
+                     min(1.0, elapsed / timeout) if timeout else None)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise LabTimeout(timeout_message)
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 1.6, 10.0)

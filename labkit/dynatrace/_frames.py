@@ -1,0 +1,199 @@
+"""Dynatrace JSON -> pandas DataFrames: failure series, change events, problems, log rows and frames.
+
+numpy and pandas are imported inside the functions, so importing labkit stays cheap.
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+
+# --------------------------------------------------------------------------- failed requests
+
+
+def metric_series(body: dict, keys: tuple[str, str]):
+    """((timestamps, values) | None, (timestamps, values) | None) for the failure and request keys."""
+    import numpy as np
+
+    found: list = [None, None]
+    results = [r for r in (body.get("result") or []) if isinstance(r, dict)]
+    for i, r in enumerate(results):
+        metric_id = str(r.get("metricId", ""))
+        idx = next((j for j, k in enumerate(keys) if metric_id.startswith(k + ":") or metric_id == k), None)
+        if idx is None:
+            idx = i if i < 2 else None
+        if idx is None or found[idx] is not None:
+            continue
+        ts_parts, val_parts = [], []
+        for d in r.get("data") or []:
+            if not isinstance(d, dict):
+                continue
+            ts = d.get("timestamps") or []
+            vals = d.get("values") or []
+            n = min(len(ts), len(vals))
+            if n:
+                ts_parts.append(np.asarray(ts[:n], dtype="int64"))
+                val_parts.append(np.asarray(vals[:n], dtype="float64"))  # None -> NaN
+        if ts_parts:
+            ts = np.concatenate(ts_parts)
+            vals = np.concatenate(val_parts)
+            if len(ts_parts) > 1:  # several series (remainder etc.): sum per timestamp
+                uniq, inv = np.unique(ts, return_inverse=True)
+                summed = np.zeros(len(uniq))
+                np.add.at(summed, inv, np.nan_to_num(vals))
+                ts, vals = uniq, summed
+            found[idx] = (ts, vals)
+    return found[0], found[1]
+
+
+def failure_frame(failed, requests) -> "pd.DataFrame":
+    import numpy as np
+    import pandas as pd
+
+    parts = [p[0] for p in (failed, requests) if p is not None]
+    if parts:
+        ts = np.unique(np.concatenate(parts))
+    else:
+        ts = np.array([], dtype="int64")
+
+    def aligned(series):
+        out = np.zeros(len(ts))
+        if series is not None and len(ts):
+            pos = np.searchsorted(ts, series[0])
+            out[pos] = np.nan_to_num(series[1], nan=0.0)
+        return np.rint(out).astype("int64")
+
+    f = aligned(failed)
+    r = aligned(requests)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.where(r > 0, f / np.where(r > 0, r, 1), np.nan)
+    return pd.DataFrame({
+        "timestamp": pd.to_datetime(ts, unit="ms", utc=True),
+        "failed": f,
+        "requests": r,
+        "failure_rate": rate.astype("float64"),
+    })
+
+
+# --------------------------------------------------------------------------- events and problems
+
+
+def change_event_frame(events: list[dict]) -> "pd.DataFrame":
+    """Change events (the API's event objects) as rows, oldest first."""
+    import pandas as pd
+
+    rows = []
+    for e in events:
+        props = _properties(e.get("properties"))
+        rows.append((e.get("startTime"), e.get("title"), props.get("feature_flag.key"),
+                     props.get("previousValue"), props.get("defaultValue"),
+                     props.get("labkit.run_id"), e.get("eventId"), e.get("status")))
+    columns = ["timestamp", "title", "flag", "old", "new", "run_id", "event_id", "status"]
+    frame = pd.DataFrame.from_records(rows, columns=columns)
+    frame["timestamp"] = pd.to_datetime(pd.to_numeric(frame["timestamp"], errors="coerce"),
+                                        unit="ms", utc=True)
+    return frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+
+def problem_frame(items: list[dict]) -> "pd.DataFrame":
+    """Problems (the API's problem objects) as rows, newest first; end is NaT while open."""
+    import pandas as pd
+
+    rows = []
+    for p in items:
+        affected = [_stub_name(x) for x in (p.get("affectedEntities") or [])]
+        root = p.get("rootCauseEntity")
+        rows.append((p.get("problemId"), p.get("displayId"), p.get("title"), p.get("status"),
+                     p.get("severityLevel"), p.get("startTime"), p.get("endTime"),
+                     ", ".join(a for a in affected if a),
+                     _stub_name(root) if isinstance(root, dict) else None))
+    columns = ["problem_id", "display_id", "title", "status", "severity", "start", "end",
+               "affected", "root_cause"]
+    frame = pd.DataFrame.from_records(rows, columns=columns)
+    for col in ("start", "end"):
+        ms = pd.to_numeric(frame[col], errors="coerce")
+        frame[col] = pd.to_datetime(ms.where(ms >= 0), unit="ms", utc=True)
+    return frame.sort_values("start", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _properties(value) -> dict[str, str]:
+    """Event properties as a dict: the API gives [{key, value}], tolerate a plain object too."""
+    if isinstance(value, dict):
+        return {str(k): (None if v is None else str(v)) for k, v in value.items()}
+    out: dict[str, str] = {}
+    for p in value or []:
+        if isinstance(p, dict) and "key" in p:
+            v = p.get("value")
+            out[str(p["key"])] = None if v is None else str(v)
+    return out
+
+
+def _stub_name(stub) -> str | None:
+    if not isinstance(stub, dict):
+        return None
+    name = stub.get("name")
+    if name:
+        return str(name)
+    ent = stub.get("entityId")
+    return str(ent.get("id")) if isinstance(ent, dict) and ent.get("id") else None
+
+
+# --------------------------------------------------------------------------- logs
+
+
+def _first(value):
+    if isinstance(value, list):
+        return value[0] if value else None
+    return value
+
+
+def grail_log_row(rec: dict) -> dict:
+    return {
+        "timestamp": rec.get("timestamp"),
+        "loglevel": _first(rec.get("loglevel")),
+        "status": _first(rec.get("status")),
+        "content": rec.get("content"),
+        "trace_id": _first(rec.get("trace_id") or rec.get("trace.id")),
+        "span_id": _first(rec.get("span_id") or rec.get("span.id")),
+        "service": _first(rec.get("service.name") or rec.get("dt.entity.service.name")),
+    }
+
+
+def classic_log_row(rec: dict) -> dict:
+    cols = rec.get("additionalColumns") if isinstance(rec.get("additionalColumns"), dict) else {}
+    col = lambda k: _first(cols.get(k))  # noqa: E731
+    return {
+        "timestamp": rec.get("timestamp"),
+        "loglevel": col("loglevel"),
+        "status": rec.get("status"),
+        "content": rec.get("content"),
+        "trace_id": col("trace_id") or col("trace.id"),
+        "span_id": col("span_id") or col("span.id"),
+        "service": col("service.name"),
+    }
+
+
+def _one_utc(value):
+    import pandas as pd
+
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return pd.NaT
+    if isinstance(value, (int, float)) or (isinstance(value, str) and value.strip().isdigit()):
+        return pd.Timestamp(int(value), unit="ms", tz="UTC")
+    try:
+        ts = pd.Timestamp(str(value))
+    except (ValueError, TypeError):
+        return pd.NaT
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def log_frame(rows: list[dict], newest_first: bool) -> "pd.DataFrame":
+    import pandas as pd
+
+    columns = ["timestamp", "loglevel", "status", "content", "trace_id", "span_id", "service"]
+    frame = pd.DataFrame.from_records(rows, columns=columns)
+    frame["timestamp"] = pd.to_datetime([_one_utc(v) for v in frame["timestamp"]], utc=True)
+    return frame.sort_values("timestamp", ascending=not newest_first, kind="stable").reset_index(drop=True)

@@ -1,0 +1,94 @@
+"""A DQL query on Grail: execute, poll until it ends (bounded), cancel when the time is up."""
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import httpx
+
+from labkit.dynatrace._http import Http, error_envelope, json_object, req
+from labkit.errors import LabError, LabTimeout, Unreachable
+from labkit.progress import Progress
+
+_EXECUTE = "/platform/storage/query/v1/query:execute"
+_POLL = "/platform/storage/query/v1/query:poll"
+_CANCEL = "/platform/storage/query/v1/query:cancel"
+_WHAT = "a Grail query"
+
+
+def grail_scope(query: str) -> str:
+    """The platform-token scopes a query needs, for the Forbidden message."""
+    q = query.lstrip().lower()
+    if q.startswith("fetch logs"):
+        return "storage:logs:read and storage:buckets:read"
+    if q.startswith("timeseries"):
+        return "storage:metrics:read"
+    if q.startswith("fetch events") or q.startswith("fetch dt.davis"):
+        return "storage:events:read and storage:buckets:read"
+    return "storage:buckets:read"
+
+
+def run_dql(http: Http, query: str, *, timeout: float, progress: Progress | None,
+            max_records: int | None) -> list[dict]:
+    """The records of `query`; LabError when it fails, LabTimeout (cancelled) after `timeout` s."""
+    body: dict[str, Any] = {"query": query, "requestTimeoutMilliseconds": 2000}
+    if max_records:
+        body["maxResultRecords"] = int(max_records)
+    scope = grail_scope(query)
+    resp = http.request("grail", "POST", _EXECUTE, body=body, scope=scope, what=_WHAT)
+    state = json_object(resp, _WHAT)
+    deadline = time.monotonic() + timeout
+    token = None
+    for poll in itertools.count(1):
+        st = str(state.get("state", "")).upper()
+        records = _records(http, state, st)
+        if records is not None:
+            if progress:
+                progress("query finished", 1.0)
+            return records
+        token = state.get("requestToken") or token  # poll answers do not repeat it
+        if st not in ("RUNNING", "NOT_STARTED") or not token:
+            raise Unreachable(f"The tenant answered something unexpected for {req(_WHAT)} "
+                              f"(state {st or 'missing'}). Try again.")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            _cancel(http, token)
+            raise LabTimeout(f"The Grail query did not finish within {timeout:g} s (last state "
+                             f"{st}). Narrow the timeframe or try again.")
+        if progress:
+            prog = state.get("progress")
+            progress(f"query {st.lower()}", (float(prog) / 100) if isinstance(prog, (int, float)) else None)
+        state = _poll(http, token, poll, remaining, scope)
+
+
+def _records(http: Http, state: dict, st: str) -> list[dict] | None:
+    """The records of a finished query, None while it runs; LabError when it ended badly."""
+    if st == "SUCCEEDED" or (not st and "result" in state):
+        result = state.get("result") or {}
+        records = result.get("records") if isinstance(result, dict) else None
+        return [r for r in (records or []) if isinstance(r, dict)]
+    if st in ("FAILED", "CANCELLED", "RESULT_GONE"):
+        message, _ = error_envelope(state)
+        raise LabError(f"The Grail query ended {st}{': ' + http.scrub(message) if message else ''}."
+                       " Check the query; if it was RESULT_GONE, run it again.")
+    return None
+
+
+def _poll(http: Http, token: str, poll: int, remaining: float, scope: str) -> dict:
+    """The query's state after poll number `poll` (the server holds each up to 2 s)."""
+    if poll > 1:  # the server holds each poll up to request-timeout; pause a little anyway
+        time.sleep(min(0.05 * poll, 0.5, max(remaining, 0)))
+    wait_ms = int(min(2000, max(remaining, 0.05) * 1000))
+    resp = http.request("grail", "GET", _POLL,
+                        params={"request-token": token, "request-timeout-milliseconds": wait_ms},
+                        scope=scope, what=_WHAT, timeout=http.timeout + wait_ms / 1000)
+    return json_object(resp, _WHAT)
+
+
+def _cancel(http: Http, token: str) -> None:
+    """Best effort: a query given up on should not keep running on the tenant."""
+    try:
+        http.client("grail").post(_CANCEL, params={"request-token": token}, timeout=2.0)
+    except httpx.HTTPError:
+        pass

@@ -1,0 +1,369 @@
+"""The one request path to Dynatrace: clients and auth per API, retries, scrubbing, labkit errors.
+
+Two lazily created httpx clients: the classic Environment API v2 (`DT_URL`,
+`Authorization: Api-Token ...`) and the Grail query API (the platform host,
+`Authorization: Bearer <DT_PLATFORM_TOKEN>`). Every call has a timeout; GETs (and other calls that
+cannot create anything) are retried a bounded number of times with exponential backoff and jitter on
+429 / 502 / 503 / 504, connect errors and timeouts, honouring `Retry-After`. The change-event POST is
+retried only when the tenant surely did not process it (a connect error before anything was sent, or
+429: rejected), never after a timeout or a 5xx, so a retry can never create a duplicate event.
+
+Errors are mapped to labkit's hierarchy (401/403 -> Forbidden naming the scope, 404 -> NotFound,
+400 -> BadInput, 429/5xx/unreachable -> Unreachable). Tokens never appear in a message, a log line
+or a repr: httpx exceptions are wrapped (never chained) and server-provided text is scrubbed.
+"""
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import re
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from labkit.errors import BadInput, Forbidden, LabError, NotFound, Unreachable
+from labkit.settings import Settings, is_loopback
+
+log = logging.getLogger(__name__)
+
+#: Platform-token scopes for error logs on Grail.
+GRAIL_LOG_SCOPES = ("storage:logs:read", "storage:buckets:read")
+
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+_MAX_RETRY_AFTER = 30.0  # s: never sleep longer than this on one Retry-After
+# Nothing reached the tenant on these: safe to retry even the event POST.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_SCOPE_RE = re.compile(r"\b(?:[a-zA-Z]+(?:\.[a-zA-Z]+)*\.(?:read|write|ingest)|storage:[a-z.-]+:[a-z]+)\b")
+_EXC_KINDS = {
+    httpx.ConnectError: "connection refused or host not found",
+    httpx.ConnectTimeout: "connect timeout",
+    httpx.ReadTimeout: "read timeout",
+    httpx.WriteTimeout: "write timeout",
+    httpx.PoolTimeout: "no free connection",
+    httpx.RemoteProtocolError: "the connection broke off",
+    httpx.ReadError: "read error",
+    httpx.WriteError: "write error",
+}
+
+
+class Http:
+    """The lab's two Dynatrace clients and the one way every call goes through them."""
+
+    def __init__(self, settings: Settings, *, timeout: float, retries: int, backoff: float,
+                 transport: httpx.BaseTransport | None = None):
+        check_settings(settings)
+        self.settings = settings
+        self.timeout = float(timeout)
+        self.retries = max(0, int(retries))
+        self.backoff = max(0.0, float(backoff))
+        self._transport = transport
+        self._clients: dict[str, httpx.Client] = {}
+        self._lock = threading.Lock()
+        self._secrets = [s for s in (settings.api_token, settings.platform_token) if s]
+
+    # ---- clients
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+
+    def client(self, api: str) -> httpx.Client:
+        """The client of `api` ("classic" or "grail"), created on first use."""
+        with self._lock:
+            if api not in self._clients:
+                self._clients[api] = self._make_client(*self._base_and_auth(api))
+            return self._clients[api]
+
+    def _base_and_auth(self, api: str) -> tuple[str, str]:
+        s = self.settings
+        if api == "classic":
+            return s.dt_url, f"Api-Token {s.api_token.reveal()}"
+        if not s.platform_token:
+            raise Forbidden(platform_token_message())
+        return s.platform_url or s.dt_url, f"Bearer {s.platform_token.reveal()}"
+
+    def _make_client(self, base_url: str, authorization: str) -> httpx.Client:
+        check_transport_security("DT_URL", base_url)
+        kwargs: dict[str, Any] = {}
+        if self._transport is not None:
+            kwargs["transport"] = self._transport
+        return httpx.Client(
+            base_url=base_url,
+            headers={"Authorization": authorization, "Accept": "application/json",
+                     "User-Agent": "labkit"},
+            timeout=httpx.Timeout(self.timeout),
+            follow_redirects=False,
+            trust_env=False,
+            **kwargs,
+        )
+
+    # ---- the request path
+
+    def request(self, api: str, method: str, path: str, *, scope: str, what: str,
+                params: dict | None = None, body: Any = None, idempotent: bool = True,
+                timeout: float | None = None, event: bool = False) -> httpx.Response:
+        """Send one call with bounded retries; returns a 2xx response or raises a LabError."""
+        client = self.client(api)
+        kwargs = _request_kwargs(params, body, timeout)
+        attempt = 0
+        while True:
+            attempt += 1
+            can_retry = attempt <= self.retries
+            try:
+                resp = client.request(method, path, **kwargs)
+            except httpx.HTTPError as exc:
+                if can_retry and (idempotent or isinstance(exc, _NOT_SENT)):
+                    self._pause(attempt, None, what, exc_kind(exc))
+                    continue
+                raise self._transport_error(exc, what=what, api=api, attempt=attempt, event=event) from None
+            status = resp.status_code
+            if 200 <= status < 300:
+                return resp
+            if status in _RETRY_STATUSES and can_retry and (idempotent or status == 429):
+                resp.close()
+                self._pause(attempt, parse_retry_after(resp.headers.get("Retry-After")), what, f"HTTP {status}")
+                continue
+            raise self._http_error(resp, what=what, scope=scope, api=api, attempt=attempt, event=event)
+
+    def _pause(self, attempt: int, retry_after: float | None, what: str, why: str) -> None:
+        """Sleep before attempt `attempt + 1`: Retry-After when given, else backoff with jitter."""
+        delay = self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random())
+        if retry_after is not None:
+            delay = max(min(retry_after, _MAX_RETRY_AFTER), 0.0)
+        log.info("%s: %s; retrying in %.2f s (attempt %d of %d)", what, why, delay, attempt + 1,
+                 self.retries + 1)
+        if delay > 0:
+            time.sleep(delay)
+
+    # ---- errors (never a token)
+
+    def scrub(self, text: str) -> str:
+        """`text` with every token (and the secret part of a dt0c01 token) masked."""
+        for secret in self._secrets:
+            value = secret.reveal()
+            text = text.replace(value, "****")
+            tail = value.rsplit(".", 1)[-1]
+            if len(tail) >= 16:
+                text = text.replace(tail, "****")
+        return text
+
+    def _transport_error(self, exc: httpx.HTTPError, *, what: str, api: str, attempt: int,
+                         event: bool) -> Unreachable:
+        if isinstance(exc, _NOT_SENT):
+            return Unreachable(self._unreachable_message(what, exc, attempt, api))
+        if isinstance(exc, httpx.TimeoutException):
+            if event:
+                return Unreachable(maybe_recorded_message(what, f"no answer within {self.timeout:g} s"))
+            return Unreachable(
+                f"Dynatrace did not answer {req(what)} within {self.timeout:g} s "
+                f"(after {attempt} attempt{'s' if attempt > 1 else ''}). The tenant may be slow or "
+                "overloaded: try again in a minute, or pass a longer timeout.")
+        # protocol/read/write errors: the call may have been processed
+        if event:
+            return Unreachable(maybe_recorded_message(what, exc_kind(exc)))
+        return Unreachable(self._unreachable_message(what, exc, attempt, api))
+
+    def _host(self, api: str) -> str:
+        url = self.settings.dt_url if api == "classic" else (self.settings.platform_url or self.settings.dt_url)
+        return urlsplit(url).netloc
+
+    def _unreachable_message(self, what: str, exc: Exception, attempts: int, api: str) -> str:
+        hint = (" The local lab may have stopped: start it again and source its lab.env."
+                if self.settings.local else
+                " Check DT_URL, your network or proxy, and that the tenant is up.")
+        return self.scrub(
+            f"Could not reach Dynatrace at {self._host(api)} for {req(what)} ({exc_kind(exc)}, "
+            f"{attempts} attempt{'s' if attempts > 1 else ''}).{hint}")
+
+    def _http_error(self, resp: httpx.Response, *, what: str, scope: str, api: str, attempt: int,
+                    event: bool) -> LabError:
+        status = resp.status_code
+        message, violations = _error_text(resp)
+        message = self.scrub(message)
+        detail = f": {message}" if message else ""
+        if status in (401, 403):
+            var = "DT_API_TOKEN" if api == "classic" else "DT_PLATFORM_TOKEN"
+            return _token_error(status, message, detail, what=what, scope=scope, var=var)
+        if status == 404:
+            return NotFound(f"Dynatrace answered 404 Not found for {req(what)}{detail}. Check DT_URL "
+                            "(the environment address, no path) and the names you asked for.")
+        if status == 400 or status == 422:
+            extra = "".join(f"\n  - {self.scrub(v)}" for v in violations)
+            return BadInput(f"Dynatrace refused {req(what)} as invalid ({status}){detail}{extra}")
+        return _server_error(status, detail, what=what, attempt=attempt, event=event)
+
+
+def _request_kwargs(params: dict | None, body: Any, timeout: float | None) -> dict[str, Any]:
+    """httpx arguments: params without the Nones, a compact UTF-8 JSON body, a per-call timeout."""
+    kwargs: dict[str, Any] = {}
+    if params:
+        kwargs["params"] = {k: v for k, v in params.items() if v is not None}
+    if body is not None:
+        kwargs["content"] = json.dumps(body, separators=(",", ":")).encode()
+        kwargs["headers"] = {"Content-Type": "application/json; charset=utf-8"}
+    if timeout is not None:
+        kwargs["timeout"] = timeout
+    return kwargs
+
+
+def _token_error(status: int, message: str, detail: str, *, what: str, scope: str, var: str) -> Forbidden:
+    if status == 401:
+        return Forbidden(
+            f"Dynatrace rejected the token (401) for {req(what)}{detail}. Check {var}: it may be "
+            f"wrong, expired or revoked, or lack the scope {scope}.")
+    named = _SCOPE_RE.findall(message)
+    missing = ", ".join(dict.fromkeys(named)) if named else scope
+    return Forbidden(
+        f"The token in {var} is not allowed {what} (403): it needs the scope {missing}"
+        f"{detail}. Add the scope to the token (Access tokens) or use a token that has it.")
+
+
+def _server_error(status: int, detail: str, *, what: str, attempt: int, event: bool) -> LabError:
+    """429, 5xx, redirects and anything else that is no 2xx."""
+    attempts = f"{attempt} attempt{'s' if attempt > 1 else ''}"
+    if event and status >= 500:
+        return Unreachable(maybe_recorded_message(what, f"HTTP {status}{detail}"))
+    if status == 429:
+        tail = (" The event was rejected, not recorded: send it again in a minute."
+                if event else " Try again in a minute.")
+        return Unreachable(f"Dynatrace is throttling requests (429) for {req(what)} after {attempts}.{tail}")
+    if status >= 500:
+        return Unreachable(f"Dynatrace answered {status} for {req(what)}{detail} after {attempts}. "
+                           "The tenant has a problem: try again in a few minutes.")
+    if 300 <= status < 400:
+        return LabError(f"Dynatrace redirected {req(what)} ({status}). DT_URL must be the environment "
+                        "address itself (https://<id>.live.dynatrace.com, no path).")
+    return LabError(f"Dynatrace answered {status} for {req(what)}{detail}.")
+
+
+# --------------------------------------------------------------------------- messages and bodies
+
+
+def req(what: str) -> str:
+    """'to read X' -> 'the request to read X', so every message reads as a sentence."""
+    return f"the request {what}" if what.startswith("to ") else what
+
+
+def maybe_recorded_message(what: str, why: str) -> str:
+    return (
+        f"Sending {what} failed ({why}): the event may or may not have been recorded. "
+        "Check the service's Events (the service screen in Dynatrace, or "
+        "Dynatrace.change_events()) before sending it again; don't resend blindly, "
+        "or the timeline will show the change twice."
+    )
+
+
+def platform_token_message() -> str:
+    return (
+        "Reading logs needs a platform token: set DT_PLATFORM_TOKEN to a token with "
+        f"{' + '.join(GRAIL_LOG_SCOPES)} (Account Management > Identity & access > Platform "
+        "tokens), or use an API token with logs.read on a tenant with classic log search."
+    )
+
+
+def exc_kind(exc: Exception) -> str:
+    """An httpx exception in words (never its text, which may carry a URL or header)."""
+    return _EXC_KINDS.get(type(exc), type(exc).__name__)
+
+
+def json_object(resp: httpx.Response, what: str) -> dict:
+    """The JSON object of a 2xx answer, or Unreachable saying what came instead."""
+    try:
+        body = resp.json()
+    except (ValueError, UnicodeDecodeError):
+        kind = resp.headers.get("content-type", "no content type").split(";")[0]
+        raise Unreachable(
+            f"The tenant answered something unexpected for {req(what)} (HTTP {resp.status_code}, {kind}, "
+            "not JSON). Check that DT_URL is the Dynatrace environment address "
+            "(https://<id>.live.dynatrace.com), not a proxy or login page, and try again."
+        ) from None
+    if not isinstance(body, dict):
+        raise Unreachable(f"The tenant answered something unexpected for {req(what)} (a JSON "
+                          f"{type(body).__name__}, not an object). Check DT_URL and try again.")
+    return body
+
+
+def _error_text(resp: httpx.Response) -> tuple[str, list[str]]:
+    """(message, violations) of an error answer: its envelope, or its text (capped) if not JSON."""
+    try:
+        body = resp.json()
+    except (ValueError, UnicodeDecodeError):
+        text = resp.text.strip() if resp.content else ""
+        # '<': an HTML page from a proxy or login screen, nothing to quote
+        return ("" if text.startswith("<") else text[:300]), []
+    return error_envelope(body)
+
+
+def error_envelope(body: Any) -> tuple[str, list[str]]:
+    """(message, constraint violations) from a classic or platform error body, or from a Grail
+    query state carrying `error`, defensively."""
+    if not isinstance(body, dict):
+        return "", []
+    err = body.get("error", body)
+    if not isinstance(err, dict):
+        return (str(err)[:300] if err else ""), []
+    message = err.get("message") or err.get("errorMessage") or ""
+    details = err.get("details")
+    if isinstance(details, dict) and details.get("errorMessage") and details["errorMessage"] != message:
+        message = f"{message} ({details['errorMessage']})" if message else str(details["errorMessage"])
+    violations = []
+    for v in err.get("constraintViolations") or []:
+        if isinstance(v, dict):
+            path = v.get("path") or v.get("location") or ""
+            violations.append(f"{path}: {v.get('message', '')}".strip(": "))
+        elif v:
+            violations.append(str(v))
+    return str(message)[:500], violations
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def check_settings(settings: Settings) -> None:
+    """LabError when no tenant is configured; BadInput when a URL would send tokens in the clear."""
+    if not settings.dt_url or not settings.api_token:
+        missing = " and ".join(n for n, v in (("DT_URL", settings.dt_url),
+                                              ("DT_API_TOKEN", settings.api_token)) if not v)
+        raise LabError(
+            f"No Dynatrace tenant is configured ({missing} not set). Set DT_URL "
+            "(https://<id>.live.dynatrace.com) and DT_API_TOKEN in the environment or .env, "
+            "or run the local lab (python -m labkit sandbox, then source its lab.env)."
+        )
+    check_transport_security("DT_URL", settings.dt_url)
+    if settings.platform_url:
+        check_transport_security("the platform URL", settings.platform_url)
+
+
+def check_transport_security(name: str, url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback(parts.hostname)):
+        raise BadInput(f"{name} {parts.scheme}://{parts.hostname} is not https; labkit sends tokens "
+                       "only over https (plain http only to loopback, the local lab).")
