@@ -1,4 +1,4 @@
-"""Kubernetes verbs in the lab's words: the flag file, set a default variant, restart flagd, what flagd serves.
+"""Kubernetes verbs in the lab's words: the flag file, set a default variant, restart flagd, served values.
 
 Requests and watches go through labkit._kube (the real `kubernetes` client). Waits are Kubernetes
 watches bounded by a timeout; flagd is never left scaled to 0 by an error or an interrupt.
