@@ -18,6 +18,7 @@ from labkit.sandbox import kubeconfig_text
 from labkit.settings import Settings
 
 CM_PATH = "/api/v1/namespaces/default/configmaps/flagd-config"
+PODS_PATH = "/api/v1/namespaces/default/pods"
 
 
 
@@ -285,33 +286,52 @@ def test_rollout_restart_replaces_the_pods(sandbox):
     lab.set_default_variant("cartFailure", "on")
     old = {p["name"] for p in lab.flagd_pods()}
     result = lab.restart_flagd(timeout=20, how="rollout")
-    assert result.how == "rollout" and result.replicas == 1
+    assert result.how == "rollout" and result.replicas == 1 and len(result.pods) == 1
     assert set(result.pods).isdisjoint(old)
     assert {p["name"] for p in lab.flagd_pods()} == set(result.pods)
     assert lab.served_value("cartFailure").variant == "on"
     again = lab.restart_flagd(timeout=20, how="rollout")  # at once: must roll again, not no-op
-    assert set(again.pods).isdisjoint(result.pods)
+    assert len(again.pods) == 1 and set(again.pods).isdisjoint(result.pods)
 
 
-def test_watch_from_a_compacted_resource_version_relists(tmp_path, monkeypatch):
-    """A 410 Expired from the watch (history compacted) makes labkit relist and carry on."""
-    sb = Sandbox(tmp_path, history=3).start()
+def test_watch_from_a_compacted_resource_version_relists(tmp_path):
+    """The history is compacted between labkit's pod list and its watch (410 Expired): labkit
+    relists and the restart carries on to a Ready flagd."""
+    from kubernetes import client
+    from labkit.sandbox import Timings
+
+    timings = Timings.fast()
+    timings.pod_start = 1.5  # the new pod is still starting when labkit lists and watches
+    sb = Sandbox(tmp_path, timings, history=3).start()
     try:
         sb.wait_ready(1)
-        lab = sb.labkit()
-        real_list = Cluster._list_pods
-        calls = []
+        core = client.CoreV1Api(sb.api())
+        faults, held = sb.server.faults, {}
 
-        def stale_first(self):
-            pods, rv = real_list(self)
-            calls.append(rv)
-            return pods, ("1" if len(calls) == 1 else rv)
+        def other_writes():  # while labkit's watch is held: 5 ConfigMap writes, 3 events of history
+            deadline = time.monotonic() + 5
+            while faults.seen == held["seen"] and time.monotonic() < deadline:
+                time.sleep(0.01)
+            for i in range(5):
+                core.patch_namespaced_config_map("flagd-config", "default",
+                                                 {"metadata": {"annotations": {"touch": str(i)}}})
+            held["written"] = faults.seen - held["seen"]
 
-        monkeypatch.setattr(Cluster, "_list_pods", stale_first)
-        result = lab.restart_flagd(timeout=20)
-        assert result.replicas == 1 and len(result.pods) == 1
-        assert len(calls) >= 3, "expected a relist after the 410"
-        assert sb.replicas() == 1
+        def progress(message, fraction):
+            # the new pod is listed; labkit's next pod request is its watch from that list: hold it
+            if message.startswith("flagd pods ready 0/1") and not held:
+                held["seen"] = faults.seen
+                faults.add(latency=1.0, count=1, path_prefix=PODS_PATH, method="GET")
+                faults.add(path_prefix=PODS_PATH, method="GET")  # counts the pod requests after it
+                held["writer"] = threading.Thread(target=other_writes)
+                held["writer"].start()
+
+        result = sb.labkit().restart_flagd(timeout=20, progress=progress)
+        held["writer"].join()
+        assert held["written"] == 1, "the ConfigMap writes did not land while the watch was held"
+        assert faults.seen - held["seen"] >= 3, "no relist after the 410: held watch, list, watch"
+        assert result.replicas == 1 and len(result.pods) == 1 and sb.replicas() == 1
+        assert [(p["name"], p["ready"]) for p in sb.labkit().flagd_pods()] == [(result.pods[0], True)]
     finally:
         sb.stop()
 
