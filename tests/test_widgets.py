@@ -19,7 +19,7 @@ from labkit.errors import LabTimeout
 from labkit import lab as labmod
 from labkit.lab import Timeline
 
-LAB_PARTS = ("labkit.sandbox.kube", "labkit.sandbox.tenant", "labkit.sandbox.shop",
+LAB_PARTS = ("labkit.sandbox.kube", "labkit.sandbox.dynatrace", "labkit.sandbox.shop",
              "labkit.dynatrace", "labkit.cluster", "labkit.shop")
 
 
