@@ -129,7 +129,7 @@ class Canary:
         return sum(text.count(n) for text in texts if text for n in self.needles)
 
     def register(self, local_lab) -> "Canary":
-        from labkit.sandbox.tenant import READ_AND_INGEST_SCOPES, TokenInfo
+        from labkit.sandbox.dynatrace import READ_AND_INGEST_SCOPES, TokenInfo
 
         tenant = local_lab.tenant
         now = tenant.telemetry.clock()

@@ -9,7 +9,7 @@ import pytest
 from labkit.sandbox import Timings
 from labkit.sandbox.http import LabServer
 from labkit.sandbox.shop import PRODUCTS, Shop, app, failure_rate
-from labkit.sandbox.telemetry import REDIS_ERROR, Telemetry
+from labkit.sandbox.dynatrace import REDIS_ERROR, Telemetry
 
 PRODUCT = "OLJCESPC7Z"
 

@@ -10,9 +10,9 @@ from labkit.sandbox import Timings, make_token
 from labkit.sandbox.http import LabServer
 from labkit.sandbox.shop import Shop
 from labkit.sandbox.shop import app as shop_app
-from labkit.sandbox.telemetry import Telemetry, service_id
-from labkit.sandbox.tenant import LAB_INGEST_SCOPES, READ_AND_INGEST_SCOPES, Tenant
-from labkit.sandbox.tenant import app as tenant_app
+from labkit.sandbox.dynatrace import LAB_INGEST_SCOPES, READ_AND_INGEST_SCOPES, Telemetry, Tenant
+from labkit.sandbox.dynatrace import app as tenant_app
+from labkit.sandbox.dynatrace import service_id
 
 CART_ID = service_id("cart")
 CART = "type(SERVICE),entityName.equals(cart)"
@@ -396,7 +396,7 @@ def test_local_lab_wires_shop_and_tenant(local_lab):
 def test_a_second_problem_starts_at_its_own_first_error():
     """Errors a closed problem already covered do not backdate the next problem."""
     from labkit.sandbox import Timings
-    from labkit.sandbox.telemetry import Telemetry
+    from labkit.sandbox.dynatrace import Telemetry
 
     timings = Timings.fast()
     timings.problem_errors, timings.problem_window, timings.problem_quiet = 2, 60.0, 3.0

@@ -21,7 +21,7 @@ from labkit.lab import Lab as _Lab
 from labkit.progress import printer
 from labkit.timeline import Timeline
 
-LAB_PARTS = ("labkit.sandbox.kube", "labkit.sandbox.tenant", "labkit.sandbox.shop",
+LAB_PARTS = ("labkit.sandbox.kube", "labkit.sandbox.dynatrace", "labkit.sandbox.shop",
              "labkit.dynatrace", "labkit.cluster", "labkit.shop")
 
 

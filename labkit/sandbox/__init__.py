@@ -82,7 +82,7 @@ class LocalLab:
 
     def __init__(self, state_dir: str | Path, timings: Timings | None = None,
                  flags_yaml: str | None = None):
-        from labkit.sandbox import kube, shop, telemetry, tenant
+        from labkit.sandbox import dynatrace, kube, shop
         from labkit.sandbox.http import LabServer
 
         self.state_dir = Path(state_dir)
@@ -99,11 +99,11 @@ class LocalLab:
             flags_yaml = json.dumps(saved)  # JSON is YAML: the ConfigMap as it was last written
         self.cluster = kube.Cluster(self.timings, flags_yaml or SHARED_FLAGS.read_text())
         self.cluster.on_configmap_change = self._keep_flags
-        self.telemetry = telemetry.Telemetry(self.timings)
+        self.telemetry = dynatrace.Telemetry(self.timings)
         self.shop = shop.Shop(self.cluster.flagd_value, self.telemetry, self.timings)
-        self.tenant = tenant.Tenant(self.telemetry, self.timings, {
-            self.api_token: tenant.READ_AND_INGEST_SCOPES,
-            self.ingest_token: tenant.LAB_INGEST_SCOPES,
+        self.tenant = dynatrace.Tenant(self.telemetry, self.timings, {
+            self.api_token: dynatrace.READ_AND_INGEST_SCOPES,
+            self.ingest_token: dynatrace.LAB_INGEST_SCOPES,
         }, platform_tokens={self.platform_token})
         ports = _read_json(self.state_dir / PORTS)
         ports = ports if isinstance(ports, dict) else {}
@@ -119,7 +119,7 @@ class LocalLab:
 
         self.kube_server = server(kube.app(self.cluster), "kube")
         self.frontend_server = server(shop.app(self.shop), "frontend")
-        self.tenant_server = server(tenant.app(self.tenant), "tenant")
+        self.tenant_server = server(dynatrace.app(self.tenant), "tenant")
         self.cluster.register_service("frontend-proxy", 8080, self.frontend_server.app)
 
     def start(self) -> "LocalLab":

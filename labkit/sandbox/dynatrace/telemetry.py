@@ -11,12 +11,11 @@ import hashlib
 import itertools
 import random
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
-MINUTE_MS = 60_000
+from labkit.sandbox.dynatrace.times import MINUTE_MS, iso, now_ms
+
 CART = "cart"
 
 # The OpenTelemetry demo's services as they appear in the lab (OTel-only "unified" services).
@@ -46,22 +45,6 @@ def service_id(name: str) -> str:
     return "SERVICE-" + hashlib.sha256(name.encode()).hexdigest()[:16].upper()
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def iso(ms: int) -> str:
-    """Grail's timestamp form: UTC with nanoseconds, e.g. 2025-08-07T08:00:00.123000000Z."""
-    dt = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{(ms % 1000) * 1_000_000:09d}Z"
-
-
-def iso_ms(ms: int) -> str:
-    """The classic API's ISO form with milliseconds, e.g. 2020-11-05T08:15:30.144Z."""
-    dt = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-
-
 @dataclass
 class RequestRecord:
     time: int  # epoch ms, UTC
@@ -74,7 +57,7 @@ class RequestRecord:
 
 
 @dataclass
-class Entity:
+class MonitoredEntity:
     entity_id: str
     name: str
     first_seen: int
@@ -93,7 +76,7 @@ class Event:
     title: str
     start: int
     end: int
-    entity: Entity
+    entity: MonitoredEntity
     properties: dict[str, str]
 
     def status(self, now: int) -> str:
@@ -105,7 +88,7 @@ class Problem:
     problem_id: str
     display_id: str
     start: int
-    entity: Entity
+    entity: MonitoredEntity
     last_error: int
     error_count: int
     end: int = -1  # -1 while open, as the classic API shows it
@@ -136,8 +119,10 @@ class Telemetry:
         self._display_seq = itertools.count(1)
         now = self.clock()
         seed_start = now - int(timings.seed_hours * 3600_000)
-        self.entities = {name: Entity(service_id(name), name, seed_start, now) for name in SERVICES}
-        self.environment = Entity("environment", "environment", seed_start, now, "ENVIRONMENT")
+        self.entities = {name: MonitoredEntity(service_id(name), name, seed_start, now)
+                         for name in SERVICES}
+        self.environment = MonitoredEntity("environment", "environment", seed_start, now,
+                                           "ENVIRONMENT")
         self._seed(seed_start, now)
 
     # ----- ids ------------------------------------------------------------------------------
@@ -197,7 +182,7 @@ class Telemetry:
         slot[1] += failed
         entity = self.entities.get(service)
         if entity is None:
-            entity = self.entities[service] = Entity(service_id(service), service, t, t)
+            entity = self.entities[service] = MonitoredEntity(service_id(service), service, t, t)
         entity.last_seen = max(entity.last_seen, t)
 
     def _cart_log(self, t: int, content: str, trace_id: str, span_id: str, level: str,
@@ -248,8 +233,8 @@ class Telemetry:
             if len(fresh) >= self.timings.problem_errors:
                 seq = next(self._display_seq)
                 problem_id = f"-{self._rng.getrandbits(62)}_{fresh[0]}V2"
-                self._problems.append(Problem(problem_id, f"P-{seq:02d}", fresh[0], self.entities[CART],
-                                              t, len(fresh)))
+                self._problems.append(Problem(problem_id, f"P-{seq:02d}", fresh[0],
+                                              self.entities[CART], t, len(fresh)))
 
     def _close_quiet(self, now: int) -> None:
         quiet = int(self.timings.problem_quiet * 1000)
@@ -276,8 +261,8 @@ class Telemetry:
                     and problem.start - CHANGE_LOOKBACK_MS <= e.start <= problem.start]
 
     # ----- events ---------------------------------------------------------------------------
-    def add_event(self, event_type: str, title: str, entity: Entity, start: int, end: int,
-                  properties: dict[str, str]) -> Event:
+    def add_event(self, event_type: str, title: str, entity: MonitoredEntity, start: int,
+                  end: int, properties: dict[str, str]) -> Event:
         with self._lock:
             event = Event(f"{self._rng.getrandbits(63) - (1 << 62)}_{start}", self._hex(16),
                           event_type, title, start, end, entity, dict(properties))
@@ -289,11 +274,11 @@ class Telemetry:
             return list(self._events)
 
     # ----- reading --------------------------------------------------------------------------
-    def entity_list(self) -> list[Entity]:
+    def entity_list(self) -> list[MonitoredEntity]:
         with self._lock:
             return list(self.entities.values())
 
-    def entity_by_id(self, entity_id: str) -> Entity | None:
+    def entity_by_id(self, entity_id: str) -> MonitoredEntity | None:
         with self._lock:
             for e in self.entities.values():
                 if e.entity_id == entity_id:
@@ -311,10 +296,6 @@ class Telemetry:
                 out.append((slot[0], slot[1]) if slot else None)
             return out
 
-    def services_with_data(self) -> list[str]:
-        with self._lock:
-            return [s for s, b in self._minutes.items() if b]
-
     def logs(self, start: int, end: int) -> list[dict]:
         """Log records in [start, end), oldest first, Grail-shaped; `_ms` is private (epoch ms)."""
         with self._lock:
@@ -326,9 +307,3 @@ class Telemetry:
     def records(self, service: str | None = None) -> list[RequestRecord]:
         with self._lock:
             return [r for r in self._records if service is None or r.service == service]
-
-    def counts(self, service: str, start: int, end: int) -> tuple[int, int]:
-        """(requests, failures) recorded for a service in [start, end), from the record list."""
-        with self._lock:
-            rows = [r for r in self._records if r.service == service and start <= r.time < end]
-        return len(rows), sum(r.failed for r in rows)

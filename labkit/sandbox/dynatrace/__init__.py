@@ -1,0 +1,21 @@
+"""The local lab's Dynatrace tenant: the classic Environment API v2 and the Grail query API.
+
+Speaks the shapes of shared/reference/dynatrace-api.md (and its examples) over loopback, computed
+from Telemetry: what the shop served, the logs the cart wrote, the events labkit ingested and the
+problems Telemetry detected. It is a stand-in, not an emulator: selectors and DQL are parsed for
+the subset the lab uses, and anything else gets the real error shape with a message that says the
+local lab does not support it (rather than a silently wrong answer).
+
+Like moto's models / responses / urls: telemetry and tenant hold the state; classic and grail
+answer requests (with selectors, times, series and dql as their parsers); routes is the table.
+"""
+from labkit.sandbox.dynatrace.errors import EnvironmentApiError, PlatformError
+from labkit.sandbox.dynatrace.routes import app
+from labkit.sandbox.dynatrace.telemetry import (REDIS_ERROR, SERVICES, Event, MonitoredEntity,
+                                                Problem, RequestRecord, Telemetry, service_id)
+from labkit.sandbox.dynatrace.tenant import (LAB_INGEST_SCOPES, READ_AND_INGEST_SCOPES, Tenant,
+                                             TokenInfo)
+
+__all__ = ["EnvironmentApiError", "Event", "LAB_INGEST_SCOPES", "MonitoredEntity", "PlatformError",
+           "Problem", "READ_AND_INGEST_SCOPES", "REDIS_ERROR", "RequestRecord", "SERVICES",
+           "Telemetry", "Tenant", "TokenInfo", "app", "service_id"]

@@ -1,0 +1,302 @@
+"""The Grail query API: query:execute, poll, cancel and verify over Telemetry's records.
+
+A query runs for `timings.grail_delay`; a client that waits long enough gets the result at once,
+otherwise a request token to poll. Records are shaped as Grail returns them (long integers as
+strings, ISO timestamps with nanoseconds, a `types` block); errors are PlatformError.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from labkit.sandbox.dynatrace.dql import DqlError, DqlQuery, apply_stages, parse_dql
+from labkit.sandbox.dynatrace.errors import EnvironmentApiError, PlatformError
+from labkit.sandbox.dynatrace.series import merged_minutes, parse_resolution, series_values
+from labkit.sandbox.dynatrace.telemetry import Event, MonitoredEntity, Problem
+from labkit.sandbox.dynatrace.tenant import GrailJob, Tenant
+from labkit.sandbox.dynatrace.times import HOUR_MS, MINUTE_MS, iso, parse_time
+from labkit.sandbox.http import Request, Response, json_response
+
+
+# ----- records as Grail returns them ------------------------------------------------------------
+def _event_record(e: Event, now: int) -> dict:
+    record = {
+        "timestamp": iso(e.start), "_ms": e.start, "_end": e.end, "event.id": e.event_id,
+        "event.type": e.event_type, "event.name": e.title, "event.kind": "DAVIS_EVENT",
+        "event.provider": "EVENTS_REST_API_INGEST", "event.start": iso(e.start),
+        "event.end": iso(e.end), "event.status": "ACTIVE" if e.end > now else "CLOSED",
+        "dt.event.correlation_id": e.correlation_id, "affected_entity_ids": [e.entity.entity_id],
+    }
+    if e.entity.type == "SERVICE":
+        record.update({"dt.entity.service": e.entity.entity_id,
+                       "dt.entity.service.name": e.entity.name})
+    for key, value in e.properties.items():
+        record.setdefault(key, value)
+    return record
+
+
+def _problem_record(p: Problem) -> dict:
+    return {
+        "timestamp": iso(p.start), "_ms": p.start, "_end": p.end, "event.id": p.problem_id,
+        "display_id": p.display_id, "event.name": p.title, "event.kind": "DAVIS_PROBLEM",
+        "event.category": "ERROR", "event.status": "ACTIVE" if p.open else "CLOSED",
+        "event.start": iso(p.start), "event.end": None if p.open else iso(p.end),
+        "affected_entity_ids": [p.entity.entity_id], "affected_entity_types": ["dt.entity.service"],
+        "root_cause_entity_id": p.entity.entity_id, "root_cause_entity_name": p.entity.name,
+        "dt.entity.service": [p.entity.entity_id], "dt.davis.is_duplicate": False,
+        "maintenance.is_under_maintenance": False, "event.description": (
+            f"{p.error_count} error logs: Wasn't able to connect to redis"),
+    }
+
+
+def _fetch(tenant: Tenant, source: str, start: int, end: int, now: int) -> list[dict]:
+    if source == "logs":
+        rows = [dict(r) for r in tenant.telemetry.logs(start, end)]
+        rows.reverse()  # newest first, as Grail returns logs without an explicit sort
+        return rows
+    if source == "events":
+        return [_event_record(e, now) for e in tenant.telemetry.events() if start <= e.start < end]
+    return [_problem_record(p) for p in tenant.telemetry.problems()
+            if p.start < end and (p.open or p.end >= start)]
+
+
+GRAIL_METRICS = {"dt.service.request.count": 0, "dt.service.request.failure_count": 1}
+
+
+def _timeseries(tenant: Tenant, q: DqlQuery, start: int, end: int) -> tuple[list[dict], dict]:
+    """`timeseries` records, one per `by:` group with data, and the frame widened to whole slots."""
+    if q.interval_ns:
+        step = max(q.interval_ns // 1_000_000, MINUTE_MS)
+        step -= step % MINUTE_MS
+    else:
+        step, _ = parse_resolution("120", start, end)
+    first_slot = start - start % step
+    last_slot = -(-end // step) * step
+    slots = [(s, s + step) for s in range(first_slot, last_slot, step)]
+    records = []
+    for key, members in _groups(tenant, q).items():
+        record: dict[str, Any] = {"timeframe": {"start": iso(first_slot), "end": iso(last_slot)},
+                                  "interval": str(step * 1_000_000)}
+        record.update(zip(q.by, key))
+        has_data = False
+        for agg in q.aggs:
+            values = _agg_values(tenant, agg.metric, agg.func, members, slots)
+            has_data |= any(v is not None for v in values)
+            record[agg.name] = values
+        if has_data:
+            records.append(record)
+    metrics = [{"metric.key": a.metric, "fieldName": a.name} for a in q.aggs]
+    return records, {"metrics": metrics, "frame": (first_slot, last_slot)}
+
+
+def _groups(tenant: Tenant, q: DqlQuery) -> dict[tuple, list[MonitoredEntity]]:
+    """The services that pass `filter:`, grouped by the `by:` dimensions' values."""
+    groups: dict[tuple, list[MonitoredEntity]] = {}
+    for e in tenant.services():
+        dims = {"dt.entity.service": e.entity_id, "dt.service.name": e.name}
+        if q.ts_filter and q.ts_filter(dims) is not True:
+            continue
+        groups.setdefault(tuple(dims.get(d) for d in q.by), []).append(e)
+    return groups
+
+
+def _agg_values(tenant: Tenant, metric: str, func: str, members: list[MonitoredEntity],
+                slots: list[tuple[int, int]]) -> list[float | None]:
+    index = GRAIL_METRICS.get(metric)
+    if index is None:
+        return [None] * len(slots)  # a metric the lab does not record: no data, not an error
+    first, last = slots[0][0] // MINUTE_MS, slots[-1][1] // MINUTE_MS
+    minutes = merged_minutes(tenant.telemetry, members, index, first, last)
+    return [None if v is None else float(v)
+            for v in series_values(minutes, first, slots, func)]
+
+
+def _type_of(name: str, value) -> dict:
+    if name == "timeframe":
+        return {"type": "timeframe"}
+    if name == "interval":
+        return {"type": "duration"}
+    if isinstance(value, bool):
+        return {"type": "boolean"}
+    if isinstance(value, int):
+        return {"type": "long"}
+    if isinstance(value, float):
+        return {"type": "double"}
+    if isinstance(value, list):
+        element = next((v for v in value if v is not None), "")
+        return {"type": "array", "types": [{"indexRange": [0, max(len(value) - 1, 0)],
+                                            "mappings": {"element": _type_of("", element)}}]}
+    if isinstance(value, dict):
+        return {"type": "record"}
+    if name in ("timestamp", "event.start", "event.end") and value is not None:
+        return {"type": "timestamp"}
+    return {"type": "string"}
+
+
+def _encode(value):
+    """Grail's JSON encoding: long integers as strings, everything else as is."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _types(records: list[dict]) -> list[dict]:
+    if not records:
+        return []
+    mappings: dict[str, dict] = {}
+    for r in records:
+        for k, v in r.items():
+            if k not in mappings or (v is not None and mappings[k].get("_null")):
+                mappings[k] = _type_of(k, v) if v is not None else {"type": "string", "_null": 1}
+    for m in mappings.values():
+        m.pop("_null", None)
+    return [{"indexRange": [0, len(records) - 1], "mappings": mappings}]
+
+
+def execute_dql(tenant: Tenant, job: GrailJob) -> dict:
+    started = time.perf_counter()
+    q = job.query
+    start, end = job.frame
+    now = tenant.telemetry.clock()
+    metadata_metrics = []
+    if q.source == "timeseries":
+        rows, info = _timeseries(tenant, q, start, end)
+        metadata_metrics = info["metrics"]
+        start, end = info["frame"]
+    else:
+        rows = _fetch(tenant, q.source, start, end, now)
+    scanned = len(rows)
+    rows = apply_stages(rows, q.stages)
+    notifications = []
+    if len(rows) > job.max_records:
+        rows = rows[:job.max_records]
+        notifications.append({
+            "severity": "WARNING", "notificationType": "RESULT_TRUNCATED",
+            "message": f"The result has been limited to {job.max_records} records."})
+    records = [{k: _encode(v) for k, v in r.items() if not k.startswith("_")} for r in rows]
+    grail = {
+        "query": q.text, "canonicalQuery": q.text, "timezone": "Z", "locale": "und",
+        "dqlVersion": "V1_0", "queryId": str(uuid.uuid4()), "scannedRecords": scanned,
+        "scannedBytes": 0, "scannedDataPoints": 0, "sampled": False,
+        "executionTimeMilliseconds": int((time.perf_counter() - started) * 1000),
+        "notifications": notifications,
+        "analysisTimeframe": {"start": iso(start), "end": iso(end)},
+    }
+    metadata: dict[str, Any] = {"grail": grail}
+    if metadata_metrics:
+        metadata["metrics"] = metadata_metrics
+    return {"records": records, "types": _types(records), "metadata": metadata}
+
+
+# ----- the endpoints -----------------------------------------------------------------------------
+def _dql_error(err: DqlError, query: str) -> Response:
+    details: dict[str, Any] = {"exceptionType": "DQL-SYNTAX-ERROR", "queryString": query,
+                               "errorMessageFormat": err.message,
+                               "errorMessageFormatSpecifierTypes": [],
+                               "queryId": str(uuid.uuid4())}
+    if err.position is not None:
+        line = query.count("\n", 0, err.position) + 1
+        column = err.position - (query.rfind("\n", 0, err.position) + 1) + 1
+        pos = {"column": column, "index": err.position, "line": line}
+        details["syntaxErrorPosition"] = {"start": pos, "end": pos}
+    return PlatformError(400, err.message, "PARSE_ERROR", **details).response()
+
+
+def _grail_frame(q: DqlQuery, body: dict, now: int) -> tuple[int, int]:
+    """The query's own from:/to:, else the body's default timeframe, else the last 2 hours."""
+    def default(key: str):
+        text = body.get(key)
+        if not text:
+            return None
+        try:
+            return parse_time(str(text), now, key)
+        except EnvironmentApiError:
+            raise PlatformError(400, f"Invalid {key} '{text}'", "INVALID_PARAMETER") from None
+    start = q.start(now) if q.start else default("defaultTimeframeStart")
+    end = q.end(now) if q.end else default("defaultTimeframeEnd")
+    end = now if end is None else end
+    start = end - 2 * HOUR_MS if start is None else start
+    if start >= end:
+        raise PlatformError(400, "The timeframe start must be before its end", "INVALID_TIMEFRAME")
+    return start, end
+
+
+def _int_param(value, name: str, default: int) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise PlatformError(400, f"{name} must be an integer", "INVALID_PARAMETER") from None
+
+
+def grail_execute(tenant: Tenant, req: Request) -> Response:
+    tenant.authorize_platform(req)
+    try:
+        body = req.json()
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("query"), str):
+        raise PlatformError(400, 'The body must be JSON with a "query" string', "INVALID_BODY")
+    try:
+        query = parse_dql(body["query"])
+    except DqlError as err:
+        return _dql_error(err, body["query"])
+    frame = _grail_frame(query, body, tenant.telemetry.clock())
+    wait_ms = _int_param(body.get("requestTimeoutMilliseconds"), "requestTimeoutMilliseconds",
+                         1000)
+    max_records = _int_param(body.get("maxResultRecords"), "maxResultRecords", 1000)
+    delay = float(tenant.timings.grail_delay)
+    job = GrailJob(query, frame, time.monotonic() + delay, max_records)
+    job.expires_at = job.ready_at + 500  # a token nobody polls is dropped after its ttl
+    if delay * 1000 <= wait_ms:
+        if delay > 0:
+            time.sleep(delay)  # the query's own duration, not a wait for a condition
+        return json_response({"state": "SUCCEEDED", "progress": 100, "ttlSeconds": 500,
+                              "result": execute_dql(tenant, job)})
+    return json_response({"state": "RUNNING", "requestToken": tenant.keep_job(job),
+                          "ttlSeconds": 500, "progress": 0}, 202)
+
+
+def grail_poll(tenant: Tenant, req: Request) -> Response:
+    tenant.authorize_platform(req)
+    job = tenant.job(req.query.get("request-token"))
+    hold = _int_param(req.query.get("request-timeout-milliseconds"),
+                      "request-timeout-milliseconds", 1000) / 1000
+    remaining = job.ready_at - time.monotonic()
+    if remaining > 0:
+        time.sleep(min(remaining, max(hold, 0)))  # holds the poll like Grail does, bounded
+    if time.monotonic() < job.ready_at:
+        total = max(float(tenant.timings.grail_delay), 1e-6)
+        progress = int(100 * (1 - (job.ready_at - time.monotonic()) / total))
+        return json_response({"state": "RUNNING", "progress": max(min(progress, 99), 0),
+                              "ttlSeconds": 500})
+    result = tenant.job_result(job, lambda job: execute_dql(tenant, job))
+    return json_response({"state": "SUCCEEDED", "progress": 100, "ttlSeconds": 500,
+                          "result": result})
+
+
+def grail_cancel(tenant: Tenant, req: Request) -> Response:
+    tenant.authorize_platform(req)
+    tenant.cancel_job(req.query.get("request-token"))
+    return Response(202, b"", "application/json")
+
+
+def grail_verify(tenant: Tenant, req: Request) -> Response:
+    tenant.authorize_platform(req)
+    try:
+        body = req.json()
+        parse_dql(body["query"])
+    except DqlError as err:
+        return json_response({"valid": False, "notifications": [
+            {"severity": "ERROR", "notificationType": "PARSE_ERROR", "message": err.message}]})
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+        raise PlatformError(400, 'The body must be JSON with a "query" string',
+                            "INVALID_BODY") from None
+    return json_response({"valid": True, "notifications": []})
+
