@@ -19,6 +19,8 @@ from labkit.settings import Settings
 from labkit.timeline import (ERROR_LOGS, EVENT_SENT, FIRST_FAILURE, FLAG_APPLIED, FLAGD_RESTARTED,
                              FLAGD_SERVING, PROBLEM_OPENED, ROLLED_BACK, Timeline, now)
 
+TIMELINE_FILE = "timeline.jsonl"  # in Settings.runs_dir(): the local lab's state dir, or per tenant
+
 
 @dataclass
 class Check:
@@ -62,7 +64,7 @@ class Reset:
 class Lab:
     """The lab: the workshop steps as methods, each recorded on the timeline."""
 
-    def __init__(self, settings: Settings, local_lab=None):
+    def __init__(self, settings: Settings, local_lab=None, timeline: Timeline | None = None):
         from labkit.cluster import Cluster
         from labkit.dynatrace import Dynatrace
         from labkit.shop import Shop
@@ -72,8 +74,8 @@ class Lab:
         self.cluster = Cluster(settings)
         self.dynatrace = Dynatrace(settings)
         self.shop = Shop(settings)
-        self.timeline = Timeline()
-        self._changes: list = []  # (flag, old, new) applied in this run, for roll_back()
+        # The run is kept with the lab, so 02, 03 and a restarted kernel see what 01 did.
+        self.timeline = timeline or Timeline(settings.runs_dir() / TIMELINE_FILE)
         self._listeners: list[Callable] = []  # called as fn(flag, served) after each change_flag
 
     def on_change(self, listener: Callable) -> None:
@@ -161,8 +163,6 @@ class Lab:
     def make_change(self, variant: str, flag: str = names.FLAG):
         """Step 2: the ConfigMap edit, that flag's defaultVariant only."""
         change = self.cluster.set_default_variant(flag, variant)
-        if change.changed:
-            self._changes.append((flag, change.old_variant, change.new_variant))
         self.timeline.add(FLAG_APPLIED, flag=flag, old=change.old_variant, new=change.new_variant)
         return change
 
@@ -292,15 +292,22 @@ class Lab:
     def roll_back(self, flag: str = names.FLAG, service: str = names.SERVICE,
                   progress: Progress | None = None):
         """Put the flag back to what it was before this run changed it (default: off)."""
-        before = next((old for f, old, _ in self._changes if f == flag), None)
-        target = before or ("off" if "off" in self.variants(flag) else None)
+        target = self._before_run(flag) or ("off" if "off" in self.variants(flag) else None)
         if target is None:
             raise LabError(f"No earlier value of {flag!r} is known in this run; "
                            f"choose one of {', '.join(self.variants(flag))} with change_flag().")
         served = self.change_flag(target, flag, service, progress=progress)
         self.timeline.add(ROLLED_BACK, flag=flag, new=served.variant)
-        self._changes = [c for c in self._changes if c[0] != flag]
         return served
+
+    def _before_run(self, flag: str) -> str | None:
+        """The variant `flag` had before this run first changed it (since its last roll-back)."""
+        steps = self.timeline.steps
+        rolled = [i for i, s in enumerate(steps) if s.kind == ROLLED_BACK and s.flag == flag]
+        for step in steps[rolled[-1] + 1 if rolled else 0:]:
+            if step.kind == FLAG_APPLIED and step.flag == flag and step.old != step.new:
+                return step.old
+        return None
 
     def reset(self, progress: Progress | None = None):
         """Facilitator's reset between groups: every flag back to 'off', flagd restarted."""
@@ -312,8 +319,7 @@ class Lab:
                 changed.append(f.key)
         if changed:
             self.restart_flagd(progress=progress)
-        self.timeline = Timeline()
-        self._changes.clear()
+        self.timeline.clear()
         return Reset(changed)
 
 

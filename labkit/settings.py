@@ -151,6 +151,7 @@ class Settings:
     kubeconfig: str | None = None
     namespace: str = NAMESPACE
     local: bool = False  # True when these settings point at the local lab
+    state_dir: str | None = None  # LABKIT_STATE_DIR: where the local lab (and the run's timeline) live
 
     @classmethod
     def load(cls, environ: dict | None = None, dotenv: str | Path | None = ".env") -> "Settings":
@@ -172,11 +173,21 @@ class Settings:
             kubeconfig=env.get("KUBECONFIG") or None,
             namespace=namespace,
             local=env.get("LABKIT_LOCAL_LAB") == "1",
+            state_dir=env.get("LABKIT_STATE_DIR") or None,
         )
 
     @property
     def has_tenant(self) -> bool:
         return bool(self.dt_url and self.api_token)
+
+    def runs_dir(self) -> Path:
+        """Where this lab's run (its timeline) is kept: the local lab's state dir, or for a real lab
+        a folder per tenant under ~/.cache/labkit/runs (outside the repository, so never committed
+        with the notebooks; every kernel and terminal of this machine sees it)."""
+        if self.local and self.state_dir:
+            return Path(self.state_dir)
+        host = urlsplit(self.dt_url).hostname if self.dt_url else "no-tenant"
+        return Path.home() / ".cache" / "labkit" / "runs" / f"{host}-{self.namespace}"
 
     def where(self) -> str:
         """A one-line, secret-free description of which lab this is."""

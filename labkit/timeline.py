@@ -1,11 +1,19 @@
-"""The run's steps as data (kind, flag, old, new, time), in the order the lab page walks through them."""
+"""The run's steps as data (kind, flag, old, new, time), kept in a file so every kernel of the lab sees them.
+
+A Timeline with a `path` is kept as JSON lines (one step a line, appended with O_APPEND so two
+kernels adding at once both land); each read picks up what other kernels added. Steps hold names,
+variants and times only: never a token or a URL with credentials.
+"""
 from __future__ import annotations
 
 import html
+import json
 import math
+import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 # Step kinds, in the order the lab page walks through them.
 EVENT_SENT = "event sent"
@@ -63,31 +71,120 @@ class Step:
         return self.flag == flag and self.old == old and self.new == new
 
 
-@dataclass
-class Timeline:
-    """What happened in this run of the lab, in order; drawn on the charts and judged by the verdict."""
+@dataclass(frozen=True)
+class _Record:
+    """How a step is written to the file (times as ISO 8601 UTC)."""
 
-    run_id: str = field(default_factory=lambda: secrets.token_hex(4))
-    steps: list[Step] = field(default_factory=list)
+    @staticmethod
+    def dump(step: Step) -> str:
+        return json.dumps({**asdict(step), "time": step.time.isoformat()}, ensure_ascii=False)
+
+    @staticmethod
+    def load(line: str) -> Step | None:
+        """The step on this line, or None for a header, a blank or a damaged line (skipped, not fatal)."""
+        try:
+            data = json.loads(line)
+            if not isinstance(data, dict) or "kind" not in data:
+                return None
+            time = datetime.fromisoformat(data["time"])
+            fields = {k: data.get(k) for k in ("flag", "old", "new")}
+            return Step(time if time.tzinfo else time.replace(tzinfo=timezone.utc), str(data["kind"]),
+                        **fields, note=str(data.get("note") or ""))
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+class Timeline:
+    """What happened in this run of the lab, in order; drawn on the charts and judged by the verdict.
+
+    Without a path it lives in memory (tests, one-off scripts); with one, it is the lab's run as every
+    kernel and terminal on this machine sees it, until clear() starts a new run."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path else None
+        self._steps: list[Step] = []
+        self._run_id = secrets.token_hex(4)
+        if self.path is not None:
+            self._read()
+
+    @property
+    def run_id(self) -> str:
+        if self.path is not None:
+            self._read()
+        return self._run_id
+
+    @property
+    def steps(self) -> list[Step]:
+        if self.path is not None:
+            self._read()
+        return list(self._steps)
 
     def add(self, kind: str, *, flag: str | None = None, old: str | None = None, new: str | None = None,
             note: str = "", at: datetime | None = None) -> Step:
         entry = Step(at or now(), kind, flag, old, new, note)
-        self.steps.append(entry)
+        if self.path is None:
+            self._steps.append(entry)
+        else:
+            self._append(_Record.dump(entry))
         return entry
 
     def last(self, kind: str, flag: str | None = None) -> Step | None:
         return next((s for s in reversed(self.steps)
                      if s.kind == kind and (flag is None or s.flag == flag)), None)
 
+    def clear(self) -> None:
+        """A new run: no steps, a new run id (a facilitator's reset between groups)."""
+        self._run_id, self._steps = secrets.token_hex(4), []
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(self._header(), encoding="utf-8")
+            os.replace(tmp, self.path)
+
+    # -- the file ---
+    def _header(self) -> str:
+        return json.dumps({"run": self._run_id, "started": now().isoformat()}) + "\n"
+
+    def _append(self, line: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            self.clear()
+        # One write of one line with O_APPEND: two kernels appending at once never interleave.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, (line + "\n").encode("utf-8"))
+        finally:
+            os.close(fd)
+
+    def _read(self) -> None:
+        try:
+            lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return  # not written yet: the run starts with the first step
+        header = _header_run(lines[0]) if lines else None
+        self._run_id = header or self._run_id
+        self._steps = [s for s in map(_Record.load, lines) if s is not None]
+
+    def __repr__(self) -> str:
+        return f"<Timeline run {self.run_id}: {len(self.steps)} steps>"
+
     def frame(self):
         import pandas as pd
 
+        steps = self.steps
         return pd.DataFrame(
-            {"time": pd.to_datetime([s.time for s in self.steps], utc=True),
-             "step": [s.kind for s in self.steps], "flag": [s.flag for s in self.steps],
-             "old": [s.old for s in self.steps], "new": [s.new for s in self.steps],
-             "detail": [s.detail for s in self.steps]})
+            {"time": pd.to_datetime([s.time for s in steps], utc=True),
+             "step": [s.kind for s in steps], "flag": [s.flag for s in steps],
+             "old": [s.old for s in steps], "new": [s.new for s in steps],
+             "detail": [s.detail for s in steps]})
 
     def _repr_html_(self) -> str:
         return f"<b>run {html.escape(self.run_id)}</b>" + self.frame().to_html(index=False)
+
+
+def _header_run(line: str) -> str | None:
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None
+    return str(data["run"]) if isinstance(data, dict) and "run" in data else None

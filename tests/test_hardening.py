@@ -636,6 +636,7 @@ def lab(local_lab, canary):
     from labkit.lab import Lab
 
     lab = Lab(Settings.load(environ=canary.env(local_lab), dotenv=None))
+    lab.timeline.clear()
     yield lab
     lab.close()
 

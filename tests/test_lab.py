@@ -42,3 +42,27 @@ def test_connect_uses_a_configured_lab(lab_env):
         assert lab.settings.dt_url == lab_env["DT_URL"] and lab._local_lab is None
     finally:
         lab.close()
+
+
+def test_the_run_survives_a_new_kernel_and_a_reset_clears_it(lab_env):
+    first = labkit.connect()  # 01's kernel
+    first.timeline.clear()
+    try:
+        first.make_change("on")
+        first.restart_flagd()
+        first.prove_served("on")
+        second = labkit.connect()  # 02's kernel (or 01's after a restart)
+        kinds = [s.kind for s in second.timeline.steps]
+        assert kinds == ["flag applied", "flagd restarted", "flagd serving the new value"]
+        assert second.timeline.run_id == first.timeline.run_id
+        assert second.since() < first.timeline.steps[0].time
+        served = second.roll_back()  # 03 knows what the flag was before 01 changed it
+        assert served.variant == "off" and first.timeline.last("rolled back").new == "off"
+        second.reset()
+        assert first.timeline.steps == [] and first.timeline.run_id == second.timeline.run_id
+        kept = (lab_env["LABKIT_STATE_DIR"] + "/timeline.jsonl")
+        assert lab_env["DT_API_TOKEN"] not in open(kept).read()
+    finally:
+        if first.served("cartFailure").variant != "off":
+            first.change_flag("off", send_event=False)
+        first.close()

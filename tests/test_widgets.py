@@ -46,6 +46,7 @@ def real_lab(request):
 
     local_lab = request.getfixturevalue("local_lab")
     lab = Lab(Settings.load(environ=dict(local_lab.env), dotenv=None))
+    lab.timeline.clear()  # a new run per test, as a facilitator's reset starts one
     yield lab
     try:
         if "off" in lab.variants("cartFailure") and lab.served("cartFailure").variant != "off":

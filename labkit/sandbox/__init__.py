@@ -180,6 +180,7 @@ class LocalLab:
             "DT_PLATFORM_TOKEN": self.platform_token,
             "FRONTEND_URL": self.frontend_server.url,
             "LABKIT_LOCAL_LAB": "1",
+            "LABKIT_STATE_DIR": str(self.state_dir),
         }
 
     def kubeconfig(self) -> str:

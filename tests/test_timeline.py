@@ -1,0 +1,57 @@
+"""The run's timeline as a file: every kernel sees the steps, appends never interleave, damage is skipped."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+from labkit.timeline import EVENT_SENT, FLAG_APPLIED, Timeline
+
+ADD_MANY = """
+import sys
+from labkit.timeline import Timeline
+tl = Timeline(sys.argv[1])
+for i in range(200):
+    tl.add("flag applied", flag=f"flag{sys.argv[2]}", old="off", new=str(i))
+"""
+
+
+def test_a_second_timeline_on_the_same_file_sees_the_steps_and_the_run(tmp_path):
+    path = tmp_path / "timeline.jsonl"
+    first = Timeline(path)
+    first.add(EVENT_SENT, flag="cartFailure", old="off", new="on")
+    second = Timeline(path)
+    assert second.run_id == first.run_id
+    assert second.last(EVENT_SENT).detail == "cartFailure: off → on"
+    assert second.last(EVENT_SENT).time.tzinfo is not None
+    second.add(FLAG_APPLIED, flag="cartFailure", old="off", new="on")
+    assert [s.kind for s in first.steps] == [EVENT_SENT, FLAG_APPLIED]
+
+
+def test_two_processes_adding_at_once_lose_nothing(tmp_path):
+    path = tmp_path / "timeline.jsonl"
+    Timeline(path).clear()
+    procs = [subprocess.Popen([sys.executable, "-c", ADD_MANY, str(path), str(n)]) for n in (1, 2)]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    steps = Timeline(path).steps
+    assert len(steps) == 400
+    for n in (1, 2):
+        assert [s.new for s in steps if s.flag == f"flag{n}"] == [str(i) for i in range(200)]
+
+
+def test_a_damaged_line_is_skipped_not_fatal(tmp_path):
+    path = tmp_path / "timeline.jsonl"
+    tl = Timeline(path)
+    tl.add(FLAG_APPLIED, flag="cartFailure", old="off", new="on", at=datetime(2026, 12, 1, tzinfo=timezone.utc))
+    with open(path, "a") as f:
+        f.write('{"kind": "flag applied", "time": "not a time"}\n{half a line\n')
+    tl.add(EVENT_SENT, flag="cartFailure", old="on", new="off")
+    assert [s.kind for s in Timeline(path).steps] == [FLAG_APPLIED, EVENT_SENT]
+
+
+def test_clear_starts_a_new_run(tmp_path):
+    tl = Timeline(tmp_path / "timeline.jsonl")
+    tl.add(FLAG_APPLIED, flag="cartFailure", old="off", new="on")
+    run = tl.run_id
+    tl.clear()
+    assert tl.steps == [] and tl.run_id != run and Timeline(tmp_path / "timeline.jsonl").run_id == tl.run_id
