@@ -18,7 +18,7 @@ class KubeSandbox:
                  **cluster_kw):
         self.tmp = tmp
         self.timings = timings or Timings.fast()
-        self.cluster = kube.Cluster(self.timings, flags_yaml, **cluster_kw)
+        self.cluster = kube.LocalCluster(self.timings, flags_yaml, **cluster_kw)
         self.server = LabServer(kube.app(self.cluster))
         self.kubeconfig = tmp / "kubeconfig"
 

@@ -4,20 +4,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-from labkit.sandbox import SHARED_FLAGS, Timings, kube, kubeconfig_text
-from labkit.sandbox.http import LabServer, Request, json_response
+from kube_sandbox import KubeSandbox
+from labkit.sandbox.http import Request, json_response
 
 NS = "default"
 SELECTOR = "opentelemetry.io/name=flagd"
-
-
-def write_kubeconfig(path: Path, server_url: str) -> Path:
-    path.write_text(kubeconfig_text(server_url))
-    return path
 
 
 @pytest.fixture
@@ -25,13 +19,11 @@ def lab(tmp_path):
     """A fresh cluster per test (tests scale and patch), its API server and a python ApiClient."""
     from kubernetes import config
 
-    cluster = kube.Cluster(Timings.fast(), SHARED_FLAGS.read_text()).start()
-    server = LabServer(kube.app(cluster)).start()
-    api = config.new_client_from_config(str(write_kubeconfig(tmp_path / "kubeconfig", server.url)))
-    yield cluster, server, api
+    sandbox = KubeSandbox(tmp_path).start()
+    api = config.new_client_from_config(str(sandbox.kubeconfig))
+    yield sandbox.cluster, sandbox.server, api
     api.close()
-    cluster.stop()
-    server.stop()
+    sandbox.stop()
 
 
 def core(api):
@@ -239,18 +231,16 @@ def test_too_old_resource_version_is_410(tmp_path):
     from kubernetes import config, watch
     from kubernetes.client.exceptions import ApiException
 
-    cluster = kube.Cluster(Timings.fast(), SHARED_FLAGS.read_text(), history=5).start()
-    server = LabServer(kube.app(cluster)).start()
+    sandbox = KubeSandbox(tmp_path, history=5).start()
     try:
-        api = config.new_client_from_config(str(write_kubeconfig(tmp_path / "kc", server.url)))
+        api = config.new_client_from_config(str(sandbox.kubeconfig))
         for i in range(6):
             core(api).patch_namespaced_config_map("flagd-config", NS, {"metadata": {"labels": {"n": str(i)}}})
         with pytest.raises(ApiException) as err:
             list(watch.Watch().stream(core(api).list_namespaced_pod, NS, resource_version="1", timeout_seconds=2))
         assert err.value.status == 410 and "too old resource version" in err.value.reason
     finally:
-        cluster.stop()
-        server.stop()
+        sandbox.stop()
 
 
 def test_deleted_pod_is_replaced_by_the_deployment(lab):

@@ -97,7 +97,7 @@ class LocalLab:
         self.restored_flags = isinstance(saved, dict) and isinstance(saved.get("data"), dict)
         if self.restored_flags:
             flags_yaml = json.dumps(saved)  # JSON is YAML: the ConfigMap as it was last written
-        self.cluster = kube.Cluster(self.timings, flags_yaml or SHARED_FLAGS.read_text())
+        self.cluster = kube.LocalCluster(self.timings, flags_yaml or SHARED_FLAGS.read_text())
         self.cluster.on_configmap_change = self._keep_flags
         self.telemetry = dynatrace.Telemetry(self.timings)
         self.shop = shop.Shop(self.cluster.flagd_value, self.telemetry, self.timings)

@@ -1,0 +1,13 @@
+"""The local lab's Kubernetes API server: namespace `default` with flagd, its ConfigMap and services.
+
+`kubectl` (1.32) and the python `kubernetes` client drive it unchanged over http://127.0.0.1; the
+shapes follow /work/shared/reference/kubernetes-api-surface.md. Models: `store` (objects, verbs,
+watch), `controllers` (LocalCluster: flagd's deployment and pods), `patch`, `selectors`, `seed`;
+HTTP: `routes` (the route table; `app(cluster)` for LabServer), `printers` (Tables), `discovery`,
+`errors` (Status bodies). A flagd pod's own answers live in labkit.sandbox.flagd.
+"""
+from labkit.sandbox.kube.controllers import LocalCluster
+from labkit.sandbox.kube.errors import StatusError
+from labkit.sandbox.kube.routes import app
+
+__all__ = ["LocalCluster", "StatusError", "app"]

@@ -1,0 +1,216 @@
+"""The Kubernetes API over HTTP: one route table from kubectl's paths to the cluster's verbs.
+
+Bodies are JSON or YAML (no Content-Type means JSON, as the python client sends); `as=Table` in
+Accept asks for server-side printing, `watch=true` for a stream of events. 404 and 405 come from
+the Router, in the apiserver's words (errors.route_error).
+"""
+from __future__ import annotations
+
+import json
+from typing import Iterator
+
+import yaml
+
+from labkit.sandbox import flagd
+from labkit.sandbox.http import Request, Response, Route, Router, json_response
+from labkit.sandbox.kube.controllers import LocalCluster
+from labkit.sandbox.kube.discovery import DISCOVERY, KINDS, NS, OPENAPI
+from labkit.sandbox.kube.errors import (StatusError, bad_request, not_found, route_error, unavailable,
+                                        unknown_path)
+from labkit.sandbox.kube.printers import table
+from labkit.sandbox.kube.seed import FLAGD
+
+MAX_WATCH_SECONDS = 1800.0
+VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+BODY_TYPES = ("application/json", "application/yaml")
+PATCH_TYPES = ("application/strategic-merge-patch+json", "application/merge-patch+json",
+               "application/json-patch+json", "application/apply-patch+yaml")
+
+
+# ---- requests ------------------------------------------------------------------------------------
+def _is_true(value: str | None) -> bool:
+    return (value or "").lower() in ("true", "1")
+
+
+def _dry_run(req: Request) -> bool:
+    return bool(req.query.get("dryRun"))
+
+
+def _wants_table(req: Request) -> bool:
+    return "as=Table" in req.headers.get("accept", "")
+
+
+def _body(req: Request, patch: bool = False):
+    """Decode a request body: no Content-Type means JSON (python client); protobuf is refused."""
+    ctype = req.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    accepted = PATCH_TYPES if patch else BODY_TYPES
+    if ctype not in accepted and (patch or ctype):
+        raise StatusError(415, "UnsupportedMediaType", "the body of the request was in an unknown format - "
+                          f"accepted media types include: {', '.join(accepted)}")
+    try:
+        return (yaml.safe_load if "yaml" in ctype else json.loads)(req.body.decode() or "null"), ctype
+    except (ValueError, yaml.YAMLError) as exc:
+        raise bad_request(f"the body of the request could not be decoded: {exc}") from None
+
+
+def _object(req: Request) -> dict:
+    body, _ = _body(req)
+    if not isinstance(body, dict):
+        raise bad_request("the body of the request must be an object")
+    return body
+
+
+def _in_lab(req: Request, resource: str, namespace: str | None, name: str | None = None) -> bool:
+    """404 for a resource this API group does not serve. Other namespaces hold nothing of the lab's:
+    False for their collections (listed empty), not found for their objects."""
+    group = "apps" if req.path.startswith("/apis/") else ""
+    if KINDS.get(resource, (None,))[0] != group:
+        raise unknown_path()
+    if namespace in (None, NS):
+        return True
+    if name:
+        raise not_found(resource, name)
+    return False
+
+
+def _empty_list(cluster: LocalCluster, resource: str) -> Response:
+    _, api_version, kind = KINDS[resource]
+    return json_response({"kind": f"{kind}List", "apiVersion": api_version,
+                          "metadata": {"resourceVersion": cluster.resource_version()}, "items": []})
+
+
+# ---- collections ---------------------------------------------------------------------------------
+def _list(cluster: LocalCluster, req: Request, resource: str, namespace: str | None = None) -> Response:
+    if not _in_lab(req, resource, namespace):
+        return _empty_list(cluster, resource)
+    watch = _is_true(req.query.get("watch"))
+    cluster.check("watch" if watch else "list", resource, None)
+    if watch:
+        return _watch(cluster, req, resource)
+    items, rv = cluster.list(resource, req.query.get("labelSelector"), req.query.get("fieldSelector"))
+    if _wants_table(req):
+        return json_response(table(resource, items, rv))
+    _, api_version, kind = KINDS[resource]
+    return json_response({"kind": f"{kind}List", "apiVersion": api_version,
+                          "metadata": {"resourceVersion": rv}, "items": items})
+
+
+def _watch(cluster: LocalCluster, req: Request, resource: str) -> Response:
+    if cluster.stopped:  # a clean error, not an empty stream a client would reconnect to at once
+        raise unavailable("the local lab's Kubernetes API has stopped")
+    timeout = min(float(req.query.get("timeoutSeconds") or MAX_WATCH_SECONDS), MAX_WATCH_SECONDS)
+    events = cluster.watch(resource, req.query.get("labelSelector"), req.query.get("fieldSelector"),
+                           req.query.get("resourceVersion"), timeout,
+                           _is_true(req.query.get("allowWatchBookmarks")))
+    return Response(200, _event_lines(events, resource, _wants_table(req)), "application/json")
+
+
+def _event_lines(events, resource: str, want_table: bool) -> Iterator[bytes]:
+    """One JSON line per watch event; objects as one-row Tables when kubectl watches a Table."""
+    try:
+        for kind, obj in events:
+            if want_table and kind in ("ADDED", "MODIFIED", "DELETED"):
+                obj = table(resource, [obj], obj["metadata"]["resourceVersion"])
+            yield json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
+    finally:
+        events.close()
+
+
+def _create(cluster: LocalCluster, req: Request, resource: str, namespace: str | None = None) -> Response:
+    if not _in_lab(req, resource, namespace):
+        return _empty_list(cluster, resource)
+    cluster.check("create", resource, None)
+    return json_response(cluster.create(resource, _object(req), _dry_run(req)), 201)
+
+
+# ---- objects -------------------------------------------------------------------------------------
+def _get(cluster: LocalCluster, req: Request, resource: str, name: str, namespace: str | None = None) -> Response:
+    _in_lab(req, resource, namespace, name)
+    cluster.check("get", resource, name)
+    obj = cluster.get(resource, name)
+    return json_response(table(resource, [obj], obj["metadata"]["resourceVersion"]) if _wants_table(req) else obj)
+
+
+def _replace(cluster: LocalCluster, req: Request, resource: str, name: str, namespace: str | None = None) -> Response:
+    _in_lab(req, resource, namespace, name)
+    cluster.check("update", resource, name)
+    return json_response(cluster.replace(resource, name, _object(req), _dry_run(req)))
+
+
+def _patch(cluster: LocalCluster, req: Request, resource: str, name: str, namespace: str | None = None) -> Response:
+    _in_lab(req, resource, namespace, name)
+    cluster.check("patch", resource, name)
+    body, ctype = _body(req, patch=True)
+    obj, status = cluster.patch(resource, name, ctype, body, _dry_run(req))
+    return json_response(obj, status)
+
+
+def _delete(cluster: LocalCluster, req: Request, resource: str, name: str, namespace: str | None = None) -> Response:
+    _in_lab(req, resource, namespace, name)
+    cluster.check("delete", resource, name)
+    return json_response(cluster.delete(resource, name))
+
+
+# ---- subresources --------------------------------------------------------------------------------
+def _scale(cluster: LocalCluster, req: Request, name: str, namespace: str) -> Response:
+    _in_lab(req, "deployments", namespace, name)
+    cluster.check(VERBS.get(req.method, "get"), "deployments/scale", name)
+    if req.method == "PATCH":
+        body, ctype = _body(req, patch=True)
+        return json_response(cluster.set_scale(name, ctype, body))
+    if req.method == "PUT":
+        body, _ = _body(req)
+        return json_response(cluster.set_scale(name, None, body))
+    return json_response(cluster.scale(name))
+
+
+def _proxy(cluster: LocalCluster, req: Request, name: str, namespace: str, rest: str = "") -> Response:
+    """The service proxy: flagd's pods answer themselves; registered apps get the request forwarded."""
+    _in_lab(req, "services", namespace, name)
+    pieces = name.split(":")  # name, name:port or scheme:name:port
+    service, port = (pieces[-2], pieces[-1]) if len(pieces) > 1 else (name, "")
+    cluster.check(VERBS.get(req.method, "get"), "services/proxy", service)
+    ports = cluster.get("services", service)["spec"]["ports"]
+    match = [p["port"] for p in ports if not port or str(p["port"]) == port or p.get("name") == port]
+    if not match:
+        raise unavailable(f'no endpoints available for service "{name}"')
+    if service == FLAGD:
+        flags = cluster.flagd_flags()
+        if flags is None:  # no Ready flagd pod, whatever the path
+            raise unavailable(f'no endpoints available for service "{FLAGD}"')
+        return flagd.serve(flags, req, match[0], rest)
+    app = cluster.service_app(service, match[0])
+    if app is None:
+        raise unavailable(f'no endpoints available for service "{service}"')
+    headers = {k: v for k, v in req.headers.items() if k != "authorization"}  # the apiserver drops them
+    return app(Request(req.method, "/" + rest, dict(req.query), headers, req.body))
+
+
+def _document(doc: dict):
+    return lambda cluster, req: json_response(doc)
+
+
+def _objects(namespace: str) -> list[Route]:
+    """A namespace's collections and objects: list and watch, create, get, replace, patch, delete."""
+    collection, item = namespace + "/{resource}", namespace + "/{resource}/{name}"
+    return [Route(collection, _list), Route(collection, _create, ("POST",)),
+            Route(item, _get), Route(item, _replace, ("PUT",)), Route(item, _patch, ("PATCH",)),
+            Route(item, _delete, ("DELETE",))]
+
+
+CORE, APPS = "/api/v1/namespaces/{namespace}", "/apis/apps/v1/namespaces/{namespace}"
+ROUTES = [
+    *(Route(path, _document(doc)) for path, doc in {**DISCOVERY, **OPENAPI}.items()),
+    Route("/api/v1/{resource}", _list),  # every namespace: the lab's
+    Route("/apis/apps/v1/{resource}", _list),
+    Route(CORE + "/services/{name}/proxy", _proxy, ("*",)),
+    Route(CORE + "/services/{name}/proxy/{rest:path}", _proxy, ("*",)),
+    Route(APPS + "/deployments/{name}/scale", _scale, ("GET", "PATCH", "PUT")),
+    *_objects(CORE),
+    *_objects(APPS),
+]
+
+
+def app(cluster: LocalCluster) -> Router:
+    """The API server front for LabServer."""
+    return Router(ROUTES, route_error, cluster, "the local lab's Kubernetes API")
