@@ -117,6 +117,14 @@ class LocalCluster(Store):
                     return self._pod_flags.get(pod["metadata"]["uid"])
             return None
 
+    def pod_flags(self, name: str) -> dict | None:
+        """The flags a Ready flagd pod loaded at its start; None for any other pod or state."""
+        with self._cond:
+            pod = self._objects["pods"].get(name)
+            if pod is None or not self._is_ready(pod) or pod["metadata"].get("deletionTimestamp"):
+                return None
+            return self._pod_flags.get(pod["metadata"]["uid"])
+
     def flagd_value(self, flag_key: str) -> dict | None:
         """What a Ready flagd pod serves for a flag (OFREP body), or None if none is Ready/unknown."""
         flags = self.flagd_flags()

@@ -186,6 +186,19 @@ def _proxy(cluster: LocalCluster, req: Request, name: str, namespace: str, rest:
     return app(Request(req.method, "/" + rest, dict(req.query), headers, req.body))
 
 
+def _pod_proxy(cluster: LocalCluster, req: Request, name: str, namespace: str, rest: str = "") -> Response:
+    """The pod proxy (pods/{name}[:port]/proxy/...): that one pod answers, from what it loaded."""
+    _in_lab(req, "pods", namespace, name)
+    pod, _, port = name.partition(":")
+    cluster.check(VERBS.get(req.method, "get"), "pods/proxy", pod)
+    obj = cluster.get("pods", pod)
+    flags = cluster.pod_flags(pod)
+    if flags is None:  # not Ready (starting, crash-looping or terminating): nothing listens yet
+        raise unavailable(f'error trying to reach service: dial tcp {obj["status"].get("podIP", "")}:'
+                          f'{port or 80}: connect: connection refused')
+    return flagd.serve(flags, req, int(port) if port.isdigit() else 80, rest)
+
+
 def _document(doc: dict):
     return lambda cluster, req: json_response(doc)
 
@@ -205,6 +218,8 @@ ROUTES = [
     Route("/apis/apps/v1/{resource}", _list),
     Route(CORE + "/services/{name}/proxy", _proxy, ("*",)),
     Route(CORE + "/services/{name}/proxy/{rest:path}", _proxy, ("*",)),
+    Route(CORE + "/pods/{name}/proxy", _pod_proxy, ("*",)),
+    Route(CORE + "/pods/{name}/proxy/{rest:path}", _pod_proxy, ("*",)),
     Route(APPS + "/deployments/{name}/scale", _scale, ("GET", "PATCH", "PUT")),
     *_objects(CORE),
     *_objects(APPS),
