@@ -226,20 +226,23 @@ class Lab:
             return self.timeline.steps[0].time - timedelta(minutes=10)
         return now() - timedelta(minutes=30)
 
+    def _since_change(self, otherwise: timedelta) -> datetime:
+        """What a wait looks at: from the last flag change of this run, else the last `otherwise`."""
+        change = self.timeline.last(FLAG_APPLIED)
+        return change.time if change else now() - otherwise
+
     def wait_for_error_logs(self, timeout: float = 300, service: str = names.SERVICE,
                             progress: Progress | None = None):
-        change = self.timeline.last(FLAG_APPLIED)
-        since = change.time if change else now() - timedelta(minutes=30)
-        logs = self.dynatrace.wait_for_error_logs(service, since=since, timeout=timeout, progress=progress)
+        logs = self.dynatrace.wait_for_error_logs(service, since=self._since_change(timedelta(minutes=30)),
+                                                  timeout=timeout, progress=progress)
         if not self.timeline.last(ERROR_LOGS) and len(logs):
             self.timeline.add(ERROR_LOGS, note=f"{len(logs)} error logs", at=logs["timestamp"].min())
         return logs
 
     def wait_for_problem(self, timeout: float = 600, service: str = names.SERVICE,
                          progress: Progress | None = None):
-        change = self.timeline.last(FLAG_APPLIED)
-        since = change.time if change else now() - timedelta(hours=1)
-        found = self.dynatrace.wait_for_problem(service, since=since, timeout=timeout, progress=progress)
+        found = self.dynatrace.wait_for_problem(service, since=self._since_change(timedelta(hours=1)),
+                                                timeout=timeout, progress=progress)
         if not self.timeline.last(PROBLEM_OPENED) and len(found):
             first = found.sort_values("start").iloc[0]
             self.timeline.add(PROBLEM_OPENED, note=f"{first['display_id']}: {first['title']}",
