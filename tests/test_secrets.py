@@ -15,7 +15,6 @@ import os
 import pytest
 
 from hardening_report import canary, fault_record  # noqa: F401  (fixtures)
-from labkit.dynatrace import Dynatrace
 from labkit.settings import Settings
 
 
@@ -28,13 +27,6 @@ def canary_env(local_lab, canary, monkeypatch, tmp_path):
         monkeypatch.setenv(key, value)
     monkeypatch.chdir(tmp_path)  # no .env of the repository
     return env
-
-
-@pytest.fixture
-def quick_retries(monkeypatch):
-    """The CLI's Dynatrace client without backoff sleeps (same retries, same log lines)."""
-    init = Dynatrace.__init__
-    monkeypatch.setattr(Dynatrace, "__init__", lambda self, s, **kw: init(self, s, **{**kw, "backoff": 0.0}))
 
 
 # ---------------------------------------------------------------- the workbook, headless
@@ -92,7 +84,7 @@ def _run_cli(argv, capsys) -> tuple[int, str]:
     return code, out + err
 
 
-def test_cli_verbose_never_shows_the_token(canary, canary_env, capsys, caplog, fault_record, quick_retries):
+def test_cli_verbose_never_shows_the_token(canary, canary_env, capsys, caplog, fault_record):
     caplog.set_level(logging.DEBUG)
     rec = fault_record("secrets", "CLI -v: event, failures, problems, logs, check, flags")
     texts = []
@@ -119,7 +111,7 @@ ERROR_FAULTS = [
 
 @pytest.mark.parametrize("name,status,echo", ERROR_FAULTS, ids=[f[0] for f in ERROR_FAULTS])
 def test_cli_verbose_error_paths_never_show_the_token(name, status, echo, local_lab, canary, canary_env,
-                                                       capsys, caplog, fault_record, quick_retries):
+                                                       capsys, caplog, fault_record):
     caplog.set_level(logging.DEBUG)
     rec = fault_record("secrets", f"CLI -v error paths, tenant {name}")
     body = _echo(canary, status) if echo else None
