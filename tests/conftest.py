@@ -56,6 +56,7 @@ def _no_faults_left(request):
 def pytest_configure(config):
     config.addinivalue_line("markers", "notebooks: executes the workbook headless (slow)")
     config.addinivalue_line("markers", "browser: drives JupyterLab in Debian's chromium")
+    config.addinivalue_line("markers", "install: pip install from a clean clone into a fresh venv")
 
 
 # ---- hardening results table (issue 6; tests/hardening_report.py) ------------------------------
