@@ -1,11 +1,12 @@
 """The run's steps as data (kind, flag, old, new, time), in the order the lab page walks through them."""
 from __future__ import annotations
 
-import html
 import math
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+
+from labkit import cards
 
 # Step kinds, in the order the lab page walks through them.
 EVENT_SENT = "event sent"
@@ -59,6 +60,9 @@ class Step:
             return f"{self.flag} = {self.new}" + (f" ({self.note})" if self.note else "")
         return self.note
 
+    def __repr__(self) -> str:
+        return f"{cards.when(self.time)} {self.kind}" + (f": {self.detail}" if self.detail else "")
+
     def is_change_of(self, flag: str, old: str | None, new: str) -> bool:
         return self.flag == flag and self.old == old and self.new == new
 
@@ -89,5 +93,9 @@ class Timeline:
              "old": [s.old for s in self.steps], "new": [s.new for s in self.steps],
              "detail": [s.detail for s in self.steps]})
 
+    def __repr__(self) -> str:
+        last = f"; last: {self.steps[-1]!r}" if self.steps else ""
+        return f"timeline of run {self.run_id}: {len(self.steps)} steps{last}"
+
     def _repr_html_(self) -> str:
-        return f"<b>run {html.escape(self.run_id)}</b>" + self.frame().to_html(index=False)
+        return cards.timeline(self)
