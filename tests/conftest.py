@@ -18,6 +18,15 @@ def local_lab(tmp_path_factory):
     lab.stop()
 
 
+@pytest.fixture(scope="session")
+def kernel_env(tmp_path_factory):
+    """Variables under which a notebook's python3 kernel, started in notebooks/ with no PYTHONPATH
+    (as VS Code or a plain `jupyter lab` starts it), imports this checkout's labkit (tests/installed.py)."""
+    import installed
+
+    return installed.kernel_with_labkit(tmp_path_factory.mktemp("kernel"))
+
+
 @pytest.fixture
 def lab_env(local_lab, monkeypatch):
     """The local lab's variables in os.environ, as `source lab.env` would set them."""
