@@ -47,7 +47,7 @@ def card(kind: str, title: str, rows=(), *, ok: bool | None = None, note: str = 
     body = "".join(_ROW.format(_e(label), _e(value)) for label, value in rows if value not in (None, ""))
     table = f'<table style="border-collapse:collapse;margin-top:4px">{body}</table>' if body else ""
     extra = f'<div style="margin-top:4px;color:#57606a">{_e(note)}</div>' if note else ""
-    return (f'<div class="labkit-card labkit-{_attr(kind)}" style="{_BOX.format(accent=accent)}">'
+    return (f'<div class="labkit-card labkit-card-{_attr(kind)}" style="{_BOX.format(accent=accent)}">'
             f"<b>{_e(title)}</b>{table}{extra}{_link(link)}</div>")
 
 
@@ -58,7 +58,7 @@ def grid(kind: str, title: str, headers, rows, *, ok: bool | None = None, note: 
     body = "".join("<tr>" + "".join(f"<td {cell}>{_e(v)}</td>" for v in row) + "</tr>" for row in rows)
     accent = _INFO if ok is None else _OK if ok else _BAD
     extra = f'<div style="margin-top:4px;color:#57606a">{_e(note)}</div>' if note else ""
-    return (f'<div class="labkit-card labkit-{_attr(kind)}" style="{_BOX.format(accent=accent)}">'
+    return (f'<div class="labkit-card labkit-card-{_attr(kind)}" style="{_BOX.format(accent=accent)}">'
             f'<b>{_e(title)}</b><table style="border-collapse:collapse;margin-top:4px">'
             f"<tr>{head}</tr>{body}</table>{extra}{_link(link)}</div>")
 
@@ -91,13 +91,11 @@ def restart(result) -> str:
 def shop_result(result) -> str:
     empties = result.by_operation.get("empty", 0)
     failed_empties = result.failures_by_operation.get("empty", 0)
-    rows = [("sessions", result.sessions),
-            ("operations", f"{result.operations} in {result.seconds:.1f} s ({result.ops_per_second:.0f}/s)"),
-            ("failed", result.failure_count),
+    rows = [("took", f"{result.seconds:.1f} s ({result.ops_per_second:.0f} operations/s)"),
             ("cart empties failed", f"{failed_empties} of {empties}" if empties else None),
             ("first failure", when(result.first_failure_at) if result.first_failure_at else None),
             ("interrupted", "yes" if result.interrupted else None)]
-    title = f"Cart traffic: {result.failure_count} of {result.operations} operations failed"
+    title = f"Cart traffic: {result.sessions} sessions, {result.operations} operations, {result.failure_count} failed"
     return card("traffic", title, rows, ok=None, note=" ".join(result.notes),
                 link=getattr(result, "link", None))
 
