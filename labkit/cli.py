@@ -1,4 +1,4 @@
-"""python -m labkit ...: the lab's steps from a terminal.
+"""labkit ... (or python -m labkit ...): the lab's steps from a terminal.
 
 Each subcommand is one `@command(...)` handler plus an optional `configure(parser)` for its
 arguments; `main()` parses, runs the handler, and turns labkit errors into one line and an exit code
@@ -396,7 +396,12 @@ def _global_args(p: argparse.ArgumentParser, suppress: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m labkit", description=__doc__.splitlines()[0])
+    from labkit import __version__
+
+    # The `labkit` command (pyproject's console script) names itself; else the module way.
+    prog = "labkit" if sys.argv and sys.argv[0].rsplit("/", 1)[-1] == "labkit" else "python -m labkit"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"labkit {__version__}")
     _global_args(parser, suppress=False)
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for cmd in COMMANDS.values():

@@ -34,6 +34,15 @@ class RestartResult:
     seconds: float
     pods: list[str] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        pods = ", ".join(self.pods) or "none listed"
+        return f"flagd restarted ({self.how}) in {self.seconds:.1f} s, {self.replicas} replica(s): {pods}"
+
+    def _repr_html_(self) -> str:
+        from labkit import cards
+
+        return cards.restart(self)
+
 
 @dataclass(frozen=True)
 class Served:
@@ -46,6 +55,14 @@ class Served:
 
     def __str__(self) -> str:
         return f"{self.variant} ({format_value(self.value)})"
+
+    def __repr__(self) -> str:
+        return f"flagd serves {self.key} = {self}, reason {self.reason or '-'}"
+
+    def _repr_html_(self) -> str:
+        from labkit import cards
+
+        return cards.served(self, format_value(self.value))
 
 
 class Cluster:

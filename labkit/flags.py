@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from labkit import cards
 from labkit.errors import BadInput, LabError, NotFound, nearest
 
 # The lab's names (kept here too: this module imports nothing of labkit but its errors).
@@ -78,6 +79,11 @@ class FlagChange:
             return f"{self.flag} already defaults to {self.new_variant!r}; nothing to change."
         return (f"{self.flag}: default variant {self.old_variant!r} ({format_value(self.old_value)}) "
                 f"-> {self.new_variant!r} ({format_value(self.new_value)})")
+
+    __repr__ = summary
+
+    def _repr_html_(self) -> str:
+        return cards.flag_change(self, self.summary())
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
 
+from labkit import cards
 from labkit import settings as names
 from labkit.errors import LabError, Unreachable
 from labkit.progress import Progress, quiet
@@ -28,6 +29,9 @@ class Check:
     ok: bool
     detail: str
 
+    def __repr__(self) -> str:
+        return f"{'ok' if self.ok else 'NO'} {self.item}: {self.detail}"
+
 
 class Preflight(list):
     """Checks of tenant and cluster; each says what is missing and how to fix it."""
@@ -43,10 +47,16 @@ class Preflight(list):
                              for c in self])
 
     def _repr_html_(self) -> str:
-        return self.frame().to_html(index=False)
+        return cards.preflight(self)
 
     def __str__(self) -> str:
         return "\n".join(f"{'ok ' if c.ok else 'NO '} {c.item}: {c.detail}" for c in self)
+
+    def __repr__(self) -> str:
+        failed = [c for c in self if not c.ok]
+        if not failed:
+            return f"preflight: all {len(self)} checks ok"
+        return f"preflight: {len(failed)} of {len(self)} checks failed: " + "; ".join(map(repr, failed))
 
 
 @dataclass
@@ -59,6 +69,30 @@ class Reset:
         done = (f"set {', '.join(self.flags_set_off)} back to off and restarted flagd"
                 if self.flags_set_off else "every flag was already off; flagd left running")
         return f"Lab reset: {done}; timeline cleared. Ready for the next group."
+
+    def _repr_html_(self) -> str:
+        return cards.reset(self, repr(self))
+
+
+@dataclass
+class TraceLogs:
+    """All logs of one trace, oldest first (the lab's "Show surrounding logs"), or why there are none."""
+
+    trace_id: str | None
+    frame: object  # a pandas DataFrame: timestamp, loglevel, status, content, trace_id, span_id, service
+    why: str = ""  # when empty: what was looked for and what to do
+    link: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def __repr__(self) -> str:
+        if not len(self.frame):
+            return f"no logs of {self.trace_id or 'a failed trace'}: {self.why}"
+        return f"{len(self.frame)} logs of trace {self.trace_id}, oldest first"
+
+    def _repr_html_(self) -> str:
+        return cards.trace_logs(self)
 
 
 class Lab:
@@ -94,7 +128,7 @@ class Lab:
         return f"<Lab: {self.where()}, run {self.timeline.run_id}>"
 
     def _repr_html_(self) -> str:
-        return f"<b>Connected to the {self.where()}</b> (run {self.timeline.run_id})"
+        return cards.lab(self.where(), self.timeline.run_id)
 
     def close(self) -> None:
         self.dynatrace.close()
@@ -259,6 +293,25 @@ class Lab:
     def error_logs(self, service: str = names.SERVICE, since="now-1h", limit: int = 100):
         return self.dynatrace.error_logs(service, since=since, limit=limit)
 
+    def trace_logs(self, trace_id: str | None = None, service: str = names.SERVICE, since="now-1h"):
+        """All logs of one trace, oldest first; by default the trace of `service`'s newest error log.
+        An empty result says why (no error logs yet, or none of that trace) instead of failing."""
+        import pandas as pd
+
+        if trace_id is None:
+            errors = self.error_logs(service, since=since, limit=20)
+            with_trace = errors[errors["trace_id"].fillna("").astype(str) != ""] if len(errors) else errors
+            if not len(with_trace):
+                why = (f"no error logs of {service!r} {_ago(since)} carry a trace id, so there is no "
+                       "failed trace to follow: introduce the change and send traffic first "
+                       "(01-introduce-change), then run this again")
+                return TraceLogs(None, pd.DataFrame(columns=errors.columns), why)
+            trace_id = str(with_trace.iloc[0]["trace_id"])
+        logs = self.dynatrace.logs_for_trace(trace_id)
+        why = "" if len(logs) else (f"Dynatrace has no logs of trace {trace_id} in the last day; logs "
+                                    "arrive a little after the request: run this again in a minute")
+        return TraceLogs(trace_id, logs, why)
+
     def change_events(self, service: str = names.SERVICE, since="now-2h"):
         return self.dynatrace.change_events(service, since=since)
 
@@ -324,6 +377,13 @@ class Lab:
             self.restart_flagd(progress=progress)
         self.timeline.clear()
         return Reset(changed)
+
+
+def _ago(since) -> str:
+    """'in the last hour' for 'now-1h', else 'since <time>'."""
+    text = str(since)
+    words = {"now-1h": "in the last hour", "now-1d": "in the last day", "now-2h": "in the last 2 hours"}
+    return words.get(text, f"since {text}")
 
 
 def connect(settings: Settings | None = None, *, state_dir: str | Path | None = None,

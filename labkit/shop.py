@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 
 import httpx
 
+from labkit import cards
 from labkit.errors import BadInput
 from labkit.progress import Progress
 from labkit.settings import DEFAULT_FRONTEND_URL, Settings
@@ -84,6 +85,11 @@ class ShopResult:
         if self.interrupted:
             text += ", interrupted"
         return text + "".join(f". {n}" for n in self.notes)
+
+    __repr__ = __str__ = summary
+
+    def _repr_html_(self) -> str:
+        return cards.shop_result(self)
 
 
 class _Tally:

@@ -6,7 +6,6 @@ variants and times only: never a token or a URL with credentials.
 """
 from __future__ import annotations
 
-import html
 import json
 import math
 import os
@@ -14,6 +13,8 @@ import secrets
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+
+from labkit import cards
 
 # Step kinds, in the order the lab page walks through them.
 EVENT_SENT = "event sent"
@@ -66,6 +67,9 @@ class Step:
         if self.kind in (FLAGD_SERVING, ROLLED_BACK) and self.flag:
             return f"{self.flag} = {self.new}" + (f" ({self.note})" if self.note else "")
         return self.note
+
+    def __repr__(self) -> str:
+        return f"{cards.when(self.time)} {self.kind}" + (f": {self.detail}" if self.detail else "")
 
     def is_change_of(self, flag: str, old: str | None, new: str) -> bool:
         return self.flag == flag and self.old == old and self.new == new
@@ -165,9 +169,6 @@ class Timeline:
         self._run_id = header or self._run_id
         self._steps = [s for s in map(_Record.load, lines) if s is not None]
 
-    def __repr__(self) -> str:
-        return f"<Timeline run {self.run_id}: {len(self.steps)} steps>"
-
     def frame(self):
         import pandas as pd
 
@@ -178,8 +179,13 @@ class Timeline:
              "old": [s.old for s in steps], "new": [s.new for s in steps],
              "detail": [s.detail for s in steps]})
 
+    def __repr__(self) -> str:
+        steps = self.steps
+        last = f"; last: {steps[-1]!r}" if steps else ""
+        return f"timeline of run {self.run_id}: {len(steps)} steps{last}"
+
     def _repr_html_(self) -> str:
-        return f"<b>run {html.escape(self.run_id)}</b>" + self.frame().to_html(index=False)
+        return cards.timeline(self)
 
 
 def _header_run(line: str) -> str | None:

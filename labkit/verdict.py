@@ -1,10 +1,10 @@
 """Before/after: the failure rate around the last change of a flag, as a sentence (no plotting)."""
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 from datetime import timedelta
 
+from labkit import cards
 from labkit.timeline import EVENT_SENT, FLAG_APPLIED, FLAGD_SERVING, Timeline, change_label
 
 NAN = float("nan")
@@ -27,14 +27,11 @@ class Verdict:
     def __str__(self) -> str:
         return self.text
 
+    def __repr__(self) -> str:
+        return f"verdict: {self.text}"
+
     def _repr_html_(self) -> str:
-        color = "#b00020" if self.rose else "#1b5e20"
-        detail = ""
-        if self.before_requests or self.after_requests:
-            detail = (f"<br><small>before: {self.before_failed} failed of {self.before_requests} "
-                      f"requests; after: {self.after_failed} failed of {self.after_requests}</small>")
-        return (f'<div class="labkit-verdict" style="color:{color}"><b>{html.escape(self.text)}</b>'
-                f"{detail}</div>")
+        return cards.verdict(self)
 
 
 def _pct(rate: float) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 import threading
 import time
 from typing import Any
@@ -44,12 +45,14 @@ def _show(obj) -> None:
 
 
 class _Displayable:
-    """Displays as its `.widget` in a notebook."""
+    """Displays as its `.widget` in a notebook; its text (where widgets do not render: a saved
+    notebook on GitHub, nbconvert's HTML, a terminal) is the widget's own one line, not the tree."""
 
     widget: Any
 
     def _repr_mimebundle_(self, include=None, exclude=None):
-        return self.widget._repr_mimebundle_(include=include, exclude=exclude)
+        bundle = dict(self.widget._repr_mimebundle_(include=include, exclude=exclude) or {})
+        return {**bundle, "text/plain": repr(self)}
 
 
 class ProgressView(_Displayable):
@@ -71,6 +74,9 @@ class ProgressView(_Displayable):
         self.label.add_class("labkit-progress-message")
         self.widget = w.HBox([self.bar, self.label])
         self.widget.add_class("labkit-progress")
+
+    def __repr__(self) -> str:
+        return f"<progress {self.title or ''}: {self.message or 'waiting'}>".replace("  ", " ")
 
     def callback(self, message: str, fraction: float | None = None) -> None:
         """Report a step: message shown next to the bar; fraction 0..1 moves it (None keeps it)."""
@@ -163,6 +169,10 @@ class FlagSwitch(_Displayable):
             self.apply_button.disabled = True
         self._follow(self.refresh())
         lab.on_change(self._changed_elsewhere)  # e.g. lab.roll_back() in a later cell
+
+    def __repr__(self) -> str:
+        served = html.unescape(re.sub(r"<[^>]+>", "", self.served_label.value))
+        return f"<flag switch for {self.flag} on {self.service}: {served} (a widget: run the cell to use it)>"
 
     def _follow(self, served) -> None:
         variant = getattr(served, "variant", None)
@@ -320,6 +330,9 @@ class LiveChart(_Displayable):
         if start:
             self.start()
 
+    def __repr__(self) -> str:
+        return f"<live chart of {self.service}'s failed requests, {self.updates} refreshes>"
+
     # -- data ---
     def _build(self):
         """A fresh go.Figure from the lab; a part that fails is left out and kept in .error."""
@@ -405,7 +418,7 @@ class LiveChart(_Displayable):
     def _repr_mimebundle_(self, include=None, exclude=None):
         if self.static:
             return _figure_bundle(self.figure, include, exclude)
-        return self.widget._repr_mimebundle_(include=include, exclude=exclude)
+        return super()._repr_mimebundle_(include=include, exclude=exclude)
 
 
 def _figure_bundle(figure, include=None, exclude=None) -> dict:

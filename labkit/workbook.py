@@ -2,6 +2,8 @@
 
 Both run on the lab that `labkit.connect()` would find; when that is the local lab, it is started
 here once and its variables handed to JupyterLab and the kernels, so every notebook attaches to it.
+Kernels import labkit as an installed package (`pip install -e .`, the README's first command), so
+the notebooks open in any front end (VS Code, a Codespace, plain `jupyter lab`) without PYTHONPATH.
 """
 from __future__ import annotations
 
@@ -20,10 +22,26 @@ NOTEBOOKS = ROOT / "notebooks"
 ORDER = ["00-setup", "01-introduce-change", "02-review-problem", "03-roll-back"]
 
 
-def _importable(env: dict) -> dict:
-    """Kernels start in notebooks/: put the repository on their path so `import labkit` works."""
-    path = env.get("PYTHONPATH", "")
-    return {**env, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), path) if p)}
+def _warn_if_not_installed(say=print) -> None:
+    """Kernels start in notebooks/ and find labkit only if it is installed: say so before they fail
+    (a warning, not an error: a kernelspec of another Python may have it)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution("labkit")
+    except PackageNotFoundError:
+        say(f"warning: labkit is not installed in this Python ({sys.executable}), so its notebook "
+            f"kernels cannot import it: run `{sys.executable} -m pip install -e {ROOT}` "
+            "(the README's first command does it).")
+
+
+def _notebooks() -> Path:
+    """notebooks/ of the checkout (an editable install), else of the current folder."""
+    for folder in (NOTEBOOKS, Path.cwd() / "notebooks"):
+        if folder.is_dir():
+            return folder
+    raise LabError(f"No notebooks/ folder here ({Path.cwd()}) or beside labkit ({ROOT}): run this "
+                   "in the labkit checkout, where the workbook lives.")
 
 
 @contextmanager
@@ -36,7 +54,7 @@ def lab_environment(timings=None, say=print, state_dir=None):
     new_dir = state_dir or tempfile.mkdtemp(prefix="labkit-local-lab-")
     with which_lab(timings=timings, new_state_dir=new_dir) as choice:
         say(choice.describe())
-        yield _importable(choice.env)
+        yield choice.env
 
 
 def run_notebook(path: Path, out_dir: Path, env: dict, timeout: float = 900) -> Path:
@@ -47,7 +65,7 @@ def run_notebook(path: Path, out_dir: Path, env: dict, timeout: float = 900) -> 
     book = nbformat.read(path, as_version=4)
     saved = dict(os.environ)
     # The kernel inherits the lab's variables; charts carry HTML too, so the HTML copy shows them.
-    os.environ.update(_importable({"PLOTLY_RENDERER": "plotly_mimetype+notebook", **env}))
+    os.environ.update({"PLOTLY_RENDERER": "plotly_mimetype+notebook", **env})
     try:
         NotebookClient(book, timeout=timeout, kernel_name="python3", store_widget_state=False,
                        resources={"metadata": {"path": str(path.parent)}}).execute()
@@ -72,13 +90,15 @@ def run_workbook(out_dir: str | Path, names: list[str] | None = None, say=print)
     """The whole workshop, headless, in order; returns the executed notebooks."""
     out_dir = Path(out_dir)
     written = []
+    _warn_if_not_installed(say)
+    notebooks = _notebooks()
     with lab_environment(say=say) as env:
         env = {**env, "LABKIT_STATIC_CHARTS": "1"}
         for name in names or ORDER:
             started = time.monotonic()
             say(f"running {name} ...")
             try:
-                written.append(run_notebook(NOTEBOOKS / f"{name}.ipynb", out_dir, env))
+                written.append(run_notebook(notebooks / f"{name}.ipynb", out_dir, env))
             except Exception as exc:  # nbclient's CellExecutionError carries the failing cell
                 raise LabError(f"{name} failed: {str(exc)[-2000:]}") from None
             say(f"  {name} done in {time.monotonic() - started:.1f} s -> {out_dir / name}.ipynb/.html")
@@ -91,7 +111,8 @@ def open_jupyterlab(port: int | None = None, extra: list[str] | None = None) -> 
 
     from labkit.which import default_state_dir
 
-    args = [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={NOTEBOOKS}"]
+    _warn_if_not_installed()
+    args = [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={_notebooks()}"]
     if port:
         args.append(f"--port={port}")
     if hasattr(os, "geteuid") and os.geteuid() == 0:

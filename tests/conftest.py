@@ -18,6 +18,15 @@ def local_lab(tmp_path_factory):
     lab.stop()
 
 
+@pytest.fixture(scope="session")
+def kernel_env(tmp_path_factory):
+    """Variables under which a notebook's python3 kernel, started in notebooks/ with no PYTHONPATH
+    (as VS Code or a plain `jupyter lab` starts it), imports this checkout's labkit (tests/installed.py)."""
+    import installed
+
+    return installed.kernel_with_labkit(tmp_path_factory.mktemp("kernel"))
+
+
 @pytest.fixture
 def lab_env(local_lab, monkeypatch):
     """The local lab's variables in os.environ, as `source lab.env` would set them."""
@@ -56,6 +65,7 @@ def _no_faults_left(request):
 def pytest_configure(config):
     config.addinivalue_line("markers", "notebooks: executes the workbook headless (slow)")
     config.addinivalue_line("markers", "browser: drives JupyterLab in Debian's chromium")
+    config.addinivalue_line("markers", "install: pip install from a clean clone into a fresh venv")
 
 
 # ---- hardening results table (issue 6; tests/hardening_report.py) ------------------------------

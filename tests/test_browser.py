@@ -1,5 +1,6 @@
 """The workbook as an attendee sees it: JupyterLab in Debian's headless chromium, on the local lab.
 
+Kernels start in notebooks/ without PYTHONPATH (labkit found installed). Results show as cards.
 Sequence (cartFailure starts at off; each step waits for the page's own state, bounded):
   01-introduce-change: Run All Cells. The flag switch lists the live variants (the ConfigMap's) and
     shows what flagd serves; the notebook's own `switch.apply("on")` cell turns the flag on; the
@@ -157,7 +158,16 @@ def _apply(run: Run, cluster, variant: str) -> None:
         assert served.variant == variant, f"flagd serves {served}, the switch said {variant}"
 
 
-def test_workbook_in_a_real_browser(local_lab, tmp_path):
+def _cards(run: Run, kinds: list[str]) -> None:
+    """The results read as cards (labkit/cards.py), rendered by JupyterLab."""
+    from playwright.sync_api import expect
+
+    with run.step(f"results shown as cards: {', '.join(kinds)}"):
+        for kind in kinds:
+            expect(run.panel.locator(f".jp-OutputArea .labkit-card-{kind}").first).to_be_visible(timeout=10_000)
+
+
+def test_workbook_in_a_real_browser(local_lab, kernel_env, tmp_path):
     from playwright.sync_api import expect
 
     started = time.monotonic()
@@ -169,8 +179,9 @@ def test_workbook_in_a_real_browser(local_lab, tmp_path):
     notebooks = ui.copy_notebooks(NOTEBOOKS, tmp_path / "notebooks")  # outputs never reach the repo
     home = tmp_path / "home"
     home.mkdir()
-    env = {**os.environ, **local_lab.env, "HOME": str(home),
-           "PYTHONPATH": os.pathsep.join(p for p in (str(ui.ROOT), os.environ.get("PYTHONPATH")) if p)}
+    # No PYTHONPATH: the kernels find labkit installed, as in VS Code or a plain `jupyter lab`.
+    env = {**os.environ, **local_lab.env, **kernel_env, "HOME": str(home)}
+    env.pop("PYTHONPATH", None)
     env.pop("LABKIT_STATIC_CHARTS", None)  # the real widgets, not static figures
     real_home_before = ui.home_snapshot()
     ui.ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -200,6 +211,7 @@ def test_workbook_in_a_real_browser(local_lab, tmp_path):
                 live = run.panel.locator(".labkit-live-chart")
                 expect(live.locator(".js-plotly-plot .annotation-text",
                                     has_text="cartFailure: off → on").first).to_be_visible(timeout=20_000)
+            _cards(run, ["lab", "change-event", "served", "timeline", "traffic", "verdict"])
             other = next(v for v in variants if v != served)
             _apply(run, cluster, other)
             _apply(run, cluster, served)  # back to 'on': what 01 leaves for 03 to roll back
@@ -224,6 +236,7 @@ def test_workbook_in_a_real_browser(local_lab, tmp_path):
                 if label != "flagd serves: off":
                     ui.log(f"FINDING: after the roll_back cell the switch above it still says "
                            f"{label!r} (flagd serves off): the switch does not refresh")
+            _cards(run, ["lab", "served", "traffic", "verdict", "reset"])
             _apply(run, cluster, "on")
             _apply(run, cluster, "off")
             with run.step("screenshot"):

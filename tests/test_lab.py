@@ -66,3 +66,16 @@ def test_the_run_survives_a_new_kernel_and_a_reset_clears_it(lab_env):
         if first.served("cartFailure").variant != "off":
             first.change_flag("off", send_event=False)
         first.close()
+
+
+def test_trace_logs_explain_an_empty_result_instead_of_failing(lab_env):
+    lab = labkit.connect()
+    try:
+        none = lab.trace_logs(service="no-such-service")
+        assert len(none) == 0 and none.trace_id is None
+        assert "no error logs of 'no-such-service'" in repr(none) and "01-introduce-change" in none.why
+        assert "labkit-card" in none._repr_html_()
+        unknown = lab.trace_logs("0" * 32)
+        assert len(unknown) == 0 and "no logs of trace " + "0" * 32 in unknown.why
+    finally:
+        lab.close()

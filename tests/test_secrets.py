@@ -31,7 +31,7 @@ def canary_env(local_lab, canary, monkeypatch, tmp_path):
 
 # ---------------------------------------------------------------- the workbook, headless
 @pytest.fixture(scope="module")
-def executed(local_lab, canary, tmp_path_factory):
+def executed(local_lab, canary, kernel_env, tmp_path_factory):
     """All four notebooks run headless with the canary as DT_API_TOKEN and DT_PLATFORM_TOKEN."""
     from labkit.cluster import Cluster
     from labkit.workbook import NOTEBOOKS, ORDER, run_notebook
@@ -41,7 +41,7 @@ def executed(local_lab, canary, tmp_path_factory):
         cluster.set_default_variant("cartFailure", "off")
         cluster.restart_flagd(timeout=30)
     out = tmp_path_factory.mktemp("executed-with-canary")
-    env = {**canary.env(local_lab), "LABKIT_STATIC_CHARTS": "1"}
+    env = {**canary.env(local_lab), **kernel_env, "LABKIT_STATIC_CHARTS": "1"}
     written = {}
     for name in ORDER:
         written[name] = run_notebook(NOTEBOOKS / f"{name}.ipynb", out, env, timeout=300)

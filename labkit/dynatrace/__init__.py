@@ -26,6 +26,7 @@ from labkit.dynatrace._http import (GRAIL_LOG_SCOPES, Http, json_object, maybe_r
 from labkit.dynatrace._http import parse_retry_after as _parse_retry_after  # noqa: F401 (tests use it)
 from labkit.dynatrace._query import (as_datetime, as_str, dql_from, dql_string, quote_selector_value,
                                      service_selector, time_param, utc_ms)
+from labkit import cards
 from labkit.errors import BadInput, Forbidden, LabError, LabTimeout, NotFound, Unreachable
 from labkit.progress import Progress
 from labkit.settings import Settings
@@ -61,6 +62,10 @@ class Entity:
     first_seen: datetime | None = None
     last_seen: datetime | None = None
 
+    def __repr__(self) -> str:
+        seen = f", last seen {self.last_seen:%Y-%m-%d %H:%M} UTC" if self.last_seen else ""
+        return f"<service {self.name} {self.id}{seen}>"
+
     def seen_within(self, delta: timedelta, now: datetime | None = None) -> bool:
         now = now or datetime.now(timezone.utc)
         return self.last_seen is not None and self.last_seen >= now - delta
@@ -91,6 +96,11 @@ class ChangeEvent:
                 f"(run {self.run_id}) recorded on {self.report_count} entit"
                 f"{'y' if self.report_count == 1 else 'ies'}, status {', '.join(self.statuses) or '-'}")
         return text + "".join(f"; warning: {w}" for w in self.warnings)
+
+    __repr__ = __str__ = summary
+
+    def _repr_html_(self) -> str:
+        return cards.change_event(self)
 
 
 # --------------------------------------------------------------------------- the client
@@ -296,8 +306,8 @@ class Dynatrace:
     def problems(self, service: str | None = None, since="now-1d", status: str | None = None) -> "pd.DataFrame":
         """Problems (optionally those affecting `service`; status 'open' or 'closed'), newest first.
 
-        Columns: problem_id, display_id, title, status (OPEN/CLOSED), severity, start, end (NaT
-        while open), affected (names joined by ', '), root_cause (name or None).
+        Columns: display_id, title, status (OPEN/CLOSED), severity, start, end (NaT while open),
+        affected (names joined by ', '), root_cause (name or None), problem_id (for API calls).
         """
         criteria = []
         if service is not None:

@@ -99,19 +99,19 @@ def change_event_frame(events: list[dict]) -> "pd.DataFrame":
 
 
 def problem_frame(items: list[dict]) -> "pd.DataFrame":
-    """Problems (the API's problem objects) as rows, newest first; end is NaT while open."""
+    """Problems (the API's problem objects) as rows, newest first; end is NaT while open. The display
+    id (P-...) a person reads comes first; the internal problem id, for API calls, last."""
     import pandas as pd
 
     rows = []
     for p in items:
         affected = [_stub_name(x) for x in (p.get("affectedEntities") or [])]
         root = p.get("rootCauseEntity")
-        rows.append((p.get("problemId"), p.get("displayId"), p.get("title"), p.get("status"),
-                     p.get("severityLevel"), p.get("startTime"), p.get("endTime"),
-                     ", ".join(a for a in affected if a),
-                     _stub_name(root) if isinstance(root, dict) else None))
-    columns = ["problem_id", "display_id", "title", "status", "severity", "start", "end",
-               "affected", "root_cause"]
+        rows.append((p.get("displayId"), p.get("title"), p.get("status"), p.get("severityLevel"),
+                     p.get("startTime"), p.get("endTime"), ", ".join(a for a in affected if a),
+                     _stub_name(root) if isinstance(root, dict) else None, p.get("problemId")))
+    columns = ["display_id", "title", "status", "severity", "start", "end", "affected", "root_cause",
+               "problem_id"]
     frame = pd.DataFrame.from_records(rows, columns=columns)
     for col in ("start", "end"):
         ms = pd.to_numeric(frame[col], errors="coerce")

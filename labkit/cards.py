@@ -1,0 +1,151 @@
+"""HTML cards for what a cell shows (event, served value, traffic, verdict, ...): escaped, cheap, no secrets.
+
+Each result class has a two-line `_repr_html_` calling one function here. The functions read the
+objects' attributes only (duck typing), so this module imports nothing from labkit, nor pandas or
+plotly. Every value goes through `html.escape`; a `link` (a deep link into the Dynatrace UI) is
+rendered when the object has one, and only when it is an http(s) URL.
+"""
+from __future__ import annotations
+
+import html
+import math
+from datetime import datetime, timezone
+
+_BOX = ("border:1px solid #d0d7de;border-left:4px solid {accent};border-radius:6px;padding:8px 12px;"
+        "margin:4px 0;max-width:60em;font-family:var(--jp-ui-font-family,sans-serif);font-size:13px")
+_OK, _BAD, _INFO = "#1b7f3b", "#b00020", "#1f6feb"
+_ROW = '<tr><th style="text-align:left;padding:1px 12px 1px 0;font-weight:600">{}</th><td>{}</td></tr>'
+
+
+def _e(value) -> str:
+    """Text as element content (quotes stay readable; attributes go through _attr)."""
+    return html.escape("" if value is None else str(value), quote=False)
+
+
+def _attr(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def when(value: datetime | None) -> str:
+    """'14:03:07 UTC', how cards and one-line texts give a time."""
+    if value is None:
+        return "-"
+    value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).strftime("%H:%M:%S UTC")
+
+
+def _link(url) -> str:
+    if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+        return ""
+    return (f'<div style="margin-top:4px"><a href="{_attr(url)}" target="_blank" rel="noopener">'
+            "open in Dynatrace ↗</a></div>")
+
+
+def card(kind: str, title: str, rows=(), *, ok: bool | None = None, note: str = "", link=None) -> str:
+    """A titled box of label/value rows (plain text, escaped); green/red when ok is known."""
+    accent = _INFO if ok is None else _OK if ok else _BAD
+    body = "".join(_ROW.format(_e(label), _e(value)) for label, value in rows if value not in (None, ""))
+    table = f'<table style="border-collapse:collapse;margin-top:4px">{body}</table>' if body else ""
+    extra = f'<div style="margin-top:4px;color:#57606a">{_e(note)}</div>' if note else ""
+    return (f'<div class="labkit-card labkit-card-{_attr(kind)}" style="{_BOX.format(accent=accent)}">'
+            f"<b>{_e(title)}</b>{table}{extra}{_link(link)}</div>")
+
+
+def grid(kind: str, title: str, headers, rows, *, ok: bool | None = None, note: str = "", link=None) -> str:
+    """A titled box with a small table (a header row, then rows of plain text)."""
+    cell = 'style="text-align:left;padding:1px 12px 1px 0;vertical-align:top"'
+    head = "".join(f"<th {cell}>{_e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td {cell}>{_e(v)}</td>" for v in row) + "</tr>" for row in rows)
+    accent = _INFO if ok is None else _OK if ok else _BAD
+    extra = f'<div style="margin-top:4px;color:#57606a">{_e(note)}</div>' if note else ""
+    return (f'<div class="labkit-card labkit-card-{_attr(kind)}" style="{_BOX.format(accent=accent)}">'
+            f'<b>{_e(title)}</b><table style="border-collapse:collapse;margin-top:4px">'
+            f"<tr>{head}</tr>{body}</table>{extra}{_link(link)}</div>")
+
+
+# --- one function per result --------------------------------------------------------------------
+def change_event(event) -> str:
+    change = f"{event.old} → {event.new}" if event.old is not None else f"→ {event.new}"
+    status = ", ".join(event.statuses) or "no entity matched"
+    return card("change-event", f"Dynatrace told: {event.flag} {change}", [
+        ("landed on", f"service {event.service} ({event.report_count} "
+                      f"entit{'y' if event.report_count == 1 else 'ies'})"),
+        ("ingest status", status), ("sent", when(event.sent_at)), ("run", event.run_id),
+        ("warnings", "; ".join(event.warnings))], ok=event.ok, link=getattr(event, "link", None))
+
+
+def served(value, text_value: str) -> str:
+    pods = getattr(value, "pods", None)
+    return card("served", f"flagd serves {value.key} = {value.variant}", [
+        ("variant", value.variant), ("value", text_value), ("reason", value.reason),
+        ("pods", ", ".join(pods) if pods else None)],
+        note="asked from flagd itself (OFREP), not from the ConfigMap", link=getattr(value, "link", None))
+
+
+def restart(result) -> str:
+    return card("restart", f"flagd restarted ({result.how}) in {result.seconds:.1f} s", [
+        ("replicas", result.replicas), ("new pods", ", ".join(result.pods) or "-")],
+        ok=True, link=getattr(result, "link", None))
+
+
+def shop_result(result) -> str:
+    empties = result.by_operation.get("empty", 0)
+    failed_empties = result.failures_by_operation.get("empty", 0)
+    rows = [("took", f"{result.seconds:.1f} s ({result.ops_per_second:.0f} operations/s)"),
+            ("cart empties failed", f"{failed_empties} of {empties}" if empties else None),
+            ("first failure", when(result.first_failure_at) if result.first_failure_at else None),
+            ("interrupted", "yes" if result.interrupted else None)]
+    title = f"Cart traffic: {result.sessions} sessions, {result.operations} operations, {result.failure_count} failed"
+    return card("traffic", title, rows, ok=None, note=" ".join(result.notes),
+                link=getattr(result, "link", None))
+
+
+def verdict(v) -> str:
+    note = ""
+    if v.before_requests or v.after_requests:
+        note = (f"before: {v.before_failed} failed of {v.before_requests} requests; "
+                f"after: {v.after_failed} failed of {v.after_requests}")
+    return card("verdict", v.text, ok=not v.rose, note=note, link=getattr(v, "link", None))
+
+
+def preflight(checks) -> str:
+    rows = [("ok" if c.ok else "NO", c.item, c.detail) for c in checks]
+    title = "Preflight: all checks passed" if checks.ok else "Preflight: fix what is marked NO"
+    return grid("preflight", title, ["", "check", "detail"], rows, ok=checks.ok)
+
+
+def timeline(t) -> str:
+    rows = [(when(s.time), s.kind, s.detail) for s in t.steps]
+    if not rows:
+        return card("timeline", f"Timeline of run {t.run_id}", note="nothing happened yet in this run")
+    return grid("timeline", f"Timeline of run {t.run_id}", ["time", "step", "detail"], rows)
+
+
+def reset(r, text: str) -> str:
+    return card("reset", "Lab reset", [("flags set back to off", ", ".join(r.flags_set_off) or "none")],
+                ok=True, note=text)
+
+
+def flag_change(change, text: str) -> str:
+    return card("flag-change", f"ConfigMap: {change.flag}", [("change", text)], ok=True)
+
+
+def lab(where: str, run_id: str) -> str:
+    return card("lab", f"Connected to the {where}", [("run", run_id)])
+
+
+def trace_logs(logs) -> str:
+    """The logs of one trace, oldest first, or why there are none."""
+    if not len(logs.frame):
+        return card("trace-logs", f"No logs of {logs.trace_id or 'a failed trace'}", ok=False,
+                    note=logs.why, link=getattr(logs, "link", None))
+    rows = [(when(r.timestamp) if r.timestamp == r.timestamp else "-", _text(r.loglevel), _text(r.service), _text(r.content)[:300])
+            for r in logs.frame.itertuples()]
+    return grid("trace-logs", f"All {len(rows)} logs of trace {logs.trace_id}, oldest first",
+                ["time", "level", "service", "content"], rows, link=getattr(logs, "link", None))
+
+
+def _text(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
