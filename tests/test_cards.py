@@ -28,7 +28,7 @@ def _event(**changes):
 
 
 def _timeline():
-    t = Timeline(run_id="ab12")
+    t = Timeline()
     t.add(EVENT_SENT, flag="cartFailure", old="off", new="on", at=AT)
     t.add(FLAGD_SERVING, flag="cartFailure", new="on", note="true", at=AT)
     return t
