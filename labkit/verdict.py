@@ -65,6 +65,14 @@ def _the_change(timeline: Timeline | None, flag: str, events):
     return None, flag
 
 
+def _old_served_since(timeline: Timeline | None, flag: str, change_at):
+    """When flagd began serving the value this change replaced (the last serving step of `flag`
+    before the change), or None: "before" must not reach back into an earlier state of the flag."""
+    earlier = [s for s in (timeline.steps if timeline is not None else [])
+               if s.kind == FLAGD_SERVING and s.flag == flag and _naive(s.time) < change_at]
+    return _naive(earlier[-1].time) if earlier else None
+
+
 def _served_at(timeline: Timeline | None, flag: str, change_at):
     """When flagd first served a value of `flag` at or after the change (else the change itself)."""
     for step in (timeline.steps if timeline is not None else []):
@@ -79,18 +87,20 @@ def _totals(part) -> tuple[int, int]:
     return int(part["failed"].fillna(0).sum()), int(part["requests"].fillna(0).sum())
 
 
-def _windows(frame, change_at, served_at, window: timedelta, min_requests: int):
-    """(before, after, note): slots ending in (change - window, change], and whole slots after flagd
-    served the new value up to `window` later (timestamps are slot ends; a slot that started before
-    the change mixes both sides, so it counts only when there is nothing else yet)."""
+def _windows(frame, change_at, served_at, window: timedelta, min_requests: int, old_since=None):
+    """(before, after, note): slots ending in (change - window, change] (whole slots after the old
+    value began to be served, when the timeline knows), and whole slots after flagd served the new
+    value up to `window` later (timestamps are slot ends; a slot that started before the change
+    mixes both sides, so it counts only when there is nothing else yet)."""
     import pandas as pd
 
     if not len(frame):
         return frame, frame, ""
     ts = pd.to_datetime(frame["timestamp"], utc=True).dt.tz_localize(None)
-    before = frame[((ts > change_at - window) & (ts <= change_at)).to_numpy()]
     slot = ts.diff().median() if len(ts) > 1 else pd.Timedelta(minutes=1)
     slot = slot if slot == slot else pd.Timedelta(minutes=1)  # NaT when the diffs are undefined
+    start = change_at - window if old_since is None else max(change_at - window, old_since + slot)
+    before = frame[((ts > start) & (ts <= change_at)).to_numpy()]
     after = frame[((ts - slot >= served_at) & (ts <= served_at + window)).to_numpy()]
     if _totals(after)[1] >= min_requests:
         return before, after, ""
@@ -131,7 +141,7 @@ def compare(failed, timeline: Timeline | None, flag: str = "cartFailure",
                        "flag switch or lab.change_flag()", False)
     frame = failed if failed is not None else pd.DataFrame(columns=["timestamp", "failed", "requests"])
     before, after, note = _windows(frame, change_at, _served_at(timeline, flag, change_at), window,
-                                   min_requests)
+                                   min_requests, _old_served_since(timeline, flag, change_at))
     (b_failed, b_req), (a_failed, a_req) = _totals(before), _totals(after)
     b_rate = b_failed / b_req if b_req else NAN
     a_rate = a_failed / a_req if a_req else NAN

@@ -37,23 +37,23 @@ def _find(book, source_start: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def executed(local_lab, kernel_env, tmp_path_factory):
-    """Run the four notebooks once, in order, on a lab whose cartFailure starts at off."""
-    from labkit.cluster import Cluster
-    from labkit.settings import Settings
+def executed(kernel_env, tmp_path_factory):
+    """Run the four notebooks once, in order, on a local lab of their own (as a workshop group
+    starts on a fresh one): no other test's traffic or steps are in its data."""
+    from labkit.sandbox import LocalLab, Timings
 
-    cluster = Cluster(Settings.load(environ=local_lab.env, dotenv=None))
-    if cluster.flag_file().flag("cartFailure").default_variant != "off":
-        cluster.set_default_variant("cartFailure", "off")
-        cluster.restart_flagd(timeout=30)
+    lab = LocalLab(tmp_path_factory.mktemp("workshop-lab"), Timings.fast()).start()
     out = tmp_path_factory.mktemp("executed")
-    env = {**local_lab.env, **kernel_env, "LABKIT_STATIC_CHARTS": "1"}
+    env = {**lab.env, **kernel_env, "LABKIT_STATIC_CHARTS": "1"}
     books = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("PYTHONPATH", raising=False)
-        for name in ORDER:
-            path = run_notebook(NOTEBOOKS / f"{name}.ipynb", out, env, timeout=300)
-            books[name] = nbformat.read(path, as_version=4)
+        try:
+            for name in ORDER:
+                path = run_notebook(NOTEBOOKS / f"{name}.ipynb", out, env, timeout=300)
+                books[name] = nbformat.read(path, as_version=4)
+        finally:
+            lab.stop()
     return books
 
 
@@ -105,6 +105,9 @@ def test_review_problem_shows_logs_trace_and_change(executed):
     trace = _find(book, "lab.trace_logs(")
     assert "Can't access cart storage" in trace and "INFO" in trace, "the failed trace's logs, in order"
     assert "cartFailure" in _find(book, 'lab.change_events("cart")')
+    chart = _outputs(book, "application/vnd.plotly.v1+json", "lab.chart()")[0]
+    # 02 runs in a kernel of its own: 01's steps reach its chart through the kept timeline
+    assert chart["layout"]["meta"]["labkit"]["step_markers"] >= 3, "01's steps are not on 02's chart"
 
 
 def test_roll_back_recovers(executed):

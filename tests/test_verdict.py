@@ -68,3 +68,16 @@ def test_imports_no_plotting():
     code = "import sys, labkit.verdict; print(sorted(m for m in sys.modules if m.startswith(('plotly', 'labkit.charts', 'labkit.lab'))))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_before_does_not_reach_back_into_an_earlier_state_of_the_flag():
+    # on at 2, served off again at 6 (a rollback: 2..6 failed), on again at 12: "before" is 7..12 only
+    tl = Timeline()
+    tl.add(labmod.FLAGD_SERVING, flag="cartFailure", new="on", at=T0 + timedelta(minutes=2))
+    tl.add(labmod.FLAGD_SERVING, flag="cartFailure", new="off", at=T0 + timedelta(minutes=6))
+    tl.add(labmod.FLAG_APPLIED, flag="cartFailure", old="off", new="on", at=T0 + timedelta(minutes=12))
+    tl.add(labmod.FLAGD_SERVING, flag="cartFailure", new="on", at=T0 + timedelta(minutes=12.5))
+    failed = failed_frame([(m, 4 if 2 < m <= 6 or m > 13 else 0, 40) for m in range(1, 19)])
+    verdict = compare(failed, tl)
+    assert verdict.before_failed == 0 and verdict.before_requests == 200  # minutes 8..12
+    assert verdict.rose and verdict.text.startswith("failure rate rose from 0.0% to 10.0%")
