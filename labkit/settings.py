@@ -176,7 +176,8 @@ class Settings:
 
     @property
     def has_tenant(self) -> bool:
-        return bool(self.dt_url and self.api_token)
+        """A tenant address and a token for it: a platform token alone is enough (fidelity.md)."""
+        return bool(self.dt_url and (self.api_token or self.platform_token))
 
     def where(self) -> str:
         """A one-line, secret-free description of which lab this is."""

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import httpx
 
+from labkit.dynatrace._access import Access, access
 from labkit.dynatrace._frames import (change_event_frame, classic_log_row, failure_frame, grail_log_row,
                                       log_frame, metric_series, problem_frame)
 from labkit.dynatrace._grail import run_dql
@@ -38,7 +39,7 @@ from labkit.settings import Settings
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-__all__ = ["Dynatrace", "ChangeEvent", "Entity", "READ_SCOPES", "INGEST_SCOPE", "GRAIL_LOG_SCOPES",
+__all__ = ["Dynatrace", "ChangeEvent", "Entity", "Access", "READ_SCOPES", "INGEST_SCOPE", "GRAIL_LOG_SCOPES",
            "PLATFORM_SCOPES", "ERROR_LEVELS",
            "EVENT_TYPE", "UNIFIED_KEYS", "ONEAGENT_KEYS", "service_selector", "quote_selector_value"]
 
@@ -418,6 +419,10 @@ class Dynatrace:
             raise LabError("No DT_API_TOKEN is set, so there are no API-token scopes to look up; "
                            "with a platform token alone, check() probes what it may do.")
         return self._http.lookup_api_scopes()
+
+    def access(self) -> list[Access]:
+        """The preflight of the tokens: per lab step, may it run, with which token, what to add."""
+        return access(self)
 
     def missing_scopes(self, required: Iterable[str] = READ_SCOPES) -> set[str]:
         """Which of `required` the API token lacks (empty set: all there)."""
