@@ -20,6 +20,7 @@ import httpx
 import pytest
 import respx
 
+from hardening_report import exception_text, fault_record  # noqa: F401  (fixture)
 from labkit.dynatrace import Dynatrace
 from labkit.errors import Forbidden, LabError, Unreachable
 from labkit.sandbox import make_token
@@ -161,8 +162,10 @@ def test_preflight_with_a_platform_token_alone(platform_only):
     assert "/ui/apps/dynatrace.services/explorer?detailsId=SERVICE-" in checks["service 'cart'"][1]
 
 
-def test_preflight_names_the_missing_platform_scopes(platform_only, limited):
+def test_preflight_names_the_missing_platform_scopes(platform_only, limited, fault_record):
+    rec = fault_record("tenant", "403 with details.missingScopes: a platform token lacking read scopes")
     checks = preflight(dict(platform_only, DT_PLATFORM_TOKEN=limited))
+    rec.leaked = repr(checks).count(limited.rsplit(".", 1)[1])
     assert checks["send the change event"][0]
     for item, scope in (("read change events", "environment-api:events:read"),
                         ("read failed requests", "environment-api:metrics:read"),
@@ -192,9 +195,11 @@ def test_preflight_with_the_labs_ingest_only_api_token(local_lab):
     assert all(ok for ok, _ in both.values()), both  # the platform token covers the reads
 
 
-def test_preflight_with_a_wrong_platform_token(platform_only):
+def test_preflight_with_a_wrong_platform_token(platform_only, fault_record):
+    rec = fault_record("tenant", "401: a wrong platform token in the preflight")
     wrong = "dt0s16.AAAAAAAAAAAAAAAAAAAAAAAA." + "D" * 64
     checks = preflight(dict(platform_only, DT_PLATFORM_TOKEN=wrong))
+    rec.leaked = repr(checks).count("D" * 64)
     ok, detail = checks["read problems"]
     assert not ok and "401" in detail and "DT_PLATFORM_TOKEN" in detail and "D" * 64 not in detail
 
@@ -250,7 +255,8 @@ def grail():
     dt.close()
 
 
-def test_a_410_poll_reruns_the_query_once(grail):
+def test_a_410_poll_reruns_the_query_once(grail, fault_record):
+    fault_record("tenant", "Grail poll 410 (result gone), rerun once")
     dt, mock = grail
     execute = mock.post(EXECUTE).mock(side_effect=[httpx.Response(202, json=RUNNING),
                                                    httpx.Response(200, json=DONE)])
@@ -259,27 +265,33 @@ def test_a_410_poll_reruns_the_query_once(grail):
     assert execute.call_count == 2
 
 
-def test_a_result_gone_twice_says_it_expired(grail):
+def test_a_result_gone_twice_says_it_expired(grail, fault_record):
+    rec = fault_record("tenant", "Grail poll 410 twice: says the result expired")
     dt, mock = grail
     mock.post(EXECUTE).respond(202, json=RUNNING)
     mock.get(POLL).respond(410, json=GONE)
     with pytest.raises(LabError) as err:
         dt.dql("fetch logs | limit 1")
+    rec.leaked = exception_text(err.value).count(PTOKEN.rsplit(".", 1)[1])
     assert "expired" in str(err.value) and "410" in str(err.value)
 
 
-def test_a_403_names_the_missing_scopes_and_points_to_platform_tokens(grail):
+def test_a_403_names_the_missing_scopes_and_points_to_platform_tokens(grail, fault_record):
+    rec = fault_record("tenant", "Grail 403 with details.missingScopes (echoing the token)")
     dt, mock = grail
-    mock.post(EXECUTE).respond(403, json={"error": {"code": 403, "message": "Forbidden", "details": {
-        "errorType": "FORBIDDEN", "missingScopes": ["storage:logs:read"]}}})
+    mock.post(EXECUTE).respond(403, json={"error": {"code": 403, "message": f"Forbidden {PTOKEN}",
+                                                    "details": {"errorType": "FORBIDDEN",
+                                                                "missingScopes": ["storage:logs:read"]}}})
     with pytest.raises(Forbidden) as err:
         dt.dql("fetch logs | limit 1")
+    rec.leaked = exception_text(err.value).count(PTOKEN.rsplit(".", 1)[1])
     text = str(err.value)
     assert "storage:logs:read" in text and "DT_PLATFORM_TOKEN" in text and "Platform tokens" in text
     assert "storage:buckets:read" not in text  # the body said what is missing: only that
 
 
-def test_a_429_waits_as_the_body_says(grail):
+def test_a_429_waits_as_the_body_says(grail, fault_record):
+    fault_record("tenant", "Grail 429 with error.retryAfterSeconds, then fine")
     dt, mock = grail
     mock.post(EXECUTE).mock(side_effect=[
         httpx.Response(429, json={"error": {"code": 429, "message": "Too many requests",
@@ -301,7 +313,8 @@ def test_a_429_to_the_end_says_how_long_to_wait(grail):
 
 @pytest.mark.parametrize("state,words", [("CANCELLED", ["CANCELLED", "not polled in time"]),
                                          ("FAILED", ["FAILED", "narrow its timeframe"])])
-def test_failed_and_cancelled_explain_themselves(grail, state, words):
+def test_failed_and_cancelled_explain_themselves(grail, state, words, fault_record):
+    fault_record("tenant", f"Grail query state {state}")
     dt, mock = grail
     mock.post(EXECUTE).respond(202, json=RUNNING)
     mock.get(POLL).respond(200, json={"state": state})
