@@ -67,8 +67,9 @@ def dynatrace(args):
 
     s = settings(args)
     if not s.has_tenant:
-        raise LabError("No Dynatrace tenant is configured: set DT_URL and DT_API_TOKEN (environment or "
-                       ".env), or start the local lab: python -m labkit sandbox")
+        raise LabError("No Dynatrace tenant is configured: set DT_URL and DT_PLATFORM_TOKEN (or "
+                       "DT_API_TOKEN) in the environment or .env, or start the local lab: "
+                       "python -m labkit sandbox")
     args.local_lab_note = s.local  # said after the output, so no one mistakes it for a tenant's data
     return Dynatrace(s)
 
@@ -198,12 +199,13 @@ def _send_change_event(args, change) -> None:
     if args.no_event:
         return
     if not settings(args).has_tenant:
-        err("note: no Dynatrace tenant configured (DT_URL, DT_API_TOKEN): no change event sent "
+        err("note: no Dynatrace tenant configured (DT_URL, DT_PLATFORM_TOKEN or DT_API_TOKEN): no change event sent "
             "(--no-event silences this)")
         return
     with dynatrace(args) as dt:
         event = dt.send_change_event(args.service, change.flag, change.new_variant, old=change.old_variant)
     out(f"change event sent: {event.summary()}")
+    out(f"  open in Dynatrace: {event.link}")
     for warning in event.warnings:
         err(f"warning: {warning}")
 
@@ -279,6 +281,7 @@ def cmd_event(args) -> int:
     with dynatrace(args) as dt:
         event = dt.send_change_event(args.service, args.flag, args.value, old=old)
     out(f"change event sent: {event.summary()}")
+    out(f"  open in Dynatrace: {event.link}")
     for warning in event.warnings:
         err(f"warning: {warning}")
     return 0
@@ -304,11 +307,23 @@ def cmd_failures(args) -> int:
     since = _since(args.since)
     with dynatrace(args) as dt:
         df = dt.failed_requests(args.service, since=since, resolution=args.resolution)
+        link = _service_link(dt, args.service)
     df = df.assign(failure_rate=(df["failure_rate"] * 100).round(1).astype(str) + "%")
     _frame(df, ["timestamp", "requests", "failed", "failure_rate"], f"no requests of {args.service} yet")
     total, failed = int(df["requests"].sum()), int(df["failed"].sum())
     out(f"{args.service}: {failed} of {total} requests failed in the last {args.since}")
+    if link:
+        out(f"the {args.service} service in Dynatrace: {link}")
     return 0
+
+
+def _service_link(dt, service: str) -> str | None:
+    """The service screen's link, when the token may look the service up (else no link)."""
+    try:
+        entity = dt.find_service(service)
+    except LabError:
+        return None
+    return entity.link if entity else None
 
 
 @command("problems", "problems affecting the service", lambda p: _since_args(p, "1d"))
@@ -317,20 +332,25 @@ def cmd_problems(args) -> int:
         df = dt.problems(args.service, since=_since(args.since))
     _frame(df, ["display_id", "status", "title", "start", "end", "affected"],
            f"no problems on {args.service} in the last {args.since}")
+    for display_id, link in zip(df["display_id"], df["link"]):
+        out(f"  {display_id}: {link}")
     return 0
 
 
-@command("logs", "the service's error logs (Grail with DT_PLATFORM_TOKEN, else log search)",
+@command("logs", "the service's error logs (status ERROR; Grail with DT_PLATFORM_TOKEN)",
          lambda p: (_since_args(p, "1h"), p.add_argument("--limit", type=int, default=20)))
 def cmd_logs(args) -> int:
     if not 1 <= args.limit <= 1000:
         raise BadInput("--limit must be between 1 and 1000.")
     with dynatrace(args) as dt:
         df = dt.error_logs(args.service, since=_since(args.since), limit=args.limit)
+    link = df.attrs.get("link")
     if len(df):  # one line per log: the first line of the message says what failed
         df = df.assign(content=df["content"].str.split("\n").str[0].str.strip())
     _frame(df, ["timestamp", "loglevel", "trace_id", "content"], f"no error logs of {args.service} "
            f"in the last {args.since}")
+    if link:
+        out(f"in the Logs app: {link}")
     return 0
 
 

@@ -138,20 +138,15 @@ class Lab:
 
     # --- preflight ----------------------------------------------------------------------------
     def check(self, service: str = names.SERVICE, flag: str = names.FLAG) -> Preflight:
-        """Tenant and cluster, each item with what to do when it fails."""
-        from labkit.dynatrace import READ_SCOPES
-
+        """Tenant and cluster, each item with what to do when it fails: per Dynatrace step, the
+        token it takes and the scope it lacks, Grail's error logs probed before any wait."""
         result = Preflight()
         result.append(Check("lab", True, self.where()))
         try:
-            missing = self.dynatrace.missing_scopes(READ_SCOPES | {"events.ingest"})
-            result.append(Check("token scopes", not missing,
-                                "all needed scopes present" if not missing else
-                                "missing " + ", ".join(sorted(missing)) +
-                                ": add them to the token in Access tokens"))
+            result.extend(Check(a.item, a.ok, a.detail) for a in self.dynatrace.access())
             entity = self.dynatrace.find_service(service)
             result.append(Check(f"service {service!r}", entity is not None,
-                                f"seen as {entity.id}" if entity else
+                                f"seen as {entity.id}: {entity.link}" if entity else
                                 "not seen in the last 3 days: is the demo sending data?"))
         except LabError as exc:
             result.append(Check("Dynatrace", False, str(exc)))
@@ -390,7 +385,7 @@ def connect(settings: Settings | None = None, *, state_dir: str | Path | None = 
             start_local: bool = True, timings=None) -> Lab:
     """The lab to work on, as labkit.which's one rule chooses it:
 
-    1. a lab configured in the environment or .env (DT_URL + DT_API_TOKEN, or a KUBECONFIG);
+    1. a lab configured in the environment or .env (DT_URL + a token, or a KUBECONFIG);
     2. else a running local lab (its lab.env in the state dir): attach to it;
     3. else start the local lab inside this process (stopped by lab.close() or at exit), with its
        lab.env in the state dir, so the other notebooks' kernels and terminals attach to it.
@@ -401,8 +396,8 @@ def connect(settings: Settings | None = None, *, state_dir: str | Path | None = 
 
     choice = which_lab(settings, state_dir=state_dir, start=start_local, timings=timings)
     if choice.how == "none":
-        raise Unreachable("No tenant is configured (DT_URL, DT_API_TOKEN) and no local lab is "
-                          "running. Start one with: python -m labkit sandbox")
+        raise Unreachable("No tenant is configured (DT_URL with DT_PLATFORM_TOKEN or DT_API_TOKEN) "
+                          "and no local lab is running. Start one with: python -m labkit sandbox")
     if choice.local_lab is not None:
         atexit.register(choice.close)
     return Lab(choice.settings, local_lab=choice.local_lab)

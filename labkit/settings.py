@@ -178,7 +178,8 @@ class Settings:
 
     @property
     def has_tenant(self) -> bool:
-        return bool(self.dt_url and self.api_token)
+        """A tenant address and a token for it: a platform token alone is enough (fidelity.md)."""
+        return bool(self.dt_url and (self.api_token or self.platform_token))
 
     def runs_dir(self) -> Path:
         """Where this lab's run (its timeline) is kept: the local lab's state dir, or for a real lab

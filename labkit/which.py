@@ -78,7 +78,8 @@ def which_lab(settings: Settings | None = None, *, state_dir: str | Path | None 
               start: bool = True, timings=None, new_state_dir: str | Path | None = None) -> Choice:
     """The lab to work on:
 
-    1. a lab configured in the environment or .env (DT_URL + DT_API_TOKEN, or a KUBECONFIG): that one;
+    1. a lab configured in the environment or .env (DT_URL + DT_PLATFORM_TOKEN and/or DT_API_TOKEN,
+       or a KUBECONFIG): that one;
     2. else a running local lab (`labkit sandbox`, `labkit lab`, or a kernel's), found by its lab.env
        in the state dir: attach to it;
     3. else, with start=True, a new local lab in the state dir (or `new_state_dir`; the caller

@@ -203,10 +203,20 @@ def test_a_wrong_token_gets_401(lab_env, secrets):
     no_secret(secrets, text)
 
 
-def test_a_wrong_platform_token_falls_back_to_classic_log_search(lab_env):
+def test_a_wrong_platform_token_is_named_not_hidden_behind_log_search(lab_env, secrets):
+    """Grail log storage refuses log search with the API token, so falling back would only hide
+    the real problem: the platform token is wrong."""
     env = dict(lab_env, DT_PLATFORM_TOKEN="dt0s16.AAAAAAAAAAAAAAAAAAAAAAAA." + "C" * 64)
     with Dynatrace(Settings.load(environ=env, dotenv=None), backoff=0.0) as dt:
-        frame = dt.error_logs("cart", since="now-10m")  # the API token has logs.read here
+        with pytest.raises(Forbidden) as err:
+            dt.error_logs("cart", since="now-10m")
+    text = str(err.value)
+    assert "401" in text and "DT_PLATFORM_TOKEN" in text and "C" * 64 not in text
+    no_secret(secrets, text)
+
+
+def test_error_log_frame_columns(dt):
+    frame = dt.error_logs("cart", since="now-10m")
     assert list(frame.columns) == ["timestamp", "loglevel", "status", "content", "trace_id",
                                    "span_id", "service"]
 

@@ -1,8 +1,12 @@
 """The Dynatrace API for the lab: change events, failed requests, problems, logs, entities, scopes.
 
-A `Dynatrace` object speaks the lab's words; underneath, `_http` is the one request path (clients
-and auth per API, retries, scrubbing, labkit errors), `_query` spells selectors, DQL and
-timeframes, `_grail` runs a DQL query and `_frames` turns answers into DataFrames.
+A `Dynatrace` object speaks the lab's words; underneath, `_http` is the one request path (which
+token a call takes, retries, scrubbing, labkit errors), `_query` spells selectors, DQL and
+timeframes, `_grail` runs a DQL query, `_frames` turns answers into DataFrames, `_links` points
+into the tenant's own screens and `_access` is the preflight of both tokens.
+
+Results carry links: `Entity.link`, `ChangeEvent.link`, a `link` column on problems and change
+events, and `frame.attrs["link"]` on the error-log and change-event frames.
 
 pandas is imported inside the functions that build DataFrames, so importing this package is cheap.
 """
@@ -18,11 +22,13 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import httpx
 
+from labkit.dynatrace._access import Access, access
 from labkit.dynatrace._frames import (change_event_frame, classic_log_row, failure_frame, grail_log_row,
                                       log_frame, metric_series, problem_frame)
 from labkit.dynatrace._grail import run_dql
-from labkit.dynatrace._http import (GRAIL_LOG_SCOPES, Http, json_object, maybe_recorded_message,
-                                    platform_token_message)
+from labkit.dynatrace._http import (GRAIL_LOG_SCOPES, PLATFORM_SCOPES, Http, json_object,
+                                    maybe_recorded_message, platform_token_message)
+from labkit.dynatrace._links import logs_link, notebook_link, problem_link, service_link
 from labkit.dynatrace._http import parse_retry_after as _parse_retry_after  # noqa: F401 (tests use it)
 from labkit.dynatrace._query import (as_datetime, as_str, dql_from, dql_string, quote_selector_value,
                                      service_selector, time_param, utc_ms)
@@ -34,7 +40,8 @@ from labkit.settings import Settings
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-__all__ = ["Dynatrace", "ChangeEvent", "Entity", "READ_SCOPES", "INGEST_SCOPE", "GRAIL_LOG_SCOPES",
+__all__ = ["Dynatrace", "ChangeEvent", "Entity", "Access", "READ_SCOPES", "INGEST_SCOPE", "GRAIL_LOG_SCOPES",
+           "PLATFORM_SCOPES", "ERROR_LEVELS",
            "EVENT_TYPE", "UNIFIED_KEYS", "ONEAGENT_KEYS", "service_selector", "quote_selector_value"]
 
 log = logging.getLogger(__name__)
@@ -46,6 +53,9 @@ INGEST_SCOPE = "events.ingest"
 EVENT_TYPE = "CUSTOM_CONFIGURATION"
 UNIFIED_KEYS = ("builtin:service.request.failure_count", "builtin:service.request.count")
 ONEAGENT_KEYS = ("builtin:service.errors.total.count", "builtin:service.requestCount.total")
+
+#: Log levels Dynatrace gives `status == "ERROR"` (fidelity.md): all of them are error logs.
+ERROR_LEVELS = frozenset({"SEVERE", "ERROR", "CRITICAL", "ALERT", "FATAL", "EMERGENCY"})
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -61,6 +71,7 @@ class Entity:
     name: str
     first_seen: datetime | None = None
     last_seen: datetime | None = None
+    link: str | None = None  # the service's screen in the tenant
 
     def __repr__(self) -> str:
         seen = f", last seen {self.last_seen:%Y-%m-%d %H:%M} UTC" if self.last_seen else ""
@@ -85,6 +96,7 @@ class ChangeEvent:
     statuses: list[str] = field(default_factory=list)
     correlation_ids: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    link: str | None = None  # the event in a Notebook of the tenant
 
     @property
     def ok(self) -> bool:
@@ -118,6 +130,7 @@ class Dynatrace:
         self._http = Http(settings, timeout=timeout, retries=retries, backoff=backoff,
                           transport=transport)
         self.settings = settings
+        self.ui = settings.platform_url or settings.dt_url  # where the tenant's screens are
         self._entity_cache: dict[str, tuple[float, Entity | None]] = {}
         self.entity_cache_seconds = 60.0
         self._entities_forbidden_until = 0.0
@@ -181,7 +194,8 @@ class Dynatrace:
         entities = self._paged("/api/v2/entities", "entities", scope="entities.read",
                                what=f"to look up the service {name!r}", params=params)
         found = [Entity(id=str(e.get("entityId", "")), name=str(e.get("displayName", name)),
-                        first_seen=utc_ms(e.get("firstSeenTms")), last_seen=utc_ms(e.get("lastSeenTms")))
+                        first_seen=utc_ms(e.get("firstSeenTms")), last_seen=utc_ms(e.get("lastSeenTms")),
+                        link=service_link(self.ui, e["entityId"]))
                  for e in entities if e.get("entityId")]
         if not found:
             return None
@@ -230,6 +244,8 @@ class Dynatrace:
         event = _ingest_result(resp, what, selector, ChangeEvent(
             service=service, flag=flag, old=None if old is None else as_str(old), new=as_str(new),
             run_id=run_id, sent_at=sent_at, report_count=0, warnings=warnings))
+        event.link = notebook_link(self.ui, _run_events_query(service, run_id),
+                                   sent_at - timedelta(minutes=5), sent_at + timedelta(hours=1))
         if event.report_count == 0:
             self._entity_cache.pop(service, None)
             note = "".join(f" ({w})" for w in warnings)
@@ -272,7 +288,25 @@ class Dynatrace:
                   "from": time_param(since), "pageSize": 1000}
         events = self._paged("/api/v2/events", "events", scope="events.read",
                              what=f"to read change events of service {service!r}", params=params)
-        return change_event_frame(events)
+        return self._with_event_links(change_event_frame(events), service, since)
+
+    def change_event(self, event_id: str) -> "pd.DataFrame":
+        """One event by its id (GET /api/v2/events/{eventId}), as a one-row change-event frame."""
+        if not isinstance(event_id, str) or not re.fullmatch(r"-?[0-9]+_[0-9]+", event_id):
+            raise BadInput(f"{event_id!r} is not an event id (like -4321987654321098765_1754552700000).")
+        body = self._get_json(f"/api/v2/events/{event_id}", scope="events.read",
+                              what=f"to read the event {event_id}")
+        return self._with_event_links(change_event_frame([body]), None, None)
+
+    def _with_event_links(self, frame: "pd.DataFrame", service: str | None, since) -> "pd.DataFrame":
+        frame["link"] = [notebook_link(self.ui, f"fetch events | filter event.id == {dql_string(str(i))}")
+                         for i in frame["event_id"]]
+        if service is not None:
+            query = (f"fetch events, from: {dql_from(since)} | filter event.type == "
+                     f"{dql_string(EVENT_TYPE)} and dt.entity.service.name == {dql_string(service)}"
+                     " | sort timestamp desc")
+            frame.attrs["link"] = notebook_link(self.ui, query)
+        return frame
 
     # ---- metrics
 
@@ -323,7 +357,9 @@ class Dynatrace:
         what = "to read problems" + (f" of service {service!r}" if service else "")
         items = self._paged("/api/v2/problems", "problems", scope="problems.read", what=what,
                             params=params)
-        return problem_frame(items)
+        frame = problem_frame(items)
+        frame["link"] = [problem_link(self.ui, p) for p in frame["problem_id"]]
+        return frame
 
     # ---- logs
 
@@ -339,12 +375,14 @@ class Dynatrace:
         Columns: timestamp (UTC), loglevel, status, content, trace_id, span_id, service.
         """
         limit = max(1, min(int(limit), 10000))
+        # status, not loglevel: Dynatrace marks SEVERE, CRITICAL, FATAL, ... as status ERROR too
         query = (f"fetch logs, from: {dql_from(since)} | filter service.name == {dql_string(service)}"
-                 f' and loglevel == "ERROR" | sort timestamp desc | limit {limit}')
+                 f' and status == "ERROR" | sort timestamp desc | limit {limit}')
         classic_query = f'status="ERROR" AND service.name="{service.replace(chr(34), "")}"'
-        return self._logs(query, classic_query, since=since, limit=limit, newest_first=True,
-                          keep=lambda r: r["service"] in (None, service) and
-                          (r["loglevel"] or r["status"] or "ERROR").upper() == "ERROR")
+        frame = self._logs(query, classic_query, since=since, limit=limit, newest_first=True,
+                           keep=lambda r: r["service"] in (None, service) and _is_error(r))
+        frame.attrs["link"] = logs_link(self.ui, query.rsplit(" | limit ", 1)[0], since)
+        return frame
 
     def logs_for_trace(self, trace_id: str, since="now-1d", limit: int = 1000) -> "pd.DataFrame":
         """All logs carrying `trace_id`, oldest first (the story of one failed request)."""
@@ -363,9 +401,11 @@ class Dynatrace:
         if self.settings.platform_token:
             try:
                 rows = [grail_log_row(r) for r in self.dql(query, max_records=limit)]
-            except (Forbidden, NotFound) as exc:
+            except NotFound as exc:  # no Grail on this host: maybe classic log storage
                 grail_problem = exc
         if rows is None:
+            if not self.settings.api_token:
+                raise Forbidden(platform_token_message() + f" (Grail said: {grail_problem})")
             try:
                 rows = self._classic_logs(classic_query, since, limit)
             except (Forbidden, NotFound):
@@ -385,19 +425,14 @@ class Dynatrace:
 
     def token_scopes(self) -> set[str]:
         """The scopes of DT_API_TOKEN, from POST /api/v2/apiTokens/lookup."""
-        what = "to look up the API token's scopes"
-        try:
-            resp = self._http.request("classic", "POST", "/api/v2/apiTokens/lookup",
-                                      body={"token": self.settings.api_token.reveal()},
-                                      scope="any scope", what=what)
-        except NotFound:
-            raise NotFound("Dynatrace does not know the token in DT_API_TOKEN (404 on lookup). "
-                           "Copy the token again from Access tokens.") from None
-        body = json_object(resp, what)
-        scopes = body.get("scopes") or []
-        if body.get("enabled") is False:
-            log.warning("the token in DT_API_TOKEN is disabled")
-        return {str(s) for s in scopes}
+        if not self.settings.api_token:
+            raise LabError("No DT_API_TOKEN is set, so there are no API-token scopes to look up; "
+                           "with a platform token alone, check() probes what it may do.")
+        return self._http.lookup_api_scopes()
+
+    def access(self) -> list[Access]:
+        """The preflight of the tokens: per lab step, may it run, with which token, what to add."""
+        return access(self)
 
     def missing_scopes(self, required: Iterable[str] = READ_SCOPES) -> set[str]:
         """Which of `required` the API token lacks (empty set: all there)."""
@@ -437,6 +472,20 @@ class Dynatrace:
 
 
 # --------------------------------------------------------------------------- change event steps
+
+
+def _run_events_query(service: str, run_id: str) -> str:
+    """DQL for this run's change events on `service` (ingested properties are fields in Grail)."""
+    return (f"fetch events | filter event.type == {dql_string(EVENT_TYPE)} and "
+            f"dt.entity.service.name == {dql_string(service)} and labkit.run_id == "
+            f"{dql_string(run_id)} | sort timestamp desc")
+
+
+def _is_error(row: dict) -> bool:
+    """An error log: status ERROR, or (no status) a level Dynatrace counts as one."""
+    if row.get("status"):
+        return str(row["status"]).upper() == "ERROR"
+    return str(row.get("loglevel") or "ERROR").upper() in ERROR_LEVELS
 
 
 def _check_change(service: str, flag: str, new, old) -> None:

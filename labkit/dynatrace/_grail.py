@@ -1,13 +1,18 @@
-"""A DQL query on Grail: execute, poll until it ends (bounded), cancel when the time is up."""
+"""A DQL query on Grail: execute, poll until it ends (bounded), cancel when the time is up.
+
+A result the tenant no longer keeps (a poll's 410, or state RESULT_GONE) is fetched by running the
+query once more; FAILED and CANCELLED say what they mean for the user.
+"""
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from typing import Any
 
 import httpx
 
-from labkit.dynatrace._http import Http, error_envelope, json_object, req
+from labkit.dynatrace._http import Http, ResultGone, error_envelope, json_object, req
 from labkit.errors import LabError, LabTimeout, Unreachable
 from labkit.progress import Progress
 
@@ -15,6 +20,8 @@ _EXECUTE = "/platform/storage/query/v1/query:execute"
 _POLL = "/platform/storage/query/v1/query:poll"
 _CANCEL = "/platform/storage/query/v1/query:cancel"
 _WHAT = "a Grail query"
+
+log = logging.getLogger(__name__)
 
 
 def grail_scope(query: str) -> str:
@@ -31,7 +38,23 @@ def grail_scope(query: str) -> str:
 
 def run_dql(http: Http, query: str, *, timeout: float, progress: Progress | None,
             max_records: int | None) -> list[dict]:
-    """The records of `query`; LabError when it fails, LabTimeout (cancelled) after `timeout` s."""
+    """The records of `query`; LabError when it fails, LabTimeout (cancelled) after `timeout` s.
+    A result gone before it was read is run for once more."""
+    try:
+        return _run(http, query, timeout=timeout, progress=progress, max_records=max_records)
+    except ResultGone:
+        log.info("the Grail result was gone before labkit read it; running the query again")
+    try:
+        return _run(http, query, timeout=timeout, progress=progress, max_records=max_records)
+    except ResultGone:
+        raise LabError(
+            "The Grail query's result expired before labkit could read it, twice (410 / "
+            "RESULT_GONE). The tenant keeps a result only about a minute after it finishes: run "
+            "the step again; if it keeps happening, the tenant or the network is slow.") from None
+
+
+def _run(http: Http, query: str, *, timeout: float, progress: Progress | None,
+         max_records: int | None) -> list[dict]:
     body: dict[str, Any] = {"query": query, "requestTimeoutMilliseconds": 2000}
     if max_records:
         body["maxResultRecords"] = int(max_records)
@@ -68,10 +91,18 @@ def _records(http: Http, state: dict, st: str) -> list[dict] | None:
         result = state.get("result") or {}
         records = result.get("records") if isinstance(result, dict) else None
         return [r for r in (records or []) if isinstance(r, dict)]
-    if st in ("FAILED", "CANCELLED", "RESULT_GONE"):
-        message, _ = error_envelope(state)
-        raise LabError(f"The Grail query ended {st}{': ' + http.scrub(message) if message else ''}."
-                       " Check the query; if it was RESULT_GONE, run it again.")
+    message, _ = error_envelope(state)
+    said = f": {http.scrub(message)}" if message else ""
+    if st == "RESULT_GONE":
+        raise ResultGone(f"The Grail query ended RESULT_GONE{said}.")
+    if st == "FAILED":
+        raise LabError(f"The Grail query FAILED on the tenant{said}. The query itself was refused "
+                       "or could not run (too much data, a field or bucket it may not read): check "
+                       "it, or narrow its timeframe.")
+    if st == "CANCELLED":
+        raise LabError(f"The Grail query was CANCELLED on the tenant{said}. Grail cancels a query "
+                       "that runs too long or is not polled in time, or someone cancelled it: run "
+                       "it again, or narrow its timeframe.")
     return None
 
 

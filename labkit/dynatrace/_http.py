@@ -1,16 +1,20 @@
-"""The one request path to Dynatrace: clients and auth per API, retries, scrubbing, labkit errors.
+"""The one request path to Dynatrace: which token each call uses, retries, scrubbing, labkit errors.
 
-Two lazily created httpx clients: the classic Environment API v2 (`DT_URL`,
-`Authorization: Api-Token ...`) and the Grail query API (the platform host,
-`Authorization: Bearer <DT_PLATFORM_TOKEN>`). Every call has a timeout; GETs (and other calls that
-cannot create anything) are retried a bounded number of times with exponential backoff and jitter on
-429 / 502 / 503 / 504, connect errors and timeouts, honouring `Retry-After`. The change-event POST is
-retried only when the tenant surely did not process it (a connect error before anything was sent, or
-429: rejected), never after a timeout or a 5xx, so a retry can never create a duplicate event.
+Two lazily created httpx clients: the API token's (`DT_URL`, `Authorization: Api-Token ...`) and the
+platform token's (the apps host, `Authorization: Bearer <DT_PLATFORM_TOKEN>`). Grail always takes
+the platform token. A classic call (`/api/v2/...`) takes the API token when it has the call's scope,
+else the platform token on `/platform/classic/environment-api/v2/...` with the matching platform
+scope, so a platform token alone runs the whole lab (fidelity.md). Every call has a timeout; GETs
+(and other calls that cannot create anything) are retried a bounded number of times with exponential
+backoff and jitter on 429 / 502 / 503 / 504, connect errors and timeouts, honouring `Retry-After`
+(or a platform body's `retryAfterSeconds`). The change-event POST is retried only when the tenant
+surely did not process it (a connect error before anything was sent, or 429: rejected), never after
+a timeout or a 5xx, so a retry can never create a duplicate event.
 
-Errors are mapped to labkit's hierarchy (401/403 -> Forbidden naming the scope, 404 -> NotFound,
-400 -> BadInput, 429/5xx/unreachable -> Unreachable). Tokens never appear in a message, a log line
-or a repr: httpx exceptions are wrapped (never chained) and server-provided text is scrubbed.
+Errors are mapped to labkit's hierarchy (401/403 -> Forbidden naming the token and the scope, from
+`details.missingScopes` when the body says it; 404 -> NotFound, 400 -> BadInput, 410 -> ResultGone,
+429/5xx/unreachable -> Unreachable). Tokens never appear in a message, a log line or a repr: httpx
+exceptions are wrapped (never chained) and server-provided text is scrubbed.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import random
 import re
 import threading
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,12 +39,22 @@ log = logging.getLogger(__name__)
 
 #: Platform-token scopes for error logs on Grail.
 GRAIL_LOG_SCOPES = ("storage:logs:read", "storage:buckets:read")
+#: Where a platform token reaches the classic Environment API v2, and the scopes it needs there.
+PLATFORM_CLASSIC = "/platform/classic/environment-api/v2"
+PLATFORM_SCOPES = {"events.ingest": "environment-api:events:write",
+                   "events.read": "environment-api:events:read",
+                   "metrics.read": "environment-api:metrics:read",
+                   "problems.read": "environment-api:problems:read",
+                   "entities.read": "environment-api:entities:read",
+                   "logs.read": "storage:logs:read"}
+_API, _PLATFORM = "DT_API_TOKEN", "DT_PLATFORM_TOKEN"
 
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _MAX_RETRY_AFTER = 30.0  # s: never sleep longer than this on one Retry-After
 # Nothing reached the tenant on these: safe to retry even the event POST.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-_SCOPE_RE = re.compile(r"\b(?:[a-zA-Z]+(?:\.[a-zA-Z]+)*\.(?:read|write|ingest)|storage:[a-z.-]+:[a-z]+)\b")
+_SCOPE_RE = re.compile(r"\b(?:[a-zA-Z]+(?:\.[a-zA-Z]+)*\.(?:read|write|ingest)|"
+                       r"(?:storage|environment-api):[a-z.-]+:[a-z]+)\b")
 _EXC_KINDS = {
     httpx.ConnectError: "connection refused or host not found",
     httpx.ConnectTimeout: "connect timeout",
@@ -50,6 +65,20 @@ _EXC_KINDS = {
     httpx.ReadError: "read error",
     httpx.WriteError: "write error",
 }
+
+
+class ResultGone(LabError):
+    """410: a Grail result the tenant no longer keeps (run the query again)."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one call goes: the client ("api" or "platform"), the path, the scope, the variable."""
+
+    client: str
+    path: str
+    scope: str
+    var: str
 
 
 class Http:
@@ -66,8 +95,10 @@ class Http:
         self._clients: dict[str, httpx.Client] = {}
         self._lock = threading.Lock()
         self._secrets = [s for s in (settings.api_token, settings.platform_token) if s]
+        self.api_scopes: set[str] | None = None  # the API token's, once looked up
+        self._looked_up = False
 
-    # ---- clients
+    # ---- clients and which token a call takes
 
     def close(self) -> None:
         with self._lock:
@@ -76,15 +107,17 @@ class Http:
             self._clients.clear()
 
     def client(self, api: str) -> httpx.Client:
-        """The client of `api` ("classic" or "grail"), created on first use."""
+        """The client of the API token ("api", "classic") or the platform token ("platform",
+        "grail"), created on first use."""
+        key = "api" if api in ("api", "classic") else "platform"
         with self._lock:
-            if api not in self._clients:
-                self._clients[api] = self._make_client(*self._base_and_auth(api))
-            return self._clients[api]
+            if key not in self._clients:
+                self._clients[key] = self._make_client(*self._base_and_auth(key))
+            return self._clients[key]
 
-    def _base_and_auth(self, api: str) -> tuple[str, str]:
+    def _base_and_auth(self, key: str) -> tuple[str, str]:
         s = self.settings
-        if api == "classic":
+        if key == "api":
             return s.dt_url, f"Api-Token {s.api_token.reveal()}"
         if not s.platform_token:
             raise Forbidden(platform_token_message())
@@ -105,33 +138,79 @@ class Http:
             **kwargs,
         )
 
+    def route(self, api: str, path: str, scope: str) -> Route:
+        """"grail": the platform token; "api-token": the API token; "classic": the API token
+        when it holds `scope` (or its scopes are unknown), else the platform token on the
+        platform's path for the classic API."""
+        if api == "grail":
+            return Route("platform", path, scope, _PLATFORM)
+        if api == "classic" and self.uses_platform(scope):
+            return Route("platform", PLATFORM_CLASSIC + path.removeprefix("/api/v2"),
+                         PLATFORM_SCOPES.get(scope, scope), _PLATFORM)
+        return Route("api", path, scope, _API)
+
+    def uses_platform(self, scope: str) -> bool:
+        """True when a classic call needing `scope` goes with the platform token."""
+        s = self.settings
+        if not s.api_token:
+            return True
+        if not s.platform_token or scope not in PLATFORM_SCOPES:
+            return False
+        if not self._looked_up:
+            self._looked_up = True
+            try:
+                self.api_scopes = self.lookup_api_scopes()
+            except LabError as exc:  # unknown: the API token it is, its own error will say why
+                log.info("could not look up the API token's scopes: %s", exc)
+        return self.api_scopes is not None and scope not in self.api_scopes
+
+    def lookup_api_scopes(self) -> set[str]:
+        """The API token's scopes (POST /api/v2/apiTokens/lookup), remembered for routing."""
+        what = "to look up the API token's scopes"
+        try:
+            resp = self.request("api-token", "POST", "/api/v2/apiTokens/lookup",
+                                body={"token": self.settings.api_token.reveal()},
+                                scope="any scope", what=what)
+        except NotFound:
+            raise NotFound("Dynatrace does not know the token in DT_API_TOKEN (404 on lookup). "
+                           "Copy the token again from Access tokens.") from None
+        body = json_object(resp, what)
+        if body.get("enabled") is False:
+            log.warning("the token in DT_API_TOKEN is disabled")
+        self.api_scopes = {str(x) for x in body.get("scopes") or []}
+        self._looked_up = True
+        return set(self.api_scopes)
+
     # ---- the request path
 
     def request(self, api: str, method: str, path: str, *, scope: str, what: str,
                 params: dict | None = None, body: Any = None, idempotent: bool = True,
                 timeout: float | None = None, event: bool = False) -> httpx.Response:
         """Send one call with bounded retries; returns a 2xx response or raises a LabError."""
-        client = self.client(api)
+        to = self.route(api, path, scope)
+        client = self.client(to.client)
         kwargs = _request_kwargs(params, body, timeout)
         attempt = 0
         while True:
             attempt += 1
             can_retry = attempt <= self.retries
             try:
-                resp = client.request(method, path, **kwargs)
+                resp = client.request(method, to.path, **kwargs)
             except httpx.HTTPError as exc:
                 if can_retry and (idempotent or isinstance(exc, _NOT_SENT)):
                     self._pause(attempt, None, what, exc_kind(exc))
                     continue
-                raise self._transport_error(exc, what=what, api=api, attempt=attempt, event=event) from None
+                raise self._transport_error(exc, what=what, to=to, attempt=attempt, event=event) from None
             status = resp.status_code
             if 200 <= status < 300:
                 return resp
             if status in _RETRY_STATUSES and can_retry and (idempotent or status == 429):
+                wait = parse_retry_after(resp.headers.get("Retry-After"))
+                wait = error_body(resp).retry_after if wait is None else wait
                 resp.close()
-                self._pause(attempt, parse_retry_after(resp.headers.get("Retry-After")), what, f"HTTP {status}")
+                self._pause(attempt, wait, what, f"HTTP {status}")
                 continue
-            raise self._http_error(resp, what=what, scope=scope, api=api, attempt=attempt, event=event)
+            raise self._http_error(resp, what=what, to=to, attempt=attempt, event=event)
 
     def _pause(self, attempt: int, retry_after: float | None, what: str, why: str) -> None:
         """Sleep before attempt `attempt + 1`: Retry-After when given, else backoff with jitter."""
@@ -155,10 +234,10 @@ class Http:
                 text = text.replace(tail, "****")
         return text
 
-    def _transport_error(self, exc: httpx.HTTPError, *, what: str, api: str, attempt: int,
+    def _transport_error(self, exc: httpx.HTTPError, *, what: str, to: Route, attempt: int,
                          event: bool) -> Unreachable:
         if isinstance(exc, _NOT_SENT):
-            return Unreachable(self._unreachable_message(what, exc, attempt, api))
+            return Unreachable(self._unreachable_message(what, exc, attempt, to))
         if isinstance(exc, httpx.TimeoutException):
             if event:
                 return Unreachable(maybe_recorded_message(what, f"no answer within {self.timeout:g} s"))
@@ -169,36 +248,38 @@ class Http:
         # protocol/read/write errors: the call may have been processed
         if event:
             return Unreachable(maybe_recorded_message(what, exc_kind(exc)))
-        return Unreachable(self._unreachable_message(what, exc, attempt, api))
+        return Unreachable(self._unreachable_message(what, exc, attempt, to))
 
-    def _host(self, api: str) -> str:
-        url = self.settings.dt_url if api == "classic" else (self.settings.platform_url or self.settings.dt_url)
+    def _host(self, to: Route) -> str:
+        url = self.settings.dt_url if to.client == "api" else (self.settings.platform_url or self.settings.dt_url)
         return urlsplit(url).netloc
 
-    def _unreachable_message(self, what: str, exc: Exception, attempts: int, api: str) -> str:
+    def _unreachable_message(self, what: str, exc: Exception, attempts: int, to: Route) -> str:
         hint = (" The local lab may have stopped: start it again and source its lab.env."
                 if self.settings.local else
                 " Check DT_URL, your network or proxy, and that the tenant is up.")
         return self.scrub(
-            f"Could not reach Dynatrace at {self._host(api)} for {req(what)} ({exc_kind(exc)}, "
+            f"Could not reach Dynatrace at {self._host(to)} for {req(what)} ({exc_kind(exc)}, "
             f"{attempts} attempt{'s' if attempts > 1 else ''}).{hint}")
 
-    def _http_error(self, resp: httpx.Response, *, what: str, scope: str, api: str, attempt: int,
+    def _http_error(self, resp: httpx.Response, *, what: str, to: Route, attempt: int,
                     event: bool) -> LabError:
         status = resp.status_code
-        message, violations = _error_text(resp)
-        message = self.scrub(message)
+        err = error_body(resp)
+        message = self.scrub(err.message)
         detail = f": {message}" if message else ""
         if status in (401, 403):
-            var = "DT_API_TOKEN" if api == "classic" else "DT_PLATFORM_TOKEN"
-            return _token_error(status, message, detail, what=what, scope=scope, var=var)
+            return _token_error(status, message, detail, what=what, to=to, missing=err.missing)
         if status == 404:
             return NotFound(f"Dynatrace answered 404 Not found for {req(what)}{detail}. Check DT_URL "
                             "(the environment address, no path) and the names you asked for.")
         if status == 400 or status == 422:
-            extra = "".join(f"\n  - {self.scrub(v)}" for v in violations)
+            extra = "".join(f"\n  - {self.scrub(v)}" for v in err.violations)
             return BadInput(f"Dynatrace refused {req(what)} as invalid ({status}){detail}{extra}")
-        return _server_error(status, detail, what=what, attempt=attempt, event=event)
+        if status == 410:
+            return ResultGone(f"Dynatrace no longer keeps the result of {what} (410){detail}.")
+        return _server_error(status, detail, what=what, attempt=attempt, event=event,
+                             retry_after=err.retry_after)
 
 
 def _request_kwargs(params: dict | None, body: Any, timeout: float | None) -> dict[str, Any]:
@@ -214,26 +295,40 @@ def _request_kwargs(params: dict | None, body: Any, timeout: float | None) -> di
     return kwargs
 
 
-def _token_error(status: int, message: str, detail: str, *, what: str, scope: str, var: str) -> Forbidden:
+_WHERE = {_API: "Access tokens (API tokens)",
+          _PLATFORM: "Account Management > Identity & access > Platform tokens"}
+
+
+def _token_error(status: int, message: str, detail: str, *, what: str, to: Route,
+                 missing: list[str]) -> Forbidden:
+    """401/403 naming the variable and the scopes: the body's missingScopes, else scope names in
+    its message, else the scope of the endpoint."""
+    named = missing or _SCOPE_RE.findall(message)
+    scopes = list(dict.fromkeys(named)) or [to.scope]
     if status == 401:
-        return Forbidden(
-            f"Dynatrace rejected the token (401) for {req(what)}{detail}. Check {var}: it may be "
-            f"wrong, expired or revoked, or lack the scope {scope}.")
-    named = _SCOPE_RE.findall(message)
-    missing = ", ".join(dict.fromkeys(named)) if named else scope
-    return Forbidden(
-        f"The token in {var} is not allowed {what} (403): it needs the scope {missing}"
-        f"{detail}. Add the scope to the token (Access tokens) or use a token that has it.")
+        exc = Forbidden(
+            f"Dynatrace rejected the token (401) for {req(what)}{detail}. Check {to.var}: it may be "
+            f"wrong, expired or revoked, or lack the scope {', '.join(scopes)}.")
+    else:
+        exc = Forbidden(
+            f"The token in {to.var} is not allowed {what} (403): it needs the scope "
+            f"{', '.join(scopes)}{detail}. Add the scope to the token ({_WHERE[to.var]}) or use "
+            "a token that has it.")
+    exc.missing_scopes = scopes  # for the preflight
+    exc.variable = to.var
+    return exc
 
 
-def _server_error(status: int, detail: str, *, what: str, attempt: int, event: bool) -> LabError:
+def _server_error(status: int, detail: str, *, what: str, attempt: int, event: bool,
+                  retry_after: float | None = None) -> LabError:
     """429, 5xx, redirects and anything else that is no 2xx."""
     attempts = f"{attempt} attempt{'s' if attempt > 1 else ''}"
     if event and status >= 500:
         return Unreachable(maybe_recorded_message(what, f"HTTP {status}{detail}"))
     if status == 429:
-        tail = (" The event was rejected, not recorded: send it again in a minute."
-                if event else " Try again in a minute.")
+        wait = f"in {retry_after:g} s (as the tenant asks)" if retry_after else "in a minute"
+        tail = (f" The event was rejected, not recorded: send it again {wait}."
+                if event else f" Try again {wait}.")
         return Unreachable(f"Dynatrace is throttling requests (429) for {req(what)} after {attempts}.{tail}")
     if status >= 500:
         return Unreachable(f"Dynatrace answered {status} for {req(what)}{detail} after {attempts}. "
@@ -265,7 +360,8 @@ def platform_token_message() -> str:
     return (
         "Reading logs needs a platform token: set DT_PLATFORM_TOKEN to a token with "
         f"{' + '.join(GRAIL_LOG_SCOPES)} (Account Management > Identity & access > Platform "
-        "tokens), or use an API token with logs.read on a tenant with classic log search."
+        "tokens). Tenants that keep logs in Grail refuse log search with an API token; only a "
+        "tenant with classic log storage reads them with an API token's logs.read."
     )
 
 
@@ -291,15 +387,35 @@ def json_object(resp: httpx.Response, what: str) -> dict:
     return body
 
 
-def _error_text(resp: httpx.Response) -> tuple[str, list[str]]:
-    """(message, violations) of an error answer: its envelope, or its text (capped) if not JSON."""
+@dataclass
+class ErrorBody:
+    """What an error answer says: its message, constraint violations, the scopes it names as
+    missing (platform `details.missingScopes` / `missingPermissions`) and `retryAfterSeconds`."""
+
+    message: str = ""
+    violations: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    retry_after: float | None = None
+
+
+def error_body(resp: httpx.Response) -> ErrorBody:
+    """The ErrorBody of an answer: its envelope, or its text (capped) if not JSON."""
     try:
         body = resp.json()
     except (ValueError, UnicodeDecodeError):
         text = resp.text.strip() if resp.content else ""
         # '<': an HTML page from a proxy or login screen, nothing to quote
-        return ("" if text.startswith("<") else text[:300]), []
-    return error_envelope(body)
+        return ErrorBody("" if text.startswith("<") else text[:300])
+    message, violations = error_envelope(body)
+    err = body.get("error", body) if isinstance(body, dict) else None
+    err = err if isinstance(err, dict) else {}
+    details = err.get("details") if isinstance(err.get("details"), dict) else {}
+    missing = [str(x) for key in ("missingScopes", "missingPermissions")
+               for x in (details.get(key) or []) if isinstance(details.get(key), list)]
+    retry = err.get("retryAfterSeconds", details.get("retryAfterSeconds"))
+    retry_after = float(retry) if isinstance(retry, (int, float)) and not isinstance(retry, bool) \
+        and retry >= 0 else None
+    return ErrorBody(message, violations, missing, retry_after)
 
 
 def error_envelope(body: Any) -> tuple[str, list[str]]:
@@ -349,12 +465,15 @@ def parse_retry_after(value: str | None) -> float | None:
 
 def check_settings(settings: Settings) -> None:
     """LabError when no tenant is configured; BadInput when a URL would send tokens in the clear."""
-    if not settings.dt_url or not settings.api_token:
-        missing = " and ".join(n for n, v in (("DT_URL", settings.dt_url),
-                                              ("DT_API_TOKEN", settings.api_token)) if not v)
+    if not settings.dt_url or not (settings.api_token or settings.platform_token):
+        missing = " and ".join(n for n, v in (
+            ("DT_URL", settings.dt_url),
+            ("DT_PLATFORM_TOKEN or DT_API_TOKEN", settings.api_token or settings.platform_token))
+            if not v)
         raise LabError(
             f"No Dynatrace tenant is configured ({missing} not set). Set DT_URL "
-            "(https://<id>.live.dynatrace.com) and DT_API_TOKEN in the environment or .env, "
+            "(https://<id>.live.dynatrace.com) and DT_PLATFORM_TOKEN (a platform token; or "
+            "DT_API_TOKEN, an API token) in the environment or .env, "
             "or run the local lab (python -m labkit sandbox, then source its lab.env)."
         )
     check_transport_security("DT_URL", settings.dt_url)

@@ -46,7 +46,8 @@ def utc_ms(ms) -> datetime | None:
 
 
 def time_param(value, name: str = "since") -> str:
-    """A classic API timeframe value: 'now-2h' / ISO strings pass through; datetime -> epoch ms."""
+    """A classic API timeframe value in a form it accepts: 'now-2h' (units m h d w M y) and ISO
+    strings pass through; 'now-30s', datetimes and timedeltas become epoch ms (reference §2)."""
     if value is None:
         return None  # type: ignore[return-value]
     if isinstance(value, datetime):
@@ -58,6 +59,9 @@ def time_param(value, name: str = "since") -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(int(value))
     if isinstance(value, str) and value.strip():
+        m = _REL.match(value.strip())
+        if m and m.group(2) in ("s", "ms"):  # the classic API has no seconds: a 400 there
+            return str(int(as_datetime(value).timestamp() * 1000))
         return value.strip()
     raise BadInput(f"{name} must be like 'now-2h', an ISO time or a datetime; got {value!r}.")
 

@@ -7,15 +7,17 @@ the subset the lab uses, and anything else gets the real error shape with a mess
 local lab does not support it (rather than a silently wrong answer).
 
 Like moto's models / responses / urls: telemetry and tenant hold the state; classic and grail
-answer requests (with selectors, times, series and dql as their parsers); routes is the table.
+answer requests (with selectors, times, series and dql as their parsers); ui shows the pages
+behind labkit's links; routes is the table.
 """
 from labkit.sandbox.dynatrace.errors import EnvironmentApiError, PlatformError
 from labkit.sandbox.dynatrace.routes import app
 from labkit.sandbox.dynatrace.telemetry import (REDIS_ERROR, SERVICES, Event, MonitoredEntity,
                                                 Problem, RequestRecord, Telemetry, service_id)
-from labkit.sandbox.dynatrace.tenant import (LAB_INGEST_SCOPES, READ_AND_INGEST_SCOPES, Tenant,
-                                             TokenInfo)
+from labkit.sandbox.dynatrace.tenant import (LAB_INGEST_SCOPES, PLATFORM_SCOPES, READ_AND_INGEST_SCOPES,
+                                             PlatformTokens, Tenant, TokenInfo)
 
-__all__ = ["EnvironmentApiError", "Event", "LAB_INGEST_SCOPES", "MonitoredEntity", "PlatformError",
+__all__ = ["EnvironmentApiError", "Event", "LAB_INGEST_SCOPES", "MonitoredEntity", "PLATFORM_SCOPES",
+           "PlatformError", "PlatformTokens",
            "Problem", "READ_AND_INGEST_SCOPES", "REDIS_ERROR", "RequestRecord", "SERVICES",
            "Telemetry", "Tenant", "TokenInfo", "app", "service_id"]

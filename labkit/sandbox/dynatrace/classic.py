@@ -18,7 +18,7 @@ from labkit.sandbox.dynatrace.selectors import (ENTITY_DIM, MetricQuery, criteri
 from labkit.sandbox.dynatrace.series import (aggregate, merged_minutes, parse_resolution,
                                              series_values, slot_bounds)
 from labkit.sandbox.dynatrace.telemetry import Event, MonitoredEntity, Problem
-from labkit.sandbox.dynatrace.tenant import Tenant
+from labkit.sandbox.dynatrace.tenant import PLATFORM_CLASSIC, Tenant, bearer
 from labkit.sandbox.dynatrace.times import DAY_MS, HOUR_MS, MINUTE_MS, iso_ms, timeframe
 from labkit.sandbox.http import Request, Response, json_response
 
@@ -223,6 +223,16 @@ def list_events(tenant: Tenant, req: Request) -> Response:
         "totalCount": len(events), "pageSize": size,
         "nextPageKey": next_key(params, offset + size, len(events)), "warnings": [],
         "events": [_event_json(e, now) for e in page]})
+
+
+def get_event(tenant: Tenant, req: Request, eventId: str) -> Response:  # noqa: N803
+    """GET /api/v2/events/{eventId}: one event (the SDK's getEvent)."""
+    tenant.authorize(req, "events.read")
+    now = tenant.telemetry.clock()
+    for event in tenant.telemetry.events():
+        if event.event_id == eventId:
+            return json_response(_event_json(event, now))
+    raise EnvironmentApiError(404, f"Event {eventId} not found")
 
 
 # ----- GET /api/v2/metrics/query ----------------------------------------------------------------
@@ -523,7 +533,7 @@ def lookup_token(tenant: Tenant, req: Request) -> Response:
         "lastUsedIpAddress": "127.0.0.1", "scopes": sorted(info.scopes)})
 
 
-# ----- GET /api/v2/logs/search (classic, deprecated; kept for clients that still try it) -------
+# ----- GET /api/v2/logs/search (classic, deprecated; on Grail log storage only with a platform token)
 LOG_TERM_RE = re.compile(r'^([\w.]+)\s*[=:]\s*"?(.*?)"?$')
 
 
@@ -547,8 +557,15 @@ def _log_query(text: str) -> Callable[[dict], bool]:
     return lambda r: any(all(t(r) for t in terms) for terms in alternatives)
 
 
+GRAIL_LOGS = ("This environment keeps its logs in Grail: log search needs a platform token "
+              "(Authorization: Bearer) with storage:logs:read; an API token is not enough.")
+
+
 def search_logs(tenant: Tenant, req: Request) -> Response:
-    tenant.authorize(req, "logs.read")
+    if bearer(req) and not req.path.startswith(PLATFORM_CLASSIC):
+        tenant.authorize_platform(req, ["storage:logs:read"])
+    elif tenant.authorize(req, "logs.read") is not None:  # an API token: Grail log storage says no
+        raise EnvironmentApiError(403, GRAIL_LOGS)
     params = req.query
     now = tenant.telemetry.clock()
     start, end = timeframe(params, now, 14 * DAY_MS)

@@ -61,6 +61,12 @@ def _fetch(tenant: Tenant, source: str, start: int, end: int, now: int) -> list[
             if p.start < end and (p.open or p.end >= start)]
 
 
+# What each data object needs of a platform token (reference §10).
+GRAIL_SCOPES = {"logs": ("storage:logs:read", "storage:buckets:read"),
+                "events": ("storage:events:read", "storage:buckets:read"),
+                "dt.davis.problems": ("storage:events:read", "storage:buckets:read"),
+                "timeseries": ("storage:metrics:read",)}
+
 GRAIL_METRICS = {"dt.service.request.count": 0, "dt.service.request.failure_count": 1}
 
 
@@ -207,7 +213,7 @@ def _dql_error(err: DqlError, query: str) -> Response:
     return PlatformError(400, err.message, "PARSE_ERROR", **details).response()
 
 
-def _grail_frame(q: DqlQuery, body: dict, now: int) -> tuple[int, int]:
+def query_frame(q: DqlQuery, body: dict, now: int) -> tuple[int, int]:
     """The query's own from:/to:, else the body's default timeframe, else the last 2 hours."""
     def default(key: str):
         text = body.get(key)
@@ -247,7 +253,8 @@ def grail_execute(tenant: Tenant, req: Request) -> Response:
         query = parse_dql(body["query"])
     except DqlError as err:
         return _dql_error(err, body["query"])
-    frame = _grail_frame(query, body, tenant.telemetry.clock())
+    tenant.authorize_platform(req, GRAIL_SCOPES[query.source])
+    frame = query_frame(query, body, tenant.telemetry.clock())
     wait_ms = _int_param(body.get("requestTimeoutMilliseconds"), "requestTimeoutMilliseconds",
                          1000)
     max_records = _int_param(body.get("maxResultRecords"), "maxResultRecords", 1000)

@@ -1,12 +1,14 @@
-"""The tenant's route tables: the classic Environment API v2, with Grail's query API mounted."""
+"""The tenant's route tables: the classic Environment API v2 (also on the platform path), Grail's
+query API and the UI pages behind labkit's links."""
 from __future__ import annotations
 
-from labkit.sandbox.dynatrace.classic import (get_entity, get_problem, ingest_event, list_entities,
-                                              list_events, list_problems, lookup_token,
-                                              query_metrics, search_logs)
+from labkit.sandbox.dynatrace import ui
+from labkit.sandbox.dynatrace.classic import (get_entity, get_event, get_problem, ingest_event,
+                                              list_entities, list_events, list_problems,
+                                              lookup_token, query_metrics, search_logs)
 from labkit.sandbox.dynatrace.errors import EnvironmentApiError, PlatformError
 from labkit.sandbox.dynatrace.grail import grail_cancel, grail_execute, grail_poll, grail_verify
-from labkit.sandbox.dynatrace.tenant import Tenant
+from labkit.sandbox.dynatrace.tenant import PLATFORM_CLASSIC, Tenant
 from labkit.sandbox.http import Mount, Route, Router
 
 GRAIL_PREFIX = "/platform/storage/query/v1"
@@ -18,17 +20,38 @@ GRAIL = Router([
     Route(f"{GRAIL_PREFIX}/query:verify", grail_verify, ("POST",)),
 ], PlatformError, name="the local lab's query API")
 
+# The Environment API v2 paths after /api/v2; a platform token reaches the same ones (except the
+# API-token lookup) under /platform/classic/environment-api/v2 with Bearer (fidelity.md).
+ENVIRONMENT_API = [
+    ("/events/ingest", ingest_event, ("POST",)),
+    ("/events", list_events, ("GET",)),
+    ("/events/{eventId}", get_event, ("GET",)),
+    ("/metrics/query", query_metrics, ("GET",)),
+    ("/problems", list_problems, ("GET",)),
+    ("/problems/{problemId}", get_problem, ("GET",)),
+    ("/entities", list_entities, ("GET",)),
+    ("/entities/{entityId}", get_entity, ("GET",)),
+    ("/logs/search", search_logs, ("GET",)),
+]
+
+PLATFORM_CLASSIC_API = Router([Route(PLATFORM_CLASSIC + path, handler, methods)
+                               for path, handler, methods in ENVIRONMENT_API],
+                              EnvironmentApiError, name="the local lab's platform classic API")
+
+UI = Router([
+    Route("/ui/apps/dynatrace.davis.problems/problem/{problemId}", ui.problem_page),
+    Route("/ui/apps/dynatrace.services/explorer", ui.service_page),
+    Route("/ui/apps/dynatrace.logs", ui.query_page),
+    Route("/ui/intent/dynatrace.notebooks/view-query", ui.query_page),
+    Route("/ui/local-lab/query", ui.run_query, ("POST",)),
+], ui.PageError, name="the local lab's pages")
+
 CLASSIC = Router([
-    Route("/api/v2/events/ingest", ingest_event, ("POST",)),
-    Route("/api/v2/events", list_events),
-    Route("/api/v2/metrics/query", query_metrics),
-    Route("/api/v2/problems", list_problems),
-    Route("/api/v2/problems/{problemId}", get_problem),
-    Route("/api/v2/entities", list_entities),
-    Route("/api/v2/entities/{entityId}", get_entity),
+    *[Route("/api/v2" + path, handler, methods) for path, handler, methods in ENVIRONMENT_API],
     Route("/api/v2/apiTokens/lookup", lookup_token, ("POST",)),
-    Route("/api/v2/logs/search", search_logs),
     Mount(GRAIL_PREFIX, GRAIL),  # Grail answers errors in its own body (PlatformError)
+    Mount(PLATFORM_CLASSIC, PLATFORM_CLASSIC_API),
+    Mount("/ui", UI),
 ], EnvironmentApiError, name="the local lab's Dynatrace API")
 
 

@@ -34,10 +34,23 @@ REDIS_ERROR = ("Can't access cart storage. System.ApplicationException: Wasn't a
 PROBLEM_TITLE = "Redis connection errors"
 CHANGE_LOOKBACK_MS = 30 * MINUTE_MS  # a change this long before a problem counts as evidence
 
+# Dynatrace normalises loglevel and sets status ERROR for all of these (fidelity.md).
+ERROR_LEVELS = frozenset({"SEVERE", "ERROR", "CRITICAL", "ALERT", "FATAL", "EMERGENCY"})
+
 MAX_RECORDS = 20_000
 MAX_INFO_LOGS = 20_000
 MAX_ERROR_LOGS = 20_000
 MAX_EVENTS = 5_000
+
+
+def log_status(level: str) -> str:
+    """The `status` Dynatrace derives from a log's level."""
+    level = level.upper()
+    if level in ERROR_LEVELS:
+        return "ERROR"
+    if level in ("WARN", "WARNING"):
+        return "WARN"
+    return "INFO" if level in ("INFO", "DEBUG", "TRACE", "NOTICE") else "NONE"
 
 
 def service_id(name: str) -> str:
@@ -189,7 +202,8 @@ class Telemetry:
                   pod: str) -> dict:
         """A log line shaped like the lab's cart logs in Grail (OTel + k8s + pod annotations)."""
         return {
-            "timestamp": iso(t), "_ms": t, "content": content, "loglevel": level, "status": level,
+            "timestamp": iso(t), "_ms": t, "content": content, "loglevel": level,
+            "status": log_status(level),
             "service.name": CART, "dt.entity.service": self.entities[CART].entity_id,
             "trace_id": trace_id, "span_id": span_id, "host.name": f"cart-{pod}",
             "k8s.namespace.name": "default", "k8s.pod.name": f"cart-{pod}",
@@ -201,6 +215,14 @@ class Telemetry:
         with self._lock:
             self._info_logs.append(self._cart_log(self.clock(), content, trace_id, span_id,
                                                   "INFO", pod))
+
+    def log_cart(self, level: str, content: str, pod: str = "pod-test") -> dict:
+        """Any cart log line (tests inject e.g. a CRITICAL one); error ones never open problems."""
+        with self._lock:
+            entry = self._cart_log(self.clock(), content, self._hex(32), self._hex(16),
+                                   level.upper(), pod)
+            (self._error_logs if entry["status"] == "ERROR" else self._info_logs).append(entry)
+            return entry
 
     def log_cart_redis_error(self, trace_id: str, span_id: str, pod: str) -> dict:
         """The EmptyCart failure log; the lab's pipeline marks it for alerting (priority "1")."""

@@ -1,4 +1,4 @@
-"""The tenant's state: API tokens and their scopes, platform tokens, Grail jobs, housekeeping."""
+"""The tenant's state: API tokens and platform tokens with their scopes, Grail jobs, housekeeping."""
 from __future__ import annotations
 
 import base64
@@ -22,6 +22,20 @@ READ_AND_INGEST_SCOPES = frozenset({
     "logs.ingest", "metrics.ingest", "openTelemetryTrace.ingest"})
 LAB_INGEST_SCOPES = frozenset({
     "logs.ingest", "metrics.ingest", "openTelemetryTrace.ingest", "events.ingest"})
+# A platform token's scopes (fidelity.md): the classic API under /platform/classic/... and Grail.
+PLATFORM_SCOPES = frozenset({
+    "environment-api:events:write", "environment-api:events:read", "environment-api:metrics:read",
+    "environment-api:problems:read", "environment-api:entities:read", "storage:logs:read",
+    "storage:buckets:read", "storage:events:read", "storage:metrics:read", "storage:entities:read"})
+# The classic scope of a handler -> the platform scopes that grant it there (any one of them).
+CLASSIC_ON_PLATFORM = {
+    "events.ingest": ("environment-api:events:write", "storage:events:write"),
+    "events.read": ("environment-api:events:read",),
+    "metrics.read": ("environment-api:metrics:read",),
+    "problems.read": ("environment-api:problems:read",),
+    "entities.read": ("environment-api:entities:read",),
+    "logs.read": ("storage:logs:read",)}
+PLATFORM_CLASSIC = "/platform/classic/environment-api/v2"
 
 
 @dataclass
@@ -41,6 +55,33 @@ def _api_token(req: Request) -> str | None:
     return req.query.get("api-token") or None
 
 
+def bearer(req: Request) -> str | None:
+    scheme, _, value = req.headers.get("authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+class PlatformTokens:
+    """The tenant's platform tokens and their scopes; a token added without scopes has them all."""
+
+    def __init__(self, tokens=()):
+        self._scopes: dict[str, frozenset] = {}
+        items = tokens.items() if isinstance(tokens, dict) else ((t, PLATFORM_SCOPES) for t in tokens)
+        for token, scopes in items:
+            self.add(token, scopes)
+
+    def add(self, token: str, scopes=PLATFORM_SCOPES) -> None:
+        self._scopes[token] = frozenset(scopes)
+
+    def discard(self, token: str) -> None:
+        self._scopes.pop(token, None)
+
+    def __contains__(self, token) -> bool:
+        return token in self._scopes
+
+    def scopes(self, token: str) -> frozenset:
+        return self._scopes.get(token, frozenset())
+
+
 @dataclass
 class GrailJob:
     query: DqlQuery
@@ -57,13 +98,13 @@ class Tenant:
     RESULT_TTL = 60.0  # s a finished Grail result stays available (reference §10)
 
     def __init__(self, telemetry: Telemetry, timings, tokens: dict[str, set | frozenset],
-                 platform_tokens: set[str] | frozenset = frozenset()):
+                 platform_tokens: set[str] | frozenset | dict = frozenset()):
         self.telemetry = telemetry
         self.timings = timings
         now = telemetry.clock()
         self.tokens = {t: TokenInfo(t, frozenset(s), self._token_name(s), now, now)
                        for t, s in tokens.items()}
-        self.platform_tokens = set(platform_tokens)
+        self.platform_tokens = PlatformTokens(platform_tokens)
         self._jobs: dict[str, GrailJob] = {}
         self._gone: set[str] = set()
         self._lock = threading.Lock()
@@ -91,7 +132,11 @@ class Tenant:
                 self._gone.add(token)
 
     # ----- auth ------------------------------------------------------------------------------
-    def authorize(self, req: Request, scope: str | None) -> TokenInfo:
+    def authorize(self, req: Request, scope: str | None) -> TokenInfo | None:
+        """The API token of a classic call; under /platform/classic/ the platform token instead."""
+        if req.path.startswith(PLATFORM_CLASSIC + "/"):
+            self.authorize_platform(req, [CLASSIC_ON_PLATFORM[scope]] if scope else [])
+            return None
         token = _api_token(req)
         if not token:
             raise EnvironmentApiError(401, "Missing authorization parameter.")
@@ -103,13 +148,21 @@ class Tenant:
         info.last_used = self.telemetry.clock()
         return info
 
-    def authorize_platform(self, req: Request) -> None:
-        scheme, _, value = req.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
+    def authorize_platform(self, req: Request, needs=()) -> None:
+        """A valid Bearer platform token holding, for each entry of `needs`, one of its scopes
+        (an entry is a scope or a tuple of alternatives); 403 names what is missing."""
+        token = bearer(req)
+        if token is None:
             raise PlatformError(401, "Authentication required: send Authorization: Bearer "
                                      "<platform token>", "UNAUTHORIZED")
-        if value.strip() not in self.platform_tokens:
+        if token not in self.platform_tokens:
             raise PlatformError(401, "The bearer token is not valid", "UNAUTHORIZED")
+        held = self.platform_tokens.scopes(token)
+        options = [(n,) if isinstance(n, str) else tuple(n) for n in needs]
+        missing = [o[0] for o in options if not held.intersection(o)]
+        if missing:
+            raise PlatformError(403, "Forbidden: the token lacks the scope(s) " + ", ".join(missing),
+                                "FORBIDDEN", missingScopes=missing)
 
     def services(self) -> list[MonitoredEntity]:
         return [e for e in self.telemetry.entity_list() if e.type == "SERVICE"]

@@ -31,7 +31,9 @@ def iso_ms(ms: int) -> str:
 # Timeframe bounds (reference §2): epoch ms, ISO with or without zone, now-2h, now-1d/d
 UNIT_MS = {"s": 1000, "m": MINUTE_MS, "h": HOUR_MS, "d": DAY_MS, "w": 7 * DAY_MS,
            "M": 30 * DAY_MS, "q": 91 * DAY_MS, "y": 365 * DAY_MS}
-RELATIVE_RE = re.compile(r"^now(?:\s*-\s*(\d+)([smhdwMy]))?(?:/([smhdwMy]))?$")
+# Relative bounds take only m h d w M y (reference §2): now-30s is a 400 on a tenant.
+RELATIVE_RE = re.compile(r"^now(?:\s*-\s*(\d+)([mhdwMy]))?(?:/([mhdwMy]))?$")
+ANY_RELATIVE_RE = re.compile(r"^now\s*-")
 ISO_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?)?"
                     r"\s*(Z|[+-]\d{2}:?\d{2})?$")
 
@@ -61,6 +63,9 @@ def parse_time(text: str | None, now: int, param: str = "from") -> int | None:
     if m:
         t = now - (int(m.group(1)) * UNIT_MS[m.group(2)] if m.group(1) else 0)
         return _align(t, m.group(3)) if m.group(3) else t
+    if ANY_RELATIVE_RE.match(text):
+        raise bad_param(param, f"Invalid relative time '{text}': the units are m, h, d, w, M "
+                               "and y (now-2h, now-1d/d); use epoch milliseconds for seconds")
     # A '+' in an unencoded query string arrives as a space: "…01.123 01:00".
     text = re.sub(r"(T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}:?\d{2})$", r"\1+\2", text)
     m = ISO_RE.match(text)
