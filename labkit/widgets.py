@@ -187,6 +187,9 @@ class FlagSwitch(_Displayable):
             self.served_label.value = (f'flagd serves: <span style="color:{_RED}">unknown</span> '
                                        f"<small>({html.escape(_error_text(exc))})</small>")
             return None
+        if getattr(served, "reason", None) == "DISABLED":
+            self.served_label.value = "flagd serves: <b>nothing</b> <small>(the flag is disabled)</small>"
+            return served
         if served is None or getattr(served, "variant", None) is None:
             self.served_label.value = "flagd serves: <b>nothing</b> <small>(no flagd pod is ready)</small>"
             return served
