@@ -7,6 +7,7 @@ arguments; `main()` parses, runs the handler, and turns labkit errors into one l
 from __future__ import annotations
 
 import argparse
+import json
 import dataclasses
 import re
 import sys
@@ -141,6 +142,18 @@ def cmd_sandbox(args) -> int:
 # ---- flags ----------------------------------------------------------------------------------------
 def _flags_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("flag", nargs="?", help="show only this flag")
+    p.add_argument("--context", type=_context_arg, default=None, metavar="JSON",
+                   help='evaluate in this context, e.g. \'{"targetingKey": "session-1"}\' (default: none)')
+
+
+def _context_arg(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError('expected a JSON object, e.g. {"targetingKey": "session-1"}')
+    return value
 
 
 @command("flags", "list the flags: variants, default variant, and what flagd serves", _flags_args)
@@ -152,17 +165,20 @@ def cmd_flags(args) -> int:
     ff = k8s.flag_file()
     flags = [ff.flag(args.flag)] if args.flag else ff.flags
     try:
-        served = k8s.served_values()
+        served = k8s.served_values(args.context)
         why = ""
     except Unreachable as exc:
         served, why = {}, str(exc)
-    rows, stale = [], []
+    rows, stale, targeted = [], [], []
     for f in flags:
         variants = " ".join(f"{name}={format_value(v)}" for name, v in f.variants.items())
         s = served.get(f.key)
         shown = f"{s.variant} ({format_value(s.value)})" if s and s.variant else (
-            format_value(s.value) if s else "-")
-        if s and s.variant != f.default_variant:
+            (s.reason or "-") if s and s.reason == "DISABLED" else format_value(s.value) if s else "-")
+        if f.has_targeting or (s and s.by_targeting):
+            shown += " (targeting)"
+            targeted.append(f.key)
+        if s and s.reason not in ("TARGETING_MATCH", "DISABLED") and s.variant != f.default_variant:
             shown += " *"
             stale.append(f.key)
         row = [f.key, variants, f.default_variant or "-", shown]
@@ -173,6 +189,11 @@ def cmd_flags(args) -> int:
     if args.verbose:
         header += ["STATE", "TARGETING", "DESCRIPTION"]
     out(table(rows, header))
+    if targeted:
+        out(f"(targeting) {', '.join(targeted)} ha{'s' if len(targeted) == 1 else 've'} targeting rules: the "
+            f"default variant is not what every request gets; SERVED is for "
+            f"{'context ' + json.dumps(args.context) if args.context else 'a request with no context'} "
+            "(--context '{\"targetingKey\": ...}' to ask for another).")
     if stale:
         out(f"* flagd still serves an older default for {', '.join(stale)}: it loads the ConfigMap when its "
             "pod starts. Restart it: python -m labkit set FLAG VARIANT (restarts flagd).")

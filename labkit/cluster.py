@@ -52,6 +52,8 @@ class Served:
     value: object
     variant: str | None
     reason: str | None
+    metadata: dict = field(default_factory=dict, compare=False)
+    context: dict = field(default_factory=dict, compare=False)  # the evaluation context it was asked in
 
     def __str__(self) -> str:
         return f"{self.variant} ({format_value(self.value)})"
@@ -63,6 +65,26 @@ class Served:
         from labkit import cards
 
         return cards.served(self, format_value(self.value))
+
+    @property
+    def by_targeting(self) -> bool:
+        """flagd ran the flag's targeting rules for this answer (so another context may get another
+        variant): TARGETING_MATCH, or DEFAULT when the rules gave no variant. STATIC: no rules."""
+        return self.reason in ("TARGETING_MATCH", "DEFAULT")
+
+    @property
+    def how(self) -> str:
+        """Why flagd served this, in the lab's words."""
+        return {"STATIC": "the default variant (no targeting)",
+                "TARGETING_MATCH": "chosen by the flag's targeting rules for this context",
+                "DEFAULT": "the default variant: the targeting rules chose none for this context",
+                "DISABLED": "nothing: the flag is disabled"}.get(str(self.reason), str(self.reason))
+
+
+def _served(d: dict, context: dict) -> Served:
+    meta = d.get("metadata")
+    return Served(key=d["key"], value=d.get("value"), variant=d.get("variant"), reason=d.get("reason"),
+                  metadata=meta if isinstance(meta, dict) else {}, context=dict(context))
 
 
 class Cluster:
@@ -266,11 +288,11 @@ class Cluster:
         return _restarted("rollout", replicas, start, _ready_names(pods, exclude=old), report)
 
     # ---- what flagd serves ----------------------------------------------------------------------
-    def _ofrep(self, flag: str | None) -> Reply:
-        """POST flagd's OFREP (one flag, or all with flag=None) through the service proxy."""
+    def _ofrep(self, flag: str | None, context: dict | None = None) -> Reply:
+        """POST flagd's OFREP (one flag, or all with flag=None) in `context` through the service proxy."""
         path = (self.kube.path("services") + f"/{names.FLAGD_SERVICE}:{names.OFREP_PORT}/proxy/ofrep/v1/evaluate/flags"
                 + (f"/{quote(flag, safe='')}" if flag is not None else ""))
-        return self.kube.send("POST", path, body={"context": {}}, timeout=_OFREP_TIMEOUT)
+        return self.kube.send("POST", path, body={"context": dict(context or {})}, timeout=_OFREP_TIMEOUT)
 
     def _ofrep_error(self, reply: Reply) -> Exception:
         return self.kube.error(reply.status, reply.text, "create", "services/proxy",
@@ -282,13 +304,14 @@ class Cluster:
             f"say what {what} is. Wait for the pod, or restart it: kubectl -n {self.namespace} scale "
             f"deploy {names.FLAGD_DEPLOYMENT} --replicas=1")
 
-    def served_values(self) -> dict[str, Served]:
-        """Everything flagd serves, by flag key (OFREP bulk evaluation; one request)."""
-        reply = self._ofrep(None)
+    def served_values(self, context: dict | None = None) -> dict[str, Served]:
+        """Everything flagd serves in `context` (e.g. {"targetingKey": "u1"}), by flag key (OFREP bulk
+        evaluation; one request). No context: what a request without one gets."""
+        context = dict(context or {})
+        reply = self._ofrep(None, context)
         data = reply.data
         if reply.status == 200 and isinstance(data, dict) and isinstance(data.get("flags"), list):
-            return {d["key"]: Served(key=d["key"], value=d.get("value"), variant=d.get("variant"),
-                                     reason=d.get("reason"))
+            return {d["key"]: _served(d, context)
                     for d in data["flags"] if isinstance(d, dict) and "key" in d and not d.get("errorCode")}
         if reply.status == 503:
             raise self._not_serving("its flags")
@@ -296,19 +319,20 @@ class Cluster:
             out = {}
             for key in self.flag_file().keys:
                 try:
-                    out[key] = self.served_value(key)
+                    out[key] = self.served_value(key, context)
                 except BadInput:
                     pass
             return out
         raise self._ofrep_error(reply)
 
-    def served_value(self, flag: str) -> Served:
-        """Ask flagd over OFREP (through the API server's service proxy) what it serves for `flag`."""
-        reply = self._ofrep(flag)
+    def served_value(self, flag: str, context: dict | None = None) -> Served:
+        """Ask flagd over OFREP (through the API server's service proxy) what it serves for `flag` in
+        `context` (targetingKey inside it); a flag with targeting may serve each context differently."""
+        context = dict(context or {})
+        reply = self._ofrep(flag, context)
         data = reply.data
         if reply.status == 200 and isinstance(data, dict):
-            return Served(key=data.get("key", flag), value=data.get("value"), variant=data.get("variant"),
-                          reason=data.get("reason"))
+            return _served({"key": flag, **data}, context)
         if reply.status == 503:
             raise self._not_serving(flag)
         if reply.status == 404 and isinstance(data, dict) and data.get("kind") != "Status":

@@ -77,8 +77,12 @@ class FlagChange:
     def summary(self) -> str:
         if not self.changed:
             return f"{self.flag} already defaults to {self.new_variant!r}; nothing to change."
-        return (f"{self.flag}: default variant {self.old_variant!r} ({format_value(self.old_value)}) "
+        text = (f"{self.flag}: default variant {self.old_variant!r} ({format_value(self.old_value)}) "
                 f"-> {self.new_variant!r} ({format_value(self.new_value)})")
+        if self.before.flag(self.flag).has_targeting:
+            text += (" (only defaultVariant changed; its targeting rules are kept and still choose the "
+                     "variant for the contexts they match: the default serves the rest)")
+        return text
 
     __repr__ = summary
 

@@ -13,7 +13,7 @@ from typing import Callable
 
 from labkit import cards
 from labkit import settings as names
-from labkit.errors import LabError, Unreachable
+from labkit.errors import BadInput, LabError, Unreachable
 from labkit.progress import Progress, quiet
 from labkit.settings import Settings
 
@@ -150,14 +150,37 @@ class Lab:
                                 "not seen in the last 3 days: is the demo sending data?"))
         except LabError as exc:
             result.append(Check("Dynatrace", False, str(exc)))
-        try:
-            variants = self.cluster.flag_file().variants(flag)
-            result.append(Check(f"flag {flag!r}", True, "variants " + ", ".join(variants)))
-            served = self.cluster.served_value(flag)
-            result.append(Check("flagd", True, f"serves {flag} = {served.variant}"))
-        except LabError as exc:
-            result.append(Check("cluster", False, str(exc)))
+        result.extend(self._check_flagd(flag))
         return result
+
+    def _check_flagd(self, flag: str) -> list[Check]:
+        """The flag file and what flagd serves, naming a file flagd cannot load (it then serves nothing)."""
+        try:
+            live = self.cluster.flag_file()
+        except BadInput as exc:  # not JSON, or no "flags": flagd refuses the whole file
+            return [Check("flag file", False, f"{exc} A flagd pod started from it logs \"error setting state\" "
+                                               "and serves no flags (every flag FLAG_NOT_FOUND).")]
+        except LabError as exc:
+            return [Check("cluster", False, str(exc))]
+        try:
+            variants = live.variants(flag)
+        except LabError as exc:
+            return [Check("cluster", False, str(exc))]
+        checks = [Check(f"flag {flag!r}", True, "variants " + ", ".join(variants))]
+        try:
+            served = self.cluster.served_value(flag)
+        except BadInput as exc:
+            try:
+                empty = not self.cluster.served_values()
+            except LabError:
+                empty = False
+            why = (" flagd serves no flags at all: its pod started from a flag file it could not parse. "
+                   "Restart flagd now that the file is valid." if empty else "")
+            return checks + [Check("cluster", False, f"{exc}{why}")]
+        except LabError as exc:
+            return checks + [Check("cluster", False, str(exc))]
+        how = f" ({served.how})" if served.by_targeting else ""
+        return checks + [Check("flagd", True, f"serves {flag} = {served.variant}{how}")]
 
     # --- the change ---------------------------------------------------------------------------
     def flags(self):
@@ -173,8 +196,10 @@ class Lab:
     def variants(self, flag: str = names.FLAG) -> list[str]:
         return list(self.cluster.flag_file().variants(flag))
 
-    def served(self, flag: str = names.FLAG):
-        return self.cluster.served_value(flag)
+    def served(self, flag: str = names.FLAG, context: dict | None = None):
+        """What flagd serves for `flag` in `context` (e.g. {"targetingKey": "session-1"}); `.how` says
+        whether targeting chose it (then another context may get another variant)."""
+        return self.cluster.served_value(flag, context)
 
     def inform_dynatrace(self, variant: str, flag: str = names.FLAG, service: str = names.SERVICE,
                          old: str | None = None):

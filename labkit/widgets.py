@@ -197,10 +197,16 @@ class FlagSwitch(_Displayable):
             self.served_label.value = (f'flagd serves: <span style="color:{_RED}">unknown</span> '
                                        f"<small>({html.escape(_error_text(exc))})</small>")
             return None
+        if getattr(served, "reason", None) == "DISABLED":
+            self.served_label.value = "flagd serves: <b>nothing</b> <small>(the flag is disabled)</small>"
+            return served
         if served is None or getattr(served, "variant", None) is None:
             self.served_label.value = "flagd serves: <b>nothing</b> <small>(no flagd pod is ready)</small>"
             return served
         self.served_label.value = f"flagd serves: <b>{html.escape(str(served.variant))}</b>"
+        if getattr(served, "by_targeting", False):  # the default is not what everyone gets
+            self.served_label.value += (" <small>(to a request with no context; this flag has targeting: "
+                                        "other contexts may get another variant)</small>")
         return served
 
     @property

@@ -291,9 +291,25 @@ def test_no_ready_flagd_means_503_no_endpoints(lab):
     assert cluster.flagd_value("cartFailure") is None
 
 
-def test_malformed_flag_file_crash_loops_and_old_pod_keeps_serving(lab):
+def test_malformed_flag_file_starts_a_ready_flagd_that_serves_no_flags(lab):
+    # flagd logs the SetState error and runs on with an empty store (runtime.updateAndEmit): the
+    # rollout goes through and every flag is unknown.
     cluster, _, api = lab
     core(api).patch_namespaced_config_map("flagd-config", NS, {"data": {"demo.flagd.json": "{not json"}})
+    old = core(api).list_namespaced_pod(NS, label_selector=SELECTOR).items[0].metadata.name
+    restart_flagd(api)
+    wait_rolled_out(api)
+    names = [p.metadata.name for p in core(api).list_namespaced_pod(NS, label_selector=SELECTOR).items
+             if not p.metadata.deletion_timestamp]
+    assert old not in names
+    status, body = ofrep(api, "cartFailure")
+    assert status == 404 and body["errorCode"] == "FLAG_NOT_FOUND"
+    assert cluster.flagd_value("cartFailure") is None
+
+
+def test_missing_flag_file_crash_loops_and_old_pod_keeps_serving(lab):
+    cluster, _, api = lab
+    core(api).patch_namespaced_config_map("flagd-config", NS, {"data": {"demo.flagd.json": None}})
     old = core(api).list_namespaced_pod(NS, label_selector=SELECTOR).items[0].metadata.name
     restart_flagd(api)
     seen = pod_events(api, lambda s: any(e[1] != old and e[0] == "MODIFIED" for e in s), timeout=5)

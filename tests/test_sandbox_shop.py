@@ -20,7 +20,7 @@ class Flag:
     def __init__(self, value=None):
         self.value = value
 
-    def __call__(self, key):
+    def __call__(self, key, context=None):
         assert key == "cartFailure"
         if self.value is None:
             return None  # no flagd pod Ready: the cart falls back to its default (off)

@@ -20,7 +20,7 @@ def shop(lab_env):
 def cart_flag(local_lab, monkeypatch):
     """Set the value the cart service sees for cartFailure (as flagd would serve it)."""
     def set_value(value):
-        monkeypatch.setattr(local_lab.shop, "flag_value_fn", lambda key: {
+        monkeypatch.setattr(local_lab.shop, "flag_value_fn", lambda key, context=None: {
             "key": key, "value": value, "variant": str(value), "reason": "STATIC"})
     return set_value
 

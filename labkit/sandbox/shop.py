@@ -2,7 +2,11 @@
 
 `app(shop)` speaks the demo frontend's API: GET /api/products, GET/POST/DELETE /api/cart. Every
 request is recorded in Telemetry as the real lab's spans would be, and EmptyCart fails with the
-probability flagd serves for `cartFailure`, writing the cart service's Redis error log.
+probability flagd serves for `cartFailure`, writing the cart service's Redis error log. Each
+EmptyCart asks flagd for that request, with the cart's user (the shop's session) as `targetingKey`,
+so a targeting or `fractional` rule decides which carts fail. (The demo's cart service itself passes
+no invocation context to `GetDoubleValueAsync("cartFailure", 0)`: on the real lab such a rule sees
+no targetingKey. The local lab sends it so a rule can be rehearsed per session.)
 
 A background shopper plays the demo's load generator: it browses, adds, views and checks out, but,
 like the real one, never calls DELETE /api/cart. That is the lab's point: cart failures only show
@@ -71,11 +75,16 @@ def failure_rate(flag: dict | None) -> float:
     return min(max(rate, 0.0), 1.0)
 
 
+def cart_context(user_id: str) -> dict:
+    """The evaluation context one EmptyCart sends flagd: the cart's user is the targeting key."""
+    return {"targetingKey": user_id, "userId": user_id}
+
+
 class Shop:
     """The demo shop's state: carts per user, the cart service's flag lookups, a shopper."""
 
     def __init__(self, flag_value_fn, telemetry, timings, seed: int | None = None):
-        self.flag_value_fn = flag_value_fn
+        self.flag_value_fn = flag_value_fn  # (flag key, evaluation context) -> OFREP answer or None
         self.telemetry = telemetry
         self.timings = timings
         self.rng = random.Random(seed)
@@ -132,7 +141,7 @@ class Shop:
         _, span = self._trace()
         self.telemetry.log_cart_info(f"EmptyCartAsync called with userId={user_id}", trace, span,
                                      self.pod)
-        if self.rng.random() < failure_rate(self.flag_value_fn(FLAG)):
+        if self.rng.random() < failure_rate(self.flag_value_fn(FLAG, cart_context(user_id))):
             self.telemetry.record("cart", "EmptyCart", True, 9.0, trace, span)
             self.telemetry.log_cart_redis_error(trace, span, self.pod)
             return False
@@ -261,4 +270,4 @@ def app(shop: Shop) -> Router:
     return Router(ROUTES, ShopError, shop, "the demo frontend")
 
 
-__all__ = ["Shop", "app", "PRODUCTS", "failure_rate"]
+__all__ = ["Shop", "app", "PRODUCTS", "cart_context", "failure_rate"]

@@ -3,7 +3,8 @@
 Truths kept on purpose, because the workbook teaches them:
 - a flagd pod loads `demo.flagd.json` from the ConfigMap when it STARTS (the chart's init container
   copies it once), so a ConfigMap edit reaches flagd only through a restart;
-- a malformed flag file makes the new pod crash-loop instead of becoming Ready;
+- a flag file flagd cannot parse leaves the new pod Ready serving no flags (flagd logs "error setting
+  state" and runs on); with no file to copy at all it crash-loops instead of becoming Ready;
 - a scale-down leaves pods Terminating for a while before they are gone.
 """
 from __future__ import annotations
@@ -53,7 +54,7 @@ class LocalCluster(Store):
         self.timings = timings
         self._timers: list = []  # heap of (due, seq, callback)
         self._seq = itertools.count()
-        self._pod_flags: dict[str, dict] = {}  # pod uid -> flags it loaded when it started
+        self._pod_flags: dict[str, flagd.FlagSet] = {}  # pod uid -> flags it loaded when it started
         self._leaving: set[str] = set()  # uids of Terminating pods the kubelet is stopping
         self._services: dict[tuple[str, int], App] = {}
         self._thread: threading.Thread | None = None
@@ -109,7 +110,7 @@ class LocalCluster(Store):
         with self._cond:
             return self._services.get((name, port))
 
-    def flagd_flags(self) -> dict | None:
+    def flagd_flags(self) -> flagd.FlagSet | None:
         """The flags of the pod flagd's Service sends to (the oldest Ready one), None if it has no endpoints."""
         with self._cond:
             for pod in sorted(self._objects["pods"].values(), key=lambda p: p["metadata"]["creationTimestamp"]):
@@ -117,7 +118,7 @@ class LocalCluster(Store):
                     return self._pod_flags.get(pod["metadata"]["uid"])
             return None
 
-    def pod_flags(self, name: str) -> dict | None:
+    def pod_flags(self, name: str) -> flagd.FlagSet | None:
         """The flags a Ready flagd pod loaded at its start; None for any other pod or state."""
         with self._cond:
             pod = self._objects["pods"].get(name)
@@ -125,10 +126,10 @@ class LocalCluster(Store):
                 return None
             return self._pod_flags.get(pod["metadata"]["uid"])
 
-    def flagd_value(self, flag_key: str) -> dict | None:
-        """What a Ready flagd pod serves for a flag (OFREP body), or None if none is Ready/unknown."""
+    def flagd_value(self, flag_key: str, context: dict | None = None) -> dict | None:
+        """What a Ready flagd pod serves for a flag in `context` (OFREP body), None if none is Ready/unknown."""
         flags = self.flagd_flags()
-        return None if flags is None else flagd.flag_value(flags, flag_key)
+        return None if flags is None else flagd.flag_value(flags, flag_key, context)
 
     # ---- pods ----------------------------------------------------------------------------------
     @staticmethod
@@ -168,7 +169,7 @@ class LocalCluster(Store):
         self._schedule(self.timings.pod_start, lambda: self._start_pod(name, uid))
         return pod
 
-    def _flag_file(self) -> tuple[dict | None, str | None]:
+    def _flag_file(self) -> tuple[flagd.FlagSet | None, str | None]:
         """What the init container copies from the ConfigMap now, loaded as flagd loads it."""
         config = self._objects["configmaps"].get(CONFIGMAP)
         if config is None:
@@ -176,7 +177,7 @@ class LocalCluster(Store):
         return flagd.load_flags((config.get("data") or {}).get(flagd.FLAG_FILE))
 
     def _start_pod(self, name: str, uid: str) -> None:
-        """The init container copies the flag file NOW; flagd then parses it or crash-loops."""
+        """The init container copies the flag file NOW; flagd loads it (or none of it) or crash-loops."""
         pod = self._objects["pods"].get(name)
         if (pod is None or pod["metadata"]["uid"] != uid or pod["metadata"].get("deletionTimestamp")
                 or pod["status"]["phase"] != "Pending"):
