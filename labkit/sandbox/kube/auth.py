@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from labkit.sandbox.http import Request, Response, json_response
+from labkit.sandbox.kube import protobuf
 from labkit.sandbox.kube.errors import USER, StatusError, bad_request
 
 HEALTH = ("/healthz", "/livez", "/readyz")
@@ -34,6 +35,8 @@ def health(cluster, req: Request) -> Response:
 
 def _review(req: Request, kind: str) -> dict:
     try:
+        if req.headers.get("content-type", "").startswith("application/vnd.kubernetes.protobuf"):
+            return protobuf.decode(req.body)
         body = req.json()
     except ValueError:
         raise bad_request("the body of the request could not be decoded") from None

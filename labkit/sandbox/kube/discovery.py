@@ -29,7 +29,7 @@ def _resource(name, kind, short=(), verbs=WRITE, group=None, version=None, names
         r["shortNames"] = list(short)
     if group is not None:
         r.update(group=group, version=version)
-    if kind in ("Pod", "Service", "Deployment", "ReplicaSet"):
+    if kind in ("Pod", "Service", "Deployment", "ReplicaSet") and "/" not in name:
         r["categories"] = ["all"]
     return r
 

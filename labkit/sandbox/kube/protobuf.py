@@ -1,4 +1,4 @@
-"""The apiserver's protobuf envelope, enough to read the ConfigMap `kubectl create configmap` sends."""
+"""The apiserver's protobuf envelope, enough to read what kubectl sends that way (create configmap, auth)."""
 from __future__ import annotations
 
 import base64
@@ -65,19 +65,44 @@ def _meta(data: bytes) -> dict:
     return meta
 
 
-def decode(body: bytes) -> dict:
-    """An encoded object -> its JSON form; ValueError for what is not a ConfigMap in the envelope."""
+def _envelope(body: bytes) -> tuple[str, str, bytes]:
     if not body.startswith(MAGIC):
         raise ValueError("provided data does not appear to be a protobuf message, expected prefix "
                          "[107 56 115 0]")
     unknown = dict(fields(body[len(MAGIC):]))
     type_meta = dict(fields(unknown.get(1, b"")))
-    api_version, kind = type_meta.get(1, b"").decode(), type_meta.get(2, b"").decode()
+    return type_meta.get(1, b"").decode(), type_meta.get(2, b"").decode(), unknown.get(2, b"")
+
+
+ATTRIBUTES = {1: "namespace", 2: "verb", 3: "group", 4: "version", 5: "resource", 6: "subresource", 7: "name"}
+
+
+def _review(api_version: str, kind: str, raw: bytes) -> dict:
+    """SelfSubject{Access,Rules}Review and SelfSubjectReview, as `kubectl auth` sends them."""
+    spec: dict = {}
+    for number, value in fields(raw):
+        if number != 2:  # 1 is metadata, 3 status
+            continue
+        for n, v in fields(value):
+            if kind == "SelfSubjectAccessReview" and n in (1, 2):
+                names = ATTRIBUTES if n == 1 else {1: "path", 2: "verb"}
+                spec["resourceAttributes" if n == 1 else "nonResourceAttributes"] = {
+                    names[k]: x.decode() for k, x in fields(v) if k in names and isinstance(x, bytes)}
+            elif kind == "SelfSubjectRulesReview" and n == 1:
+                spec["namespace"] = v.decode()
+    return {"apiVersion": api_version, "kind": kind, "metadata": {}, "spec": spec}
+
+
+def decode(body: bytes) -> dict:
+    """An encoded object -> its JSON form; ValueError for a kind the local lab does not read this way."""
+    api_version, kind, raw = _envelope(body)
+    if kind in ("SelfSubjectAccessReview", "SelfSubjectRulesReview", "SelfSubjectReview"):
+        return _review(api_version, kind, raw)
     if (api_version, kind) != ("v1", "ConfigMap"):
         raise ValueError(f"the local lab reads protobuf only for ConfigMaps, not {kind or 'this'}")
     obj: dict = {"apiVersion": api_version, "kind": kind, "metadata": {}}
     data, binary = [], []
-    for number, value in fields(unknown.get(2, b"")):
+    for number, value in fields(raw):
         if number == 1:
             obj["metadata"] = _meta(value)
         elif number == 2:
