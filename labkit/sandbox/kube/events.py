@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import secrets
 
-from labkit.sandbox.kube.discovery import KINDS, NODE, NS
+from labkit.sandbox.kube.discovery import NODE, NS
 
 MAX_EVENTS = 600  # a real cluster drops them after an hour; here the oldest go first
 COMPONENTS = {"Pod": "kubelet", "ReplicaSet": "replicaset-controller", "Deployment": "deployment-controller"}
@@ -41,7 +41,7 @@ def same(a: dict, b: dict) -> bool:
 def to_events_v1(ev: dict) -> dict:
     """The same Event as events.k8s.io/v1 serves it (regarding, note, reportingController, ...)."""
     out = {"kind": "Event", "apiVersion": "events.k8s.io/v1", "metadata": ev["metadata"],
-           "eventTime": ev.get("eventTime"), "reportingController": ev.get("reportingComponent", ""),
+           "eventTime": ev.get("eventTime") or _micro(ev.get("firstTimestamp")), "reportingController": ev.get("reportingComponent", ""),
            "reportingInstance": ev.get("reportingInstance", ""), "action": ev["reason"],
            "reason": ev["reason"], "regarding": ev["involvedObject"], "note": ev["message"],
            "type": ev["type"], "deprecatedSource": ev.get("source", {}),
@@ -50,11 +50,14 @@ def to_events_v1(ev: dict) -> dict:
     return out
 
 
+def _micro(stamp: str | None) -> str | None:
+    """events.k8s.io requires eventTime (MicroTime); a core Event without one shows its first time."""
+    return stamp[:-1] + ".000000Z" if stamp else None
+
+
 def v1_field(name: str) -> str:
     """An events.k8s.io field selector in terms of the stored core Event."""
     if name.startswith("regarding."):
         return "involvedObject." + name[len("regarding."):]
     return {"reportingController": "reportingComponent", "note": "message"}.get(name, name)
 
-
-assert KINDS["events"][2] == "Event"
