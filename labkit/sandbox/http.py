@@ -213,19 +213,22 @@ class _Handler(BaseHTTPRequestHandler):
                 resp = json_response({"error": {"code": 500, "message": f"sandbox error: {exc!r}"}}, 500)
         self._send(resp)
 
+    def _upgrade(self, resp: Response):
+        """101 Switching Protocols, then the connection is the upgrade's until it returns."""
+        self.send_response(101)
+        for k, v in resp.headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+        try:
+            resp.upgrade(self.rfile, self.connection)
+        except OSError:
+            pass  # the client went away mid-session
+
     def _send(self, resp: Response):
         if resp.upgrade is not None:
-            self.send_response(101)
-            for k, v in resp.headers.items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.flush()
-            self.close_connection = True
-            try:
-                resp.upgrade(self.rfile, self.connection)
-            except OSError:
-                pass  # the client went away mid-session
-            return
+            return self._upgrade(resp)
         body = resp.body
         if isinstance(body, Iterator):
             self.send_response(resp.status)

@@ -14,15 +14,15 @@ import threading
 from labkit.sandbox import flagd
 from labkit.sandbox.http import Request, Response, serve_connection
 from labkit.sandbox.kube import spdy
-from labkit.sandbox.kube.errors import StatusError, bad_request
+from labkit.sandbox.kube.discovery import NS
+from labkit.sandbox.kube.errors import StatusError, bad_request, not_found
 
 PROTOCOL = "portforward.k8s.io"
 
 
 def handle(cluster, req: Request, name: str, namespace: str) -> Response:
-    from labkit.sandbox.kube.routes import _in_lab  # noqa: PLC0415  (routes imports this module)
-
-    _in_lab(req, "pods", namespace, name)
+    if namespace != NS:  # other namespaces hold nothing of the lab's
+        raise not_found("pods", name)
     cluster.check("create", "pods/portforward", name)
     pod = cluster.get("pods", name)
     upgrade = req.headers.get("upgrade", "").lower()
