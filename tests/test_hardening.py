@@ -244,7 +244,7 @@ class KubeOnly(KubeSandbox):
     """A Kubernetes API of the local lab by itself (flagd, the ConfigMap), so a case can break it."""
 
     def __init__(self, tmp: Path, **timings):
-        super().__init__(tmp)
+        super().__init__(tmp, demo=False)  # flagd alone: the demo's other workloads are not the case
         for key, value in timings.items():
             setattr(self.timings, key, value)
         self.start()

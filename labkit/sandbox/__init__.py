@@ -16,6 +16,7 @@ from pathlib import Path
 SHARED_FLAGS = Path(__file__).with_name("flags.yaml")
 FLAGS_COPY = "flagd-config.json"  # the ConfigMap as last written, so a restarted local lab keeps it
 PORTS = "ports.json"              # the ports last used, reused when free so lab.env stays valid
+WORKSPACE = "workspace"           # $CODESPACE_VSCODE_FOLDER: the lab page's `kubectl apply -f .../flags.yaml`
 
 
 @dataclass
@@ -133,6 +134,10 @@ class LocalLab:
             name: server.server_address[1] for name, server in (
                 ("kube", self.kube_server), ("frontend", self.frontend_server), ("tenant", self.tenant_server))}))
         self.kubeconfig_path.write_text(self.kubeconfig())
+        workspace = self.state_dir / WORKSPACE
+        workspace.mkdir(exist_ok=True)
+        if not (workspace / "flags.yaml").exists():  # the attendee's copy: edits to it are theirs
+            (workspace / "flags.yaml").write_text(SHARED_FLAGS.read_text())
         env_file = self.state_dir / "lab.env"
         env_file.touch(mode=0o600)
         env_file.write_text("".join(f"export {k}={v}\n" for k, v in self.env.items()))
@@ -181,6 +186,7 @@ class LocalLab:
             "FRONTEND_URL": self.frontend_server.url,
             "LABKIT_LOCAL_LAB": "1",
             "LABKIT_STATE_DIR": str(self.state_dir),
+            "CODESPACE_VSCODE_FOLDER": str(self.state_dir / WORKSPACE),
         }
 
     def kubeconfig(self) -> str:

@@ -37,6 +37,9 @@ class Response:
     body: object = b""  # bytes, str, a JSON-able value, or an iterator of bytes (streamed)
     content_type: str = JSON
     headers: dict[str, str] = field(default_factory=dict)
+    #: a connection upgrade (status 101): called as upgrade(reader, socket) once the headers are sent;
+    #: it owns the connection until it returns (port-forward's SPDY session)
+    upgrade: Callable | None = None
 
 
 def json_response(obj, status: int = 200, **headers) -> Response:
@@ -210,7 +213,22 @@ class _Handler(BaseHTTPRequestHandler):
                 resp = json_response({"error": {"code": 500, "message": f"sandbox error: {exc!r}"}}, 500)
         self._send(resp)
 
+    def _upgrade(self, resp: Response):
+        """101 Switching Protocols, then the connection is the upgrade's until it returns."""
+        self.send_response(101)
+        for k, v in resp.headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+        try:
+            resp.upgrade(self.rfile, self.connection)
+        except OSError:
+            pass  # the client went away mid-session
+
     def _send(self, resp: Response):
+        if resp.upgrade is not None:
+            return self._upgrade(resp)
         body = resp.body
         if isinstance(body, Iterator):
             self.send_response(resp.status)
@@ -249,6 +267,22 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
+
+
+class _PipeHandler(_Handler):
+    disable_nagle_algorithm = False  # a socketpair is not TCP
+
+
+def serve_connection(sock, app: Callable[[Request], Response]) -> None:
+    """Serve HTTP/1.1 from `app` on one already connected socket until it closes (a port-forward's
+    data stream reaching an app of the local lab as if it were the pod's port)."""
+    server = type("Pipe", (), {"app": staticmethod(app), "faults": Faults()})()
+    try:
+        _PipeHandler(sock, ("127.0.0.1", 0), server)
+    except OSError:
+        pass
+    finally:
+        sock.close()
 
 
 class LabServer(ThreadingHTTPServer):

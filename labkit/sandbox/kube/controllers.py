@@ -1,4 +1,4 @@
-"""The cluster around the store: flagd's deployment controller, a kubelet for its pods, service endpoints.
+"""The cluster around the store: the kubelet for its pods, events, logs, service endpoints.
 
 Truths kept on purpose, because the workbook teaches them:
 - a flagd pod loads `demo.flagd.json` from the ConfigMap when it STARTS (the chart's init container
@@ -6,6 +6,7 @@ Truths kept on purpose, because the workbook teaches them:
 - a flag file flagd cannot parse leaves the new pod Ready serving no flags (flagd logs "error setting
   state" and runs on); with no file to copy at all it crash-loops instead of becoming Ready;
 - a scale-down leaves pods Terminating for a while before they are gone.
+The Deployment and ReplicaSet controllers are `replicasets.Rollouts`.
 """
 from __future__ import annotations
 
@@ -13,29 +14,25 @@ import copy
 import hashlib
 import heapq
 import itertools
-import json
 import logging
 import secrets
 import threading
 import time
-import uuid
 from typing import Callable
 
 from labkit.sandbox import flagd
 from labkit.sandbox.http import Request, Response
-from labkit.sandbox.kube.seed import CONFIGMAP, FLAGD, FLAGD_IMAGE, SELECTOR, initial_objects, service
-from labkit.sandbox.kube.selectors import labels_match
+from labkit.sandbox.kube import events, workloads
+from labkit.sandbox.kube.discovery import NODE
+from labkit.sandbox.kube.endpoints import Endpoints
+from labkit.sandbox.kube.logs import Logs, Reader, check_started, pick_container
+from labkit.sandbox.kube.replicasets import HASH_ALPHABET, Rollouts
+from labkit.sandbox.kube.seed import CONFIGMAP, FLAGD, initial_objects, service
 from labkit.sandbox.kube.store import EVENT_HISTORY, Store, now_rfc3339
 
 log = logging.getLogger(__name__)
-HASH_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the apiserver's "safe" alphabet for generated names
-MAX_UNAVAILABLE = 0.25  # the Deployment's rolling update: 25% of the replicas may be down
+CHATTER_SECONDS = 5.0  # how often the load generator and the proxy write a line
 App = Callable[[Request], Response]
-
-
-def safe_name(seed: bytes, n: int) -> str:
-    digest = hashlib.sha256(seed).digest()
-    return "".join(HASH_ALPHABET[b % len(HASH_ALPHABET)] for b in digest[:n])
 
 
 def random_suffix(n: int = 5) -> str:
@@ -46,25 +43,31 @@ def _container_id() -> str:
     return f"containerd://{secrets.token_hex(32)}"
 
 
-class LocalCluster(Store):
-    """Namespace `default` with flagd running: the store plus the controllers that move its pods."""
+class LocalCluster(Rollouts, Endpoints, Store):
+    """Namespace `default` with flagd and the demo running: the store plus the controllers that move its pods."""
 
-    def __init__(self, timings, flags_yaml_text: str, history: int = EVENT_HISTORY):
+    def __init__(self, timings, flags_yaml_text: str, history: int = EVENT_HISTORY, demo: bool = True):
         super().__init__(history)
         self.timings = timings
+        self.token = "local-lab"  # the kubeconfig's bearer token (sandbox.kubeconfig_text)
         self._timers: list = []  # heap of (due, seq, callback)
         self._seq = itertools.count()
+        self._born: dict[str, int] = {}  # pod uid -> creation order (scale-down removes the newest)
         self._pod_flags: dict[str, flagd.FlagSet] = {}  # pod uid -> flags it loaded when it started
         self._leaving: set[str] = set()  # uids of Terminating pods the kubelet is stopping
         self._services: dict[tuple[str, int], App] = {}
         self._thread: threading.Thread | None = None
+        self.logs = Logs(self._cond)
+        self._recording = False  # the cluster as you sat down at it: its past events have expired
         with self._cond:
-            for resource, obj in initial_objects(flags_yaml_text):
+            for resource, obj in initial_objects(flags_yaml_text, demo):
                 self._write(resource, obj, "ADDED")
-            # the lab starts with flagd already running: its first pod is Ready with the seed flags
-            pod = self._create_pod(self._objects["deployments"][FLAGD])
-            self._start_pod(pod["metadata"]["name"], pod["metadata"]["uid"])
+            self._control()  # every workload's first pod: started at once, Ready
+            for pod in list(self._objects["pods"].values()):
+                self._start_pod(pod["metadata"]["name"], pod["metadata"]["uid"])
             self._control()
+            self._recording = True
+            self._schedule(CHATTER_SECONDS, self._chatter)
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def start(self) -> "LocalCluster":
@@ -90,17 +93,41 @@ class LocalCluster(Store):
                         heapq.heappop(self._timers)[2]()
                     self._control()
                 except Exception:  # a sandbox bug must not freeze the lab's pods silently
-                    log.exception("local lab: the flagd controller failed a step")
+                    log.exception("local lab: a controller failed a step")
                 timeout = self._timers[0][0] - time.monotonic() if self._timers else None
                 self._cond.wait(timeout)
 
     def _control(self) -> None:
         self._reconcile()
         self._stop_terminating_pods()
+        self._sync_endpoints()
+
+    @staticmethod
+    def _now() -> str:
+        return now_rfc3339()
+
+    # ---- events ----------------------------------------------------------------------------------
+    def _record(self, obj: dict, reason: str, message: str, type_: str = "Normal",
+                field_path: str | None = None, component: str | None = None) -> None:
+        """Write an Event about obj, or count a repeat of the same one (client-go's recorder)."""
+        if not self._recording:
+            return
+        ev = events.core_event(obj, reason, message, now_rfc3339(), type_, field_path, component)
+        for old in self._objects["events"].values():
+            if events.same(old, ev):
+                old = copy.deepcopy(old)
+                old["count"] += 1
+                old["lastTimestamp"] = ev["lastTimestamp"]
+                self._write("events", old, "MODIFIED")
+                return
+        self._write("events", ev, "ADDED")
+        if len(self._objects["events"]) > events.MAX_EVENTS:
+            oldest = min(self._objects["events"].values(), key=lambda e: int(e["metadata"]["resourceVersion"]))
+            self._write("events", copy.deepcopy(oldest), "DELETED")
 
     # ---- service endpoints (knobs for LocalLab and tests) ---------------------------------------
     def register_service(self, name: str, port: int, app: App) -> None:
-        """Let the service proxy forward `name:port` to an app of the local lab (the shop)."""
+        """Let the service proxy (and port-forward) send `name:port` to an app of the local lab (the shop)."""
         with self._cond:
             self._services[(name, int(port))] = app
             if name not in self._objects["services"]:
@@ -113,9 +140,10 @@ class LocalCluster(Store):
     def flagd_flags(self) -> flagd.FlagSet | None:
         """The flags of the pod flagd's Service sends to (the oldest Ready one), None if it has no endpoints."""
         with self._cond:
-            for pod in sorted(self._objects["pods"].values(), key=lambda p: p["metadata"]["creationTimestamp"]):
-                if self._is_ready(pod) and not pod["metadata"].get("deletionTimestamp"):
-                    return self._pod_flags.get(pod["metadata"]["uid"])
+            for pod in sorted(self._objects["pods"].values(), key=lambda p: self._born.get(p["metadata"]["uid"], 0)):
+                if self._is_ready(pod) and not pod["metadata"].get("deletionTimestamp") \
+                        and pod["metadata"]["uid"] in self._pod_flags:
+                    return self._pod_flags[pod["metadata"]["uid"]]
             return None
 
     def pod_flags(self, name: str) -> flagd.FlagSet | None:
@@ -131,41 +159,63 @@ class LocalCluster(Store):
         flags = self.flagd_flags()
         return None if flags is None else flagd.flag_value(flags, flag_key, context)
 
+    def container_log(self, name: str, query: dict):
+        """`kubectl logs`: a container's log as bytes, or an iterator of chunks when following."""
+        with self._cond:
+            pod = self._get("pods", name)
+            container = pick_container(pod, query.get("container"))
+            previous = (query.get("previous") or "").lower() in ("true", "1")
+            last_run = check_started(pod, container, previous)
+            reader = Reader(query)
+            uid = pod["metadata"]["uid"]
+            run = self.logs.run(uid, container, previous or last_run)
+            if run is None:
+                return b""
+            if (query.get("follow") or "").lower() not in ("true", "1"):
+                return reader.text(run.lines)
+
+        def alive() -> bool:
+            live = self._objects["pods"].get(name)
+            return not self._stopped and live is not None and live["metadata"]["uid"] == uid
+        return reader.follow(self._cond, run, alive)
+
     # ---- pods ----------------------------------------------------------------------------------
     @staticmethod
     def _is_ready(pod: dict) -> bool:
         return any(c["type"] == "Ready" and c["status"] == "True"
                    for c in pod["status"].get("conditions", []))
 
-    @staticmethod
-    def _template_hash(deployment: dict) -> str:
-        template = json.dumps(deployment["spec"]["template"], sort_keys=True).encode()
-        return safe_name(template, 10)
-
-    def _create_pod(self, deployment: dict) -> dict:
-        """A new Pending pod of the deployment's current template (its ReplicaSet's name and hash)."""
-        template = copy.deepcopy(deployment["spec"]["template"])
-        pod_hash = self._template_hash(deployment)
-        rs_name = f"{FLAGD}-{pod_hash}"
+    def _create_pod(self, rs: dict) -> dict:
+        """A new Pending pod of the ReplicaSet's template, scheduled to the one node."""
+        template = copy.deepcopy(rs["spec"]["template"])
+        rs_name = rs["metadata"]["name"]
         name = f"{rs_name}-{random_suffix()}"
-        labels = dict(template["metadata"].get("labels") or {}, **{"pod-template-hash": pod_hash})
-        metadata = {"name": name, "generateName": f"{rs_name}-", "labels": labels,
+        metadata = {"name": name, "generateName": f"{rs_name}-", "labels": dict(template["metadata"]["labels"]),
                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs_name,
-                                         "uid": str(uuid.UUID(bytes=hashlib.md5(rs_name.encode()).digest())),
-                                         "controller": True, "blockOwnerDeletion": True}]}
+                                         "uid": rs["metadata"]["uid"], "controller": True,
+                                         "blockOwnerDeletion": True}]}
         if template["metadata"].get("annotations"):
             metadata["annotations"] = dict(template["metadata"]["annotations"])
-        spec = dict(template["spec"], nodeName="labkit-local-control-plane")
+        spec = dict(template["spec"], nodeName=NODE)
         now = now_rfc3339()
+        inits = [c["name"] for c in spec.get("initContainers", [])]
+        waiting = "PodInitializing" if inits else "ContainerCreating"
         status = {
-            "phase": "Pending", "hostIP": "172.18.0.2", "podIP": f"10.244.0.{secrets.randbelow(200) + 20}",
-            "startTime": now, "qosClass": "Burstable",
-            "conditions": pod_conditions(now, initialized=False, ready=False),
-            "initContainerStatuses": [container_status("init-config", "busybox", waiting="PodInitializing")],
-            "containerStatuses": [container_status(FLAGD, FLAGD_IMAGE, waiting="PodInitializing")],
+            "phase": "Pending", "hostIP": "172.18.0.2", "hostIPs": [{"ip": "172.18.0.2"}],
+            "podIP": f"10.244.0.{secrets.randbelow(230) + 20}", "startTime": now, "qosClass": "Burstable",
+            "conditions": pod_conditions(now, spec, initialized=not inits, ready=False),
+            "containerStatuses": [container_status(c["name"], c["image"], waiting=waiting)
+                                  for c in spec["containers"]],
         }
+        status["podIPs"] = [{"ip": status["podIP"]}]
+        if inits:
+            status["initContainerStatuses"] = [container_status(c["name"], c["image"], waiting="PodInitializing")
+                                               for c in spec["initContainers"]]
         pod = self._write("pods", {"metadata": metadata, "spec": spec, "status": status}, "ADDED")
         uid = pod["metadata"]["uid"]
+        self._born[uid] = next(self._seq)
+        self._record(pod, "Scheduled", f"Successfully assigned default/{name} to {NODE}",
+                     component="default-scheduler")
         self._schedule(self.timings.pod_start, lambda: self._start_pod(name, uid))
         return pod
 
@@ -176,6 +226,14 @@ class LocalCluster(Store):
             return None, f'configmap "{CONFIGMAP}" not found'
         return flagd.load_flags((config.get("data") or {}).get(flagd.FLAG_FILE))
 
+    def _started(self, pod: dict, container: dict, init: bool) -> None:
+        kind = "initContainers" if init else "containers"
+        field = f"spec.{kind}{{{container['name']}}}"
+        self._record(pod, "Pulled", f'Container image "{container["image"]}" already present on machine',
+                     field_path=field)
+        self._record(pod, "Created", f"Created container: {container['name']}", field_path=field)
+        self._record(pod, "Started", f"Started container {container['name']}", field_path=field)
+
     def _start_pod(self, name: str, uid: str) -> None:
         """The init container copies the flag file NOW; flagd loads it (or none of it) or crash-loops."""
         pod = self._objects["pods"].get(name)
@@ -183,28 +241,62 @@ class LocalCluster(Store):
                 or pod["status"]["phase"] != "Pending"):
             return
         pod = copy.deepcopy(pod)
-        now = now_rfc3339()
-        flags, error = self._flag_file()
-        status = pod["status"]
+        now, at = now_rfc3339(), time.time()
+        status, spec = pod["status"], pod["spec"]
         status["phase"] = "Running"
-        done = {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now,
-                "containerID": _container_id()}
-        status["initContainerStatuses"] = [container_status("init-config", "busybox", terminated=done)]
-        status["initContainerStatuses"][0]["ready"] = True
-        status["conditions"] = pod_conditions(now, initialized=True, ready=flags is not None)
-        if flags is not None:
-            self._pod_flags[uid] = flags
-            status["containerStatuses"] = [container_status(FLAGD, FLAGD_IMAGE, running_since=now)]
-        else:
-            status["containerStatuses"] = [_crash_looping(name, error, now)]
+        for i, c in enumerate(spec.get("initContainers", [])):
+            self._started(pod, c, init=True)
+            self.logs.write(uid, c["name"], [flagd.FLAG_FILE] if c["name"] == "init-config" else [], at)
+            self.logs.end(uid, c["name"])
+            done = {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now,
+                    "containerID": _container_id()}
+            status["initContainerStatuses"][i] = container_status(c["name"], c["image"], terminated=done)
+            status["initContainerStatuses"][i]["ready"] = True
+        ready = True
+        for i, c in enumerate(spec["containers"]):
+            self._started(pod, c, init=False)
+            status["containerStatuses"][i] = self._run_container(pod, c, now, at)
+            ready = ready and status["containerStatuses"][i]["ready"]
+        status["conditions"] = pod_conditions(now, spec, initialized=True, ready=ready)
         self._write("pods", pod, "MODIFIED")
 
+    def _run_container(self, pod: dict, c: dict, now: str, at: float) -> dict:
+        """A container starts: flagd loads the flag file (or exits at once), the others just run."""
+        uid, name = pod["metadata"]["uid"], c["name"]
+        if name != FLAGD:
+            self.logs.write(uid, name, workloads.start_lines(name), at)
+            return container_status(name, c["image"], running_since=now)
+        flags, error = self._flag_file()
+        keys = sorted(flags.keys()) if flags is not None else None  # None: flagd exits with the error
+        self.logs.write(uid, name, flagd.start_lines(keys, error, at, image=c["image"]), at)
+        if flags is not None:
+            self._pod_flags[uid] = flags
+            return container_status(name, c["image"], running_since=now)
+        self.logs.end(uid, name, restart=True)  # its run ended: `logs --previous` has it
+        self._record(pod, "BackOff", f"Back-off restarting failed container {name} in pod "
+                     f"{pod['metadata']['name']}_default({uid})", "Warning", f"spec.containers{{{name}}}")
+        return _crash_looping(pod["metadata"]["name"], c["image"], error, now)
+
+    def _chatter(self) -> None:
+        """Running containers that keep logging (load generator, the proxy's access log) write a line."""
+        at = time.time()
+        for pod in self._objects["pods"].values():
+            for cs in pod["status"].get("containerStatuses", []):
+                line = workloads.chatter(cs["name"], at, secrets.randbelow(40) + 3) if cs.get("ready") else None
+                if line:
+                    self.logs.write(pod["metadata"]["uid"], cs["name"], [line], at)
+        self._schedule(CHATTER_SECONDS, self._chatter)
+
     def _stop_terminating_pods(self) -> None:
-        """The kubelet: a Terminating pod is gone pod_terminate seconds after its deletion."""
+        """The kubelet: a Terminating pod's containers stop; it is gone pod_terminate seconds later."""
         for pod in self._objects["pods"].values():
             name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
             if pod["metadata"].get("deletionTimestamp") and uid not in self._leaving:
                 self._leaving.add(uid)
+                for cs in pod["status"].get("containerStatuses", []):
+                    if "running" in cs.get("state", {}):
+                        self._record(pod, "Killing", f"Stopping container {cs['name']}",
+                                     field_path=f"spec.containers{{{cs['name']}}}")
                 self._schedule(self.timings.pod_terminate, lambda name=name, uid=uid: self._remove_pod(name, uid))
 
     def _remove_pod(self, name: str, uid: str) -> None:
@@ -212,88 +304,24 @@ class LocalCluster(Store):
         pod = self._objects["pods"].get(name)
         if pod is not None and pod["metadata"]["uid"] == uid:
             self._pod_flags.pop(uid, None)
+            self._born.pop(uid, None)
+            self.logs.forget(uid)
             self._write("pods", copy.deepcopy(pod), "DELETED")
 
-    # ---- the deployment controller -------------------------------------------------------------
-    def _reconcile(self) -> None:
-        """Bring flagd's pods to spec.replicas of the current template, rolling old ones out."""
-        deployment = self._objects["deployments"].get(FLAGD)
-        if deployment is None:
-            return
-        want = deployment["spec"]["replicas"]
-        current = self._template_hash(deployment)
-        live = [p for p in self._objects["pods"].values()
-                if labels_match(p["metadata"]["labels"], [("=", k, v) for k, v in SELECTOR.items()])
-                and not p["metadata"].get("deletionTimestamp")]
-        new = sorted((p for p in live if p["metadata"]["labels"].get("pod-template-hash") == current),
-                     key=lambda p: (self._is_ready(p), p["metadata"]["creationTimestamp"]))
-        old = [p for p in live if p not in new]
-        for _ in range(want - len(new)):
-            new.append(self._create_pod(deployment))
-        for pod in new[:max(0, len(new) - want)]:  # not-ready ones go first
-            self._delete_gracefully(pod)
-        new = new[max(0, len(new) - want):]
-        # rolling update: an old pod goes only once enough pods stay available (maxUnavailable 25%)
-        min_available = want - int(want * MAX_UNAVAILABLE)
-        ready = sum(self._is_ready(p) for p in new + old)
-        for pod in sorted(old, key=self._is_ready):
-            if not self._is_ready(pod) or ready - 1 >= min_available:
-                ready -= self._is_ready(pod)
-                self._delete_gracefully(pod)
-                old.remove(pod)
-        self._update_deployment_status(deployment, new, old, current, min_available)
 
-    def _update_deployment_status(self, deployment, new, old, current, min_available) -> None:
-        want = deployment["spec"]["replicas"]
-        available = sum(self._is_ready(p) for p in new + old)
-        done = len(new) == want and not old and available == want
-        status = {"observedGeneration": deployment["metadata"]["generation"],
-                  "replicas": len(new) + len(old), "updatedReplicas": len(new),
-                  "readyReplicas": available, "availableReplicas": available}
-        if want - available > 0:
-            status["unavailableReplicas"] = want - available
-        old_status = deployment.get("status") or {}
-        status["conditions"] = _deployment_conditions(old_status.get("conditions", []), f"{FLAGD}-{current}",
-                                                      available >= min_available, done)
-        if status != old_status:
-            updated = copy.deepcopy(deployment)
-            updated["status"] = status
-            self._write("deployments", updated, "MODIFIED")
-
-
-def _deployment_conditions(previous: list, rs: str, available: bool, done: bool) -> list:
-    """Available and Progressing, keeping their times while they stay the same (as the controller does)."""
-    conditions = [
-        ("Available", available,
-         "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable",
-         "Deployment has minimum availability." if available else "Deployment does not have minimum availability."),
-        ("Progressing", True, "NewReplicaSetAvailable" if done else "ReplicaSetUpdated",
-         f'ReplicaSet "{rs}" has successfully progressed.' if done else f'ReplicaSet "{rs}" is progressing.'),
-    ]
-    before = {c["type"]: c for c in previous}
-    now = now_rfc3339()
-    result = []
-    for kind, ok, reason, message in conditions:
-        prev = before.get(kind, {})
-        flag = "True" if ok else "False"
-        same = prev.get("status") == flag and prev.get("reason") == reason
-        result.append({"type": kind, "status": flag, "reason": reason, "message": message,
-                       "lastUpdateTime": prev["lastUpdateTime"] if same else now,
-                       "lastTransitionTime": prev["lastTransitionTime"] if prev.get("status") == flag else now})
-    return result
-
-
-def pod_conditions(now: str, initialized: bool, ready: bool) -> list:
+def pod_conditions(now: str, spec: dict, initialized: bool, ready: bool) -> list:
     def cond(kind, ok, reason="", message=""):
         c = {"type": kind, "status": "True" if ok else "False", "lastProbeTime": None,
              "lastTransitionTime": now}
         if not ok:
             c.update(reason=reason, message=message)
         return c
-    unready = ("ContainersNotReady", f"containers with unready status: [{FLAGD}]")
+    names = " ".join(c["name"] for c in spec["containers"])
+    inits = " ".join(c["name"] for c in spec.get("initContainers", []))
+    unready = ("ContainersNotReady", f"containers with unready status: [{names}]")
     return [cond("PodReadyToStartContainers", True),
             cond("Initialized", initialized, "ContainersNotInitialized",
-                 "containers with incomplete status: [init-config]"),
+                 f"containers with incomplete status: [{inits}]"),
             cond("Ready", ready, *unready), cond("ContainersReady", ready, *unready),
             cond("PodScheduled", True)]
 
@@ -315,11 +343,11 @@ def container_status(name: str, image: str, waiting: str | None = None, running_
     return status
 
 
-def _crash_looping(pod_name: str, error: str, now: str) -> dict:
+def _crash_looping(pod_name: str, image: str, error: str, now: str) -> dict:
     """flagd exits at start on a bad flag file; the kubelet backs off restarting it."""
     crashed = {"exitCode": 1, "reason": "Error", "message": error, "startedAt": now, "finishedAt": now,
                "containerID": _container_id()}
-    status = container_status(FLAGD, FLAGD_IMAGE, waiting="CrashLoopBackOff", restarts=1,
+    status = container_status(FLAGD, image, waiting="CrashLoopBackOff", restarts=1,
                               last={"terminated": crashed})
     status["state"]["waiting"]["message"] = f"back-off 10s restarting failed container={FLAGD} pod={pod_name}"
     return status

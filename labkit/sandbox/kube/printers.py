@@ -58,7 +58,58 @@ COLUMNS = {
     "services": [("Name", "string", "name", 0), ("Type", "string", "", 0), ("Cluster-IP", "string", "", 0),
                  ("External-IP", "string", "", 0), ("Port(s)", "string", "", 0), ("Age", "string", "", 0),
                  ("Selector", "string", "", 1)],
+    "replicasets": [("Name", "string", "name", 0), ("Desired", "integer", "", 0), ("Current", "integer", "", 0),
+                    ("Ready", "integer", "", 0), ("Age", "string", "", 0), ("Containers", "string", "", 1),
+                    ("Images", "string", "", 1), ("Selector", "string", "", 1)],
+    "events": [("Last Seen", "string", "", 0), ("Type", "string", "", 0), ("Reason", "string", "", 0),
+               ("Object", "string", "", 0), ("Subobject", "string", "", 1), ("Source", "string", "", 1),
+               ("Message", "string", "", 0), ("First Seen", "string", "", 1), ("Count", "string", "", 1),
+               ("Name", "string", "name", 1)],
+    "endpoints": [("Name", "string", "name", 0), ("Endpoints", "string", "", 0), ("Age", "string", "", 0)],
+    "endpointslices": [("Name", "string", "name", 0), ("AddressType", "string", "", 0),
+                       ("Ports", "string", "", 0), ("Endpoints", "string", "", 0), ("Age", "string", "", 0)],
+    "namespaces": [("Name", "string", "name", 0), ("Status", "string", "", 0), ("Age", "string", "", 0)],
+    "nodes": [("Name", "string", "name", 0), ("Status", "string", "", 0), ("Roles", "string", "", 0),
+              ("Age", "string", "", 0), ("Version", "string", "", 0), ("Internal-IP", "string", "", 1),
+              ("External-IP", "string", "", 1), ("OS-Image", "string", "", 1), ("Kernel-Version", "string", "", 1),
+              ("Container-Runtime", "string", "", 1)],
 }
+
+
+def _endpoints(obj: dict) -> str:
+    pairs = [f"{a['ip']}:{p['port']}" for s in obj.get("subsets") or [] for p in s.get("ports", [])
+             for a in s.get("addresses", [])]
+    return (",".join(pairs[:3]) + (f" + {len(pairs) - 3} more..." if len(pairs) > 3 else "")) or "<none>"
+
+
+def _more_cells(resource: str, obj: dict) -> list:
+    """The kinds the lab only reads: ReplicaSets, Events, Endpoints(Slices), Namespaces, Nodes."""
+    meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+    created = age(meta["creationTimestamp"])
+    if resource == "replicasets":
+        containers = spec["template"]["spec"]["containers"]
+        return [meta["name"], spec.get("replicas", 0), status.get("replicas", 0), status.get("readyReplicas", 0),
+                created, ",".join(c["name"] for c in containers), ",".join(c["image"] for c in containers),
+                ",".join(f"{k}={v}" for k, v in spec["selector"]["matchLabels"].items())]
+    if resource == "events":
+        ref = obj["involvedObject"]
+        return [age(obj.get("lastTimestamp") or meta["creationTimestamp"]), obj["type"], obj["reason"],
+                f"{ref['kind'].lower()}/{ref['name']}", ref.get("fieldPath", ""),
+                ", ".join(v for v in (obj.get("source") or {}).values()), obj["message"],
+                age(obj.get("firstTimestamp") or meta["creationTimestamp"]), str(obj.get("count", 1)), meta["name"]]
+    if resource == "endpoints":
+        return [meta["name"], _endpoints(obj), created]
+    if resource == "endpointslices":
+        ips = [a for e in obj.get("endpoints") or [] for a in e["addresses"]]
+        return [meta["name"], obj["addressType"], ",".join(str(p["port"]) for p in obj.get("ports") or []),
+                ",".join(ips) or "<unset>", created]
+    if resource == "namespaces":
+        return [meta["name"], status.get("phase", "Active"), created]
+    roles = ",".join(k.split("/", 1)[1] for k in meta.get("labels", {}) if k.startswith("node-role.kubernetes.io/"))
+    info = status.get("nodeInfo", {})
+    return [meta["name"], "Ready", roles or "<none>", created, info.get("kubeletVersion", ""),
+            status["addresses"][0]["address"], "<none>", info.get("osImage", ""), info.get("kernelVersion", ""),
+            info.get("containerRuntimeVersion", "")]
 
 
 def cells(resource: str, obj: dict) -> list:
@@ -79,6 +130,8 @@ def cells(resource: str, obj: dict) -> list:
     if resource == "configmaps":
         return [meta["name"], len(obj.get("data") or {}) + len(obj.get("binaryData") or {}),
                 age(meta["creationTimestamp"])]
+    if resource != "services":
+        return _more_cells(resource, obj)
     ports = ",".join(f"{p['port']}/{p.get('protocol', 'TCP')}" for p in spec.get("ports", []))
     return [meta["name"], spec.get("type", "ClusterIP"), spec.get("clusterIP", "None"), "<none>", ports,
             age(meta["creationTimestamp"]),

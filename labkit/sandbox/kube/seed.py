@@ -1,14 +1,18 @@
 """The lab's namespace as it starts: flagd's Deployment, its flag ConfigMap and the Services (the demo chart's)."""
 from __future__ import annotations
 
+import time
+
 import yaml
 
-from labkit.sandbox.kube.discovery import NS
+from labkit.sandbox.kube.discovery import NODE, NS
+from labkit.sandbox.kube import workloads
+from labkit.sandbox.kube.workloads import service
 
 FLAGD = "flagd"
 CONFIGMAP = "flagd-config"
 SELECTOR = {"opentelemetry.io/name": "flagd"}
-FLAGD_IMAGE = "ghcr.io/open-feature/flagd:v0.11.1"
+FLAGD_IMAGE = "ghcr.io/open-feature/flagd:v0.16.1"
 
 
 def flagd_template() -> dict:
@@ -49,27 +53,13 @@ def flagd_template() -> dict:
     }
 
 
-def service(name: str, ports: list[tuple[str, int]], ip: str) -> dict:
-    return {
-        "metadata": {"name": name, "labels": {"opentelemetry.io/name": name,
-                                              "app.kubernetes.io/name": name}},
-        "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
-                 "ports": [{"name": n, "port": p, "targetPort": p, "protocol": "TCP"} for n, p in ports],
-                 "selector": {"opentelemetry.io/name": name}, "sessionAffinity": "None",
-                 "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
-                 "internalTrafficPolicy": "Cluster"},
-        "status": {"loadBalancer": {}},
-    }
-
-
 def flagd_deployment() -> dict:
     return {
         "metadata": {"name": FLAGD, "generation": 1,
                      "labels": {"app.kubernetes.io/name": FLAGD, "app.kubernetes.io/component": FLAGD,
                                 "opentelemetry.io/name": FLAGD,
                                 "app.kubernetes.io/part-of": "opentelemetry-demo"},
-                     "annotations": {"deployment.kubernetes.io/revision": "1",
-                                     "meta.helm.sh/release-name": "my-otel-demo",
+                     "annotations": {"meta.helm.sh/release-name": "my-otel-demo",
                                      "meta.helm.sh/release-namespace": NS}},
         "spec": {"replicas": 1, "revisionHistoryLimit": 10, "progressDeadlineSeconds": 600,
                  "selector": {"matchLabels": dict(SELECTOR)},
@@ -80,10 +70,38 @@ def flagd_deployment() -> dict:
     }
 
 
-def initial_objects(flags_yaml_text: str) -> list[tuple[str, dict]]:
-    """(resource, object) in the order they are written; flagd's first pod is the controller's."""
+def initial_objects(flags_yaml_text: str, demo: bool = True) -> list[tuple[str, dict]]:
+    """(resource, object) in the order they are written; the pods are the controllers'."""
     manifest = yaml.safe_load(flags_yaml_text)
     manifest.setdefault("metadata", {})["namespace"] = NS
     return [("configmaps", manifest), ("deployments", flagd_deployment()),
             ("services", service(FLAGD, [("rpc", 8013), ("ofrep", 8016)], "10.96.40.13")),
-            ("services", service("frontend-proxy", [("tcp-service", 8080)], "10.96.80.80"))]
+            *(workloads.objects() if demo else []), *cluster_objects()]
+
+
+def cluster_objects() -> list[tuple[str, dict]]:
+    """What every cluster has: kind's namespaces and its one Ready node."""
+    out = [("namespaces", {"metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}},
+                           "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}})
+           for ns in (NS, "kube-node-lease", "kube-public", "kube-system", "local-path-storage")]
+    out.append(("nodes", node()))
+    return out
+
+
+def node() -> dict:
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    ready = {"type": "Ready", "status": "True", "reason": "KubeletReady",
+             "message": "kubelet is posting ready status", "lastHeartbeatTime": now, "lastTransitionTime": now}
+    capacity = {"cpu": "2", "memory": "8039356Ki", "pods": "110", "ephemeral-storage": "32847680Ki"}
+    return {"metadata": {"name": NODE, "labels": {
+                "kubernetes.io/hostname": NODE, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+                "node-role.kubernetes.io/control-plane": "", "beta.kubernetes.io/os": "linux"}},
+            "spec": {"podCIDR": "10.244.0.0/24", "podCIDRs": ["10.244.0.0/24"],
+                     "providerID": f"kind://docker/labkit-local/{NODE}"},
+            "status": {"conditions": [ready], "addresses": [{"type": "InternalIP", "address": "172.18.0.2"},
+                                                            {"type": "Hostname", "address": NODE}],
+                       "capacity": capacity, "allocatable": dict(capacity),
+                       "nodeInfo": {"kubeletVersion": "v1.32.4", "kubeProxyVersion": "", "osImage":
+                                    "Debian GNU/Linux 12 (bookworm)", "kernelVersion": "6.8.0-1021-azure",
+                                    "containerRuntimeVersion": "containerd://2.0.3", "architecture": "amd64",
+                                    "operatingSystem": "linux", "machineID": "", "systemUUID": "", "bootID": ""}}}

@@ -9,18 +9,18 @@ import uuid
 from collections import deque
 from typing import Callable, Iterator
 
-from labkit.sandbox.kube.discovery import KINDS, NS
+from labkit.sandbox.kube.discovery import CLUSTER_SCOPED, KINDS, NS
 from labkit.sandbox.kube.errors import (StatusError, already_exists, bad_request, conflict, details,
                                         forbidden, invalid, not_allowed, not_found)
 from labkit.sandbox.kube.patch import patched
 from labkit.sandbox.kube.selectors import Selector
+from labkit.sandbox.kube.validation import check_fields, check_name
 
 log = logging.getLogger(__name__)
 EVENT_HISTORY = 1000  # watch events kept for resourceVersion replay; older RVs get 410 Expired
 BOOKMARK_SECONDS = 60.0
 SERVER_FIELDS = ("name", "namespace", "uid", "creationTimestamp", "resourceVersion", "generation",
                  "deletionTimestamp", "ownerReferences")  # metadata a client cannot change
-REVISION = "deployment.kubernetes.io/revision"
 
 
 def now_rfc3339(t: float | None = None) -> str:
@@ -47,7 +47,8 @@ class Store:
         self._rv += 1
         obj["kind"], obj["apiVersion"] = kind, api_version
         meta = obj["metadata"]
-        meta.setdefault("namespace", NS)
+        if resource not in CLUSTER_SCOPED:
+            meta.setdefault("namespace", NS)
         meta.setdefault("uid", str(uuid.uuid4()))
         meta.setdefault("creationTimestamp", now_rfc3339())
         meta["resourceVersion"] = str(self._rv)
@@ -107,7 +108,7 @@ class Store:
 
     # ---- reading -------------------------------------------------------------------------------
     def list(self, resource: str, label_selector: str | None, field_selector: str | None) -> tuple[list, str]:
-        selector = Selector(label_selector, field_selector)
+        selector = Selector(label_selector, field_selector, resource)
         with self._cond:
             return [copy.deepcopy(o) for o in self._sorted(resource) if selector(o)], str(self._rv)
 
@@ -120,7 +121,7 @@ class Store:
             return copy.deepcopy(self._get(resource, name))
 
     # ---- create, replace, patch, delete ----------------------------------------------------------
-    def create(self, resource: str, body: dict, dry_run: bool = False) -> dict:
+    def create(self, resource: str, body: dict, dry_run: bool = False, validation: str | None = None) -> dict:
         if resource != "configmaps":
             raise not_allowed()
         with self._cond:
@@ -130,16 +131,18 @@ class Store:
                                   "or generateName is required", {"kind": "ConfigMap", "causes": [
                                       {"reason": "FieldValueRequired", "message": "Required value: name or "
                                        "generateName is required", "field": "metadata.name"}]})
+            check_name(resource, name)
+            obj = check_fields(resource, copy.deepcopy(body), validation)
             if name in self._objects[resource]:
                 raise already_exists(resource, name)
-            obj = copy.deepcopy(body)
             for key in ("uid", "resourceVersion", "creationTimestamp", "generation"):
                 obj["metadata"].pop(key, None)
             obj["metadata"]["namespace"] = NS
             _validate(resource, obj)
             return copy.deepcopy(obj) if dry_run else copy.deepcopy(self._write(resource, obj, "ADDED"))
 
-    def replace(self, resource: str, name: str, body: dict, dry_run: bool = False) -> dict:
+    def replace(self, resource: str, name: str, body: dict, dry_run: bool = False,
+                validation: str | None = None) -> dict:
         with self._cond:
             live = self._get(resource, name)
             meta = body.get("metadata") or {}
@@ -148,20 +151,21 @@ class Store:
                                   f"the URL ({name})")
             if meta.get("resourceVersion") and meta["resourceVersion"] != live["metadata"]["resourceVersion"]:
                 raise conflict(resource, name)
-            obj = copy.deepcopy(body)
+            obj = check_fields(resource, copy.deepcopy(body), validation)
             obj.setdefault("metadata", {})["name"] = name
             return self._update(resource, live, obj, dry_run)
 
-    def patch(self, resource: str, name: str, content_type: str, patch, dry_run: bool = False) -> tuple[dict, int]:
+    def patch(self, resource: str, name: str, content_type: str, patch, dry_run: bool = False,
+              validation: str | None = None) -> tuple[dict, int]:
         """Apply a patch; server-side apply (apply-patch+yaml) creates an absent object (201)."""
         with self._cond:
             live = self._objects[resource].get(name)
             if live is None:
                 if content_type.startswith("application/apply-patch") and resource == "configmaps":
                     body = dict(patch, metadata=dict(patch.get("metadata") or {}, name=name))
-                    return self.create(resource, body, dry_run), 201
+                    return self.create(resource, body, dry_run, validation), 201
                 raise not_found(resource, name)
-            obj = patched(live, content_type, patch)
+            obj = check_fields(resource, patched(live, content_type, patch), validation)
             rv = (patch.get("metadata") or {}).get("resourceVersion") if isinstance(patch, dict) else None
             if rv and rv != live["metadata"]["resourceVersion"]:
                 raise conflict(resource, name)
@@ -178,10 +182,7 @@ class Store:
         if resource in ("deployments", "pods"):
             obj["status"] = copy.deepcopy(live.get("status"))  # status is a subresource
         if resource == "deployments" and obj.get("spec") != live.get("spec"):
-            meta["generation"] = live_meta["generation"] + 1
-            if obj["spec"].get("template") != live["spec"].get("template"):
-                revision = int((live_meta.get("annotations") or {}).get(REVISION, "1"))
-                meta.setdefault("annotations", {})[REVISION] = str(revision + 1)
+            meta["generation"] = live_meta["generation"] + 1  # the controller then sets the revision
         _validate(resource, obj)
         if obj == live or dry_run:  # a no-op write keeps its resourceVersion, like the apiserver
             return copy.deepcopy(obj)
@@ -233,7 +234,7 @@ class Store:
         """(type, object) events after resource_version until timeout, a hangup or stop().
 
         A bad selector or resourceVersion raises here, before the stream starts (a 400, not a stream)."""
-        selector = Selector(label_selector, field_selector)
+        selector = Selector(label_selector, field_selector, resource)
         if resource_version and not resource_version.isdigit():
             raise bad_request(f'invalid resource version "{resource_version}"')
         return self._stream(resource, selector, resource_version, time.monotonic() + timeout, bookmarks)
@@ -248,6 +249,10 @@ class Store:
             with self._cond:
                 events = self._wait_for_events(since, deadline, last_bookmark if bookmarks else None)
                 if events is None:
+                    return
+                if events and events[0][0] > since + 1:  # the history moved on past this watcher
+                    yield "ERROR", StatusError(410, "Expired", f"too old resource version: {since} "
+                                                               f"({events[0][0] - 1})").body()
                     return
                 if events:
                     since = events[-1][0]
