@@ -171,7 +171,7 @@ def test_each_pod_answers_through_the_pod_proxy_as_the_service_does(flagd_lab):
 
     doc, _, _, api = flagd_lab
 
-    pod = client.CoreV1Api(api).list_namespaced_pod(NS).items[0].metadata.name
+    pod = client.CoreV1Api(api).list_namespaced_pod(NS, label_selector="opentelemetry.io/name=flagd").items[0].metadata.name
     for key in doc["flags"]:
         for context in ({"targetingKey": "session-001"}, {"email": "cy@staff.example"}):
             assert ofrep(api, key, context, f"pods/{pod}:8016") == ofrep(api, key, context)

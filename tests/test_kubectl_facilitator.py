@@ -56,7 +56,8 @@ def flagd_pod(lab) -> str:
 def test_logs_of_flagd_its_init_container_and_the_demo(lab):
     r = lab("logs", "deploy/flagd")
     assert r.returncode == 0, r.stderr
-    assert '"msg":"flag configuration updated"' in r.stdout and "ofrep service listening at 8016" in r.stdout
+    assert "starting sync from ./etc/flagd/demo.flagd.json" in r.stdout
+    assert "ofrep service listening at 8016" in r.stdout and "flagd version: v0.16.1" in r.stdout
     assert lab("logs", "deploy/flagd", "-c", "init-config").stdout == "demo.flagd.json\n"
     r = lab("logs", "deploy/cart", "--tail=1", "--timestamps")
     assert len(r.stdout.splitlines()) == 1 and r.stdout[:4].isdigit() and "Z " in r.stdout

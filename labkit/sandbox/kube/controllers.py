@@ -267,7 +267,7 @@ class LocalCluster(Rollouts, Endpoints, Store):
             self.logs.write(uid, name, workloads.start_lines(name), at)
             return container_status(name, c["image"], running_since=now)
         flags, error = self._flag_file()
-        keys = sorted(flags.keys()) if flags is not None else None  # None: flagd exits with the error
+        keys = sorted(flags.keys) if flags is not None else None  # None: flagd exits with the error
         self.logs.write(uid, name, flagd.start_lines(keys, error, at, image=c["image"]), at)
         if flags is not None:
             self._pod_flags[uid] = flags
