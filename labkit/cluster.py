@@ -424,9 +424,9 @@ class Cluster:
         now = self.flag_file().flag(flag).default_variant
         if now != variant:
             raise LabError(
-                f"{flag} is {now!r} in ConfigMap {names.CONFIGMAP} now: someone changed it after this change "
-                f"to {variant!r} (another kernel or terminal), and the later change wins. flagd will serve "
-                f"{now!r}; check with: python -m labkit flags {flag}")
+                f"This change of {flag} to {variant!r} was overtaken: {flag} is {now!r} in ConfigMap "
+                f"{names.CONFIGMAP} now, set after it by another kernel or terminal, and the later change "
+                f"wins. flagd will serve {now!r}; check with: python -m labkit flags {flag}")
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
