@@ -196,3 +196,26 @@ def test_cli_set_keeps_its_steps_on_the_labs_timeline(lab_env, tmp_path):
         subprocess.run([sys.executable, "-m", "labkit", "set", "cartFailure", "off", "--no-event"], cwd=tmp_path,
                        env=env, capture_output=True, timeout=60)
         timeline.clear()
+
+
+def test_flag_switch_offers_the_restart_way(lab_env):
+    pytest.importorskip("ipywidgets")
+    from labkit import widgets
+    from labkit.lab import Lab
+    from labkit.settings import Settings
+
+    lab = Lab(Settings.load(environ=dict(lab_env), dotenv=None))
+    lab.timeline.clear()
+    try:
+        switch = widgets.FlagSwitch(lab, "cartFailure", send_event=False)
+        assert switch.restart.value == "rollout" and list(switch.restart.options) == ["rollout", "scale"]
+        switch.restart.value = "scale"  # the lab page's way, chosen beside Apply
+        served = switch.apply("on")
+        assert served is not None and served.variant == "on", switch.error
+        assert lab.timeline.last("flagd restarted").note.startswith("scale")
+        assert widgets.FlagSwitch(lab, "cartFailure", restart="scale").restart.value == "scale"
+    finally:
+        if lab.served("cartFailure").variant != "off":
+            lab.change_flag("off", send_event=False)
+        lab.timeline.clear()
+        lab.dynatrace.close()
