@@ -16,6 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # ReadyGauge: flagd's Ready pods, watched with the kubernetes client
 
 from labkit.sandbox import LocalLab, Timings  # noqa: E402
 from labkit.settings import Settings  # noqa: E402
@@ -32,6 +33,61 @@ def timed(fn, repeat: int) -> list[float]:
 
 def subprocess_seconds(args: list[str], env: dict, repeat: int) -> list[float]:
     return timed(lambda: subprocess.run(args, env=env, cwd=ROOT, check=True, capture_output=True), repeat)
+
+
+def settle(lab, timeout: float = 30) -> None:
+    """Wait (bench-side) until flagd's pods are all Ready and none is Terminating: each change starts clean."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pods, _ = lab.cluster.list("pods", "opentelemetry.io/name=flagd", None)
+        if pods and all(lab.cluster.pod_flags(p["metadata"]["name"]) for p in pods):
+            return
+        time.sleep(0.02)
+    raise RuntimeError("flagd did not settle")
+
+
+def restart_rows(lab, settings, repeat: int) -> list[tuple]:
+    """Apply -> every Ready pod serves, rollout vs scale, with the pod lifecycle in the lab's proportions."""
+    from kube_sandbox import ReadyGauge
+
+    from labkit.lab import Lab
+
+    t = lab.timings
+    saved = (t.pod_terminate, t.pod_start)
+    t.pod_terminate, t.pod_start = 3.0, 1.0  # the lab's Codespace: ~30 s to terminate, ~10 s to start
+    workshop = Lab(settings)
+    seconds = {"rollout": [], "scale": []}
+    dark = {"rollout": [], "scale": []}
+    try:
+        for i in range(repeat):
+            for way in ("rollout", "scale"):  # interleaved: both ways see the same machine noise
+                settle(lab)
+                variant = "on" if workshop.cluster.flag_file().flag("cartFailure").default_variant == "off" else "off"
+                with ReadyGauge(lab.kubeconfig_path) as gauge:
+                    start = time.perf_counter()
+                    workshop.change_flag(variant, send_event=False, restart=way)
+                    seconds[way].append(time.perf_counter() - start)
+                dark[way].append(gauge.dark)
+        settle(lab)
+        if workshop.cluster.flag_file().flag("cartFailure").default_variant != "off":
+            workshop.change_flag("off", send_event=False)
+    finally:
+        t.pod_terminate, t.pod_start = saved
+        workshop.dynatrace.close()
+    life = {"rollout": 1.0, "scale": 4.0}  # rollout waits for a start only; scale for termination + start
+    roll, scale = statistics.median(seconds["rollout"]), statistics.median(seconds["scale"])
+    how = f"median of {repeat}, 1 replica; pods stop 3 s, start 1 s (the lab's 30 s : 10 s)"
+    rows = [("Apply -> every pod serves: rollout vs scale", f"{roll / scale:.2f}x",
+             f"{roll:.2f} s vs {scale:.2f} s, {how}", "<= 0.5x", roll / scale <= 0.5)]
+    rows.append(("no Ready flagd pod during a change (rollout)", f"{max(dark['rollout']):.2f} s",
+                 f"worst of {repeat}, watched", "0 s", max(dark["rollout"]) == 0))
+    rows.append(("no Ready flagd pod during a change (scale)", f"{statistics.median(dark['scale']):.2f} s",
+                 f"median of {repeat}, watched; the lab page's way", "reported", True))
+    for way, median in (("rollout", roll), ("scale", scale)):
+        over = median - life[way]
+        rows.append((f"Apply overhead over the pod lifecycle ({way})", f"{over:.3f} s",
+                     f"lifecycle {life[way]:.1f} s", "<= 0.3 s", over <= 0.3))
+    return rows
 
 
 def main() -> None:
@@ -84,6 +140,8 @@ def main() -> None:
         q = statistics.median(timed(lambda: dt.failed_requests("cart", since="now-24h", resolution="1m"), args.repeat))
         rows.append(("24 h of cart at 1 min into a DataFrame", f"{q:.3f} s", f"median of {args.repeat}",
                      "< 0.5 s", q < 0.5))
+
+        rows += restart_rows(lab, settings, args.repeat)
 
         result = Shop(settings).run(seconds=5, rate=0)
         ops = result.operations / 5

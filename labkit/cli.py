@@ -203,20 +203,49 @@ def cmd_flags(args) -> int:
 
 
 # ---- set ------------------------------------------------------------------------------------------
+RESTART_HELP = ("how flagd restarts to load the change: rollout (default: new pods start beside the old "
+                "ones, so flagd never stops answering and no pod termination is waited for) or scale (the lab "
+                "page's kubectl scale deploy flagd --replicas=0 and back; flagd answers nothing in between)")
+
+
 def _set_args(p: argparse.ArgumentParser) -> None:
+    from labkit.cluster import DEFAULT_RESTART, RESTARTS
+
     p.add_argument("flag", help="flag key, e.g. cartFailure")
     p.add_argument("variant", help="variant name, e.g. on, off, 25%%")
     p.add_argument("--no-restart", action="store_true", help="change the ConfigMap only")
     p.add_argument("--dry-run", action="store_true", help="print the diff; change nothing")
     p.add_argument("--no-event", action="store_true", help="do not send a change event to Dynatrace")
     p.add_argument("--service", default="cart", help="the service the change event is about (default cart)")
-    p.add_argument("--how", choices=("scale", "rollout"), default="scale",
-                   help="restart flagd by scaling to 0 and back (the lab's way) or a rollout restart")
+    p.add_argument("--restart", choices=RESTARTS, default=DEFAULT_RESTART, help=RESTART_HELP)
+    p.add_argument("--how", dest="restart", choices=RESTARTS, default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)  # the option's old name
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for flagd (default 120)")
 
 
-def _send_change_event(args, change) -> None:
+class _Run:
+    """The lab's run as the notebooks keep it, so a change made here shows on their timeline and
+    charts (a lab without a tenant has no charts: nothing is kept)."""
+
+    def __init__(self, s):
+        from labkit.lab import TIMELINE_FILE
+        from labkit.timeline import Timeline
+
+        self.timeline = Timeline(s.runs_dir() / TIMELINE_FILE) if (s.local or s.has_tenant) else None
+
+    @property
+    def run_id(self) -> str | None:
+        return self.timeline.run_id if self.timeline else None
+
+    def add(self, kind: str, **step) -> None:
+        if self.timeline is not None:
+            self.timeline.add(kind, **step)
+
+
+def _send_change_event(args, change, run: _Run) -> None:
     """Tell Dynatrace a change is coming, before it is applied (the lab's runtimeChange.sh)."""
+    from labkit.timeline import EVENT_SENT
+
     if args.no_event:
         return
     if not settings(args).has_tenant:
@@ -224,17 +253,18 @@ def _send_change_event(args, change) -> None:
             "(--no-event silences this)")
         return
     with dynatrace(args) as dt:
-        event = dt.send_change_event(args.service, change.flag, change.new_variant, old=change.old_variant)
+        event = dt.send_change_event(args.service, change.flag, change.new_variant, old=change.old_variant,
+                                     run_id=run.run_id)
+    run.add(EVENT_SENT, flag=change.flag, old=change.old_variant, new=change.new_variant, at=event.sent_at)
     out(f"change event sent: {event.summary()}")
     out(f"  open in Dynatrace: {event.link}")
     for warning in event.warnings:
         err(f"warning: {warning}")
 
 
-@command("set", "set a flag's default variant, restart flagd and check it serves the new value", _set_args)
+@command("set", "set a flag's default variant, restart flagd and check every pod serves the new value",
+         _set_args)
 def cmd_set(args) -> int:
-    from labkit.errors import Unreachable
-
     if not (0 < args.timeout <= 3600):  # also refuses nan and inf; before anything is touched
         raise BadInput(f"--timeout must be more than 0 and at most 3600 seconds; got {args.timeout:g}.")
     k8s = cluster(args)
@@ -243,32 +273,48 @@ def cmd_set(args) -> int:
         out(preview.diff.rstrip("\n") if preview.changed else preview.summary())
         out("dry run: nothing changed")
         return 0
-    if preview.changed:
-        _send_change_event(args, preview)
-        change = k8s.set_default_variant(args.flag, args.variant)
-        out(f"changed ConfigMap {change.after.name}: {change.summary()}")
-        if args.verbose:
-            out(change.diff.rstrip("\n"))
-    else:
-        change = preview
-        try:
-            if k8s.served_value(args.flag).variant == args.variant:
-                out(f"{args.flag} is already {args.variant!r} and flagd serves it; nothing to do.")
-                return 0
-        except Unreachable:
-            pass
-        out(f"{args.flag} already defaults to {args.variant!r} in the ConfigMap, but flagd does not serve it yet.")
+    run = _Run(settings(args))
+    if not _apply(args, k8s, preview, run):
+        return 0
     if args.no_restart:
         out(f"flagd keeps serving the old value until it restarts: python -m labkit set {args.flag} "
             f"{args.variant} (without --no-restart), or kubectl scale deploy flagd --replicas=0 and back.")
         return 0
-    err(f"restarting flagd ({args.how}):")
-    result = k8s.restart_flagd(timeout=args.timeout, progress=printer(), how=args.how)
-    served = k8s.wait_served(args.flag, args.variant, timeout=min(30.0, args.timeout),
-                             progress=printer())
-    out(f"flagd restarted ({result.how}, {result.replicas} pod(s), {result.seconds:.1f}s) and serves "
-        f"{args.flag} = {served}")
+    _restart_and_prove(args, k8s, run)
     return 0
+
+
+def _apply(args, k8s, preview, run: _Run) -> bool:
+    """The event and the ConfigMap edit; False when flagd already serves the variant (nothing to do)."""
+    from labkit.timeline import FLAG_APPLIED
+
+    if preview.changed:
+        _send_change_event(args, preview, run)
+        change = k8s.set_default_variant(args.flag, args.variant)
+        run.add(FLAG_APPLIED, flag=change.flag, old=change.old_variant, new=change.new_variant)
+        out(f"changed ConfigMap {change.after.name}: {change.summary()}")
+        if args.verbose:
+            out(change.diff.rstrip("\n"))
+        return True
+    seen = k8s.served_by_ready_pods(args.flag)
+    if seen and all(s is not None and s.variant == args.variant for s in seen.values()):
+        out(f"{args.flag} is already {args.variant!r} and flagd serves it; nothing to do.")
+        return False
+    out(f"{args.flag} already defaults to {args.variant!r} in the ConfigMap, but flagd does not serve it yet.")
+    return True
+
+
+def _restart_and_prove(args, k8s, run: _Run) -> None:
+    from labkit.timeline import FLAGD_RESTARTED, FLAGD_SERVING
+
+    err(f"restarting flagd ({args.restart}):")
+    result = k8s.restart_flagd(timeout=args.timeout, progress=printer(), how=args.restart)
+    run.add(FLAGD_RESTARTED, note=f"{result.how}, {result.seconds:.1f} s")
+    served = k8s.wait_served(args.flag, args.variant, timeout=min(30.0, args.timeout), progress=printer())
+    run.add(FLAGD_SERVING, flag=args.flag, new=served.variant, note=repr(served.value))
+    every = "its pod serves" if result.replicas == 1 else f"all {result.replicas} pods serve"
+    out(f"flagd restarted ({result.how}, {result.replicas} pod(s), {result.seconds:.1f}s) and {every} "
+        f"{args.flag} = {served}")
 
 
 # ---- Dynatrace and the shop (part 2) ----------------------------------------------------------------

@@ -19,10 +19,17 @@ from labkit.flags import FlagChange, FlagFile, format_value
 from labkit.progress import Progress, quiet
 from labkit.settings import Settings
 
-__all__ = ["LOCAL_LAB_HINT", "Cluster", "Progress", "RestartResult", "Served"]
+__all__ = ["DEFAULT_RESTART", "LOCAL_LAB_HINT", "RESTARTS", "Cluster", "Progress", "RestartResult", "Served"]
 
+RESTARTS = ("rollout", "scale")  # `kubectl rollout restart`, or the lab page's scale to 0 and back
+# What the workshop's steps use unless told: a rollout keeps a Ready flagd pod the whole time and waits
+# for no termination, so it is faster too; the lab page's scale steps stay one argument away.
+DEFAULT_RESTART = "rollout"
 _CONFLICT_ATTEMPTS = 5      # re-reads after a 409 before giving up
 _OFREP_TIMEOUT = (5, 15)    # (connect, read) seconds on an OFREP call through the service proxy
+# The count flagd had before a scale restart took it to 0: a second restart racing the first (another
+# kernel or terminal) reads 0 replicas, and must still scale back to that count, not to 1.
+_REPLICAS_BEFORE = "labkit/replicas-before-restart"
 
 
 @dataclass(frozen=True)
@@ -176,36 +183,61 @@ class Cluster:
                       how: str = "scale") -> RestartResult:
         """Restart flagd so it loads the ConfigMap again; return when the new pods are Ready.
 
-        how="scale" is the lab page's way: scale to 0, wait until no flagd pod is left, scale back to
-        the previous count, wait until that many pods are Ready. how="rollout" is `kubectl rollout
-        restart`. Bounded by `timeout` (LabTimeout); flagd always ends at its previous replica count.
+        how="scale" is the lab page's way: scale to 0, wait until flagd's pods are gone, scale back to
+        the previous count, wait until that many pods are Ready (flagd answers nothing meanwhile).
+        how="rollout" is `kubectl rollout restart`: new pods start beside the old ones, which go only
+        once the new ones are Ready. Bounded by `timeout` (LabTimeout); flagd always ends at its
+        previous replica count. (The workshop's steps default to DEFAULT_RESTART.)
         """
-        if how not in ("scale", "rollout"):
-            raise BadInput(f"Unknown restart method {how!r}; use 'scale' or 'rollout'.")
+        if how not in RESTARTS:
+            raise BadInput(f"Unknown restart method {how!r}; use 'rollout' or 'scale'.")
         report = progress or quiet
         start = time.monotonic()
         if how == "rollout":
             return self._rollout_restart(start, timeout, report)
         return self._scale_restart(start, timeout, report)
 
-    def _scale_restart(self, start: float, timeout: float, report: Progress) -> RestartResult:
+    def _replicas_to_restore(self) -> tuple[int, int]:
+        """(the count to scale back to, the count now): at 0, the one a racing restart remembered, else 1."""
         name = names.FLAGD_DEPLOYMENT
         scale = self.kube.call("GET", self.kube.path("deployments", name, "scale"), "get",
                                "deployments/scale", name)
         current = (scale.get("spec") or {}).get("replicas") or 0
-        previous = max(1, current)
+        if current:
+            return current, current
+        deployment = self.kube.call("GET", self.kube.path("deployments", name), "get", "deployments", name)
+        remembered = ((deployment.get("metadata") or {}).get("annotations") or {}).get(_REPLICAS_BEFORE, "")
+        return (int(remembered) if remembered.isdigit() and int(remembered) > 0 else 1), 0
+
+    def _remember_replicas(self, replicas: int) -> None:
+        """Note the count on the Deployment before scaling to 0 (best effort: RBAC may allow only scale)."""
+        try:
+            self.kube.call("PATCH", self.kube.path("deployments", names.FLAGD_DEPLOYMENT), "patch",
+                           "deployments", names.FLAGD_DEPLOYMENT,
+                           body={"metadata": {"annotations": {_REPLICAS_BEFORE: str(replicas)}}},
+                           content_type="application/merge-patch+json")
+        except (Forbidden, BadInput):
+            pass
+
+    def _scale_restart(self, start: float, timeout: float, report: Progress) -> RestartResult:
+        name = names.FLAGD_DEPLOYMENT
+        previous, current = self._replicas_to_restore()
         deadline = start + timeout
+        before = set(self._list_pods())  # the pods that loaded the old file: these must go
         scaled_down = restored = False
         try:
             report(f"scaling deployment {name} to 0 (was {current})", 0.0)
+            if current:
+                self._remember_replicas(current)
             scaled_down = True  # set first: an interrupt mid-request must still scale back
             try:
                 self._scale(0)
             except (Forbidden, NotFound, BadInput):
                 scaled_down = False  # the API refused: nothing was scaled
                 raise
-            self._wait_gone(deadline, timeout, previous, report)
-            report("no flagd pod left", 0.5)
+            left = self._wait_gone(before, deadline, timeout, previous, report)
+            # another restart may already have scaled flagd up again: its pods started after our write
+            report("no flagd pod left" if not left else "the old flagd pods are gone", 0.5)
             report(f"scaling deployment {name} back to {previous}", 0.55)
             self._scale(previous)
             restored = True
@@ -216,16 +248,19 @@ class Cluster:
             raise
         return _restarted("scale", previous, start, _ready_names(pods), report)
 
-    def _wait_gone(self, deadline: float, timeout: float, previous: int, report: Progress) -> None:
+    def _wait_gone(self, before: set, deadline: float, timeout: float, previous: int,
+                   report: Progress) -> dict:
+        """flagd's pods once none of `before` is left (pods a racing restart started may be there)."""
         def on_change(pods):
-            if pods:
-                report(f"waiting for {len(pods)} flagd pod(s) to go: {', '.join(sorted(pods))}", 0.2)
+            going = sorted(before & set(pods))
+            if going:
+                report(f"waiting for {len(going)} flagd pod(s) to go: {', '.join(going)}", 0.2)
 
-        self._watch_pods(lambda pods: not pods, deadline, on_change,
-                         lambda pods: f"flagd pods still terminating after {timeout:g}s "
-                                      f"({', '.join(sorted(pods))}); flagd is scaled back to {previous}. "
-                                      f"Retry with a longer timeout, or check: kubectl -n {self.namespace} "
-                                      f"get pods -l {names.FLAGD_SELECTOR}")
+        return self._watch_pods(lambda pods: not (before & set(pods)), deadline, on_change,
+                                lambda pods: f"flagd pods still terminating after {timeout:g}s "
+                                             f"({', '.join(sorted(before & set(pods)))}); flagd is scaled back "
+                                             f"to {previous}. Retry with a longer timeout, or check: kubectl -n "
+                                             f"{self.namespace} get pods -l {names.FLAGD_SELECTOR}")
 
     def _wait_ready(self, deadline: float, timeout: float, wanted: int, report: Progress) -> dict:
         def on_change(pods):
@@ -260,10 +295,14 @@ class Cluster:
     def _rollout_restart(self, start: float, timeout: float, report: Progress) -> RestartResult:
         name = names.FLAGD_DEPLOYMENT
         path = self.kube.path("deployments", name)
-        replicas = (self.kube.call("GET", path, "get", "deployments", name).get("spec") or {}).get("replicas", 1)
-        if replicas == 0:
-            raise LabError(f"Deployment {name} is scaled to 0, so a rollout restart starts nothing. "
-                           "Restart with how='scale' (it scales back to 1).")
+        deployment = self.kube.call("GET", path, "get", "deployments", name)
+        replicas = (deployment.get("spec") or {}).get("replicas", 1)
+        if replicas == 0:  # nothing runs, so nothing to keep up: start the pods the scale way
+            report(f"deployment {name} is scaled to 0: scaling it up instead of a rollout", 0.0)
+            return self._scale_restart(start, timeout, report)
+        gap = _rollout_gap(deployment, replicas)
+        if gap:
+            report(f"note: this rollout may leave flagd without a Ready pod: {gap}", 0.0)
         old = set(self._list_pods())
         # RFC3339 like kubectl, but with microseconds: two restarts in one second must both roll
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -272,20 +311,29 @@ class Cluster:
                        body={"spec": {"template": {"metadata": {"annotations": {
                            "kubectl.kubernetes.io/restartedAt": stamp}}}}},
                        content_type="application/strategic-merge-patch+json")
+        pods = self._wait_rolled(old, replicas, start + timeout, timeout, report)
+        return _restarted("rollout", replicas, start, _ready_names(pods, exclude=old), report)
+
+    def _wait_rolled(self, old: set, replicas: int, deadline: float, timeout: float, report: Progress) -> dict:
+        """Pods once `replicas` new ones are Ready and every old one is going (Terminating) or gone.
+
+        Terminating pods are out of the Service and answer nothing, so the change need not wait
+        for their grace period to end."""
+        def staying(pods):
+            return sorted(n for n in old & set(pods) if not _terminating(pods[n]))
 
         def done(pods):
-            return not (old & set(pods)) and len(_ready_names(pods, exclude=old)) >= replicas
+            return not staying(pods) and len(_ready_names(pods, exclude=old)) >= replicas
 
         def on_change(pods):
-            left = sorted(old & set(pods))
-            ready = _ready_names(pods, exclude=old)
-            report(f"new pods ready {len(ready)}/{replicas}" + (f"; old pods going: {', '.join(left)}" if left else ""),
+            left, ready = staying(pods), _ready_names(pods, exclude=old)
+            report(f"new pods ready {len(ready)}/{replicas}" + (f"; old pods still serving: {', '.join(left)}"
+                                                                 if left else ""),
                    0.1 + 0.85 * min(len(ready), replicas) / replicas * (0.5 if left else 1.0))
 
-        pods = self._watch_pods(done, start + timeout, on_change,
-                                lambda pods: f"rollout restart of {name} not finished after {timeout:g}s "
-                                             f"({_pod_states(pods)}).")
-        return _restarted("rollout", replicas, start, _ready_names(pods, exclude=old), report)
+        return self._watch_pods(done, deadline, on_change,
+                                lambda pods: f"rollout restart of {names.FLAGD_DEPLOYMENT} not finished after "
+                                             f"{timeout:g}s ({_pod_states(pods)}).")
 
     # ---- what flagd serves ----------------------------------------------------------------------
     def _ofrep(self, flag: str | None, context: dict | None = None) -> Reply:
@@ -349,39 +397,109 @@ class Cluster:
         except LabError:
             return ""
 
+    def served_by_pod(self, pod: str, flag: str) -> Served | None:
+        """Ask ONE flagd pod, through the API server's pod proxy, what it serves for `flag` (OFREP).
+
+        None while that pod does not answer (starting, going, or gone). The service proxy answers
+        from one pod of its choosing; this is how each pod is asked."""
+        path = (self.kube.path("pods") + f"/{quote(pod, safe='')}:{names.OFREP_PORT}/proxy/ofrep/v1/evaluate/"
+                f"flags/{quote(flag, safe='')}")
+        reply = self.kube.send("POST", path, body={"context": {}}, timeout=_OFREP_TIMEOUT)
+        data = reply.data if isinstance(reply.data, dict) else {}
+        if reply.status == 200 and data:
+            return Served(key=data.get("key", flag), value=data.get("value"), variant=data.get("variant"),
+                          reason=data.get("reason"))
+        if reply.status == 503 or (reply.status == 404 and data.get("kind") == "Status"):
+            return None  # nothing listens in that pod (yet, or any more), or the pod is gone
+        if reply.status == 404:
+            raise BadInput(f"flagd does not know flag {flag!r} ({data.get('errorCode', 'FLAG_NOT_FOUND')})."
+                           f"{self._nearest_flag(flag)}")
+        raise self.kube.error(reply.status, reply.text, "create", "pods/proxy", pod)
+
+    def served_by_ready_pods(self, flag: str) -> dict[str, Served | None]:
+        """What each Ready flagd pod serves for `flag`, by pod name ({} while no pod is Ready).
+
+        Without RBAC for pods/proxy, the service's one answer stands in for them all."""
+        pods = sorted(_ready_names(self._list_pods()))
+        try:
+            return {pod: self.served_by_pod(pod, flag) for pod in pods}
+        except Forbidden:
+            try:
+                return {f"service/{names.FLAGD_SERVICE}": self.served_value(flag)} if pods else {}
+            except Unreachable:
+                return {}
+
     def wait_served(self, flag: str, variant: str, timeout: float = 30,
                     progress: Progress | None = None) -> Served:
-        """Confirm flagd serves `variant` for `flag` (OFREP has no watch: a few bounded retries)."""
+        """Return once EVERY Ready flagd pod serves `variant` for `flag`, each pod asked itself.
+
+        OFREP has no watch: a few bounded retries. When the ConfigMap no longer says `variant`
+        (someone changed the flag after us), their change wins: LabError, never a stale success."""
         report = progress or quiet
         deadline = time.monotonic() + timeout
         delay = 0.05
-        last: Served | LabError | None = None
+        seen: dict | LabError = {}
         while True:
             try:
-                last = self.served_value(flag)
-                if last.variant == variant:
-                    report(f"flagd serves {flag} = {last}", 1.0)
-                    return last
-                report(f"flagd still serves {flag} = {last}", None)
+                seen = self.served_by_ready_pods(flag)
+                if seen and all(s is not None and s.variant == variant for s in seen.values()):
+                    served = next(iter(seen.values()))
+                    report(f"flagd serves {flag} = {served} on {_pods(len(seen))}", 1.0)
+                    return served
+                report(f"waiting for every flagd pod to serve {flag} = {variant} ({_serving(seen)})", None)
+                self._check_not_overtaken(flag, variant)
             except Unreachable as exc:
-                last = exc
+                seen = exc
                 report("waiting for flagd to answer", None)
             if time.monotonic() + delay > deadline:
                 break
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
-        seen = f"serves {last}" if isinstance(last, Served) else f"is not answering ({last})"
+        state = f"is not answering ({seen})" if isinstance(seen, LabError) else f"serves {_serving(seen)}"
         raise LabTimeout(
-            f"flagd {seen} for {flag} after {timeout:g}s, not {variant!r}. flagd loads the ConfigMap only "
-            f"when its pod starts: restart it (python -m labkit set {flag} {variant} does).")
+            f"flagd {state} for {flag} after {timeout:g}s, not {variant!r} on every pod. flagd loads the "
+            f"ConfigMap only when its pod starts: restart it (python -m labkit set {flag} {variant} does).")
+
+    def _check_not_overtaken(self, flag: str, variant: str) -> None:
+        """LabError when the live ConfigMap says another variant for `flag`: a later change won."""
+        now = self.flag_file().flag(flag).default_variant
+        if now != variant:
+            raise LabError(
+                f"This change of {flag} to {variant!r} was overtaken: {flag} is {now!r} in ConfigMap "
+                f"{names.CONFIGMAP} now, set after it by another kernel or terminal, and the later change "
+                f"wins. flagd will serve {now!r}; check with: python -m labkit flags {flag}")
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
+def _rollout_gap(deployment: dict, replicas: int) -> str:
+    """Why this Deployment's rolling update may take every flagd pod down at once ('' if it cannot)."""
+    strategy = (deployment.get("spec") or {}).get("strategy") or {}
+    if strategy.get("type") == "Recreate":
+        return "its strategy is Recreate (every old pod goes before a new one starts)"
+    unavailable = str((strategy.get("rollingUpdate") or {}).get("maxUnavailable", "25%"))
+    try:  # a percentage rounds down, as the deployment controller does
+        down = replicas * int(unavailable[:-1]) // 100 if unavailable.endswith("%") else int(unavailable)
+    except ValueError:
+        return ""
+    return f"its maxUnavailable {unavailable} lets all {replicas} pod(s) go at once" if down >= replicas else ""
+
+
 def _restarted(how: str, replicas: int, start: float, ready: list[str], report: Progress) -> RestartResult:
     ready = sorted(ready)
     seconds = time.monotonic() - start
     report(f"flagd ready: {', '.join(ready)} ({seconds:.1f}s)", 1.0)
     return RestartResult(how=how, replicas=replicas, seconds=seconds, pods=ready)
+
+
+def _pods(n: int) -> str:
+    return "its one Ready pod" if n == 1 else f"all {n} Ready pods"
+
+
+def _serving(seen: dict) -> str:
+    """'off on flagd-abc, nothing yet on flagd-def', or 'no Ready pod'."""
+    if not seen:
+        return "no Ready pod"
+    return ", ".join(f"{s.variant if s else 'nothing yet'} on {pod}" for pod, s in seen.items())
 
 
 def _parse_time(value: str | None) -> datetime | None:

@@ -13,6 +13,7 @@ from typing import Callable
 
 from labkit import cards
 from labkit import settings as names
+from labkit.cluster import DEFAULT_RESTART, RESTARTS
 from labkit.errors import BadInput, LabError, Unreachable
 from labkit.progress import Progress, quiet
 from labkit.settings import Settings
@@ -220,29 +221,37 @@ class Lab:
         self.timeline.add(FLAG_APPLIED, flag=flag, old=change.old_variant, new=change.new_variant)
         return change
 
-    def restart_flagd(self, progress: Progress | None = None, timeout: float = 180, how: str = "scale"):
-        """Step 3: flagd reads its flags only at start (init container copy), so restart it."""
+    def restart_flagd(self, progress: Progress | None = None, timeout: float = 180,
+                      how: str = DEFAULT_RESTART):
+        """Step 3: flagd reads its flags only at start (init container copy), so restart it.
+
+        how="rollout" (the default) keeps a Ready flagd pod throughout; how="scale" is the lab page's
+        `kubectl scale deploy flagd --replicas=0` and back, with flagd down in between."""
         result = self.cluster.restart_flagd(timeout=timeout, progress=progress, how=how)
-        self.timeline.add(FLAGD_RESTARTED, note=f"{how}, {result.seconds:.1f} s")
+        self.timeline.add(FLAGD_RESTARTED, note=f"{result.how}, {result.seconds:.1f} s")
         return result
 
     def prove_served(self, variant: str, flag: str = names.FLAG, timeout: float = 30,
                      progress: Progress | None = None):
-        """Ask flagd itself (OFREP) which variant it serves now."""
+        """Ask each Ready flagd pod itself (OFREP) until every one serves `variant`."""
         served = self.cluster.wait_served(flag, variant, timeout=timeout, progress=progress)
         self.timeline.add(FLAGD_SERVING, flag=flag, new=served.variant, note=repr(served.value))
         return served
 
     def change_flag(self, variant: str, flag: str = names.FLAG, service: str = names.SERVICE,
-                    progress: Progress | None = None, send_event: bool = True):
-        """Event → ConfigMap → restart → served check: the whole change in one call."""
+                    progress: Progress | None = None, send_event: bool = True,
+                    restart: str = DEFAULT_RESTART):
+        """Event → ConfigMap → restart (`restart`: "rollout" or "scale") → every pod serves it."""
         report = progress or quiet
+        if restart not in RESTARTS:
+            raise BadInput(f"Unknown restart {restart!r}; use 'rollout' (no moment without flagd) or "
+                           "'scale' (the lab page's kubectl scale to 0 and back).")
         old = self.cluster.flag_file().set_default_variant(flag, variant).old_variant  # validates first
         if old == variant:
-            served = self.cluster.served_value(flag)
-            if served.variant == variant:  # nothing to change: no event, no restart
-                report(f"{flag} is already {variant} and flagd serves it", 1.0)
-                return served
+            seen = self.cluster.served_by_ready_pods(flag)
+            if seen and all(s is not None and s.variant == variant for s in seen.values()):
+                report(f"{flag} is already {variant} and flagd serves it", 1.0)  # no event, no restart
+                return next(iter(seen.values()))
         if send_event and self._event_pending(flag, old, variant):
             report(f"Dynatrace already knows: {flag} {old} → {variant} (event sent before)", 0.05)
         elif send_event:
@@ -250,7 +259,8 @@ class Lab:
             self._announce(flag, old, variant, service)
         report(f"Changing {flag} to {variant} in the ConfigMap", 0.15)
         self.make_change(variant, flag)
-        self.restart_flagd(progress=lambda m, f=None: report(m, None if f is None else 0.2 + 0.7 * f))
+        self.restart_flagd(progress=lambda m, f=None: report(m, None if f is None else 0.2 + 0.7 * f),
+                           how=restart)
         report("Asking flagd what it serves", 0.92)
         served = self.prove_served(variant, flag)
         report(f"flagd serves {flag} = {served.variant}", 1.0)
@@ -366,13 +376,13 @@ class Lab:
 
     # --- roll back and reset --------------------------------------------------------------------
     def roll_back(self, flag: str = names.FLAG, service: str = names.SERVICE,
-                  progress: Progress | None = None):
+                  progress: Progress | None = None, restart: str = DEFAULT_RESTART):
         """Put the flag back to what it was before this run changed it (default: off)."""
         target = self._before_run(flag) or ("off" if "off" in self.variants(flag) else None)
         if target is None:
             raise LabError(f"No earlier value of {flag!r} is known in this run; "
                            f"choose one of {', '.join(self.variants(flag))} with change_flag().")
-        served = self.change_flag(target, flag, service, progress=progress)
+        served = self.change_flag(target, flag, service, progress=progress, restart=restart)
         self.timeline.add(ROLLED_BACK, flag=flag, new=served.variant)
         return served
 

@@ -126,14 +126,18 @@ def _error_text(exc: BaseException) -> str:
 class FlagSwitch(_Displayable):
     """The live variants of a flag as toggle buttons, what flagd serves now, and an Apply button.
 
-    Apply runs lab.change_flag (event → ConfigMap → restart → served check) in a background thread
-    with a progress display; the button is disabled while it runs; errors appear in red in the widget.
+    Apply runs lab.change_flag (event → ConfigMap → restart → every pod serves it) in a background
+    thread with a progress display; the button is disabled while it runs; errors appear in red in the
+    widget. The restart way is a choice beside it: rollout (flagd never down) or the lab page's scale.
     `apply(variant)` does the same from code (synchronously by default) and returns the Served result
     (None on failure, with the error kept in `.error`).
     """
 
-    def __init__(self, lab, flag: str = FLAG, service: str = SERVICE, send_event: bool = True):
+    def __init__(self, lab, flag: str = FLAG, service: str = SERVICE, send_event: bool = True,
+                 restart: str | None = None):
         import ipywidgets as w
+
+        from labkit.lab import DEFAULT_RESTART, RESTARTS
 
         self.lab, self.flag, self.service = lab, flag, service
         self.send_event = send_event
@@ -154,12 +158,18 @@ class FlagSwitch(_Displayable):
                                      tooltip=f"send the change event, change {flag}, restart flagd, "
                                              "check what flagd serves")
         self.apply_button.add_class("labkit-apply")
+        self.restart = w.ToggleButtons(
+            options=list(RESTARTS), value=restart or DEFAULT_RESTART, description="restart:",
+            tooltips=["new pods start beside the old ones: flagd never stops answering",
+                      "the lab page's kubectl scale to 0 and back: flagd is down in between"],
+            style={"button_width": "auto"})
+        self.restart.add_class("labkit-restart")
         self.apply_button.on_click(lambda _button: self.apply(wait=False))
         self.progress = ProgressView()
         self.status = w.HTML("")
         self.status.add_class("labkit-status")
-        self.widget = w.VBox([self.title, self.toggle, self.served_label, self.apply_button,
-                              self.progress.widget, self.status])
+        self.widget = w.VBox([self.title, self.toggle, self.served_label,
+                              w.HBox([self.apply_button, self.restart]), self.progress.widget, self.status])
         self.widget.add_class("labkit-flag-switch")
 
         try:
@@ -223,6 +233,7 @@ class FlagSwitch(_Displayable):
     def _set_busy(self, busy: bool) -> None:
         self.apply_button.disabled = busy
         self.toggle.disabled = busy
+        self.restart.disabled = busy
         self.apply_button.description = "Applying…" if busy else "Apply"
 
     # -- the change ---
@@ -257,8 +268,8 @@ class FlagSwitch(_Displayable):
         try:
             if variant is None:
                 raise LabError(f"No variant of {self.flag!r} is selected; choose one and press Apply.")
-            served = self.lab.change_flag(variant, self.flag, self.service,
-                                          progress=self.progress.callback, send_event=self.send_event)
+            served = self.lab.change_flag(variant, self.flag, self.service, progress=self.progress.callback,
+                                          send_event=self.send_event, restart=self.restart.value)
             self.result = served
             got = getattr(served, "variant", variant)
             self.progress.done(f"flagd serves {self.flag} = {got}")

@@ -4,6 +4,8 @@ Tests that scale, forbid or break the cluster use their own, so the session's lo
 """
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 from labkit.sandbox import SHARED_FLAGS, Timings, kube, kubeconfig_text
@@ -37,3 +39,72 @@ class KubeSandbox:
         from labkit.cluster import Cluster
 
         return Cluster(Settings(kubeconfig=str(self.kubeconfig), **settings))
+
+
+class ReadyGauge:
+    """Watches flagd's pods from a thread with the kubernetes client's own watch (not labkit's): the
+    fewest Ready pods seen and the seconds with none, between entering and leaving the `with` block.
+
+    Ready means as the Service counts it: the Ready condition and not Terminating.
+    """
+
+    SELECTOR = "opentelemetry.io/name=flagd"
+
+    def __init__(self, kubeconfig, namespace: str = "default", timeout: int = 120):
+        from kubernetes import client, config
+
+        self.core = client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))
+        self.namespace, self.timeout = namespace, timeout
+        self._lock = threading.Lock()
+        self._ready: dict[str, bool] = {}
+        self._open = False
+        self.fewest: int | None = None
+        self.dark = 0.0  # seconds with no Ready flagd pod
+        self._dark_since: float | None = None
+
+    def __enter__(self) -> "ReadyGauge":
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector=self.SELECTOR)
+        with self._lock:
+            self._open = True
+            self._ready = {p.metadata.name: _ready(p) for p in pods.items}
+            self._count()
+        threading.Thread(target=self._watch, args=(pods.metadata.resource_version,), daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            if self._dark_since is not None:
+                self.dark += time.monotonic() - self._dark_since
+            self._open = False
+
+    def _watch(self, rv: str) -> None:
+        from kubernetes import watch
+
+        w = watch.Watch()
+        for event in w.stream(self.core.list_namespaced_pod, self.namespace, label_selector=self.SELECTOR,
+                              resource_version=rv, timeout_seconds=self.timeout):
+            with self._lock:
+                if not self._open:
+                    break
+                pod = event["object"]
+                if event["type"] == "DELETED":
+                    self._ready.pop(pod.metadata.name, None)
+                else:
+                    self._ready[pod.metadata.name] = _ready(pod)
+                self._count()
+        w.stop()
+
+    def _count(self) -> None:
+        ready = sum(self._ready.values())
+        self.fewest = ready if self.fewest is None else min(self.fewest, ready)
+        if ready == 0 and self._dark_since is None:
+            self._dark_since = time.monotonic()
+        elif ready and self._dark_since is not None:
+            self.dark += time.monotonic() - self._dark_since
+            self._dark_since = None
+
+
+def _ready(pod) -> bool:
+    if pod.metadata.deletion_timestamp:
+        return False
+    return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))

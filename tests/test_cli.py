@@ -108,7 +108,7 @@ def test_flags_when_flagd_is_down_shows_dash(kube):
 # ---- set --------------------------------------------------------------------------------------------
 def test_set_changes_restarts_and_verifies(kube):
     before = kube.configmap()["json"]
-    proc = kube.run("set", "cartFailure", "on", "--no-event")
+    proc = kube.run("set", "cartFailure", "on", "--no-event", "--restart", "scale")
     assert proc.returncode == 0, proc.stderr
     assert "serves cartFailure = on (true)" in proc.stdout
     assert "no flagd pod left" in proc.stderr  # progress lines on stderr
@@ -173,7 +173,7 @@ def test_set_forbidden_exits_1(kube):
 
 def test_ctrl_c_during_restart_exits_130_and_flagd_is_scaled_back(kube):
     kube.timings.pod_terminate = 5.0  # pods linger Terminating: time to interrupt
-    proc = kube.popen("set", "cartFailure", "on", "--no-event")
+    proc = kube.popen("set", "cartFailure", "on", "--no-event", "--restart", "scale")
     deadline = time.monotonic() + 15
     seen = ""
     while time.monotonic() < deadline:

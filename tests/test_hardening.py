@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -431,6 +432,95 @@ def test_cluster_interrupt_in_the_middle_of_restart_flagd(when, kube, fault_reco
         kube.labkit().restart_flagd(timeout=10, progress=progress)
     rec.lost = int(kube.replicas() != 2)
     assert rec.lost == 0 and wait_until(lambda: kube.ready() == 2)
+
+
+# ---- two changes at once (issue 14): two `python -m labkit set` processes on one flagd -------------
+def _set_at_once(kube: KubeOnly, *changes: tuple) -> list[tuple[int, str, str]]:
+    """Start one `python -m labkit set FLAG VARIANT [options]` per change at the same moment."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DT_", "KUBECONFIG", "LABKIT_", "LAB_", "FRONTEND_URL"))}
+    env.update(PYTHONPATH=str(ROOT), KUBECONFIG=str(kube.kubeconfig))
+    procs = [subprocess.Popen([sys.executable, "-m", "labkit", "set", *change, "--no-event"], cwd=kube.tmp,
+                              env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for change in changes]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=90)
+        results.append((proc.returncode, out, err))
+    return results
+
+
+def _served_by_each(kube: KubeOnly) -> list[dict]:
+    """The flags each Ready flagd pod loaded (the ones the Service and the pod proxy answer from)."""
+    pods, _ = kube.cluster.list("pods", "opentelemetry.io/name=flagd", None)
+    loaded = [kube.cluster.pod_flags(p["metadata"]["name"]) for p in pods]
+    return [{k: f["defaultVariant"] for k, f in flags.items()} for flags in loaded if flags]
+
+
+def _settled(kube: KubeOnly, replicas: int) -> bool:
+    """flagd at its count, every Ready pod serving the ConfigMap's final file."""
+    final = {k: f["defaultVariant"] for k, f in kube.flags().items()}
+    each = _served_by_each(kube)
+    return kube.replicas() == replicas and len(each) == replicas and all(e == final for e in each)
+
+
+@pytest.fixture
+def kube2(tmp_path):
+    """flagd at 2 replicas, pods slow enough for two restarts to overlap."""
+    k = KubeOnly(tmp_path, pod_start=0.8, pod_terminate=0.8)
+    k.scale(2)
+    yield k
+    k.stop()
+
+
+@pytest.mark.parametrize("restart", ["rollout", "scale"])
+def test_cluster_two_processes_change_different_flags_at_once(restart, kube2, fault_record):
+    rec = fault_record("cluster", f"two `labkit set` processes at once, different flags ({restart})")
+    results = _set_at_once(kube2, ("cartFailure", "on", "--restart", restart),
+                           ("paymentFailure", "50%", "--restart", restart))
+    flags = kube2.flags()
+    rec.lost = int(flags["cartFailure"]["defaultVariant"] != "on") + int(
+        flags["paymentFailure"]["defaultVariant"] != "50%")
+    assert rec.lost == 0, "a change was lost from the ConfigMap"
+    for (code, out, err), said in zip(results, ("cartFailure = on", "paymentFailure = 50%")):
+        assert code == 0 and f"all 2 pods serve {said}" in out, out + err
+    settled = _settled(kube2, 2)
+    rec.lost += int(not settled)
+    assert settled, f"flagd must end at 2 pods serving both changes: {_served_by_each(kube2)}"
+
+
+def test_cluster_two_processes_change_the_same_flag_at_once(kube2, fault_record):
+    """The later write wins; the other either finished first or says who won; neither reports a value
+    that is not served, and flagd ends serving the winner on every pod."""
+    rec = fault_record("cluster", "two `labkit set` processes at once on the same flag")
+    wanted = ("50%", "100%")
+    results = _set_at_once(kube2, ("paymentFailure", wanted[0]), ("paymentFailure", wanted[1]))
+    final = kube2.flags()["paymentFailure"]["defaultVariant"]
+    assert final in wanted
+    false_reports = 0
+    for (code, out, err), variant in zip(results, wanted):
+        reported = re.findall(r"serves? paymentFailure = (\S+)", out)
+        false_reports += sum(v != variant for v in reported)  # only ever its own value
+        if variant == final:
+            assert code == 0 and reported == [variant], out + err
+        else:  # done before the winner wrote, or told that the later change wins
+            assert (code == 0 and reported == [variant]) or (
+                code == 1 and f"is '{final}' in ConfigMap flagd-config now" in err and "wins" in err), out + err
+    settled = wait_until(lambda: _settled(kube2, 2), timeout=10)
+    rec.lost = false_reports + int(not settled)
+    assert rec.lost == 0
+
+
+def test_cluster_rollout_on_two_replicas_keeps_a_ready_pod(kube2, fault_record):
+    from kube_sandbox import ReadyGauge
+
+    rec = fault_record("cluster", "a rollout change on 2 replicas: never 0 Ready flagd pods")
+    with ReadyGauge(kube2.kubeconfig) as gauge:
+        (code, out, err), = _set_at_once(kube2, ("cartFailure", "on", "--restart", "rollout"))
+        each = _served_by_each(kube2)
+    assert code == 0, err
+    rec.lost = int(gauge.fewest < 1) + sum(e["cartFailure"] != "on" for e in each)
+    assert gauge.dark == 0 and len(each) == 2 and rec.lost == 0
 
 
 # ================================================================================ the sandbox process
