@@ -454,7 +454,7 @@ def _served_by_each(kube: KubeOnly) -> list[dict]:
     """The flags each Ready flagd pod loaded (the ones the Service and the pod proxy answer from)."""
     pods, _ = kube.cluster.list("pods", "opentelemetry.io/name=flagd", None)
     loaded = [kube.cluster.pod_flags(p["metadata"]["name"]) for p in pods]
-    return [{k: f["defaultVariant"] for k, f in flags.items()} for flags in loaded if flags]
+    return [{k: f["defaultVariant"] for k, f in flags.doc["flags"].items()} for flags in loaded if flags]
 
 
 def _settled(kube: KubeOnly, replicas: int) -> bool:

@@ -42,7 +42,7 @@ class Sandbox(KubeSandbox):
     def served_by_each(self, flag: str) -> dict[str, str]:
         """What each Ready flagd pod serves for `flag`, read from the sandbox (what it loaded at start)."""
         loaded = {p["metadata"]["name"]: self.cluster.pod_flags(p["metadata"]["name"]) for p in self.pods()}
-        return {pod: flags[flag]["defaultVariant"] for pod, flags in loaded.items() if flags}
+        return {pod: flags.doc["flags"][flag]["defaultVariant"] for pod, flags in loaded.items() if flags}
 
     def replicas(self) -> int:
         return self.cluster.scale("flagd")["spec"]["replicas"]

@@ -34,7 +34,7 @@ class Lab:
             setattr(self.timings, key, value)
         self.flag = {"value": None}
         self.telemetry = Telemetry(self.timings, seed=3)
-        self.shop = Shop(lambda key: {"key": key, "value": self.flag["value"]}
+        self.shop = Shop(lambda key, context=None: {"key": key, "value": self.flag["value"]}
                          if self.flag["value"] is not None else None,
                          self.telemetry, self.timings, seed=5)
         self.api_token, self.ingest_token = make_token(), make_token()

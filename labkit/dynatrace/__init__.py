@@ -358,7 +358,8 @@ class Dynatrace:
         items = self._paged("/api/v2/problems", "problems", scope="problems.read", what=what,
                             params=params)
         frame = problem_frame(items)
-        frame["link"] = [problem_link(self.ui, p) for p in frame["problem_id"]]
+        # the link beside what a person reads; the internal id stays the last column
+        frame.insert(len(frame.columns) - 1, "link", [problem_link(self.ui, p) for p in frame["problem_id"]])
         return frame
 
     # ---- logs
