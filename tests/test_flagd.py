@@ -14,7 +14,7 @@ from openfeature.exception import FlagNotFoundError, ParseError
 from kube_sandbox import KubeSandbox
 from labkit.sandbox import SHARED_FLAGS, Timings
 from labkit.sandbox.flagd import FlagSet, load_flags, start_lines
-from labkit.sandbox.shop import Shop, failure_rate
+from labkit.sandbox.shop import DemoShop, failure_rate
 from labkit.sandbox.dynatrace import Telemetry
 
 NS = "default"
@@ -264,7 +264,7 @@ def test_the_cart_fails_for_the_sessions_a_rule_targets():
 
     timings = Timings.fast()
     timings.shopper_rate = 0
-    shop = Shop(flagd_value, Telemetry(timings, seed=3), timings, seed=5)
+    shop = DemoShop(flagd_value, Telemetry(timings, seed=3), timings, seed=5)
     results = {s: [shop.empty_cart(s, "t") for _ in range(40)] for s in ("session-001", "session-002")}
     assert not any(results["session-001"]) and all(results["session-002"])  # 100% vs 0
     assert seen[0] == {"targetingKey": "session-001", "userId": "session-001"}

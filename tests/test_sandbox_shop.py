@@ -8,7 +8,7 @@ import pytest
 
 from labkit.sandbox import Timings
 from labkit.sandbox.http import LabServer
-from labkit.sandbox.shop import PRODUCTS, Shop, app, failure_rate
+from labkit.sandbox.shop import PRODUCTS, DemoShop, app, failure_rate
 from labkit.sandbox.dynatrace import REDIS_ERROR, Telemetry
 
 PRODUCT = "OLJCESPC7Z"
@@ -33,7 +33,7 @@ def shop_lab():
     timings.shopper_rate = 0  # no background traffic unless a test starts it
     telemetry = Telemetry(timings, seed=7)
     flag = Flag()
-    shop = Shop(flag, telemetry, timings, seed=11)
+    shop = DemoShop(flag, telemetry, timings, seed=11)
     server = LabServer(app(shop)).start()
     client = httpx.Client(base_url=server.url, timeout=10)
     yield shop, telemetry, flag, client

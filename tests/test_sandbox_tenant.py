@@ -8,7 +8,7 @@ import pytest
 
 from labkit.sandbox import Timings, make_token
 from labkit.sandbox.http import LabServer
-from labkit.sandbox.shop import Shop
+from labkit.sandbox.shop import DemoShop
 from labkit.sandbox.shop import app as shop_app
 from labkit.sandbox.dynatrace import LAB_INGEST_SCOPES, READ_AND_INGEST_SCOPES, Telemetry, Tenant
 from labkit.sandbox.dynatrace import app as tenant_app
@@ -34,7 +34,7 @@ class Lab:
             setattr(self.timings, key, value)
         self.flag = {"value": None}
         self.telemetry = Telemetry(self.timings, seed=3)
-        self.shop = Shop(lambda key, context=None: {"key": key, "value": self.flag["value"]}
+        self.shop = DemoShop(lambda key, context=None: {"key": key, "value": self.flag["value"]}
                          if self.flag["value"] is not None else None,
                          self.telemetry, self.timings, seed=5)
         self.api_token, self.ingest_token = make_token(), make_token()

@@ -101,7 +101,7 @@ class LocalLab:
         self.cluster = kube.LocalCluster(self.timings, flags_yaml or SHARED_FLAGS.read_text())
         self.cluster.on_configmap_change = self._keep_flags
         self.telemetry = dynatrace.Telemetry(self.timings)
-        self.shop = shop.Shop(self.cluster.flagd_value, self.telemetry, self.timings)
+        self.shop = shop.DemoShop(self.cluster.flagd_value, self.telemetry, self.timings)
         self.tenant = dynatrace.Tenant(self.telemetry, self.timings, {
             self.api_token: dynatrace.READ_AND_INGEST_SCOPES,
             self.ingest_token: dynatrace.LAB_INGEST_SCOPES,

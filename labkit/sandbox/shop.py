@@ -80,7 +80,7 @@ def cart_context(user_id: str) -> dict:
     return {"targetingKey": user_id, "userId": user_id}
 
 
-class Shop:
+class DemoShop:
     """The demo shop's state: carts per user, the cart service's flag lookups, a shopper."""
 
     def __init__(self, flag_value_fn, telemetry, timings, seed: int | None = None):
@@ -97,7 +97,7 @@ class Shop:
         self.pod = f"{self.rng.getrandbits(36):09x}-{self.rng.getrandbits(24):05x}"
 
     # ----- lifecycle ------------------------------------------------------------------------
-    def start(self) -> "Shop":
+    def start(self) -> "DemoShop":
         if self.timings.shopper_rate > 0:
             self._shopper.start()
         return self
@@ -200,14 +200,14 @@ def _body(req: Request):
         return None
 
 
-def _get_products(shop: Shop, req: Request) -> Response:
+def _get_products(shop: DemoShop, req: Request) -> Response:
     trace, _ = shop._trace()
     shop._front("GET /api/products", trace)
     shop.telemetry.record("product-catalog", "ListProducts", False, 2.0, trace)
     return json_response(PRODUCTS)
 
 
-def _get_cart(shop: Shop, req: Request) -> Response:
+def _get_cart(shop: DemoShop, req: Request) -> Response:
     user = req.query.get("sessionId") or req.query.get("userId")
     currency = req.query.get("currencyCode", "USD")
     if not user:
@@ -221,7 +221,7 @@ def _get_cart(shop: Shop, req: Request) -> Response:
         {**item, "product": PRODUCT_IDS.get(item["productId"])} for item in items]})
 
 
-def _add_to_cart(shop: Shop, req: Request) -> Response:
+def _add_to_cart(shop: DemoShop, req: Request) -> Response:
     body = _body(req)
     item = body.get("item") if isinstance(body, dict) else None
     user = body.get("userId") if isinstance(body, dict) else None
@@ -238,7 +238,7 @@ def _add_to_cart(shop: Shop, req: Request) -> Response:
     return json_response({"userId": user, "items": shop.get_cart(user, trace)})
 
 
-def _empty_cart(shop: Shop, req: Request) -> Response:
+def _empty_cart(shop: DemoShop, req: Request) -> Response:
     body = _body(req)
     user = body.get("userId") if isinstance(body, dict) else None
     if not isinstance(user, str) or not user:
@@ -253,7 +253,7 @@ def _empty_cart(shop: Shop, req: Request) -> Response:
                        "System.ApplicationException: Wasn't able to connect to redis")
 
 
-def _index(shop: Shop, req: Request) -> Response:
+def _index(shop: DemoShop, req: Request) -> Response:
     return Response(200, "<html><body>OpenTelemetry demo (labkit local lab)</body></html>", "text/html")
 
 
@@ -266,8 +266,8 @@ ROUTES = [
 ]
 
 
-def app(shop: Shop) -> Router:
+def app(shop: DemoShop) -> Router:
     return Router(ROUTES, ShopError, shop, "the demo frontend")
 
 
-__all__ = ["Shop", "app", "PRODUCTS", "cart_context", "failure_rate"]
+__all__ = ["DemoShop", "app", "PRODUCTS", "cart_context", "failure_rate"]
