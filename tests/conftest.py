@@ -36,6 +36,24 @@ def lab_env(local_lab, monkeypatch):
 
 
 @pytest.fixture
+def kube_sandbox(tmp_path):
+    """Make the local lab's Kubernetes API by itself (tests/kube_sandbox.py), started; all stopped after."""
+    from kube_sandbox import KubeSandbox
+
+    made = []
+
+    def make(**kw) -> KubeSandbox:
+        sandbox = KubeSandbox(tmp_path / f"kube-{len(made)}", **kw)
+        sandbox.tmp.mkdir(parents=True, exist_ok=True)
+        made.append(sandbox.start())
+        return sandbox
+
+    yield make
+    for sandbox in made:
+        sandbox.stop()
+
+
+@pytest.fixture
 def kube_api(local_lab):
     from kubernetes import config
 

@@ -1,6 +1,8 @@
-"""The local lab's Kubernetes API by itself (flagd, the ConfigMap) with a kubeconfig for it.
+"""The local lab's Kubernetes API by itself (flagd, the ConfigMap) with a kubeconfig for it: the one
+Kubernetes harness (conftest's `kube_sandbox` fixture makes them).
 
 Tests that scale, forbid or break the cluster use their own, so the session's local lab stays intact.
+Reads go through the real kubernetes client (not labkit.cluster), so they check labkit independently.
 """
 from __future__ import annotations
 
@@ -39,6 +41,57 @@ class KubeSandbox:
         from labkit.cluster import Cluster
 
         return Cluster(Settings(kubeconfig=str(self.kubeconfig), **settings))
+
+    # ---- reads through the real kubernetes client
+    def api(self):
+        from kubernetes import config
+
+        return config.new_client_from_config(str(self.kubeconfig))
+
+    def configmap(self):
+        """flagd's ConfigMap (a V1ConfigMap: .data, .metadata.resource_version)."""
+        from kubernetes import client
+
+        return client.CoreV1Api(self.api()).read_namespaced_config_map("flagd-config", "default")
+
+    def flags_json(self) -> str:
+        return self.configmap().data["demo.flagd.json"]
+
+    def replicas(self) -> int:
+        from kubernetes import client
+
+        return client.AppsV1Api(self.api()).read_namespaced_deployment_scale("flagd", "default").spec.replicas
+
+    def ready(self) -> int:
+        """flagd pods the Service sends to: Ready and not Terminating."""
+        from kubernetes import client
+
+        pods = client.CoreV1Api(self.api()).list_namespaced_pod("default", label_selector=ReadyGauge.SELECTOR)
+        return sum(1 for p in pods.items if _ready(p))
+
+    def scale(self, n: int) -> None:
+        from kubernetes import client
+
+        client.AppsV1Api(self.api()).patch_namespaced_deployment_scale("flagd", "default", {"spec": {"replicas": n}})
+
+    def wait_ready(self, n: int, timeout: float = 10) -> None:
+        """Until flagd has exactly `n` pods, all Ready (a test-side check; labkit itself watches)."""
+        from kubernetes import client
+
+        core, deadline = client.CoreV1Api(self.api()), time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pods = core.list_namespaced_pod("default", label_selector=ReadyGauge.SELECTOR).items
+            if len(pods) == n and all(_ready(p) for p in pods):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"flagd not at {n} ready pods")
+
+    def wait_serving(self, flag: str = "cartFailure", timeout: float = 10) -> bool:
+        """Until a Ready flagd pod serves `flag` (the lab starts with flagd starting)."""
+        deadline = time.monotonic() + timeout
+        while self.cluster.flagd_value(flag) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.cluster.flagd_value(flag) is not None
 
 
 class ReadyGauge:

@@ -32,9 +32,7 @@ class CliSandbox(KubeSandbox):
     def __init__(self, tmp: Path):
         super().__init__(tmp)
         self.start()
-        deadline = time.monotonic() + 10
-        while self.cluster.flagd_value("cartFailure") is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        self.wait_serving()
 
     def run(self, *args, timeout: float = 60, **env):
         started = time.monotonic()
@@ -49,15 +47,6 @@ class CliSandbox(KubeSandbox):
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env=base_env(self.tmp, KUBECONFIG=str(self.kubeconfig)))
 
-    def configmap(self) -> dict:
-        from kubernetes import client, config
-
-        api = config.new_client_from_config(str(self.kubeconfig))
-        cm = client.CoreV1Api(api).read_namespaced_config_map("flagd-config", "default")
-        return {"rv": cm.metadata.resource_version, "json": cm.data["demo.flagd.json"]}
-
-    def replicas(self) -> int:
-        return self.cluster.scale("flagd")["spec"]["replicas"]
 
 
 @pytest.fixture
@@ -107,12 +96,12 @@ def test_flags_when_flagd_is_down_shows_dash(kube):
 
 # ---- set --------------------------------------------------------------------------------------------
 def test_set_changes_restarts_and_verifies(kube):
-    before = kube.configmap()["json"]
+    before = kube.flags_json()
     proc = kube.run("set", "cartFailure", "on", "--no-event", "--restart", "scale")
     assert proc.returncode == 0, proc.stderr
     assert "serves cartFailure = on (true)" in proc.stdout
     assert "no flagd pod left" in proc.stderr  # progress lines on stderr
-    after = kube.configmap()["json"]
+    after = kube.flags_json()
     idx = before.index('"cartFailure"')
     assert after == before[:idx] + before[idx:].replace('"defaultVariant": "off"', '"defaultVariant": "on"', 1)
     assert kube.cluster.flagd_value("cartFailure")["variant"] == "on"
@@ -133,28 +122,28 @@ def test_set_bad_flag_exits_2_with_suggestion(kube):
 
 
 def test_set_bad_variant_exits_2_listing_variants(kube):
-    rv = kube.configmap()["rv"]
+    rv = kube.configmap().metadata.resource_version
     proc = kube.run("set", "cartFailure", "maybe")
     assert proc.returncode == 2
     assert "Allowed variants: on (true), off (false)" in proc.stderr
     no_traceback(proc)
-    assert kube.configmap()["rv"] == rv
+    assert kube.configmap().metadata.resource_version == rv
 
 
 def test_set_dry_run_prints_diff_and_changes_nothing(kube):
-    before = kube.configmap()
+    before = kube.configmap().metadata.resource_version
     proc = kube.run("set", "cartFailure", "on", "--dry-run")
     assert proc.returncode == 0
     assert '-      "defaultVariant": "off"' in proc.stdout and '+      "defaultVariant": "on"' in proc.stdout
     assert "nothing changed" in proc.stdout
-    assert kube.configmap() == before
+    assert kube.configmap().metadata.resource_version == before  # not even rewritten
     assert kube.cluster.flagd_value("cartFailure")["variant"] == "off"
 
 
 def test_set_no_restart_leaves_flagd_on_the_old_value(kube):
     proc = kube.run("set", "paymentFailure", "50%", "--no-restart", "--no-event")
     assert proc.returncode == 0
-    assert json.loads(kube.configmap()["json"])["flags"]["paymentFailure"]["defaultVariant"] == "50%"
+    assert json.loads(kube.flags_json())["flags"]["paymentFailure"]["defaultVariant"] == "50%"
     assert kube.cluster.flagd_value("paymentFailure")["variant"] == "off"
     proc = kube.run("flags", "paymentFailure")
     assert "off (0) *" in proc.stdout and "flagd still serves an older default" in proc.stdout

@@ -22,70 +22,24 @@ PODS_PATH = "/api/v1/namespaces/default/pods"
 
 
 
-class Sandbox(KubeSandbox):
-    """A sandbox Kubernetes API on loopback, read back through the real client (not labkit.cluster)."""
-
-    def api(self):
-        from kubernetes import config
-
-        return config.new_client_from_config(str(self.kubeconfig))
-
-    # direct reads through the real client (independent of labkit.cluster)
-    def configmap(self):
-        from kubernetes import client
-
-        return client.CoreV1Api(self.api()).read_namespaced_config_map("flagd-config", "default")
-
-    def flags_json(self) -> str:
-        return self.configmap().data["demo.flagd.json"]
-
-    def replicas(self) -> int:
-        from kubernetes import client
-
-        return client.AppsV1Api(self.api()).read_namespaced_deployment_scale("flagd", "default").spec.replicas
-
-    def scale(self, n: int):
-        from kubernetes import client
-
-        client.AppsV1Api(self.api()).patch_namespaced_deployment_scale("flagd", "default", {"spec": {"replicas": n}})
-
-    def wait_ready(self, n: int, timeout: float = 10):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:  # test-side check only; labkit itself watches
-            pods = self.labkit().flagd_pods()
-            if sum(p["ready"] for p in pods) == n and len(pods) == n:
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"flagd not at {n} ready pods")
-
-
 @pytest.fixture
-def sandbox(tmp_path):
-    sb = Sandbox(tmp_path).start()
+def sandbox(kube_sandbox):
+    sb = kube_sandbox()
     sb.wait_ready(1)
-    yield sb
-    sb.stop()
+    return sb
 
 
 @pytest.fixture
-def make_sandbox(tmp_path):
-    made = []
-
+def make_sandbox(kube_sandbox):
     def make(**timings):
         from labkit.sandbox import Timings
 
         t = Timings.fast()
         for k, v in timings.items():
             setattr(t, k, v)
-        sub = tmp_path / f"sb{len(made)}"
-        sub.mkdir()
-        sb = Sandbox(sub, t).start()
-        made.append(sb)
-        return sb
+        return kube_sandbox(timings=t)
 
-    yield make
-    for sb in made:
-        sb.stop()
+    return make
 
 
 # ---- the flag change ---------------------------------------------------------------------------------
@@ -305,7 +259,7 @@ def test_watch_from_a_compacted_resource_version_relists(tmp_path):
 
     timings = Timings.fast()
     timings.pod_start = 1.5  # the new pod is still starting when labkit lists and watches
-    sb = Sandbox(tmp_path, timings, history=3).start()
+    sb = KubeSandbox(tmp_path, timings, history=3).start()
     try:
         sb.wait_ready(1)
         core = client.CoreV1Api(sb.api())

@@ -257,15 +257,9 @@ class KubeOnly(KubeSandbox):
     def flags(self) -> dict:
         return json.loads(self.cluster.get("configmaps", "flagd-config")["data"]["demo.flagd.json"])["flags"]
 
-    def replicas(self) -> int:
-        return self.cluster.scale("flagd")["spec"]["replicas"]
-
-    def ready(self) -> int:
-        pods, _ = self.cluster.list("pods", "opentelemetry.io/name=flagd", None)
-        return sum(1 for p in pods if self.cluster._is_ready(p))
-
     def scale(self, n: int) -> None:
-        self.cluster.set_scale("flagd", "application/merge-patch+json", {"spec": {"replicas": n}})
+        """Scale flagd and wait until exactly n pods are there, all Ready."""
+        super().scale(n)
         assert wait_until(lambda: self.ready() == n and len(self.cluster.list("pods", None, None)[0]) == n)
 
     def break_first_watch(self, how: str) -> dict:

@@ -44,9 +44,6 @@ class Sandbox(KubeSandbox):
         loaded = {p["metadata"]["name"]: self.cluster.pod_flags(p["metadata"]["name"]) for p in self.pods()}
         return {pod: flags.doc["flags"][flag]["defaultVariant"] for pod, flags in loaded.items() if flags}
 
-    def replicas(self) -> int:
-        return self.cluster.scale("flagd")["spec"]["replicas"]
-
     def defaults(self) -> dict[str, str]:
         doc = json.loads(self.cluster.get("configmaps", "flagd-config")["data"]["demo.flagd.json"])
         return {k: f["defaultVariant"] for k, f in doc["flags"].items()}

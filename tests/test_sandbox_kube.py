@@ -15,15 +15,12 @@ SELECTOR = "opentelemetry.io/name=flagd"
 
 
 @pytest.fixture
-def lab(tmp_path):
+def lab(kube_sandbox):
     """A fresh cluster per test (tests scale and patch), its API server and a python ApiClient."""
-    from kubernetes import config
-
-    sandbox = KubeSandbox(tmp_path).start()
-    api = config.new_client_from_config(str(sandbox.kubeconfig))
+    sandbox = kube_sandbox()
+    api = sandbox.api()
     yield sandbox.cluster, sandbox.server, api
     api.close()
-    sandbox.stop()
 
 
 def core(api):
