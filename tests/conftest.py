@@ -54,6 +54,22 @@ def kube_sandbox(tmp_path):
 
 
 @pytest.fixture
+def tenant_sandbox():
+    """Make the local lab's Dynatrace tenant and shop by themselves (tests/tenant_sandbox.py); closed after."""
+    from tenant_sandbox import TenantSandbox
+
+    made = []
+
+    def make(**timing_overrides) -> TenantSandbox:
+        made.append(TenantSandbox(**timing_overrides))
+        return made[-1]
+
+    yield make
+    for sandbox in made:
+        sandbox.close()
+
+
+@pytest.fixture
 def kube_api(local_lab):
     from kubernetes import config
 

@@ -6,13 +6,9 @@ import time
 import httpx
 import pytest
 
-from labkit.sandbox import Timings, make_token
-from labkit.sandbox.http import LabServer
-from labkit.sandbox.shop import DemoShop
-from labkit.sandbox.shop import app as shop_app
-from labkit.sandbox.dynatrace import LAB_INGEST_SCOPES, READ_AND_INGEST_SCOPES, Telemetry, Tenant
-from labkit.sandbox.dynatrace import app as tenant_app
-from labkit.sandbox.dynatrace import service_id
+from labkit.sandbox import make_token
+from labkit.sandbox.dynatrace import LAB_INGEST_SCOPES, service_id
+from tenant_sandbox import QUERY, TenantSandbox
 
 CART_ID = service_id("cart")
 CART = "type(SERVICE),entityName.equals(cart)"
@@ -21,74 +17,16 @@ LAB_EVENT = {"title": "feature flag changed", "entitySelector": CART,
              "eventType": "CUSTOM_CONFIGURATION",
              "properties": {"dt.event.is_rootcause_relevant": True, "action": "changed",
                             "feature_flag.key": "cartFailure", "defaultValue": "on"}}
-QUERY = "/platform/storage/query/v1/"
-
-
-class Lab:
-    """Telemetry + shop + tenant on loopback, with clients for each token."""
-
-    def __init__(self, **timing_overrides):
-        self.timings = Timings.fast()
-        self.timings.shopper_rate = 0
-        for key, value in timing_overrides.items():
-            setattr(self.timings, key, value)
-        self.flag = {"value": None}
-        self.telemetry = Telemetry(self.timings, seed=3)
-        self.shop = DemoShop(lambda key, context=None: {"key": key, "value": self.flag["value"]}
-                         if self.flag["value"] is not None else None,
-                         self.telemetry, self.timings, seed=5)
-        self.api_token, self.ingest_token = make_token(), make_token()
-        self.platform_token = make_token("dt0s16")
-        self.tenant = Tenant(self.telemetry, self.timings, {
-            self.api_token: READ_AND_INGEST_SCOPES, self.ingest_token: LAB_INGEST_SCOPES},
-            platform_tokens={self.platform_token})
-        self.tenant_server = LabServer(tenant_app(self.tenant)).start()
-        self.shop_server = LabServer(shop_app(self.shop)).start()
-        self.tenant.start()
-        url = self.tenant_server.url
-        self.api = httpx.Client(base_url=url, timeout=10,
-                                headers={"Authorization": f"Api-Token {self.api_token}"})
-        self.ingest = httpx.Client(base_url=url, timeout=10,
-                                   headers={"Authorization": f"Api-Token {self.ingest_token}"})
-        self.grail = httpx.Client(base_url=url, timeout=10,
-                                  headers={"Authorization": f"Bearer {self.platform_token}"})
-        self.front = httpx.Client(base_url=self.shop_server.url, timeout=10)
-
-    def fail_empties(self, n: int) -> None:
-        """Attendee traffic with the flag at 100 %: add -> view -> DELETE, n times."""
-        self.flag["value"] = 1.0
-        for i in range(n):
-            self.front.post("/api/cart", json={"userId": f"u{i}",
-                                               "item": {"productId": "OLJCESPC7Z", "quantity": 1}})
-            self.front.get("/api/cart", params={"sessionId": f"u{i}"})
-            assert self.front.request("DELETE", "/api/cart", json={"userId": f"u{i}"}
-                                      ).status_code == 500
-
-    def dql(self, query: str, **body):
-        resp = self.grail.post(QUERY + "query:execute", json={"query": query, **body})
-        assert resp.status_code == 200, resp.text
-        return resp.json()["result"]
-
-    def close(self):
-        for client in (self.api, self.ingest, self.grail, self.front):
-            client.close()
-        self.tenant.stop()
-        self.tenant_server.stop()
-        self.shop_server.stop()
-
-
 @pytest.fixture(scope="module")
 def lab():
-    lab = Lab()
+    lab = TenantSandbox()
     yield lab
     lab.close()
 
 
 @pytest.fixture
-def fresh_lab():
-    lab = Lab(problem_quiet=0.6)
-    yield lab
-    lab.close()
+def fresh_lab(tenant_sandbox):
+    return tenant_sandbox(problem_quiet=0.6)
 
 
 def metrics(lab, selector, **params):
@@ -347,22 +285,19 @@ def test_grail_events_and_timeseries(lab):
     assert len(single["records"]) == 1
 
 
-def test_grail_answers_202_then_poll_succeeds():
-    lab = Lab(grail_delay=0.3)
-    try:
-        resp = lab.grail.post(QUERY + "query:execute", json={
-            "query": "fetch logs | limit 1", "requestTimeoutMilliseconds": 10})
-        assert resp.status_code == 202
-        body = resp.json()
-        assert body["state"] == "RUNNING" and body["requestToken"] and body["ttlSeconds"] > 0
-        poll = lab.grail.get(QUERY + "query:poll", params={
-            "request-token": body["requestToken"], "request-timeout-milliseconds": 2000})
-        assert poll.status_code == 200 and poll.json()["state"] == "SUCCEEDED"
-        assert len(poll.json()["result"]["records"]) == 1
-        unknown = lab.grail.get(QUERY + "query:poll", params={"request-token": "bm9wZQ=="})
-        assert unknown.status_code in (404, 410) and "error" in unknown.json()
-    finally:
-        lab.close()
+def test_grail_answers_202_then_poll_succeeds(tenant_sandbox):
+    lab = tenant_sandbox(grail_delay=0.3)
+    resp = lab.grail.post(QUERY + "query:execute", json={
+        "query": "fetch logs | limit 1", "requestTimeoutMilliseconds": 10})
+    assert resp.status_code == 202
+    body = resp.json()
+    assert body["state"] == "RUNNING" and body["requestToken"] and body["ttlSeconds"] > 0
+    poll = lab.grail.get(QUERY + "query:poll", params={
+        "request-token": body["requestToken"], "request-timeout-milliseconds": 2000})
+    assert poll.status_code == 200 and poll.json()["state"] == "SUCCEEDED"
+    assert len(poll.json()["result"]["records"]) == 1
+    unknown = lab.grail.get(QUERY + "query:poll", params={"request-token": "bm9wZQ=="})
+    assert unknown.status_code in (404, 410) and "error" in unknown.json()
 
 
 def test_grail_needs_a_bearer_token_and_rejects_unsupported_dql(lab):

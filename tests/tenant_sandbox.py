@@ -1,0 +1,67 @@
+"""The local lab's Dynatrace tenant and the demo shop on loopback, with an httpx client per token: the
+one harness for the tenant by itself (conftest's `tenant_sandbox` fixture makes them)."""
+from __future__ import annotations
+
+import httpx
+
+from labkit.sandbox import Timings, make_token
+from labkit.sandbox.dynatrace import LAB_INGEST_SCOPES, READ_AND_INGEST_SCOPES, Telemetry, Tenant
+from labkit.sandbox.dynatrace import app as tenant_app
+from labkit.sandbox.http import LabServer
+from labkit.sandbox.shop import DemoShop
+from labkit.sandbox.shop import app as shop_app
+
+QUERY = "/platform/storage/query/v1/"
+
+
+class TenantSandbox:
+    """Telemetry + shop + tenant on loopback, with clients for each token."""
+
+    def __init__(self, **timing_overrides):
+        self.timings = Timings.fast()
+        self.timings.shopper_rate = 0
+        for key, value in timing_overrides.items():
+            setattr(self.timings, key, value)
+        self.flag = {"value": None}
+        self.telemetry = Telemetry(self.timings, seed=3)
+        self.shop = DemoShop(lambda key, context=None: {"key": key, "value": self.flag["value"]}
+                         if self.flag["value"] is not None else None,
+                         self.telemetry, self.timings, seed=5)
+        self.api_token, self.ingest_token = make_token(), make_token()
+        self.platform_token = make_token("dt0s16")
+        self.tenant = Tenant(self.telemetry, self.timings, {
+            self.api_token: READ_AND_INGEST_SCOPES, self.ingest_token: LAB_INGEST_SCOPES},
+            platform_tokens={self.platform_token})
+        self.tenant_server = LabServer(tenant_app(self.tenant)).start()
+        self.shop_server = LabServer(shop_app(self.shop)).start()
+        self.tenant.start()
+        url = self.tenant_server.url
+        self.api = httpx.Client(base_url=url, timeout=10,
+                                headers={"Authorization": f"Api-Token {self.api_token}"})
+        self.ingest = httpx.Client(base_url=url, timeout=10,
+                                   headers={"Authorization": f"Api-Token {self.ingest_token}"})
+        self.grail = httpx.Client(base_url=url, timeout=10,
+                                  headers={"Authorization": f"Bearer {self.platform_token}"})
+        self.front = httpx.Client(base_url=self.shop_server.url, timeout=10)
+
+    def fail_empties(self, n: int) -> None:
+        """Attendee traffic with the flag at 100 %: add -> view -> DELETE, n times."""
+        self.flag["value"] = 1.0
+        for i in range(n):
+            self.front.post("/api/cart", json={"userId": f"u{i}",
+                                               "item": {"productId": "OLJCESPC7Z", "quantity": 1}})
+            self.front.get("/api/cart", params={"sessionId": f"u{i}"})
+            assert self.front.request("DELETE", "/api/cart", json={"userId": f"u{i}"}
+                                      ).status_code == 500
+
+    def dql(self, query: str, **body):
+        resp = self.grail.post(QUERY + "query:execute", json={"query": query, **body})
+        assert resp.status_code == 200, resp.text
+        return resp.json()["result"]
+
+    def close(self):
+        for client in (self.api, self.ingest, self.grail, self.front):
+            client.close()
+        self.tenant.stop()
+        self.tenant_server.stop()
+        self.shop_server.stop()
