@@ -61,8 +61,8 @@ def no_traceback(proc):
 
 
 # ---- flags ------------------------------------------------------------------------------------------
-def test_flags_table_shows_variants_default_and_served_value_fast(kube):
-    kube.run("flags")  # warm the bytecode caches; the timed run is a user's second run
+def test_flags_table_shows_variants_default_and_served_value(kube):
+    # its speed (< 1.5 s) is a row of benchmarks/run.py: a shared machine makes a timed test flaky
     proc = kube.run("flags")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
@@ -71,7 +71,6 @@ def test_flags_table_shows_variants_default_and_served_value_fast(kube):
     assert cart.split() == ["cartFailure", "on=true", "off=false", "off", "off", "(false)"]
     payment = next(l for l in lines if l.startswith("paymentFailure "))
     assert "10%=0.1" in payment and "off=0" in payment
-    assert proc.seconds < 1.5, f"python -m labkit flags took {proc.seconds:.2f}s"
 
 
 def test_flags_one_flag_and_unknown_flag(kube):
