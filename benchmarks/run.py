@@ -129,13 +129,18 @@ def main() -> None:
                 "properties": {"dt.event.is_rootcause_relevant": "true", "action": "changed",
                                "feature_flag.key": "cartFailure", "defaultValue": "on"}}
         bare = httpx.Client(headers={"Authorization": f"Api-Token {lab.api_token}"}, timeout=10)
-        n = max(args.repeat * 4, 20)
-        bare_t = statistics.median(timed(
-            lambda: bare.post(f"{lab.tenant_server.url}/api/v2/events/ingest", json=body).raise_for_status(), n))
-        ours_t = statistics.median(timed(lambda: dt.send_change_event("cart", "cartFailure", "on", old="off"), n))
+        n = max(args.repeat * 8, 40)
+        dt.send_change_event("cart", "cartFailure", "on", old="off")  # warm: the token and entity lookups
+        # interleaved, one of each in turn, so a busy moment on a shared machine hits both sides alike
+        pairs = [(timed(lambda: bare.post(f"{lab.tenant_server.url}/api/v2/events/ingest",
+                                          json=body).raise_for_status(), 1)[0],
+                  timed(lambda: dt.send_change_event("cart", "cartFailure", "on", old="off"), 1)[0])
+                 for _ in range(n)]
+        bare_t, ours_t = (statistics.median(side) for side in zip(*pairs))
         ratio = ours_t / bare_t
         rows.append(("send_change_event vs bare httpx POST", f"{ratio:.2f}x",
-                     f"{ours_t * 1000:.1f} ms vs {bare_t * 1000:.1f} ms, median of {n}", "<= 1.2x", ratio <= 1.2))
+                     f"{ours_t * 1000:.1f} ms vs {bare_t * 1000:.1f} ms, median of {n}, interleaved",
+                     "<= 1.2x", ratio <= 1.2))
 
         q = statistics.median(timed(lambda: dt.failed_requests("cart", since="now-24h", resolution="1m"), args.repeat))
         rows.append(("24 h of cart at 1 min into a DataFrame", f"{q:.3f} s", f"median of {args.repeat}",

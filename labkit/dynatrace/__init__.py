@@ -96,7 +96,21 @@ class ChangeEvent:
     statuses: list[str] = field(default_factory=list)
     correlation_ids: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    link: str | None = None  # the event in a Notebook of the tenant
+    ui: str | None = field(default=None, repr=False, compare=False)  # the tenant's apps host
+    _link: str | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def link(self) -> str | None:
+        """The event in a Notebook of the tenant; made when first asked, so sending stays as quick as
+        a bare POST."""
+        if self._link is None and self.ui:
+            self._link = notebook_link(self.ui, _run_events_query(self.service, self.run_id),
+                                       self.sent_at - timedelta(minutes=5), self.sent_at + timedelta(hours=1))
+        return self._link
+
+    @link.setter
+    def link(self, value: str | None) -> None:
+        self._link = value
 
     @property
     def ok(self) -> bool:
@@ -243,9 +257,7 @@ class Dynatrace:
                                   scope=INGEST_SCOPE, what=what, idempotent=False, event=True)
         event = _ingest_result(resp, what, selector, ChangeEvent(
             service=service, flag=flag, old=None if old is None else as_str(old), new=as_str(new),
-            run_id=run_id, sent_at=sent_at, report_count=0, warnings=warnings))
-        event.link = notebook_link(self.ui, _run_events_query(service, run_id),
-                                   sent_at - timedelta(minutes=5), sent_at + timedelta(hours=1))
+            run_id=run_id, sent_at=sent_at, report_count=0, warnings=warnings, ui=self.ui))
         if event.report_count == 0:
             self._entity_cache.pop(service, None)
             note = "".join(f" ({w})" for w in warnings)
