@@ -376,3 +376,30 @@ def test_cli_messages_for_missing_tokens_and_scopes(local_lab, platform_only, li
     assert logs.returncode == 1 and "DT_PLATFORM_TOKEN" in logs.stderr and "storage:logs:read" in logs.stderr
     check = cli(dict(scoped), "check")
     assert check.returncode == 1 and "storage:logs:read" in check.stdout
+
+
+@pytest.mark.notebooks
+def test_the_workbook_runs_with_a_platform_token_alone(kernel_env, tmp_path):
+    """00 and 01 headless with DT_PLATFORM_TOKEN only, on a local lab of their own: preflight, the
+    change event, the switch, traffic, error logs from Grail and the problem all work."""
+    import nbformat
+
+    from labkit.sandbox import LocalLab, Timings
+    from labkit.workbook import NOTEBOOKS, run_notebook
+
+    lab = LocalLab(tmp_path / "lab", Timings.fast()).start()
+    env = {**{k: v for k, v in lab.env.items() if k != "DT_API_TOKEN"}, **kernel_env,
+           "LABKIT_STATIC_CHARTS": "1"}
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.delenv("DT_API_TOKEN", raising=False)
+            mp.delenv("PYTHONPATH", raising=False)
+            books = [nbformat.read(run_notebook(NOTEBOOKS / f"{name}.ipynb", tmp_path / "out", env,
+                                                timeout=300), as_version=4)
+                     for name in ("00-setup", "01-introduce-change")]
+    finally:
+        lab.stop()
+    text = json.dumps([cell.get("outputs", []) for book in books for cell in book.cells])
+    assert '"output_type": "error"' not in text
+    assert "Redis connection errors" in text and "Can't access cart storage" in text
+    assert lab.api_token not in text and lab.platform_token not in text
