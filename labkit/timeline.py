@@ -75,27 +75,26 @@ class Step:
         return self.flag == flag and self.old == old and self.new == new
 
 
-@dataclass(frozen=True)
-class _Record:
-    """How a step is written to the file (times as ISO 8601 UTC)."""
+def _dump(step: Step) -> str:
+    """A step as one line of the file (times as ISO 8601 UTC)."""
+    return json.dumps({**asdict(step), "time": step.time.isoformat()}, ensure_ascii=False)
 
-    @staticmethod
-    def dump(step: Step) -> str:
-        return json.dumps({**asdict(step), "time": step.time.isoformat()}, ensure_ascii=False)
 
-    @staticmethod
-    def load(line: str) -> Step | None:
-        """The step on this line, or None for a header, a blank or a damaged line (skipped, not fatal)."""
-        try:
-            data = json.loads(line)
-            if not isinstance(data, dict) or "kind" not in data:
-                return None
-            time = datetime.fromisoformat(data["time"])
-            fields = {k: data.get(k) for k in ("flag", "old", "new")}
-            return Step(time if time.tzinfo else time.replace(tzinfo=timezone.utc), str(data["kind"]),
-                        **fields, note=str(data.get("note") or ""))
-        except (ValueError, TypeError, KeyError):
+def _load(line: str) -> Step | str | None:
+    """The step on a line, the run id of a header line, or None for a blank or damaged line
+    (skipped, not fatal)."""
+    try:
+        data = json.loads(line)
+        if not isinstance(data, dict):
             return None
+        if "kind" not in data:
+            return str(data["run"]) if "run" in data else None
+        time = datetime.fromisoformat(data["time"])
+        fields = {k: data.get(k) for k in ("flag", "old", "new")}
+        return Step(time if time.tzinfo else time.replace(tzinfo=timezone.utc), str(data["kind"]),
+                    **fields, note=str(data.get("note") or ""))
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 class Timeline:
@@ -108,6 +107,7 @@ class Timeline:
         self.path = Path(path) if path else None
         self._steps: list[Step] = []
         self._run_id = secrets.token_hex(4)
+        self._seen: tuple | None = None  # (inode, size, mtime) of the file as last read
         if self.path is not None:
             self._read()
 
@@ -129,7 +129,7 @@ class Timeline:
         if self.path is None:
             self._steps.append(entry)
         else:
-            self._append(_Record.dump(entry))
+            self._append(_dump(entry))
         return entry
 
     def last(self, kind: str, flag: str | None = None) -> Step | None:
@@ -140,19 +140,20 @@ class Timeline:
         """A new run: no steps, a new run id (a facilitator's reset between groups)."""
         self._run_id, self._steps = secrets.token_hex(4), []
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(self._header(), encoding="utf-8")
-            os.replace(tmp, self.path)
+            self._start()
 
     # -- the file ---
-    def _header(self) -> str:
-        return json.dumps({"run": self._run_id, "started": now().isoformat()}) + "\n"
+    def _start(self) -> None:
+        """The file with just the header of the current run (written whole, then moved in place)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"run": self._run_id, "started": now().isoformat()}) + "\n",
+                       encoding="utf-8")
+        os.replace(tmp, self.path)
 
     def _append(self, line: str) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
-            self.clear()
+            self._start()  # the run id already handed out (e.g. to a change event) stays the run's
         # One write of one line with O_APPEND: two kernels appending at once never interleave.
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
@@ -161,13 +162,19 @@ class Timeline:
             os.close(fd)
 
     def _read(self) -> None:
+        """Pick up what any kernel wrote; the file is read again only when it changed."""
         try:
+            st = os.stat(self.path)
+            if (st.st_ino, st.st_size, st.st_mtime_ns) == self._seen:
+                return
             lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:
             return  # not written yet: the run starts with the first step
-        header = _header_run(lines[0]) if lines else None
-        self._run_id = header or self._run_id
-        self._steps = [s for s in map(_Record.load, lines) if s is not None]
+        self._seen = (st.st_ino, st.st_size, st.st_mtime_ns)
+        loaded = [_load(line) for line in lines]
+        if loaded and isinstance(loaded[0], str):
+            self._run_id = loaded[0]
+        self._steps = [s for s in loaded if isinstance(s, Step)]
 
     def frame(self):
         import pandas as pd
@@ -187,10 +194,3 @@ class Timeline:
     def _repr_html_(self) -> str:
         return cards.timeline(self)
 
-
-def _header_run(line: str) -> str | None:
-    try:
-        data = json.loads(line)
-    except ValueError:
-        return None
-    return str(data["run"]) if isinstance(data, dict) and "run" in data else None

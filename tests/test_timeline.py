@@ -55,3 +55,10 @@ def test_clear_starts_a_new_run(tmp_path):
     run = tl.run_id
     tl.clear()
     assert tl.steps == [] and tl.run_id != run and Timeline(tmp_path / "timeline.jsonl").run_id == tl.run_id
+
+
+def test_the_run_id_handed_out_before_the_first_step_stays_the_runs(tmp_path):
+    tl = Timeline(tmp_path / "runs" / "timeline.jsonl")  # nothing written yet
+    run = tl.run_id  # e.g. put on the change event before its step is added
+    tl.add(EVENT_SENT, flag="cartFailure", old="off", new="on")
+    assert Timeline(tmp_path / "runs" / "timeline.jsonl").run_id == run == tl.run_id
