@@ -228,10 +228,9 @@ class _Run:
     charts (a lab without a tenant has no charts: nothing is kept)."""
 
     def __init__(self, s):
-        from labkit.lab import TIMELINE_FILE
         from labkit.timeline import Timeline
 
-        self.timeline = Timeline(s.runs_dir() / TIMELINE_FILE) if (s.local or s.has_tenant) else None
+        self.timeline = Timeline(s.timeline_path()) if (s.local or s.has_tenant) else None
 
     @property
     def run_id(self) -> str | None:
@@ -296,8 +295,7 @@ def _apply(args, k8s, preview, run: _Run) -> bool:
         if args.verbose:
             out(change.diff.rstrip("\n"))
         return True
-    seen = k8s.served_by_ready_pods(args.flag)
-    if seen and all(s is not None and s.variant == args.variant for s in seen.values()):
+    if k8s.serving_everywhere(args.flag, args.variant) is not None:
         out(f"{args.flag} is already {args.variant!r} and flagd serves it; nothing to do.")
         return False
     out(f"{args.flag} already defaults to {args.variant!r} in the ConfigMap, but flagd does not serve it yet.")

@@ -88,6 +88,11 @@ class Served:
                 "DISABLED": "nothing: the flag is disabled"}.get(str(self.reason), str(self.reason))
 
 
+def _all_serve(seen: dict, variant: str) -> bool:
+    """True when there are Ready pods and each of them answers `variant`."""
+    return bool(seen) and all(s is not None and s.variant == variant for s in seen.values())
+
+
 def _served(d: dict, context: dict) -> Served:
     meta = d.get("metadata")
     return Served(key=d["key"], value=d.get("value"), variant=d.get("variant"), reason=d.get("reason"),
@@ -407,8 +412,7 @@ class Cluster:
         reply = self.kube.send("POST", path, body={"context": {}}, timeout=_OFREP_TIMEOUT)
         data = reply.data if isinstance(reply.data, dict) else {}
         if reply.status == 200 and data:
-            return Served(key=data.get("key", flag), value=data.get("value"), variant=data.get("variant"),
-                          reason=data.get("reason"))
+            return _served({"key": flag, **data}, {})
         if reply.status == 503 or (reply.status == 404 and data.get("kind") == "Status"):
             return None  # nothing listens in that pod (yet, or any more), or the pod is gone
         if reply.status == 404:
@@ -429,6 +433,11 @@ class Cluster:
             except Unreachable:
                 return {}
 
+    def serving_everywhere(self, flag: str, variant: str) -> Served | None:
+        """What flagd serves when every Ready pod serves `variant` for `flag`, else None."""
+        seen = self.served_by_ready_pods(flag)
+        return next(iter(seen.values())) if _all_serve(seen, variant) else None
+
     def wait_served(self, flag: str, variant: str, timeout: float = 30,
                     progress: Progress | None = None) -> Served:
         """Return once EVERY Ready flagd pod serves `variant` for `flag`, each pod asked itself.
@@ -442,7 +451,7 @@ class Cluster:
         while True:
             try:
                 seen = self.served_by_ready_pods(flag)
-                if seen and all(s is not None and s.variant == variant for s in seen.values()):
+                if _all_serve(seen, variant):
                     served = next(iter(seen.values()))
                     report(f"flagd serves {flag} = {served} on {_pods(len(seen))}", 1.0)
                     return served

@@ -17,11 +17,8 @@ from labkit.cluster import DEFAULT_RESTART, RESTARTS
 from labkit.errors import BadInput, LabError, Unreachable
 from labkit.progress import Progress, quiet
 from labkit.settings import Settings
-
 from labkit.timeline import (ERROR_LOGS, EVENT_SENT, FIRST_FAILURE, FLAG_APPLIED, FLAGD_RESTARTED,
                              FLAGD_SERVING, PROBLEM_OPENED, ROLLED_BACK, Timeline, now)
-
-TIMELINE_FILE = "timeline.jsonl"  # in Settings.runs_dir(): the local lab's state dir, or per tenant
 
 
 @dataclass
@@ -110,7 +107,7 @@ class Lab:
         self.dynatrace = Dynatrace(settings)
         self.shop = Shop(settings)
         # The run is kept with the lab, so 02, 03 and a restarted kernel see what 01 did.
-        self.timeline = timeline or Timeline(settings.runs_dir() / TIMELINE_FILE)
+        self.timeline = timeline or Timeline(settings.timeline_path())
         self._listeners: list[Callable] = []  # called as fn(flag, served) after each change_flag
 
     def on_change(self, listener: Callable) -> None:
@@ -248,10 +245,10 @@ class Lab:
                            "'scale' (the lab page's kubectl scale to 0 and back).")
         old = self.cluster.flag_file().set_default_variant(flag, variant).old_variant  # validates first
         if old == variant:
-            seen = self.cluster.served_by_ready_pods(flag)
-            if seen and all(s is not None and s.variant == variant for s in seen.values()):
+            served = self.cluster.serving_everywhere(flag, variant)
+            if served is not None:
                 report(f"{flag} is already {variant} and flagd serves it", 1.0)  # no event, no restart
-                return next(iter(seen.values()))
+                return served
         if send_event and self._event_pending(flag, old, variant):
             report(f"Dynatrace already knows: {flag} {old} → {variant} (event sent before)", 0.05)
         elif send_event:

@@ -21,6 +21,7 @@ OFREP_PORT = 8016
 DEFAULT_FRONTEND_URL = "http://localhost:8080"  # the lab's port-forward
 SERVICE = "cart"
 FLAG = "cartFailure"
+TIMELINE_FILE = "timeline.jsonl"  # the run's steps, one JSON line each (labkit.timeline)
 LOCAL_LAB_LABEL = "local lab (sandbox on loopback, not a real tenant)"
 
 _TOKEN = re.compile(r"^dt0[a-z][0-9]{2}\.[A-Za-z0-9]+\.[A-Za-z0-9]+$")
@@ -181,14 +182,14 @@ class Settings:
         """A tenant address and a token for it: a platform token alone is enough (fidelity.md)."""
         return bool(self.dt_url and (self.api_token or self.platform_token))
 
-    def runs_dir(self) -> Path:
-        """Where this lab's run (its timeline) is kept: the local lab's state dir, or for a real lab
-        a folder per tenant under ~/.cache/labkit/runs (outside the repository, so never committed
+    def timeline_path(self) -> Path:
+        """Where this lab's run (its timeline) is kept: in the local lab's state dir, or for a real lab
+        in a folder per tenant under ~/.cache/labkit/runs (outside the repository, so never committed
         with the notebooks; every kernel and terminal of this machine sees it)."""
         if self.local and self.state_dir:
-            return Path(self.state_dir)
+            return Path(self.state_dir) / TIMELINE_FILE
         host = urlsplit(self.dt_url).hostname if self.dt_url else "no-tenant"
-        return Path.home() / ".cache" / "labkit" / "runs" / f"{host}-{self.namespace}"
+        return Path.home() / ".cache" / "labkit" / "runs" / f"{host}-{self.namespace}" / TIMELINE_FILE
 
     def where(self) -> str:
         """A one-line, secret-free description of which lab this is."""

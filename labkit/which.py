@@ -11,6 +11,7 @@ from pathlib import Path
 
 from labkit.settings import Settings, read_dotenv
 
+
 @dataclass
 class Choice:
     """The lab chosen, how (configured, attached, started, none), and the local lab started here."""

@@ -174,7 +174,7 @@ def test_change_flag_refuses_an_unknown_restart_before_anything(lab_env):
 
 def test_cli_set_keeps_its_steps_on_the_labs_timeline(lab_env, tmp_path):
     """A change made in a terminal shows on the notebooks' timeline (the local lab's run)."""
-    from labkit.lab import TIMELINE_FILE
+    from labkit.settings import TIMELINE_FILE
     from labkit.timeline import Timeline
 
     timeline = Timeline(Path(lab_env["LABKIT_STATE_DIR"]) / TIMELINE_FILE)
