@@ -57,7 +57,7 @@ def _api_scopes(dt: "Dynatrace") -> tuple[set[str] | None, LabError | None]:
     if not dt.settings.api_token:
         return None, None
     try:
-        return dt._http.lookup_api_scopes(), None
+        return dt.token_scopes(), None
     except LabError as exc:
         return None, exc
 
