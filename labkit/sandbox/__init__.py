@@ -13,7 +13,7 @@ import string
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-SHARED_FLAGS = Path(__file__).with_name("flags.yaml")
+SHARED_FLAGS = Path(__file__).with_name("flags.yaml")  # the lab page's flags.yaml, as in the Codespace
 FLAGS_COPY = "flagd-config.json"  # the ConfigMap as last written, so a restarted local lab keeps it
 PORTS = "ports.json"              # the ports last used, reused when free so lab.env stays valid
 WORKSPACE = "workspace"           # $CODESPACE_VSCODE_FOLDER: the lab page's `kubectl apply -f .../flags.yaml`
@@ -82,12 +82,15 @@ class LocalLab:
     """All of the local lab in this process, on free loopback ports, until stop()."""
 
     def __init__(self, state_dir: str | Path, timings: Timings | None = None,
-                 flags_yaml: str | None = None):
+                 flags_yaml: str | None = None, release: str | None = None):
+        from labkit import releases
         from labkit.sandbox import dynatrace, kube, shop
         from labkit.sandbox.http import LabServer
 
         self.state_dir = Path(state_dir)
         self.timings = timings or Timings.from_env()
+        # The demo release imitated (its cart, images and ConfigMap): argument, else LABKIT_DEMO_RELEASE.
+        self.release = releases.get(release or os.environ.get("LABKIT_DEMO_RELEASE"))
         # A lab.env still here is from a local lab that was killed: keep its tokens (and below its
         # ports and flags), so the terminals and kernels that sourced it keep working after a restart.
         previous = _previous_env(self.state_dir / "lab.env")
@@ -98,10 +101,12 @@ class LocalLab:
         self.restored_flags = isinstance(saved, dict) and isinstance(saved.get("data"), dict)
         if self.restored_flags:
             flags_yaml = json.dumps(saved)  # JSON is YAML: the ConfigMap as it was last written
-        self.cluster = kube.LocalCluster(self.timings, flags_yaml or SHARED_FLAGS.read_text())
+        # As the chart installs it: the release's own flag file (the lab page's is applied later, by hand).
+        self.cluster = kube.LocalCluster(self.timings, flags_yaml or self.release.configmap_yaml(),
+                                         demo_version=self.release.version)
         self.cluster.on_configmap_change = self._keep_flags
         self.telemetry = dynatrace.Telemetry(self.timings)
-        self.shop = shop.DemoShop(self.cluster.flagd_value, self.telemetry, self.timings)
+        self.shop = shop.DemoShop(self.cluster, self.telemetry, self.timings, self.release)
         self.tenant = dynatrace.Tenant(self.telemetry, self.timings, {
             self.api_token: dynatrace.READ_AND_INGEST_SCOPES,
             self.ingest_token: dynatrace.LAB_INGEST_SCOPES,

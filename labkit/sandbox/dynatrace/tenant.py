@@ -26,7 +26,8 @@ LAB_INGEST_SCOPES = frozenset({
 PLATFORM_SCOPES = frozenset({
     "environment-api:events:write", "environment-api:events:read", "environment-api:metrics:read",
     "environment-api:problems:read", "environment-api:entities:read", "storage:logs:read",
-    "storage:buckets:read", "storage:events:read", "storage:metrics:read", "storage:entities:read"})
+    "storage:spans:read", "storage:buckets:read", "storage:events:read", "storage:metrics:read",
+    "storage:entities:read"})
 # The classic scope of a handler -> the platform scopes that grant it there (any one of them).
 CLASSIC_ON_PLATFORM = {
     "events.ingest": ("environment-api:events:write", "storage:events:write"),

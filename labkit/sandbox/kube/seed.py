@@ -5,6 +5,7 @@ import time
 
 import yaml
 
+from labkit import releases
 from labkit.sandbox.kube.discovery import NODE, NS
 from labkit.sandbox.kube import workloads
 from labkit.sandbox.kube.workloads import service
@@ -70,13 +71,15 @@ def flagd_deployment() -> dict:
     }
 
 
-def initial_objects(flags_yaml_text: str, demo: bool = True) -> list[tuple[str, dict]]:
-    """(resource, object) in the order they are written; the pods are the controllers'."""
+def initial_objects(flags_yaml_text: str, demo: bool = True, version: str = releases.DEFAULT
+                    ) -> list[tuple[str, dict]]:
+    """(resource, object) in the order they are written; the pods are the controllers'. `version`:
+    the demo release whose images the Deployments run."""
     manifest = yaml.safe_load(flags_yaml_text)
     manifest.setdefault("metadata", {})["namespace"] = NS
     return [("configmaps", manifest), ("deployments", flagd_deployment()),
             ("services", service(FLAGD, [("rpc", 8013), ("ofrep", 8016)], "10.96.40.13")),
-            *(workloads.objects() if demo else []), *cluster_objects()]
+            *(workloads.objects(version) if demo else []), *cluster_objects()]
 
 
 def cluster_objects() -> list[tuple[str, dict]]:
