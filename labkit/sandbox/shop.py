@@ -98,8 +98,7 @@ class DemoShop:
     # ----- the cart service (called inside its gRPC server span) ----------------------------
     def _log(self, trace: Trace, content: str) -> None:
         span = trace.current
-        trace.later(lambda at: self.telemetry.log_cart_info(content, span.trace_id, span.span_id,
-                                                            self.pod, at))
+        self.telemetry.log_cart_info(content, span.trace_id, span.span_id, self.pod, trace.now_ns() // 1_000_000)
 
     def get_cart(self, trace: Trace, user_id: str) -> list[dict]:
         self._log(trace, f"GetCartAsync called with userId={user_id}")
@@ -130,8 +129,8 @@ class DemoShop:
             trace.event(span, "exception", **{"exception.type": "Grpc.Core.RpcException",
                                               "exception.message": CART_ERROR})
             trace.fail(span, CART_ERROR)
-            trace.later(lambda at: self.telemetry.log_cart_redis_error(span.trace_id, span.span_id,
-                                                                       self.pod, at))
+            self.telemetry.log_cart_redis_error(span.trace_id, span.span_id, self.pod,
+                                                trace.now_ns() // 1_000_000)
             return False
         with self._lock:
             self._carts.pop(user_id, None)
@@ -156,7 +155,7 @@ def _major(release: releases.Release) -> int:
 def list_products(shop: DemoShop) -> list[dict]:
     trace = shop.trace()
     with trace.http(None, "frontend-proxy", "GET", "/api/products"):
-        with trace.http("frontend-proxy", "frontend", "GET", "/api/products", 2.0):
+        with trace.http(None, "frontend", "GET", "/api/products"):
             with trace.grpc("frontend", "product-catalog", "ProductCatalogService", "ListProducts"):
                 return PRODUCTS
 
@@ -164,21 +163,21 @@ def list_products(shop: DemoShop) -> list[dict]:
 def add_to_cart(shop: DemoShop, user: str, product: str, quantity: int) -> list[dict]:
     trace = shop.trace()
     with trace.http(None, "frontend-proxy", "POST", "/api/cart"):
-        with trace.http("frontend-proxy", "frontend", "POST", "/api/cart", 2.0):
-            with trace.grpc("frontend", "cart", "CartService", "AddItem", 3.0):
+        with trace.http(None, "frontend", "POST", "/api/cart"):
+            with trace.grpc("frontend", "cart", "CartService", "AddItem"):
                 shop.add_item(trace, user, product, quantity)
-            with trace.grpc("frontend", "cart", "CartService", "GetCart", 2.0):
+            with trace.grpc("frontend", "cart", "CartService", "GetCart"):
                 return shop.get_cart(trace, user)
 
 
 def view_cart(shop: DemoShop, user: str, currency: str) -> list[dict]:
     trace = shop.trace()
     with trace.http(None, "frontend-proxy", "GET", "/api/cart"):
-        with trace.http("frontend-proxy", "frontend", "GET", "/api/cart", 2.0):
-            with trace.grpc("frontend", "cart", "CartService", "GetCart", 2.0):
+        with trace.http(None, "frontend", "GET", "/api/cart"):
+            with trace.grpc("frontend", "cart", "CartService", "GetCart"):
                 items = shop.get_cart(trace, user)
             for _ in items:
-                with trace.grpc("frontend", "currency", "CurrencyService", "Convert", 0.5):
+                with trace.grpc("frontend", "currency", "CurrencyService", "Convert"):
                     pass
             return items
 
@@ -187,8 +186,8 @@ def empty_cart(shop: DemoShop, user: str) -> bool:
     """DELETE /api/cart: the frontend calls EmptyCart and answers 500 when it fails."""
     trace = shop.trace()
     with trace.http(None, "frontend-proxy", "DELETE", "/api/cart") as proxy:
-        with trace.http("frontend-proxy", "frontend", "DELETE", "/api/cart", 2.0) as front:
-            with trace.grpc("frontend", "cart", "CartService", "EmptyCart", 3.0):
+        with trace.http(None, "frontend", "DELETE", "/api/cart") as front:
+            with trace.grpc("frontend", "cart", "CartService", "EmptyCart"):
                 ok = shop.empty_cart(trace, user)
             if not ok:
                 trace.fail(front, CART_ERROR)
@@ -200,29 +199,29 @@ def place_order(shop: DemoShop, user: str, currency: str) -> str:
     """POST /api/checkout: checkout's PlaceOrder as the demo's checkout/main.go makes its calls."""
     trace = shop.trace()
     with trace.http(None, "frontend-proxy", "POST", "/api/checkout"):
-        with trace.http("frontend-proxy", "frontend", "POST", "/api/checkout", 2.0):
-            with trace.grpc("frontend", "checkout", "CheckoutService", "PlaceOrder", 2.0) as order:
+        with trace.http(None, "frontend", "POST", "/api/checkout"):
+            with trace.grpc("frontend", "checkout", "CheckoutService", "PlaceOrder") as order:
                 order.attributes["user.id"] = user
                 with trace.span("checkout", "prepareOrderItemsAndShippingQuoteFromCart", "internal"):
-                    with trace.grpc("checkout", "cart", "CartService", "GetCart", 2.0):
+                    with trace.grpc("checkout", "cart", "CartService", "GetCart"):
                         items = shop.get_cart(trace, user)
                     for _ in items:
                         with trace.grpc("checkout", "product-catalog", "ProductCatalogService", "GetProduct"):
                             pass
-                        with trace.grpc("checkout", "currency", "CurrencyService", "Convert", 0.5):
+                        with trace.grpc("checkout", "currency", "CurrencyService", "Convert"):
                             pass
-                    with trace.http("checkout", "shipping", "POST", "/get-quote", 2.0):
-                        with trace.http("shipping", "quote", "POST", "/getquote", 2.0):
+                    with trace.http("checkout", "shipping", "POST", "/get-quote"):
+                        with trace.http("shipping", "quote", "POST", "/getquote"):
                             pass
-                    with trace.grpc("checkout", "currency", "CurrencyService", "Convert", 0.5):
+                    with trace.grpc("checkout", "currency", "CurrencyService", "Convert"):
                         pass
-                with trace.grpc("checkout", "payment", "PaymentService", "Charge", 3.0):
+                with trace.grpc("checkout", "payment", "PaymentService", "Charge"):
                     pass
-                with trace.http("checkout", "shipping", "POST", "/ship-order", 2.0):
+                with trace.http("checkout", "shipping", "POST", "/ship-order"):
                     pass
-                with trace.grpc("checkout", "cart", "CartService", "EmptyCart", 3.0):
+                with trace.grpc("checkout", "cart", "CartService", "EmptyCart"):
                     shop.empty_cart(trace, user)  # `_ = cs.emptyUserCart(ctx, req.UserId)`: error ignored
-                with trace.http("checkout", "email", "POST", "/send_order_confirmation", 3.0):
+                with trace.http("checkout", "email", "POST", "/send_order_confirmation"):
                     pass
     return str(uuid.UUID(int=shop.rng.getrandbits(128), version=1))
 

@@ -1,12 +1,13 @@
 """The demo services' OpenTelemetry instrumentation in the local lab: one trace per shop request.
 
 Spans nest as the demo's do (a gRPC call is the caller's client span around the callee's server
-span) on a clock of their own, each span taking `work_ms`. When the root span ends, the trace is
-anchored so that it ends now, and its spans and logs reach the tenant together, so a query never
-sees half a trace and a log always falls inside its span.
+span) and take the time the local lab takes (the tenant's clock, to the nanosecond). When the root
+span ends, its spans reach the tenant together, so a query never sees half a trace; a log line is
+written at its moment inside its span.
 """
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 
 from labkit.sandbox.dynatrace.telemetry import Span
@@ -22,37 +23,41 @@ class Trace:
         self.trace_id = telemetry.new_trace()[0]
         self.spans: list[Span] = []
         self._open: list[Span] = []
-        self._cursor = 0  # ns since the trace began
-        self._after: list = []  # (ns offset, fn(at_ms)): logs written when the trace lands
+        self._began = (telemetry.clock() * 1_000_000, time.perf_counter_ns())
+        self._last = 0
 
     @property
     def current(self) -> Span | None:
         return self._open[-1] if self._open else None
 
+    def now_ns(self) -> int:
+        """The trace's clock: the tenant's at its start plus the time since, never standing still."""
+        wall, counter = self._began
+        self._last = max(wall + time.perf_counter_ns() - counter, self._last + 1000)
+        return self._last
+
     @contextmanager
-    def span(self, service: str, name: str, kind: str = "server", work_ms: float = 1.0, **attributes):
+    def span(self, service: str, name: str, kind: str = "server", **attributes):
         parent = self.current
-        span = Span(self._cursor, 0, service, name, kind, self.trace_id, self.telemetry.new_span_id(),
+        span = Span(self.now_ns(), 0, service, name, kind, self.trace_id, self.telemetry.new_span_id(),
                     parent.span_id if parent else None, attributes=attributes)
         self._open.append(span)
-        self._tick(work_ms / 2)
         try:
             yield span
         finally:
-            self._tick(work_ms / 2)
-            span.end_ns = self._cursor
+            span.end_ns = self.now_ns()
             self._open.pop()
             self.spans.append(span)
-            if not self._open:
-                self._land()
+            if not self._open:  # the root ended: the whole trace to the tenant
+                self.telemetry.add_spans(sorted(self.spans, key=lambda s: s.start_ns))
 
     @contextmanager
-    def grpc(self, caller: str, service: str, rpc_service: str, method: str, work_ms: float = 1.0):
+    def grpc(self, caller: str, service: str, rpc_service: str, method: str):
         """A gRPC call: the caller's client span around the callee's server span (yielded)."""
         name = f"oteldemo.{rpc_service}/{method}"
         rpc = {"rpc.system": "grpc", "rpc.service": f"oteldemo.{rpc_service}", "rpc.method": method}
-        with self.span(caller, name, "client", 0.4, **rpc) as client:
-            with self.span(service, name, "server", work_ms, **rpc) as server:
+        with self.span(caller, name, "client", **rpc) as client:
+            with self.span(service, name, "server", **rpc) as server:
                 try:
                     yield server
                 finally:
@@ -61,40 +66,24 @@ class Trace:
                     client.status = "error" if server.failed else "unset"
 
     @contextmanager
-    def http(self, caller: str | None, service: str, method: str, route: str, work_ms: float = 1.0):
-        """An HTTP request (a root one when `caller` is None): the callee's server span (yielded)."""
+    def http(self, caller: str | None, service: str, method: str, route: str):
+        """An HTTP request: the caller's client span around the callee's server span (yielded); with
+        `caller` None only the server span (the shop's entry, or a hop from envoy, whose one span
+        per request stands for both sides)."""
         name = f"{method} {route}"
         attrs = {"http.request.method": method, "http.route": route}
         if caller is None:
-            with self.span(service, name, "server", work_ms, **attrs) as server:
+            with self.span(service, name, "server", **attrs) as server:
                 yield server
             return
-        with self.span(caller, name, "client", 0.4, **attrs):
-            with self.span(service, name, "server", work_ms, **attrs) as server:
+        with self.span(caller, name, "client", **attrs):
+            with self.span(service, name, "server", **attrs) as server:
                 yield server
 
     def event(self, span: Span, name: str, **attributes) -> None:
-        span.events.append({"span_event.name": name, "_offset": self._cursor, **attributes})
+        span.events.append({"span_event.name": name, "timestamp": self.now_ns(), **attributes})
 
     def fail(self, span: Span, message: str) -> None:
         """The span ends in error (Activity.SetStatus(Error)); Dynatrace counts the request failed."""
         span.failed, span.status = True, "error"
         span.attributes["span.status_message"] = message
-
-    def later(self, fn) -> None:
-        """Call fn(at_ms) when the trace lands, at this moment of the trace (a log line)."""
-        self._after.append((self._cursor, fn))
-
-    def _tick(self, ms: float) -> None:
-        self._cursor += max(int(ms * 1e6), 1000)
-
-    def _land(self) -> None:
-        base = self.telemetry.clock() * 1_000_000 - self._cursor  # the trace ends now
-        for span in self.spans:
-            span.start_ns += base
-            span.end_ns += base
-            for ev in span.events:
-                ev["timestamp"] = base + ev.pop("_offset")
-        self.telemetry.add_spans(sorted(self.spans, key=lambda s: s.start_ns))
-        for offset, fn in self._after:
-            fn((base + offset) // 1_000_000)
