@@ -33,6 +33,8 @@ def grail_scope(query: str) -> str:
         return "storage:metrics:read"
     if q.startswith("fetch events") or q.startswith("fetch dt.davis"):
         return "storage:events:read and storage:buckets:read"
+    if q.startswith("fetch spans"):
+        return "storage:spans:read and storage:buckets:read"
     return "storage:buckets:read"
 
 
