@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import time
 from contextlib import contextmanager
@@ -168,6 +169,25 @@ def test_connect_answers_through_the_pod_proxy_and_refuses_what_connect_go_refus
     status, body = connect(release_lab, f"{V2}/ResolveFloat", b"")
     assert (status, body["code"]) == (400, "invalid_argument") and "zero-length payload" in body["message"]
     assert connect(release_lab, f"{V2}/NoSuchMethod", {})[0] == 404
+
+
+def test_event_stream_over_connect_through_the_service_proxy(release_lab):
+    """A Connect server stream (enveloped JSON), as flagd's web provider subscribes over HTTP/1.1."""
+    url = (f"{release_lab.server.url}/api/v1/namespaces/{NS}/services/flagd:8013/proxy/{V1}/EventStream")
+    headers = {"Authorization": "Bearer local-lab", "Content-Type": "application/connect+json"}
+    with httpx.stream("POST", url, content=struct.pack(">BI", 0, 2) + b"{}", headers=headers, timeout=5) as resp:
+        assert (resp.status_code, resp.headers["content-type"]) == (200, "application/connect+json")
+        received = b""
+        for chunk in resp.iter_raw():
+            received += chunk
+            if len(received) >= 5 and len(received) >= 5 + struct.unpack(">I", received[1:5])[0]:
+                break
+    size = struct.unpack(">I", received[1:5])[0]
+    assert received[0] == 0 and json.loads(received[5:5 + size]) == {"type": "provider_ready", "data": {}}
+    broken = httpx.post(url, content=b"{}", headers=headers)  # no envelope: the error ends the stream
+    assert broken.status_code == 200 and broken.content[0] == 2
+    assert json.loads(broken.content[5:])["error"]["code"] == "invalid_argument"
+    assert connect(release_lab, f"{V1}/EventStream", {})[0] == 415  # a unary content type
 
 
 def _flagd_pod(sandbox) -> str:
