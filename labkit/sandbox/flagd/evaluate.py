@@ -55,6 +55,7 @@ class FlagSet:
         self.doc = doc if doc is not None else {"flags": {}}
         self.core = FlagdCore()
         self.core.set_flags(_modeled(self.doc))  # raises ParseError where the core refuses the file
+        self.flags = _transposed(self.doc)  # as flagd's store holds them: `$ref`s to `$evaluators` replaced
 
     @property
     def keys(self) -> list[str]:
@@ -106,14 +107,6 @@ class FlagSet:
         if value is _MISMATCH:
             return Resolution(None, variant, "ERROR", "TYPE_MISMATCH", MESSAGES["TYPE_MISMATCH"], metadata)
         return Resolution(value, variant, reason, None, None, metadata)
-
-    @property
-    def flags(self) -> dict:
-        """The flags as flagd's store holds them: `$ref`s to `$evaluators` replaced (flagd's
-        transposeEvaluators)."""
-        if not hasattr(self, "_flags"):
-            self._flags = _transposed(self.doc)
-        return self._flags
 
     def _variant(self, key: str, context, v1: bool) -> tuple[str, str, dict, str | None]:
         """flagd's evaluateVariant -> (variant, reason, metadata, error code or None)."""
