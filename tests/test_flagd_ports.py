@@ -51,7 +51,7 @@ TYPED_FILE = {"flags": {
     "aFloat": _flag({"v": 0.1}),
     "aWhole": _flag({"v": 7}),
     "aFraction": _flag({"v": 7.9}),
-    "anObject": _flag({"v": {"color": "blue", "n": 3}}),
+    "anObject": _flag({"v": {"n": 3, "color": "blue"}}),
     "aList": _flag({"v": [1, 2]}),
     "disabled": {"state": "DISABLED", "variants": {"on": 1, "off": 0}, "defaultVariant": "on",
                  "metadata": {"owner": "cart"}},
@@ -154,7 +154,7 @@ def test_v1_resolve_all_reads_each_flag_as_its_default_variants_type(typed_lab):
     assert list(flags) == sorted(flags)  # protojson writes map keys sorted
     assert flags["aBool"] == {"reason": "STATIC", "variant": "v", "boolValue": True, "metadata": {}}
     assert flags["aWhole"] == {"reason": "STATIC", "variant": "v", "doubleValue": 7, "metadata": {}}
-    assert flags["anObject"]["objectValue"] == {"color": "blue", "n": 3}
+    assert list(flags["anObject"]["objectValue"].items()) == [("color", "blue"), ("n", 3)]  # Struct keys sorted
     assert flags["disabled"] == {"reason": "DISABLED", "variant": "", "doubleValue": 0,
                                  "metadata": {"owner": "cart"}}
     assert "aList" not in flags and "noDefault" not in flags  # v1 skips what has no bool/string/number/map default

@@ -35,16 +35,26 @@ END_STREAM = 0x02  # envelope flag of the last message of a stream
 NOT_FOUND = Response(404, "404 page not found\n", "text/plain; charset=utf-8")
 
 
-def protojson(message: Message) -> dict:
-    """Go's protojson.Marshal with EmitUnpopulated, as a dict in field order."""
+def protojson(message: Message):
+    """Go's protojson.Marshal with EmitUnpopulated: fields in field order, map (and Struct) keys sorted."""
+    if message.DESCRIPTOR.full_name.startswith("google.protobuf."):  # Struct, Value: plain JSON
+        return gojson.sorted_maps(gojson.numbers(json_format.MessageToDict(message)))
     printed = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
     out = {}
     for fd in message.DESCRIPTOR.fields:
-        if fd.json_name in printed:
-            value = gojson.numbers(printed[fd.json_name])  # a whole double without `.0`
-            out[fd.json_name] = dict(sorted(value.items())) if _is_map(fd) else value  # Go sorts map keys
-        elif fd.message_type is not None and fd.containing_oneof is None and not _is_map(fd):
-            out[fd.json_name] = None  # an unset singular message field: null
+        value = getattr(message, fd.name)
+        if fd.json_name not in printed:
+            if fd.message_type is not None and fd.containing_oneof is None and not _is_map(fd):
+                out[fd.json_name] = None  # an unset singular message field: null
+        elif _is_map(fd):
+            printed_map = printed[fd.json_name]
+            messages = fd.message_type.fields_by_name["value"].message_type is not None
+            out[fd.json_name] = {str(k): protojson(value[k]) if messages else gojson.numbers(printed_map[str(k)])
+                                 for k in sorted(value)}
+        elif fd.message_type is not None:
+            out[fd.json_name] = protojson(value)
+        else:
+            out[fd.json_name] = gojson.numbers(printed[fd.json_name])  # a whole double without `.0`
     return out
 
 

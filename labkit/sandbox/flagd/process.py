@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -165,7 +166,7 @@ def _starts_with_preface(sock: socket.socket) -> bool:
         if not seen:
             return False
         if PREFACE.startswith(seen) and len(seen) < len(PREFACE):
-            threading.Event().wait(0.001)  # a client that sent the preface in pieces
+            time.sleep(0.001)  # a client that sent the preface in pieces
     return seen == PREFACE
 
 

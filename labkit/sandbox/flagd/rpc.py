@@ -22,6 +22,7 @@ from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 from labkit.sandbox.flagd import evaluation, gojson
 from labkit.sandbox.flagd.logs import URI
 
+
 def _unary(process, service: str, method: str, request, context):
     try:
         return evaluation.answer(process.flags, service, method, request, process.metrics)
@@ -54,14 +55,14 @@ def flag_configuration(flags) -> str:
     for key, flag in flags.flags.items():
         flag = flag if isinstance(flag, dict) else {}
         one = {"state": flag.get("state", ""), "defaultVariant": flag.get("defaultVariant") or "",
-               "variants": dict(sorted((flag.get("variants") or {}).items()))}
+               "variants": gojson.sorted_maps(flag.get("variants") or {})}
         if flag.get("targeting") is not None:
-            one["targeting"] = flag["targeting"]
+            one["targeting"] = flag["targeting"]  # json.RawMessage: the file's own key order
         one["source"] = URI
         metadata = {**shared, **(flag.get("metadata") if isinstance(flag.get("metadata"), dict) else {})}
         if metadata:
-            one["metadata"] = dict(sorted(metadata.items()))
-        out[key] = one
+            one["metadata"] = gojson.sorted_maps(metadata)
+        out[key] = one  # model.Flag: its fields in struct order
     return gojson.dumps({"flags": dict(sorted(out.items()))})
 
 
