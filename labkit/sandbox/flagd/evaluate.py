@@ -32,8 +32,9 @@ INT64 = 2 ** 63
 
 @dataclass
 class Resolution:
-    """One typed evaluation as flagd's resolver returns it. `value`/`variant` None where flagd sets none
-    (DISABLED, a fallback answered as DEFAULT, an error); `error_code` is flagd's (model/error.go)."""
+    """One typed evaluation as flagd's resolver returns it. `value` None where flagd sets none (DISABLED,
+    a fallback answered as DEFAULT, an error), `variant` too except on TYPE_MISMATCH (the variant whose
+    value had the wrong type); `error_code` is flagd's (model/error.go), `message` its readable text."""
 
     value: object = None
     variant: str | None = None

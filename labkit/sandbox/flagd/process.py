@@ -72,7 +72,7 @@ class FlagdProcess:
             return
         self.stopped.set()
         for server in self._servers:
-            server.stop(grace=None)
+            server.stop(grace=1.0)  # GOAWAY first, as Go's Shutdown does; its connections close below
         with self._lock:
             sockets = [*self._listeners.values(), *self._open]
             self._listeners.clear()
