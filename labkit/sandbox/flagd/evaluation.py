@@ -3,14 +3,14 @@
 
 The answers are built as flagd v0.16.1 builds them (flagd/pkg/service/flag-evaluation/
 flag_evaluator_v1.go, _v2.go, flag_evaluator_types.go) in the message classes of the stubs
-OpenFeature's flagd provider ships, so the gRPC servicers (rpc.py) and the Connect HTTP/1.1 route
+OpenFeature's flagd provider ships, so the gRPC servicers (add_servicers) and the Connect HTTP/1.1 route
 (connect.py: what the API server's service proxy and curl reach) answer the same:
 - v2: a fallback (no default variant) and a disabled flag carry only reason (DEFAULT / DISABLED) and
   metadata, no value or variant; an empty variant is left unset;
 - v1: a disabled flag carries the type's zero value and an empty variant; a flag with no default
   variant is FLAG_NOT_FOUND;
-- errors are Connect/gRPC errors with flagd's readable message (errFormat): FLAG_NOT_FOUND NotFound,
-  TYPE_MISMATCH InvalidArgument, PARSE_ERROR DataLoss, GENERAL Unknown;
+- errors are Connect/gRPC status codes with flagd's readable message (errFormat): FLAG_NOT_FOUND
+  NotFound, TYPE_MISMATCH InvalidArgument, PARSE_ERROR DataLoss, GENERAL Unknown;
 - EventStream sends `provider_ready` on subscribe, then `keep_alive` every 20 s with nothing else to
   say. `configuration_change` goes out only when the served flag set changes; a pod's file never
   changes after its init container copied it (the chart's emptyDir), so a pod never sends one: a
@@ -19,11 +19,15 @@ OpenFeature's flagd provider ships, so the gRPC servicers (rpc.py) and the Conne
 from __future__ import annotations
 
 import threading
+from functools import partial
 
+import grpc
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
 from openfeature.schemas.protobuf.flagd.evaluation.v1 import evaluation_pb2 as v1
+from openfeature.schemas.protobuf.flagd.evaluation.v1 import evaluation_pb2_grpc as v1_grpc
 from openfeature.schemas.protobuf.flagd.evaluation.v2 import evaluation_pb2 as v2
+from openfeature.schemas.protobuf.flagd.evaluation.v2 import evaluation_pb2_grpc as v2_grpc
 
 from labkit.sandbox.flagd.evaluate import FlagSet, Resolution
 
@@ -144,3 +148,27 @@ def events(service: str, keep_alive: float, done: threading.Event):
     yield module.EventStreamResponse(type="provider_ready", data=struct_pb2.Struct())
     while not done.wait(keep_alive):
         yield module.EventStreamResponse(type="keep_alive")
+
+
+# ---- gRPC ------------------------------------------------------------------------------------------
+def _unary(process, service: str, method: str, request, context):
+    try:
+        return answer(process.flags, service, method, request, process.metrics)
+    except EvaluationError as err:
+        context.abort(grpc.StatusCode[err.code.upper()], err.message)
+
+
+def _event_stream(process, service: str, request, context):
+    done = threading.Event()
+    context.add_callback(done.set)  # the client left, or the server stopped (flagd's shutdown)
+    yield from events(service, process.keep_alive, done)
+
+
+def add_servicers(server: grpc.Server, process) -> None:
+    """flagd.evaluation.v1 and v2 on `server`, answering from `process` (.flags, .metrics, .keep_alive)."""
+    for service, stubs in ((V1, v1_grpc), (V2, v2_grpc)):
+        servicer = stubs.ServiceServicer()
+        for method in [*KIND_OF, *(["ResolveAll"] if service == V1 else [])]:
+            setattr(servicer, method, partial(_unary, process, service, method))
+        servicer.EventStream = partial(_event_stream, process, service)
+        stubs.add_ServiceServicer_to_server(servicer, server)

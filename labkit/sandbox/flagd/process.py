@@ -19,13 +19,12 @@ from concurrent import futures
 
 import grpc
 
-from labkit.sandbox.flagd import connect, evaluation, management, rpc
+from labkit.sandbox.flagd import connect, evaluation, management, sync
 from labkit.sandbox.flagd.evaluate import FlagSet
 from labkit.sandbox.flagd.ofrep import OFREP_PORT, serve as serve_ofrep
 from labkit.sandbox.http import Request, Response, serve_connection
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-SYNC_PORT = 8015
 WORKERS = 32  # each open EventStream/SyncFlags holds one of the server's threads
 
 
@@ -51,8 +50,8 @@ class FlagdProcess:
 
     # ---- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> "FlagdProcess":
-        self._evaluation_port = self._grpc_server(rpc.add_evaluation)
-        self._addresses[SYNC_PORT] = ("127.0.0.1", self._grpc_server(rpc.add_sync))
+        self._evaluation_port = self._grpc_server(evaluation.add_servicers)
+        self._addresses[sync.PORT] = ("127.0.0.1", self._grpc_server(sync.add_servicer))
         self._listen(evaluation.PORT, self._evaluation_connection)
         for port in (management.PORT, OFREP_PORT):
             self._listen(port, lambda sock, port=port: self._http_connection(sock, port))
