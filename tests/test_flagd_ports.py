@@ -350,6 +350,21 @@ def test_openfeature_flagd_provider_reads_and_follows_a_change_at_the_pods_ports
         sandbox.stop()
 
 
+def test_the_carts_provider_reads_its_default_from_the_lab_pages_boolean_flag(tmp_path):
+    """The lab page's flags.yaml (cartFailure on/off as booleans) read as demo 3.0.0's cart reads it:
+    flagd refuses the float read, so the cart gets its default 0 and never fails."""
+    sandbox = KubeSandbox(tmp_path).start()  # the lab page's own flags.yaml
+    try:
+        assert sandbox.wait_serving()
+        with provider_client("page-flags", sandbox.cluster.flagd_rpc_address()[1], ResolverType.RPC) as client:
+            value, _, reason, error = cart_reads(client)
+            assert (value, reason, error) == (0.0, "ERROR", ErrorCode.TYPE_MISMATCH)
+            assert client.get_boolean_value("cartFailure", True) is False  # read as a boolean it serves `off`
+        assert connect(sandbox, f"{V2}/ResolveFloat", {"flagKey": "cartFailure", "context": {}}) == MISMATCH
+    finally:
+        sandbox.stop()
+
+
 @contextmanager
 def port_forward(sandbox, what: str, port: int):
     """`kubectl port-forward <what> :<port>` as a user runs it; yields the local port."""
