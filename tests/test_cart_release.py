@@ -81,6 +81,7 @@ def test_the_lab_pages_boolean_flag_is_a_type_mismatch_for_the_3_0_0_cart(cart):
     assert len(events) == 200
     assert {(e["feature_flag.result.reason"], e["error.type"], e["feature_flag.result.value"]) for e in events} \
         == {("error", "typemismatch", 0.0)}
+    assert {e["error.message"] for e in events} == {"Type mismatch error"}  # flagd's InvalidArgument over 8013
     assert not any("feature_flag.result.variant" in e for e in events)  # no variant on an error
     assert not [log for log in telemetry.logs(0, 2**62) if log["content"] == REDIS_ERROR]
 
