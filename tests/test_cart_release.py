@@ -149,6 +149,12 @@ def test_checkouts_failing_trace_runs_placeorder_quote_currency_emptycart(cart):
     assert log["span_id"] == failed.span_id
     assert failed.start_ns // 1_000_000 <= log["_ms"] <= failed.end_ns // 1_000_000 + 1
     assert [e["span_event.name"] for e in failed.events] == ["Empty cart", "feature_flag.evaluation", "exception"]
+    story = [(g["service.name"], g["content"].split(" called")[0]) for g in telemetry.logs(0, 2**62)
+             if g["trace_id"] == failed.trace_id]  # the review page's "surrounding logs"
+    assert story == [("checkout", "[PlaceOrder]"), ("cart", "GetCartAsync"), ("currency", "conversion successful"),
+                     ("quote", "Calculated quote"), ("currency", "conversion successful"),
+                     ("checkout", "payment went through"), ("cart", "EmptyCartAsync"), ("cart", REDIS_ERROR),
+                     ("checkout", "order placed")]
 
 
 def test_query_a_answers_through_labkits_grail_client(tenant_sandbox):

@@ -147,6 +147,7 @@ class Telemetry:
         self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self._problems: list[Problem] = []
         self._display_seq = itertools.count(1)
+        self._log_seq = itertools.count()  # orders log lines written in the same millisecond
         now = self.clock()
         seed_start = now - int(timings.seed_hours * 3600_000)
         self.entities = {name: MonitoredEntity(service_id(name), name, seed_start, now)
@@ -216,23 +217,27 @@ class Telemetry:
         entity.last_seen = max(entity.last_seen, t)
 
     def _cart_log(self, t: int, content: str, trace_id: str, span_id: str, level: str,
-                  pod: str) -> dict:
-        """A log line shaped like the lab's cart logs in Grail (OTel + k8s + pod annotations)."""
-        return {
-            "timestamp": iso(t), "_ms": t, "content": content, "loglevel": level,
-            "status": log_status(level),
-            "service.name": CART, "dt.entity.service": self.entities[CART].entity_id,
-            "trace_id": trace_id, "span_id": span_id, "host.name": f"cart-{pod}",
-            "k8s.namespace.name": "default", "k8s.pod.name": f"cart-{pod}",
-            "k8s.container.name": "cart", "dt.owner": "team-cart", "dt.cost.product": "otel-demo",
-            "dt.cost.costcenter": "engineering", "log.source": "otel", "event.type": "LOG",
+                  pod: str, service: str = CART) -> dict:
+        """A log line shaped like the lab's logs in Grail (OTel + k8s; the cart's pod annotations)."""
+        entry = {
+            "timestamp": iso(t), "_ms": t, "_seq": next(self._log_seq), "content": content,
+            "loglevel": level, "status": log_status(level),
+            "service.name": service, "dt.entity.service": self.entities[service].entity_id,
+            "trace_id": trace_id, "span_id": span_id, "host.name": f"{service}-{pod}",
+            "k8s.namespace.name": "default", "k8s.pod.name": f"{service}-{pod}",
+            "k8s.container.name": service, "log.source": "otel", "event.type": "LOG",
         }
+        if service == CART:  # otel-demo-values.yaml annotates only the cart's pod
+            entry.update({"dt.owner": "team-cart", "dt.cost.product": "otel-demo",
+                          "dt.cost.costcenter": "engineering"})
+        return entry
 
     def log_cart_info(self, content: str, trace_id: str, span_id: str, pod: str,
-                      at: int | None = None) -> None:
+                      at: int | None = None, service: str = CART) -> None:
+        """An INFO line of the cart (or of `service`: checkout, quote, currency along a trace)."""
         with self._lock:
             self._info_logs.append(self._cart_log(self.clock() if at is None else at, content,
-                                                  trace_id, span_id, "INFO", pod))
+                                                  trace_id, span_id, "INFO", pod, service))
 
     def log_cart(self, level: str, content: str, pod: str = "pod-test") -> dict:
         """Any cart log line (tests inject e.g. a CRITICAL one); error ones never open problems."""
@@ -341,7 +346,7 @@ class Telemetry:
         with self._lock:
             rows = [r for r in itertools.chain(self._info_logs, self._error_logs)
                     if start <= r["_ms"] < end]
-        rows.sort(key=lambda r: r["_ms"])
+        rows.sort(key=lambda r: (r["_ms"], r["_seq"]))
         return rows
 
     def records(self, service: str | None = None) -> list[Span]:
