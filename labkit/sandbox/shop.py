@@ -99,8 +99,8 @@ class DemoShop:
     def log(self, trace: Trace, content: str) -> None:
         """An INFO line of the service whose span is open (the demo's services log over OTel)."""
         span = trace.current
-        self.telemetry.log_cart_info(content, span.trace_id, span.span_id, self.pod,
-                                     trace.now_ns() // 1_000_000, span.service)
+        self.telemetry.log_info(span.service, content, span.trace_id, span.span_id, self.pod,
+                                trace.now_ns() // 1_000_000)
 
     def get_cart(self, trace: Trace, user_id: str) -> list[dict]:
         self.log(trace, f"GetCartAsync called with userId={user_id}")

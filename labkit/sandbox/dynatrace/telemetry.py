@@ -180,7 +180,7 @@ class Telemetry:
             t += int(self._rng.expovariate(1 / 60_000))
             if t < end:
                 trace, span = self._hex(32), self._hex(16)
-                self._info_logs.append(self._cart_log(t, "GetCartAsync called with userId=seed",
+                self._info_logs.append(self._log_line(t, "GetCartAsync called with userId=seed",
                                                       trace, span, "INFO", "pod-seed"))
 
     def _poisson(self, lam: float) -> int:
@@ -216,7 +216,7 @@ class Telemetry:
             entity = self.entities[service] = MonitoredEntity(service_id(service), service, t, t)
         entity.last_seen = max(entity.last_seen, t)
 
-    def _cart_log(self, t: int, content: str, trace_id: str, span_id: str, level: str,
+    def _log_line(self, t: int, content: str, trace_id: str, span_id: str, level: str,
                   pod: str, service: str = CART) -> dict:
         """A log line shaped like the lab's logs in Grail (OTel + k8s; the cart's pod annotations)."""
         entry = {
@@ -232,17 +232,17 @@ class Telemetry:
                           "dt.cost.costcenter": "engineering"})
         return entry
 
-    def log_cart_info(self, content: str, trace_id: str, span_id: str, pod: str,
-                      at: int | None = None, service: str = CART) -> None:
-        """An INFO line of the cart (or of `service`: checkout, quote, currency along a trace)."""
+    def log_info(self, service: str, content: str, trace_id: str, span_id: str, pod: str,
+                 at: int | None = None) -> None:
+        """An INFO line of a demo service (cart, checkout, quote, currency) inside a span."""
         with self._lock:
-            self._info_logs.append(self._cart_log(self.clock() if at is None else at, content,
+            self._info_logs.append(self._log_line(self.clock() if at is None else at, content,
                                                   trace_id, span_id, "INFO", pod, service))
 
     def log_cart(self, level: str, content: str, pod: str = "pod-test") -> dict:
         """Any cart log line (tests inject e.g. a CRITICAL one); error ones never open problems."""
         with self._lock:
-            entry = self._cart_log(self.clock(), content, self._hex(32), self._hex(16),
+            entry = self._log_line(self.clock(), content, self._hex(32), self._hex(16),
                                    level.upper(), pod)
             (self._error_logs if entry["status"] == "ERROR" else self._info_logs).append(entry)
             return entry
@@ -251,7 +251,7 @@ class Telemetry:
         """The EmptyCart failure log; the lab's pipeline marks it for alerting (priority "1")."""
         with self._lock:
             t = self.clock() if at is None else at
-            entry = self._cart_log(t, REDIS_ERROR, trace_id, span_id, "ERROR", pod)
+            entry = self._log_line(t, REDIS_ERROR, trace_id, span_id, "ERROR", pod)
             entry.update({"statuscode": "FailedPrecondition", "priority": "1", "alertme": "true",
                           "detail": REDIS_ERROR})
             self._error_logs.append(entry)
