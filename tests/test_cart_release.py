@@ -50,6 +50,11 @@ def cart():
         cluster.stop()
 
 
+def flagd_calls(telemetry) -> list:
+    """The cart's gRPC client spans of its calls to flagd:8013."""
+    return [s for s in telemetry.spans(0, 2**62) if s.service == "cart" and s.kind == "client"]
+
+
 def flag_events(telemetry) -> list[dict]:
     return [ev for span in telemetry.records("cart") for ev in span.events
             if ev["span_event.name"] == "feature_flag.evaluation"]
@@ -82,6 +87,9 @@ def test_the_lab_pages_boolean_flag_is_a_type_mismatch_for_the_3_0_0_cart(cart):
     assert {(e["feature_flag.result.reason"], e["error.type"], e["feature_flag.result.value"]) for e in events} \
         == {("error", "typemismatch", 0.0)}
     assert {e["error.message"] for e in events} == {"Type mismatch error"}  # flagd's InvalidArgument over 8013
+    calls = flagd_calls(telemetry)
+    assert len(calls) == 200 and {(c.name, c.attributes["rpc.grpc.status_code"], c.status) for c in calls} == {
+        ("flagd.evaluation.v2.Service/ResolveFloat", 3, "error")}
     assert not any("feature_flag.result.variant" in e for e in events)  # no variant on an error
     assert not [log for log in telemetry.logs(0, 2**62) if log["content"] == REDIS_ERROR]
 
@@ -106,6 +114,7 @@ def test_flagd_down_means_the_default_and_provider_not_ready(kube_sandbox):
         last = flag_events(telemetry)[-1]
         assert (last["feature_flag.result.reason"], last["error.type"], last["feature_flag.result.value"]) == (
             "error", "providernotready", 0.0)
+        assert flagd_calls(telemetry)[-1].attributes["rpc.grpc.status_code"] == 14  # Unavailable
         sandbox.scale(1)
         sandbox.wait_ready(1)
         assert not empty_cart(shop, "after")  # the next EmptyCart after flagd is back reads 100%
@@ -149,6 +158,9 @@ def test_checkouts_failing_trace_runs_placeorder_quote_currency_emptycart(cart):
     assert log["span_id"] == failed.span_id
     assert failed.start_ns // 1_000_000 <= log["_ms"] <= failed.end_ns // 1_000_000 + 1
     assert [e["span_event.name"] for e in failed.events] == ["Empty cart", "feature_flag.evaluation", "exception"]
+    (call,) = [s for s in trace if s.parent_id == failed.span_id]  # the cart asking flagd, inside EmptyCart
+    assert (call.kind, call.name, call.attributes["rpc.grpc.status_code"]) == (
+        "client", "flagd.evaluation.v2.Service/ResolveFloat", 0)
     story = [(g["service.name"], g["content"].split(" called")[0]) for g in telemetry.logs(0, 2**62)
              if g["trace_id"] == failed.trace_id]  # the review page's "surrounding logs"
     assert story == [("checkout", "[PlaceOrder]"), ("cart", "GetCartAsync"), ("currency", "conversion successful"),
