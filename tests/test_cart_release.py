@@ -154,7 +154,8 @@ def test_checkouts_failing_trace_runs_placeorder_quote_currency_emptycart(cart):
     for span in trace:  # children inside their parents
         parent = by_id.get(span.parent_id)
         assert parent is None or parent.start_ns <= span.start_ns <= span.end_ns <= parent.end_ns
-    (log,) = [g for g in telemetry.logs(0, 2**62) if g["content"] == REDIS_ERROR and g["trace_id"] == failed.trace_id]
+    (log,) = [g for g in telemetry.logs(0, 2**62)
+              if g["content"] == REDIS_ERROR and g["trace_id"] == failed.trace_id]
     assert log["span_id"] == failed.span_id
     assert failed.start_ns // 1_000_000 <= log["_ms"] <= failed.end_ns // 1_000_000 + 1
     assert [e["span_event.name"] for e in failed.events] == ["Empty cart", "feature_flag.evaluation", "exception"]
@@ -213,7 +214,7 @@ def test_the_local_lab_is_one_release_with_its_own_configmap_and_images(tmp_path
     with LocalLab(tmp_path / "two", timings) as lab:
         assert lab.release.version == "2.2.0"
         cart = lab.cluster.get("deployments", "cart")["spec"]["template"]["spec"]["containers"][0]["image"]
-        assert releases.from_image(cart) is releases.get("2.2.0") and cart == "ghcr.io/open-telemetry/demo:2.2.0-cart"
+        assert cart == "ghcr.io/open-telemetry/demo:2.2.0-cart" and releases.from_image(cart) is releases.get("2.2.0")
         served = lab.cluster.get("configmaps", "flagd-config")["data"]["demo.flagd.json"]
         assert served == releases.get("2.2.0").flags_json()
         workspace = tmp_path / "two" / "workspace" / "flags.yaml"

@@ -314,7 +314,8 @@ def _checkout(shop: DemoShop, req: Request) -> Response:
     user = body.get("userId") if isinstance(body, dict) else None
     currency = body.get("userCurrency", "USD") if isinstance(body, dict) else "USD"
     if not isinstance(user, str) or not user or currency not in CURRENCIES:
-        return _error(400, 'expected {"userId": str, "userCurrency": one of ' + ", ".join(sorted(CURRENCIES)) + "}")
+        return _error(400, 'expected {"userId": str, "userCurrency": one of '
+                      + ", ".join(sorted(CURRENCIES)) + "}")
     return json_response({"orderId": place_order(shop, user, currency), "userId": user})
 
 
