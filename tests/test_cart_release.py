@@ -248,3 +248,14 @@ def test_spans_need_the_spans_scope(tenant_sandbox):
     resp = lab.grail.post("/platform/storage/query/v1/query:execute", json={"query": "fetch spans"},
                           headers={"Authorization": "Bearer dt0s16.LOGSONLY"})
     assert resp.status_code == 403 and "storage:spans:read" in resp.text
+
+
+def test_the_tenant_keeps_the_newest_spans_only():
+    from labkit.sandbox.dynatrace.telemetry import MAX_SPANS, Span
+
+    telemetry = Telemetry(Timings.fast(), seed=1)
+    now = telemetry.clock() * 1_000_000
+    telemetry.add_spans([Span(now + i, now + i + 1, "cart", "x", "server", "t" * 32, f"{i:016x}")
+                         for i in range(MAX_SPANS + 10)])
+    kept = telemetry.spans(0, 2**62)
+    assert len(kept) == MAX_SPANS and kept[0].span_id == f"{10:016x}"  # the oldest went first
