@@ -269,22 +269,8 @@ class Layers:
             who = f"the cart (demo {self.cart.release.version})" if isinstance(self.cart, CartRead) else "the cart"
             rows.append((who, str(self.cart)))
         if self.spans is not None:
-            rows.append(("the cart's own spans", self.spans_text()))
+            rows.append(("the cart's own spans", spans_text(self.spans)))
         return rows
-
-    def spans_text(self) -> str:
-        """'10% (0.1) in 42 EmptyCart calls, last at 14:03:07 UTC; ...', or why there is nothing."""
-        if isinstance(self.spans, str):
-            return self.spans
-        if self.spans is None or not len(self.spans):
-            return "no feature_flag.evaluation span event yet (they come with the cart's next EmptyCart)"
-        parts = []
-        for r in self.spans.itertuples():
-            answer = f"{r.variant} ({r.value})" if isinstance(r.variant, str) and r.variant else f"value {r.value}"
-            if isinstance(r.error, str) and r.error:
-                answer = f"{r.error}, so {r.value}"
-            parts.append(f"{answer} in {r.calls} call{'s' if r.calls != 1 else ''}, last at {cards.when(r.last_seen)}")
-        return "evaluated " + "; ".join(parts)
 
     def __repr__(self) -> str:
         width = max(len(label) for label, _ in self.rows())
@@ -297,5 +283,21 @@ class Layers:
                           note="OFREP (port 8016) checks no types; the cart asks typed on port 8013")
 
 
+def spans_text(spans) -> str:
+    """'evaluated 10% (0.1) in 42 calls, last at 14:03:07 UTC; ...' from Dynatrace.cart_evaluations, or
+    why there is nothing (`spans` may be that reason already)."""
+    if isinstance(spans, str):
+        return spans
+    if spans is None or not len(spans):
+        return "no feature_flag.evaluation span event yet (they come with the cart's next EmptyCart)"
+    parts = []
+    for r in spans.itertuples():
+        answer = f"{r.variant} ({r.value})" if isinstance(r.variant, str) and r.variant else f"value {r.value}"
+        if isinstance(r.error, str) and r.error:
+            answer = f"{r.error}, so {r.value}"
+        parts.append(f"{answer} in {r.calls} call{'s' if r.calls != 1 else ''}, last at {cards.when(r.last_seen)}")
+    return "evaluated " + "; ".join(parts)
+
+
 __all__ = ["CartRead", "ERROR_CODES", "FlagFix", "Layers", "fix_hint", "fixed_flag", "mismatch", "not_ready", "read",
-           "restored_flag"]
+           "restored_flag", "spans_text"]

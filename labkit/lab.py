@@ -236,7 +236,7 @@ class Lab:
         try:
             read = self.cluster.cart_reads(flag)
         except LabError as exc:
-            read = f"what the cart reads is unknown: {exc}"
+            read = f"the cart: {exc}"
         return dataclasses.replace(served, cart=read)
 
     def cart_reads(self, flag: str = names.FLAG):
