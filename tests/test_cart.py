@@ -100,13 +100,15 @@ def test_the_220_cart_reads_on_as_a_boolean(demo):
     assert read.summary == "the cart reads cartFailure = true (on), so about 1 in 10 EmptyCart calls fail"
 
 
-def test_without_a_cart_deployment_the_release_comes_from_the_variant_types(demo):
+def test_with_a_cart_image_labkit_does_not_know_the_release_comes_from_the_variant_types(demo):
     sandbox = demo("3.0.0", DEMO_300)
     from kubernetes import client
 
-    client.AppsV1Api(sandbox.api()).delete_namespaced_deployment("cart", "default")
+    client.AppsV1Api(sandbox.api()).patch_namespaced_deployment("cart", "default", {"spec": {"template": {
+        "spec": {"containers": [{"name": "cart", "image": "registry.example/my-cart:dev"}]}}}})
     release, known = sandbox.labkit().demo_release("cartFailure", releases.get("3.0.0").flag()["variants"])
-    assert release.version == "3.0.0" and known == "cartFailure's float variants; no cart Deployment found"
+    assert release.version == "3.0.0"
+    assert known == "cartFailure's float variants; no cart image labkit knows (registry.example/my-cart:dev)"
     assert sandbox.labkit().cart_reads().value == 0
 
 
@@ -224,14 +226,19 @@ def test_served_and_change_flag_say_what_the_cart_reads(demo, lab_of):
 def test_the_switch_shows_what_the_cart_reads_and_a_fallback_in_red(demo, lab_of):
     from labkit import widgets
 
-    lab = lab_of(demo("3.0.0"))
+    lab = lab_of(demo("3.0.0"))  # the lab page's flags.yaml: even `off` (false) is no float
     switch = widgets.FlagSwitch(lab, "cartFailure", send_event=False)
-    assert switch.cart_text == "the cart reads cartFailure = 0 (off), so no EmptyCart call fails"
-    assert "labkit-cart" in switch.cart_label._dom_classes
+    assert switch.served_text == "flagd serves: off"
+    assert switch.cart_text.startswith("TYPE_MISMATCH: the cart reads 0 and will never fail")
+    assert "labkit-cart" in switch.cart_label._dom_classes and "color:#b00020" in switch.cart_label.value
     assert switch.apply("on") is not None, switch.status.value
     assert switch.served_text == "flagd serves: on"
-    assert switch.cart_text.startswith("TYPE_MISMATCH: the cart reads 0 and will never fail")
-    assert "✘" in switch.status.value and "but TYPE_MISMATCH" in switch.status.value
+    assert "✘" in switch.status.value and "but TYPE_MISMATCH: the cart reads 0" in switch.status.value
+
+    lab.fix_flag_types()
+    assert switch.apply("10%") is not None, switch.status.value
+    assert switch.cart_text == "the cart reads cartFailure = 0.1 (10%), so about 1 in 10 EmptyCart calls fail"
+    assert "✔" in switch.status.value and "the cart reads cartFailure = 0.1" in switch.status.value
 
 
 def test_cart_evaluations_asks_grail_for_the_carts_span_events(demo, lab_of):
@@ -242,3 +249,50 @@ def test_cart_evaluations_asks_grail_for_the_carts_span_events(demo, lab_of):
         assert "spans" in str(exc)
         pytest.skip(f"the local tenant has no spans yet: {exc}")
     assert list(frame.columns) == ["variant", "value", "reason", "error", "calls", "first_seen", "last_seen"]
+
+
+# ---- the CLI --------------------------------------------------------------------------------------
+def labkit_cli(sandbox, *args, tenant=None):
+    """python -m labkit as a user runs it, against `sandbox` (and `tenant` when given)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DT_", "KUBECONFIG", "LABKIT_", "LAB_"))}
+    env.update(PYTHONPATH=str(Path(__file__).resolve().parents[1]), KUBECONFIG=str(sandbox.kubeconfig))
+    if tenant is not None:
+        env.update(DT_URL=tenant.tenant_server.url, DT_API_TOKEN=tenant.api_token)
+    return subprocess.run([sys.executable, "-m", "labkit", *args], cwd=sandbox.tmp, env=env, capture_output=True,
+                          text=True, timeout=90)
+
+
+def test_labkit_set_exits_non_zero_when_the_cart_reads_its_fallback_and_fix_makes_it_read(demo, tenant_sandbox):
+    sandbox = demo("3.0.0")
+    proc = labkit_cli(sandbox, "set", "cartFailure", "on", "--no-event")
+    assert proc.returncode == 1, proc.stderr
+    assert "serves cartFailure = on (true)" in proc.stdout  # every pod serves it ...
+    cart = proc.stdout.splitlines()[-1]  # ... and the cart cannot read it
+    assert cart.startswith("the cart (demo 3.0.0, flagd.evaluation.v2.Service/ResolveFloat on flagd:8013): "
+                           "TYPE_MISMATCH: the cart reads 0 and will never fail")
+
+    proc = labkit_cli(sandbox, "check", tenant=tenant_sandbox())
+    assert proc.returncode == 1
+    assert "NO  cartFailure types: demo 3.0.0's cart reads cartFailure as a float" in proc.stdout
+
+    proc = labkit_cli(sandbox, "fix", "cartFailure", "--restart")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("cartFailure now has demo 3.0.0's variants: 10%=0.1, 100%=1")
+    assert proc.stdout.rstrip().endswith("the cart reads cartFailure = 0.1 (10%), so about 1 in 10 EmptyCart "
+                                         "calls fail")
+    flags = labkit_cli(sandbox, "flags")
+    assert flags.returncode == 0 and "the cart (demo 3.0.0, flagd.evaluation.v2.Service/ResolveFloat on " \
+        "flagd:8013): the cart reads cartFailure = 0.1 (10%)" in flags.stdout
+
+    proc = labkit_cli(sandbox, "set", "cartFailure", "off", "--no-event")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1].endswith("the cart reads cartFailure = 0 (off), so no EmptyCart call fails")
+
+    proc = labkit_cli(sandbox, "fix", "--undo")
+    assert proc.returncode == 0 and proc.stdout.startswith("cartFailure is back as it was before the fix")
+    assert json.loads(sandbox.flags_json())["flags"]["cartFailure"]["variants"] == {"on": True, "off": False}
