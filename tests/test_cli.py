@@ -75,7 +75,8 @@ def test_flags_table_shows_variants_default_and_served_value(kube):
 
 def test_flags_one_flag_and_unknown_flag(kube):
     proc = kube.run("flags", "cartFailure", "-v")
-    assert proc.returncode == 0 and "Fail cart service" in proc.stdout and len(proc.stdout.splitlines()) == 2
+    assert proc.returncode == 0 and "Fail cart service" in proc.stdout and len(proc.stdout.splitlines()) == 3
+    assert proc.stdout.splitlines()[-1].startswith("the cart (demo ")  # what the cart reads, asked as it asks
     proc = kube.run("flags", "cartFailur")
     assert proc.returncode == 2 and "Did you mean 'cartFailure'?" in proc.stderr
     no_traceback(proc)
