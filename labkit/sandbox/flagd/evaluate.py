@@ -20,6 +20,8 @@ from openfeature.contrib.tools.flagd.core.targeting import targeting
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.exception import FlagNotFoundError, OpenFeatureError, ParseError
 
+from labkit.sandbox.flagd import gojson
+
 FLAG_FILE = "demo.flagd.json"  # flagd's --uri: ./etc/flagd/demo.flagd.json, the init container's copy
 # What the core's flag model takes: it refuses any other key (the demo's `description`), flagd ignores them.
 MODELED = ("state", "variants", "defaultVariant", "targeting", "metadata")
@@ -129,7 +131,7 @@ class FlagSet:
             except Exception:  # jsonlogic.Apply failed: flagd answers PARSE_ERROR
                 return "", "ERROR", metadata, "PARSE_ERROR"
             if result is not None:
-                variant = _go_json(result).replace('"', "")
+                variant = gojson.dumps(result).replace('"', "")
                 if variant in variants:
                     return variant, "TARGETING_MATCH", metadata, None
                 return "", "ERROR", metadata, "GENERAL"
@@ -172,13 +174,6 @@ def _int64(value: float) -> int:
     if math.isnan(value) or not -INT64 <= value < INT64:
         return -INT64
     return int(value)
-
-
-def _go_json(value) -> str:
-    """The targeting result as Go's json encoder writes it (whole floats without `.0`)."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
-        value = int(value)
-    return json.dumps(value, separators=(",", ":"))
 
 
 def _transposed(doc: dict) -> dict:

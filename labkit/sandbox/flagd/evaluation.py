@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError, Message
 from openfeature.schemas.protobuf.flagd.evaluation.v1 import evaluation_pb2 as v1
 from openfeature.schemas.protobuf.flagd.evaluation.v2 import evaluation_pb2 as v2
 
+from labkit.sandbox.flagd import gojson
 from labkit.sandbox.flagd.evaluate import FlagSet, Resolution
 from labkit.sandbox.http import Request, Response
 
@@ -64,10 +65,13 @@ def _struct(value: dict | None) -> struct_pb2.Struct:
     return out
 
 
-def resolve(flags: FlagSet, service: str, method: str, request) -> Message:
-    """One `Resolve<Type>` answer of `service` (V1 or V2), or EvaluationError as flagd returns it."""
+def resolve(flags: FlagSet, service: str, method: str, request, metrics=None) -> Message:
+    """One `Resolve<Type>` answer of `service` (V1 or V2), or EvaluationError as flagd returns it;
+    `metrics` (management.Metrics) counts it as flagd's RecordEvaluation does."""
     kind, module = KIND_OF[method], MODULES[service]
     got = flags.resolve(request.flag_key, kind, context_of(request), v1=service == V1)
+    if metrics is not None:
+        metrics.evaluation(request.flag_key, got.variant, got.reason, got.error_code)
     if got.error_code is not None:
         raise EvaluationError(CODES[got.error_code], got.message)
     answer = getattr(module, f"{method}Response")(reason=got.reason, metadata=_struct(got.metadata))
@@ -99,7 +103,7 @@ def _kind_of_default(flag) -> str | None:
     return {str: "string", dict: "object"}.get(type(value))
 
 
-def resolve_all(flags: FlagSet, request) -> v1.ResolveAllResponse:
+def resolve_all(flags: FlagSet, request, metrics=None) -> v1.ResolveAllResponse:
     """v1 ResolveAll: every flag read as its default variant's type; a flag that fails keeps its
     reason (ERROR) and the type's zero value, as flagd's ResolveAllValues/NewAnyValue do."""
     answer = v1.ResolveAllResponse(metadata=_struct({}))  # flag-set metadata: the selector's (none)
@@ -109,6 +113,8 @@ def resolve_all(flags: FlagSet, request) -> v1.ResolveAllResponse:
         if kind is None:
             continue
         got: Resolution = flags.resolve(key, kind, context, v1=True)
+        if metrics is not None:
+            metrics.evaluation(key, got.variant, got.reason, got.error_code)
         value = ZERO[kind] if got.value is None else got.value
         one = answer.flags[key]
         one.reason, one.variant = got.reason, got.variant or ""
@@ -120,32 +126,21 @@ def resolve_all(flags: FlagSet, request) -> v1.ResolveAllResponse:
     return answer
 
 
-def answer(flags: FlagSet, service: str, method: str, request) -> Message:
+def answer(flags: FlagSet, service: str, method: str, request, metrics=None) -> Message:
     """The unary answer of `service`/`method` to a decoded request (gRPC and Connect share it)."""
     if method == "ResolveAll":
-        return resolve_all(flags, request)
-    return resolve(flags, service, method, request)
+        return resolve_all(flags, request, metrics)
+    return resolve(flags, service, method, request, metrics)
 
 
 # ---- Connect over HTTP/1.1 -----------------------------------------------------------------------
-def _go_number(value):
-    """Go's protojson writes a whole double without `.0` (ECMAScript style)."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _go_number(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_go_number(v) for v in value]
-    return value
-
-
 def protojson(message: Message) -> dict:
     """Go's protojson.Marshal with EmitUnpopulated, as a dict in field order."""
     printed = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
     out = {}
     for fd in message.DESCRIPTOR.fields:
         if fd.json_name in printed:
-            value = _go_number(printed[fd.json_name])
+            value = gojson.numbers(printed[fd.json_name])  # a whole double without `.0`
             out[fd.json_name] = dict(sorted(value.items())) if _is_map(fd) else value  # Go sorts map keys
         elif fd.message_type is not None and fd.containing_oneof is None and not _repeated(fd):
             out[fd.json_name] = None  # an unset singular message field: null
@@ -191,7 +186,7 @@ def _decode(service: str, method: str, req: Request, binary: bool):
     return request
 
 
-def serve(flags: FlagSet, req: Request, path: str) -> Response:
+def serve(flags: FlagSet, req: Request, path: str, metrics=None) -> Response:
     """A Connect unary call on 8013 (HTTP/1.1: JSON or binary protobuf), as connect-go answers it."""
     route = _route(path)
     if route is None or route[1] == "EventStream":
@@ -203,7 +198,7 @@ def serve(flags: FlagSet, req: Request, path: str) -> Response:
     if not binary and ctype not in JSON_TYPES:
         return Response(415, b"", "text/plain", {"Accept-Post": "application/json, application/proto"})
     try:
-        message = answer(flags, *route, _decode(*route, req, binary))
+        message = answer(flags, *route, _decode(*route, req, binary), metrics)
     except EvaluationError as err:
         return connect_error(err.code, err.message)
     if binary:
