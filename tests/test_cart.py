@@ -20,20 +20,12 @@ LAB_PAGE = None  # the lab page's flags.yaml (KubeSandbox's default)
 DEMO_300 = releases.get("3.0.0").configmap_yaml()
 
 
-def set_cart_image(sandbox, version: str) -> None:
-    """`kubectl set image deploy/cart cart=ghcr.io/open-telemetry/demo:<version>-cart`."""
-    from kubernetes import client
-
-    client.AppsV1Api(sandbox.api()).patch_namespaced_deployment("cart", "default", {"spec": {"template": {
-        "spec": {"containers": [{"name": "cart", "image": releases.CART_IMAGE.format(version=version)}]}}}})
-
-
 @pytest.fixture
 def demo(kube_sandbox):
     """A cluster running demo `version`'s cart with `flags` (None: the lab page's flags.yaml)."""
     def make(version: str, flags: str | None = LAB_PAGE):
         sandbox = kube_sandbox(**({"flags_yaml": flags} if flags else {}))
-        set_cart_image(sandbox, version)
+        sandbox.set_cart_image(version)
         assert sandbox.wait_serving()
         return sandbox
     return make
@@ -241,14 +233,30 @@ def test_the_switch_shows_what_the_cart_reads_and_a_fallback_in_red(demo, lab_of
     assert "✔" in switch.status.value and "the cart reads cartFailure = 0.1" in switch.status.value
 
 
-def test_cart_evaluations_asks_grail_for_the_carts_span_events(demo, lab_of):
-    lab = lab_of(demo("3.0.0", DEMO_300))
+def test_the_carts_own_span_events_say_which_variant_it_evaluated(local_lab):
+    """On the local lab (its cart asks flagd and writes the demo hook's span events to the tenant)."""
+    from labkit.lab import Lab
+
+    lab = Lab(Settings.load(environ=dict(local_lab.env), dotenv=None))
     try:
-        frame = lab.dynatrace.cart_evaluations("now-30m")
-    except BadInput as exc:  # a local tenant without `fetch spans` (branch i17-cart adds it)
-        assert "spans" in str(exc)
-        pytest.skip(f"the local tenant has no spans yet: {exc}")
-    assert list(frame.columns) == ["variant", "value", "reason", "error", "calls", "first_seen", "last_seen"]
+        try:
+            lab.dynatrace.cart_evaluations("now-1m")
+        except BadInput as exc:  # a local tenant without `fetch spans` (branch i17-cart adds it)
+            pytest.skip(f"the local tenant has no spans yet: {exc}")
+        on = lab.on_variant()
+        lab.change_flag(on, send_event=False)
+        since = lab.timeline.last("flag applied").time
+        lab.generate_traffic(seconds=3, rate=20, until_failures=2)
+        frame = lab.dynatrace.cart_evaluations(since)
+        assert list(frame.columns) == ["variant", "value", "reason", "error", "calls", "first_seen", "last_seen"]
+        mine = frame[frame["variant"] == on]
+        assert len(mine) == 1 and mine["calls"].iloc[0] > 0 and mine["reason"].iloc[0] == "static", frame
+        spans = [line for line in repr(lab.layers()).splitlines() if line.startswith("the cart's own spans")]
+        assert spans and f"evaluated {on} (" in spans[0], spans
+    finally:
+        if lab.served().variant != "off":
+            lab.change_flag("off", send_event=False)
+        lab.close()
 
 
 # ---- the CLI --------------------------------------------------------------------------------------
