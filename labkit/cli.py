@@ -304,7 +304,14 @@ def cmd_set(args) -> int:
     if not (0 < args.timeout <= 3600):  # also refuses nan and inf; before anything is touched
         raise BadInput(f"--timeout must be more than 0 and at most 3600 seconds; got {args.timeout:g}.")
     k8s = cluster(args)
-    preview = k8s.set_default_variant(args.flag, args.variant, dry_run=True)  # validates; writes nothing
+    try:
+        preview = k8s.set_default_variant(args.flag, args.variant, dry_run=True)  # validates; writes nothing
+    except BadInput as exc:
+        if args.flag == FLAG and args.variant == "on":  # the lab page's word, not every release's variant
+            release = k8s.demo_release(FLAG, k8s.flag_file().variants(FLAG))[0]
+            raise BadInput(f"{exc} On demo {release.version} the lab page's `on` is "
+                           f"{release.lab_on_variant!r}: python -m labkit set {FLAG} {release.lab_on_variant}") from None
+        raise
     if args.dry_run:
         out(preview.diff.rstrip("\n") if preview.changed else preview.summary())
         out("dry run: nothing changed")

@@ -304,3 +304,9 @@ def test_labkit_set_exits_non_zero_when_the_cart_reads_its_fallback_and_fix_make
     proc = labkit_cli(sandbox, "fix", "--undo")
     assert proc.returncode == 0 and proc.stdout.startswith("cartFailure is back as it was before the fix")
     assert json.loads(sandbox.flags_json())["flags"]["cartFailure"]["variants"] == {"on": True, "off": False}
+
+
+def test_labkit_set_on_names_the_releases_on_where_there_is_no_on(demo):
+    proc = labkit_cli(demo("3.0.0", DEMO_300), "set", "cartFailure", "on", "--no-event")
+    assert proc.returncode == 2
+    assert "On demo 3.0.0 the lab page's `on` is '10%': python -m labkit set cartFailure 10%" in proc.stderr
