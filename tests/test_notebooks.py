@@ -117,7 +117,8 @@ def test_roll_back_recovers(executed):
     assert "off" in _find(book, "served = lab.roll_back")
     traffic = _find(book, "traffic = lab.generate_traffic")
     assert " 0 failed" in traffic, traffic
-    assert "cartFailure: on → off" in _find(book, "lab.chart()")
+    on = _find(executed["01-introduce-change"], "on = lab.on_variant()").strip().strip("'")
+    assert f"cartFailure: {on} → off" in _find(book, "lab.chart()")
 
 
 def test_notebooks_have_no_errors(executed):
