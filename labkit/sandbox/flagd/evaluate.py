@@ -32,8 +32,9 @@ INT64 = 2 ** 63
 
 @dataclass
 class Resolution:
-    """One typed evaluation as flagd's resolver returns it. `value`/`variant` None where flagd sets none
-    (DISABLED, a fallback answered as DEFAULT, an error); `error_code` is flagd's (model/error.go)."""
+    """One typed evaluation as flagd's resolver returns it. `value` None where flagd sets none (DISABLED,
+    a fallback answered as DEFAULT, an error), `variant` too except on TYPE_MISMATCH (the variant whose
+    value had the wrong type); `error_code` is flagd's (model/error.go), `message` its readable text."""
 
     value: object = None
     variant: str | None = None
@@ -55,6 +56,7 @@ class FlagSet:
         self.doc = doc if doc is not None else {"flags": {}}
         self.core = FlagdCore()
         self.core.set_flags(_modeled(self.doc))  # raises ParseError where the core refuses the file
+        self.flags = _transposed(self.doc)  # as flagd's store holds them: `$ref`s to `$evaluators` replaced
 
     @property
     def keys(self) -> list[str]:
@@ -106,14 +108,6 @@ class FlagSet:
         if value is _MISMATCH:
             return Resolution(None, variant, "ERROR", "TYPE_MISMATCH", MESSAGES["TYPE_MISMATCH"], metadata)
         return Resolution(value, variant, reason, None, None, metadata)
-
-    @property
-    def flags(self) -> dict:
-        """The flags as flagd's store holds them: `$ref`s to `$evaluators` replaced (flagd's
-        transposeEvaluators)."""
-        if not hasattr(self, "_flags"):
-            self._flags = _transposed(self.doc)
-        return self._flags
 
     def _variant(self, key: str, context, v1: bool) -> tuple[str, str, dict, str | None]:
         """flagd's evaluateVariant -> (variant, reason, metadata, error code or None)."""

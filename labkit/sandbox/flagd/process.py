@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from concurrent import futures
 
 import grpc
 
-from labkit.sandbox.flagd import evaluation, management, rpc
+from labkit.sandbox.flagd import connect, evaluation, management, rpc
 from labkit.sandbox.flagd.evaluate import FlagSet
 from labkit.sandbox.flagd.ofrep import OFREP_PORT, serve as serve_ofrep
 from labkit.sandbox.http import Request, Response, serve_connection
@@ -31,7 +32,7 @@ WORKERS = 32  # each open EventStream/SyncFlags holds one of the server's thread
 class FlagdProcess:
     """flagd's servers for one pod: start(), load(flags), address(port), serve(req, port, path), stop()."""
 
-    def __init__(self, name: str, keep_alive: float = rpc.KEEP_ALIVE):
+    def __init__(self, name: str, keep_alive: float = evaluation.KEEP_ALIVE):
         self.name, self.keep_alive = name, keep_alive
         self.flags = FlagSet()  # flagd's empty store until the sync source has been read
         self.loaded = False
@@ -43,7 +44,8 @@ class FlagdProcess:
         self._addresses: dict[int, tuple[str, int]] = {}
         self._servers: list[grpc.Server] = []
         self._evaluation_port = 0
-        self._apps = {evaluation.PORT: lambda req, path: evaluation.serve(self.flags, req, path, self.metrics),
+        self._apps = {evaluation.PORT: lambda req, path: connect.serve(self.flags, req, path, self.metrics,
+                                                                     self.keep_alive, self.stopped),
                       management.PORT: lambda req, path: management.serve(self.ready, self.metrics, req, path),
                       OFREP_PORT: lambda req, path: serve_ofrep(self.flags, req, OFREP_PORT, path)}
 
@@ -70,7 +72,7 @@ class FlagdProcess:
             return
         self.stopped.set()
         for server in self._servers:
-            server.stop(grace=None)
+            server.stop(grace=1.0)  # GOAWAY first, as Go's Shutdown does; its connections close below
         with self._lock:
             sockets = [*self._listeners.values(), *self._open]
             self._listeners.clear()
@@ -164,7 +166,7 @@ def _starts_with_preface(sock: socket.socket) -> bool:
         if not seen:
             return False
         if PREFACE.startswith(seen) and len(seen) < len(PREFACE):
-            threading.Event().wait(0.001)  # a client that sent the preface in pieces
+            time.sleep(0.001)  # a client that sent the preface in pieces
     return seen == PREFACE
 
 

@@ -3,10 +3,7 @@ flagd.evaluation.v1 and v2 on 8013, flagd.sync.v1 FlagSyncService on 8015.
 
 - Resolve*/ResolveAll answer as evaluation.py builds them; an error is the gRPC status flagd's
   errFormat gives (NotFound, InvalidArgument, DataLoss, Unknown) with its readable message.
-- EventStream (flag_evaluator_v1.go/_v2.go) sends `provider_ready` on subscribe, then `keep_alive`
-  every 20 s. `configuration_change` goes out only when the served flag set changes; a pod's file
-  never changes after its init container copied it (the chart's emptyDir), so a pod never sends one:
-  a changed ConfigMap reaches clients as a new pod (a new stream: `provider_ready`).
+- EventStream as evaluation.events says (provider_ready, then keep_alive), until the call ends.
 - SyncFlags (flag-sync/handler.go) sends the whole flag set as `{"flags":{...}}` (Go's model.Flag
   JSON: source, flag-set metadata merged in, `$ref`s resolved) with an empty sync_context and keeps
   the stream open; FetchAllFlags answers the same text; GetMetadata an empty Struct.
@@ -25,8 +22,6 @@ from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 from labkit.sandbox.flagd import evaluation, gojson
 from labkit.sandbox.flagd.logs import URI
 
-KEEP_ALIVE = 20.0  # seconds between keep_alive messages on a quiet EventStream
-
 
 def _unary(process, service: str, method: str, request, context):
     try:
@@ -35,13 +30,10 @@ def _unary(process, service: str, method: str, request, context):
         context.abort(grpc.StatusCode[err.code.upper()], err.message)
 
 
-def _event_stream(process, module, request, context):
-    """provider_ready at once, then keep_alive while the stream lasts (flagd ends it on shutdown)."""
+def _event_stream(process, service: str, request, context):
     done = threading.Event()
-    context.add_callback(done.set)
-    yield module.EventStreamResponse(type="provider_ready", data=struct_pb2.Struct())
-    while not done.wait(process.keep_alive):
-        yield module.EventStreamResponse(type="keep_alive")
+    context.add_callback(done.set)  # the client left, or the server stopped (flagd's shutdown)
+    yield from evaluation.events(service, process.keep_alive, done)
 
 
 def add_evaluation(server: grpc.Server, process) -> None:
@@ -51,7 +43,7 @@ def add_evaluation(server: grpc.Server, process) -> None:
         methods = [*evaluation.KIND_OF, *(["ResolveAll"] if service == evaluation.V1 else [])]
         for method in methods:
             setattr(servicer, method, partial(_unary, process, service, method))
-        servicer.EventStream = partial(_event_stream, process, evaluation.MODULES[service])
+        servicer.EventStream = partial(_event_stream, process, service)
         stubs.add_ServiceServicer_to_server(servicer, server)
 
 
@@ -63,14 +55,14 @@ def flag_configuration(flags) -> str:
     for key, flag in flags.flags.items():
         flag = flag if isinstance(flag, dict) else {}
         one = {"state": flag.get("state", ""), "defaultVariant": flag.get("defaultVariant") or "",
-               "variants": dict(sorted((flag.get("variants") or {}).items()))}
+               "variants": gojson.sorted_maps(flag.get("variants") or {})}
         if flag.get("targeting") is not None:
-            one["targeting"] = flag["targeting"]
+            one["targeting"] = flag["targeting"]  # json.RawMessage: the file's own key order
         one["source"] = URI
         metadata = {**shared, **(flag.get("metadata") if isinstance(flag.get("metadata"), dict) else {})}
         if metadata:
-            one["metadata"] = dict(sorted(metadata.items()))
-        out[key] = one
+            one["metadata"] = gojson.sorted_maps(metadata)
+        out[key] = one  # model.Flag: its fields in struct order
     return gojson.dumps({"flags": dict(sorted(out.items()))})
 
 

@@ -23,7 +23,6 @@ import time
 from typing import Callable
 
 from labkit.sandbox import flagd
-from labkit.sandbox.flagd.process import FlagdProcess
 from labkit.sandbox.http import Request, Response
 from labkit.sandbox.kube import events, workloads
 from labkit.sandbox.kube.discovery import NODE
@@ -57,7 +56,7 @@ class LocalCluster(Rollouts, Endpoints, Store):
         self._seq = itertools.count()
         self._born: dict[str, int] = {}  # pod uid -> creation order (scale-down removes the newest)
         self._pod_flags: dict[str, flagd.FlagSet] = {}  # pod uid -> flags it loaded when it started
-        self._flagd: dict[str, FlagdProcess] = {}  # pod uid -> its running flagd's servers
+        self._flagd: dict[str, flagd.FlagdProcess] = {}  # pod uid -> its running flagd's servers
         self._leaving: set[str] = set()  # uids of Terminating pods the kubelet is stopping
         self._services: dict[tuple[str, int], App] = {}
         self._thread: threading.Thread | None = None
@@ -158,7 +157,7 @@ class LocalCluster(Rollouts, Endpoints, Store):
             uid = self._serving_uid()
             return None if uid is None else self._pod_flags[uid]
 
-    def flagd_process(self) -> FlagdProcess | None:
+    def flagd_process(self) -> flagd.FlagdProcess | None:
         """The running flagd the Service sends to; None if it has no endpoints."""
         with self._cond:
             uid = self._serving_uid()
@@ -170,7 +169,7 @@ class LocalCluster(Rollouts, Endpoints, Store):
         process = self.flagd_process()
         return None if process is None else process.address(8013)
 
-    def pod_process(self, name: str) -> FlagdProcess | None:
+    def pod_process(self, name: str) -> flagd.FlagdProcess | None:
         """The running flagd of a Ready flagd pod; None for any other pod or state."""
         with self._cond:
             pod = self._objects["pods"].get(name)
@@ -303,7 +302,7 @@ class LocalCluster(Rollouts, Endpoints, Store):
         self.logs.write(uid, name, flagd.start_lines(keys, error, at, image=c["image"]), at)
         if flags is not None:
             self._pod_flags[uid] = flags
-            self._flagd[uid] = FlagdProcess(pod["metadata"]["name"]).start()
+            self._flagd[uid] = flagd.FlagdProcess(pod["metadata"]["name"]).start()
             self._flagd[uid].load(flags)  # the file sync's first read: /readyz turns 200
             return container_status(name, c["image"], running_since=now)
         self.logs.end(uid, name, restart=True)  # its run ended: `logs --previous` has it
