@@ -318,13 +318,13 @@ def cmd_set(args) -> int:
         return 0
     run = _Run(settings(args))
     if not _apply(args, k8s, preview, run):
-        return _say_cart(k8s, args.flag)
+        return _say_cart(k8s, args.flag, quiet_error=True)
     if args.no_restart:
         out(f"flagd keeps serving the old value until it restarts: python -m labkit set {args.flag} "
             f"{args.variant} (without --no-restart), or kubectl scale deploy flagd --replicas=0 and back.")
         return 0
     _restart_and_prove(args, k8s, run)
-    code = _say_cart(k8s, args.flag)  # what every pod serves is not yet what the cart reads
+    code = _say_cart(k8s, args.flag, quiet_error=True)  # what every pod serves is not yet what the cart reads
     _say_cart_spans(args, args.flag, started)
     return code
 
@@ -382,7 +382,7 @@ def cmd_fix(args) -> int:
     err("restarting flagd (rollout):")
     result = k8s.restart_flagd(timeout=120, progress=printer(), how="rollout")
     out(f"{result!r}")
-    return _say_cart(k8s, args.flag)
+    return _say_cart(k8s, args.flag, quiet_error=True)
 
 
 # ---- Dynatrace and the shop (part 2) ----------------------------------------------------------------
