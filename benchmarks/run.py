@@ -90,6 +90,40 @@ def restart_rows(lab, settings, repeat: int) -> list[tuple]:
     return rows
 
 
+def cart_rows(lab, settings, repeat: int) -> list[tuple]:
+    """Apply -> every Ready pod serves it (OFREP), and -> the cart reads it (its typed call on 8013)."""
+    from labkit.lab import Lab
+
+    workshop = Lab(settings)
+    cluster, on = workshop.cluster, workshop.on_variant()
+    pods, cart = [], []
+    try:
+        for _ in range(repeat):
+            settle(lab)
+            variant = on if cluster.flag_file().flag("cartFailure").default_variant == "off" else "off"
+            start = time.perf_counter()
+            cluster.set_default_variant("cartFailure", variant)
+            cluster.restart_flagd(timeout=60, how="rollout")
+            cluster.wait_served("cartFailure", variant, timeout=30)
+            pods.append(time.perf_counter() - start)
+            while cluster.cart_reads().variant != variant:  # asked as the cart asks, until it reads it
+                if time.perf_counter() - start > 60:
+                    raise RuntimeError(f"the cart never read {variant}")
+            cart.append(time.perf_counter() - start)
+        settle(lab)
+        if cluster.flag_file().flag("cartFailure").default_variant != "off":
+            workshop.change_flag("off", send_event=False)
+    finally:
+        workshop.dynatrace.close()
+    served, read = statistics.median(pods), statistics.median(cart)
+    after = statistics.median(c - p for c, p in zip(cart, pods))
+    return [("Apply -> every pod serves (rollout)", f"{served:.2f} s", f"median of {repeat}, OFREP per pod",
+             "reported", True),
+            ("Apply -> the cart reads the new value", f"{read:.2f} s",
+             f"median of {repeat}; {after * 1000:.0f} ms after every pod serves (ResolveFloat/Boolean on 8013)",
+             "<= every pod + 0.3 s", after <= 0.3)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
@@ -147,6 +181,7 @@ def main() -> None:
                      "< 0.5 s", q < 0.5))
 
         rows += restart_rows(lab, settings, args.repeat)
+        rows += cart_rows(lab, settings, args.repeat)
 
         result = Shop(settings).run(seconds=5, rate=0)
         ops = result.operations / 5

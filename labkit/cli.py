@@ -17,6 +17,7 @@ from typing import Callable
 
 from labkit.errors import BadInput, LabError
 from labkit.progress import printer
+from labkit.settings import FLAG
 
 
 
@@ -217,7 +218,40 @@ def cmd_flags(args) -> int:
             "pod starts. Restart it: python -m labkit set FLAG VARIANT (restarts flagd).")
     if why:
         err(f"note: served values unknown: {why}")
+    if any(f.key == FLAG for f in flags):
+        _say_cart(k8s, FLAG, quiet_error=True)
     return 0
+
+
+def _say_cart(k8s, flag: str, quiet_error: bool = False) -> int:
+    """Say what the demo's cart reads of `flag` (asked as it asks): 1 when it reads its fallback."""
+    from labkit.releases import FLAG
+
+    if flag != FLAG:
+        return 0  # the cart reads only cartFailure
+    try:
+        read = k8s.cart_reads(flag)
+    except LabError as exc:
+        if not quiet_error:
+            raise
+        err(f"note: what the cart reads is unknown: {exc}")
+        return 0
+    out(f"the cart (demo {read.release.version}, {read.release.cart_method} on flagd:8013): {read.summary}")
+    return 1 if read.falls_back else 0
+
+
+def _say_cart_spans(args, flag: str, since) -> None:
+    """With a platform token: which variant the cart itself evaluated since `since` (its span events)."""
+    from labkit.cart import spans_text
+    from labkit.releases import FLAG
+
+    if flag != FLAG or not settings(args).platform_token:
+        return
+    try:
+        with dynatrace(args) as dt:
+            out(f"the cart's own spans since the change: {spans_text(dt.cart_evaluations(since, flag))}")
+    except LabError as exc:
+        err(f"note: the cart's span events not read: {exc}")
 
 
 # ---- set ------------------------------------------------------------------------------------------
@@ -282,23 +316,35 @@ def _send_change_event(args, change, run: _Run) -> None:
 @command("set", "set a flag's default variant, restart flagd and check every pod serves the new value",
          _set_args)
 def cmd_set(args) -> int:
+    from datetime import datetime, timezone
+
+    started = datetime.now(timezone.utc)
     if not (0 < args.timeout <= 3600):  # also refuses nan and inf; before anything is touched
         raise BadInput(f"--timeout must be more than 0 and at most 3600 seconds; got {args.timeout:g}.")
     k8s = cluster(args)
-    preview = k8s.set_default_variant(args.flag, args.variant, dry_run=True)  # validates; writes nothing
+    try:
+        preview = k8s.set_default_variant(args.flag, args.variant, dry_run=True)  # validates; writes nothing
+    except BadInput as exc:
+        if args.flag == FLAG and args.variant == "on":  # the lab page's word, not every release's variant
+            release = k8s.demo_release(FLAG, k8s.flag_file().variants(FLAG))[0]
+            raise BadInput(f"{exc} On demo {release.version} the lab page's `on` is "
+                           f"{release.lab_on_variant!r}: python -m labkit set {FLAG} {release.lab_on_variant}") from None
+        raise
     if args.dry_run:
         out(preview.diff.rstrip("\n") if preview.changed else preview.summary())
         out("dry run: nothing changed")
         return 0
     run = _Run(settings(args))
     if not _apply(args, k8s, preview, run):
-        return 0
+        return _say_cart(k8s, args.flag, quiet_error=True)
     if args.no_restart:
         out(f"flagd keeps serving the old value until it restarts: python -m labkit set {args.flag} "
             f"{args.variant} (without --no-restart), or kubectl scale deploy flagd --replicas=0 and back.")
         return 0
     _restart_and_prove(args, k8s, run)
-    return 0
+    code = _say_cart(k8s, args.flag, quiet_error=True)  # what every pod serves is not yet what the cart reads
+    _say_cart_spans(args, args.flag, started)
+    return code
 
 
 def _apply(args, k8s, preview, run: _Run) -> bool:
@@ -331,6 +377,30 @@ def _restart_and_prove(args, k8s, run: _Run) -> None:
     every = "its pod serves" if result.replicas == 1 else f"all {result.replicas} pods serve"
     out(f"flagd restarted ({result.how}, {result.replicas} pod(s), {result.seconds:.1f}s) and {every} "
         f"{args.flag} = {served}")
+
+
+# ---- fix --------------------------------------------------------------------------------------------
+def _fix_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("flag", nargs="?", default="cartFailure", help="the flag the cart reads (default cartFailure)")
+    p.add_argument("--undo", action="store_true", help="put the flag back as it was before the fix")
+    p.add_argument("--release", default=None,
+                   help="the demo release whose variants to give it (default: the cart's, from its image)")
+    p.add_argument("--restart", action="store_true",
+                   help="restart flagd after (a rollout) and say what the cart reads then")
+
+
+@command("fix", "give cartFailure the demo release's own variants so its cart can read it (--undo reverses)",
+         _fix_args)
+def cmd_fix(args) -> int:
+    k8s = cluster(args)
+    done = k8s.undo_flag_fix(args.flag) if args.undo else k8s.fix_flag_types(args.flag, args.release)
+    out(done.summary)
+    if not (args.restart and done.changed):
+        return 0
+    err("restarting flagd (rollout):")
+    result = k8s.restart_flagd(timeout=120, progress=printer(), how="rollout")
+    out(f"{result!r}")
+    return _say_cart(k8s, args.flag, quiet_error=True)
 
 
 # ---- Dynatrace and the shop (part 2) ----------------------------------------------------------------

@@ -5,18 +5,23 @@ watches bounded by a timeout; flagd is never left scaled to 0 by an error or an 
 """
 from __future__ import annotations
 
+import json
 import time
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from typing import Callable
 from urllib.parse import quote
 
+from labkit import cart, releases
 from labkit import settings as names
+from labkit.cart import CartRead
 from labkit._kube import LOCAL_LAB_HINT, Conflict, Kube, Reply, connect
 from labkit.errors import BadInput, Forbidden, LabError, LabTimeout, NotFound, Unreachable, nearest
 from labkit.flags import FlagChange, FlagFile, format_value
 from labkit.progress import Progress, quiet
+from labkit.releases import Release
 from labkit.settings import Settings
 
 __all__ = ["DEFAULT_RESTART", "LOCAL_LAB_HINT", "RESTARTS", "Cluster", "Progress", "RestartResult", "Served"]
@@ -61,17 +66,21 @@ class Served:
     reason: str | None
     metadata: dict = field(default_factory=dict, compare=False)
     context: dict = field(default_factory=dict, compare=False)  # the evaluation context it was asked in
+    cart: object = field(default=None, compare=False)  # what the cart reads (a CartRead, or why unknown)
 
     def __str__(self) -> str:
         return f"{self.variant} ({format_value(self.value)})"
 
     def __repr__(self) -> str:
-        return f"flagd serves {self.key} = {self}, reason {self.reason or '-'}"
+        said = f"flagd serves {self.key} = {self}, reason {self.reason or '-'}"
+        return said + (f"\n{self.cart}" if self.cart is not None else "")
 
     def _repr_html_(self) -> str:
         from labkit import cards
 
-        return cards.served(self, format_value(self.value))
+        read = self.cart._repr_html_() if hasattr(self.cart, "_repr_html_") else (
+            cards.card("cart-read", str(self.cart), ok=False) if self.cart is not None else "")
+        return cards.served(self, format_value(self.value)) + read
 
     @property
     def by_targeting(self) -> bool:
@@ -132,21 +141,31 @@ class Cluster:
         A 409 (someone else wrote in between) re-reads and re-applies this one change on the fresh
         data, so their edit survives. Malformed live JSON is refused before anything is written.
         """
-        self.conflicts = 0
-        for _ in range(_CONFLICT_ATTEMPTS):
-            cm = self._read_configmap()
+        def edit(cm: dict):
             change = self._flag_file(cm).set_default_variant(flag, variant)
             if dry_run or not change.changed:
-                return change
+                return change, None
             cm["data"] = dict(cm["data"], **{names.CONFIG_KEY: change.after.to_json()})
-            try:  # PUT with the metadata.resourceVersion we read: optimistic concurrency
+            return change, cm
+
+        return self._update_configmap(edit, f"{flag} was not changed")
+
+    def _update_configmap(self, edit: Callable[[dict], tuple], unchanged: str):
+        """edit(configmap) -> (result, the ConfigMap to write or None), written with the resourceVersion
+        read (optimistic concurrency); a 409 re-reads and re-applies the edit on the fresh data."""
+        self.conflicts = 0
+        for _ in range(_CONFLICT_ATTEMPTS):
+            result, cm = edit(self._read_configmap())
+            if cm is None:
+                return result
+            try:
                 self.kube.call("PUT", self.kube.path("configmaps", names.CONFIGMAP), "update", "configmaps",
                                names.CONFIGMAP, body=cm)
-                return change
+                return result
             except Conflict:
                 self.conflicts += 1
         raise LabError(f"ConfigMap {names.CONFIGMAP} kept changing under us ({_CONFLICT_ATTEMPTS} "
-                       f"conflicting writes); {flag} was not changed. Try again in a moment.")
+                       f"conflicting writes); {unchanged}. Try again in a moment.")
 
     # ---- flagd pods and restarts --------------------------------------------------------------
     def _list_pods(self) -> dict:
@@ -479,7 +498,113 @@ class Cluster:
                 f"wins. flagd will serve {now!r}; check with: python -m labkit flags {flag}")
 
 
+    # ---- what the cart reads --------------------------------------------------------------------
+    def demo_release(self, flag: str = names.FLAG, variants: dict | None = None) -> tuple[Release, str]:
+        """(the demo release the lab runs, how that is known): from the cart Deployment's image, else
+        from `flag`'s variant types (numbers: a cart that reads a float; booleans: one that reads a
+        boolean), else labkit's default release."""
+        image = self._cart_image()
+        found = releases.from_image(image)
+        if found is not None:
+            return found, f"the cart's image {image}"
+        kind = releases.kind_of_variants(variants or {})
+        by_kind = next((r for r in releases.RELEASES.values() if r.cart_kind == kind), None)
+        unknown = f"no cart image labkit knows ({image})" if image else "no cart Deployment found"
+        if by_kind is not None:
+            return by_kind, f"{flag}'s {kind} variants; {unknown}"
+        return releases.get(), f"labkit's default; {unknown}"
+
+    def _cart_image(self) -> str | None:
+        """The image of the demo's cart container (Deployment labelled opentelemetry.io/name=cart)."""
+        try:
+            found, _ = self.kube.list_objects("deployments", names.CART_SELECTOR)
+        except (Forbidden, NotFound, BadInput):
+            return None
+        for deployment in found.values():
+            containers = ((deployment.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []
+            for c in sorted(containers, key=lambda c: c.get("name") != names.SERVICE):  # `cart` first
+                return c.get("image")
+        return None
+
+    def cart_reads(self, flag: str = names.FLAG) -> CartRead:
+        """Ask flagd AS THE DEMO'S CART ASKS: its release's typed call (3.0.0: ResolveFloat) on flagd:8013
+        with no context, Connect JSON through the API server's service proxy; say what the cart reads
+        (its code default on any error: TYPE_MISMATCH, FLAG_NOT_FOUND, no flagd pod Ready)."""
+        try:
+            variants = self.flag_file().variants(flag)
+        except (BadInput, NotFound):
+            variants = {}  # no such flag, or no flag file: flagd's answer says what that means
+        release, known_from = self.demo_release(flag, variants)
+        target = f"{names.FLAGD_SERVICE}:{names.FLAGD_RPC_PORT}"
+        reply = self.kube.send("POST", self.kube.path("services") + f"/{target}/proxy/{release.cart_method}",
+                               body={"flagKey": flag, "context": {}}, timeout=_OFREP_TIMEOUT)
+        data = reply.data if isinstance(reply.data, dict) else None
+        if data is not None and data.get("kind") == "Status":  # the API server's own answer
+            if reply.status == 503:
+                return cart.not_ready(flag, release, known_from, variants)
+            raise self.kube.error(reply.status, reply.text, "create", "services/proxy", target)
+        if reply.status == 200 or (data is not None and isinstance(data.get("code"), str)):
+            return cart.read(flag, release, known_from, reply.status, data, variants)
+        raise LabError(f"flagd did not answer the cart's call {release.cart_method} on port {names.FLAGD_RPC_PORT} "
+                       f"({reply.status}: {(reply.text or '').strip()[:120]}), so what the cart reads is unknown. "
+                       f"Is this flagd v0.16 with its evaluation port? Check: kubectl -n {self.namespace} get svc "
+                       f"{names.FLAGD_SERVICE}")
+
+    def fix_flag_types(self, flag: str = names.FLAG, release: Release | str | None = None,
+                       dry_run: bool = False) -> cart.FlagFix:
+        """Give `flag` the demo release's own variants (Release.flag()), so its cart can read it: every
+        other flag and field kept, the default mapped (a true/positive default -> the release's
+        `lab_on_variant`, else `off`). The flag as it was is kept in a ConfigMap annotation for
+        undo(). flagd loads it only when its pod starts: restart flagd after."""
+        if isinstance(release, str):
+            release = releases.get(release)
+        if release is None:
+            try:
+                release = self.demo_release(flag, self.flag_file().variants(flag))[0]
+            except (BadInput, NotFound):
+                release = self.demo_release(flag)[0]
+
+        def edit(cm: dict):
+            live = self._flag_file(cm)
+            before = live.data["flags"].get(flag)
+            body = cart.fixed_flag(release, before)
+            after = live.with_flag(flag, body)
+            result = cart.FlagFix(flag, release, before, body, after.text != live.text,
+                                  undo=partial(self.undo_flag_fix, flag))
+            if dry_run or not result.changed:
+                return result, None
+            kept = json.dumps({"before": before, "fixed": body}, separators=(",", ":"))
+            meta = cm.setdefault("metadata", {})
+            meta["annotations"] = dict(meta.get("annotations") or {}, **{_before_fix(flag): kept})
+            cm["data"] = dict(cm["data"], **{names.CONFIG_KEY: after.to_json()})
+            return result, cm
+
+        return self._update_configmap(edit, f"{flag} was not fixed")
+
+    def undo_flag_fix(self, flag: str = names.FLAG) -> cart.FlagFix:
+        """Put `flag` back as it was before fix_flag_types() (kept in the ConfigMap's annotation)."""
+        def edit(cm: dict):
+            annotations = (cm.get("metadata") or {}).get("annotations") or {}
+            if _before_fix(flag) not in annotations:
+                raise BadInput(f"There is no fix of {flag} to undo: ConfigMap {names.CONFIGMAP} has no "
+                               f"annotation {_before_fix(flag)} (labkit writes it when it fixes the flag).")
+            live = self._flag_file(cm)
+            now = live.data["flags"].get(flag)
+            restored = cart.restored_flag(flag, json.loads(annotations[_before_fix(flag)]), now)
+            after = live.with_flag(flag, restored) if restored is not None else live.without_flag(flag)
+            cm["metadata"]["annotations"] = {k: v for k, v in annotations.items() if k != _before_fix(flag)}
+            cm["data"] = dict(cm["data"], **{names.CONFIG_KEY: after.to_json()})
+            return cart.FlagFix(flag, None, now, restored, True, undo=partial(self.fix_flag_types, flag)), cm
+
+        return self._update_configmap(edit, f"{flag} was not put back")
+
+
 # ---- helpers ----------------------------------------------------------------------------------------
+def _before_fix(flag: str) -> str:
+    """The ConfigMap annotation that keeps `flag` as it was before labkit's fix (for the undo)."""
+    return f"labkit/before-fix-{flag}"[:len("labkit/") + 63]  # a name part has at most 63 characters
+
+
 def _rollout_gap(deployment: dict, replicas: int) -> str:
     """Why this Deployment's rolling update may take every flagd pod down at once ('' if it cannot)."""
     strategy = (deployment.get("spec") or {}).get("strategy") or {}

@@ -198,6 +198,35 @@ class FlagFile:
                           old_value=current.default_value, new_value=current.variants[variant],
                           before=self, after=after)
 
+    def with_flag(self, flag: str, body: dict) -> "FlagFile":
+        """A new file where `flag` is `body`: only its members that differ are rewritten (a missing flag
+        is added whole), so every other flag and field stays byte-identical; checked by re-parsing."""
+        current = self.data["flags"].get(flag)
+        text = self.text
+        if not isinstance(current, dict):
+            text = _set_member(text, ["flags"], flag, body)
+        else:
+            for key, value in body.items():
+                if key not in current or current[key] != value or type(current[key]) is not type(value):
+                    text = _set_member(text, ["flags", flag], key, value)
+        expected = copy.deepcopy(self.data)
+        expected["flags"][flag] = dict(current or {}, **body) if isinstance(current, dict) else body
+        return self._checked(text, expected, flag)
+
+    def without_flag(self, flag: str) -> "FlagFile":
+        """A new file without `flag` (the rest byte-identical)."""
+        if flag not in self.data["flags"]:
+            return self
+        expected = copy.deepcopy(self.data)
+        del expected["flags"][flag]
+        return self._checked(_drop_member(self.text, ["flags"], flag), expected, flag)
+
+    def _checked(self, text: str, expected: dict, flag: str) -> "FlagFile":
+        new_data = json.loads(text)
+        if _canonical(new_data) != _canonical(expected):  # never ship an edit that did more
+            raise LabError(f"Internal check failed while editing {flag!r}; nothing was written.")
+        return FlagFile(text=text, data=new_data, name=self.name, key=self.key, metadata=self.metadata)
+
     # ---- writing -------------------------------------------------------------------------------
     def to_json(self) -> str:
         return self.text
@@ -315,6 +344,55 @@ def _edit_default_variant(text: str, flag: str, variant: str) -> str:
     indent = text[k:last[1]]
     sep = ",\n" + indent if text[k - 1:k] == "\n" else ", "
     return text[:last[3]] + f'{sep}"defaultVariant": {token}' + text[last[3]:]
+
+
+def _object_at(text: str, path: list[str]) -> int:
+    """The offset of the JSON object reached from the top through the member keys in `path`."""
+    i = _skip(text, 0)
+    for key in path:
+        i = _last(_members(text, i)[0], key)[2]
+    return i
+
+
+def _indent_of(text: str, start: int) -> str | None:
+    """The whitespace before `start` on its line, None when something else comes first."""
+    k = start
+    while k > 0 and text[k - 1] in " \t":
+        k -= 1
+    return text[k:start] if k == 0 or text[k - 1] == "\n" else None
+
+
+def _dump(value, indent: str | None) -> str:
+    """`value` as JSON laid out like its neighbours: nested lines below the key's indent (or one line)."""
+    if indent is None or not isinstance(value, (dict, list)) or not value:
+        return json.dumps(value, ensure_ascii=False)
+    return json.dumps(value, ensure_ascii=False, indent=2).replace("\n", "\n" + indent)
+
+
+def _set_member(text: str, path: list[str], key: str, value) -> str:
+    """`text` with member `key` of the object at `path` set to `value`: its value replaced in place,
+    or a new member after the last one, indented like it."""
+    fields, end = _members(text, _object_at(text, path))
+    current = _last(fields, key)
+    if current:
+        return text[:current[2]] + _dump(value, _indent_of(text, current[1])) + text[current[3]:]
+    if not fields:  # an empty object: the member goes inside the braces
+        return text[:end - 1] + f"{json.dumps(key)}: {_dump(value, None)}" + text[end - 1:]
+    last = fields[-1]
+    indent = _indent_of(text, last[1])
+    sep = ",\n" + indent if indent is not None else ", "
+    return text[:last[3]] + f"{sep}{json.dumps(key, ensure_ascii=False)}: {_dump(value, indent)}" + text[last[3]:]
+
+
+def _drop_member(text: str, path: list[str], key: str) -> str:
+    """`text` without member `key` of the object at `path` (and the comma that joined it)."""
+    fields, _ = _members(text, _object_at(text, path))
+    i = [f[0] for f in fields].index(key)
+    if len(fields) == 1:
+        return text[:fields[0][1]] + text[fields[0][3]:]
+    if i + 1 < len(fields):
+        return text[:fields[i][1]] + text[fields[i + 1][1]:]
+    return text[:fields[i - 1][3]] + text[fields[i][3]:]
 
 
 def _block_offset(yaml_text: str, key: str) -> tuple[int, int] | None:

@@ -5,16 +5,18 @@ lab, or a new one).
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
 
-from labkit import cards
+from labkit import cards, releases
 from labkit import settings as names
 from labkit.cluster import DEFAULT_RESTART, RESTARTS
 from labkit.errors import BadInput, LabError, Unreachable
+from labkit.flags import format_value
 from labkit.progress import Progress, quiet
 from labkit.settings import Settings
 from labkit.timeline import (ERROR_LOGS, EVENT_SENT, FIRST_FAILURE, FLAG_APPLIED, FLAGD_RESTARTED,
@@ -149,7 +151,34 @@ class Lab:
         except LabError as exc:
             result.append(Check("Dynatrace", False, str(exc)))
         result.extend(self._check_flagd(flag))
+        result.extend(self._check_cart(flag))
         return result
+
+    def _check_cart(self, flag: str) -> list[Check]:
+        """The demo release, whether its cart can read `flag`'s variant types, and what it reads now."""
+        from labkit import cart
+
+        if flag != releases.FLAG:
+            return []  # the cart reads only this flag
+        try:
+            variants = self.cluster.flag_file().variants(flag)
+            release, known = self.cluster.demo_release(flag, variants)
+        except LabError:
+            return []  # the flag file's checks above say what is wrong
+        checks = [Check("demo release", True, f"{release.version} ({known}): its cart reads {flag} with "
+                                              f"{release.cart_call}, {release.cart_method} on flagd:8013")]
+        why = cart.mismatch(flag, release, variants)
+        default = format_value(release.cart_default)
+        checks.append(Check(f"{flag} types", not why, (
+            f"{why}: flagd answers the cart with TYPE_MISMATCH, the cart reads {default} and never fails. "
+            f"Fix: {cart.fix_hint(flag, release)}.") if why else (
+            f"every variant is a {release.cart_kind} the cart reads; the lab page's `on` is "
+            f"{release.lab_on_variant!r}")))
+        try:
+            read = self.cluster.cart_reads(flag)
+        except LabError as exc:
+            return checks + [Check("the cart", False, str(exc))]
+        return checks + [Check("the cart", not read.falls_back, read.summary)]
 
     def _check_flagd(self, flag: str) -> list[Check]:
         """The flag file and what flagd serves, naming a file flagd cannot load (it then serves nothing)."""
@@ -194,19 +223,73 @@ class Lab:
     def variants(self, flag: str = names.FLAG) -> list[str]:
         return list(self.cluster.flag_file().variants(flag))
 
-    def on_variant(self, flag: str = names.FLAG) -> str:
-        """The lab page's `on` in this flag's own variants: `10%` where they are rates (demo 3.x's
-        file), `on` where they are on/off (2.x's and the lab page's flags.yaml)."""
-        from labkit import releases
-
-        variants = self.cluster.flag_file().variants(flag)
-        return next((r.lab_on_variant for r in releases.RELEASES.values()
-                     if r.lab_on_variant in variants and r.reads_kind(variants[r.lab_on_variant])), "on")
-
     def served(self, flag: str = names.FLAG, context: dict | None = None):
         """What flagd serves for `flag` in `context` (e.g. {"targetingKey": "session-1"}); `.how` says
-        whether targeting chose it (then another context may get another variant)."""
-        return self.cluster.served_value(flag, context)
+        whether targeting chose it (then another context may get another variant). For cartFailure,
+        `.cart` says what the demo's cart reads (asked as it asks: typed, on port 8013)."""
+        return self._with_cart(self.cluster.served_value(flag, context), flag)
+
+    def _with_cart(self, served, flag: str):
+        """`served` with what the cart reads of `flag` (only cartFailure: the flag the cart reads)."""
+        if flag != releases.FLAG or served is None:
+            return served
+        try:
+            read = self.cluster.cart_reads(flag)
+        except LabError as exc:
+            read = f"the cart: {exc}"
+        return dataclasses.replace(served, cart=read)
+
+    def cart_reads(self, flag: str = names.FLAG):
+        """What the demo's cart reads of `flag` now, asked as it asks (its release's typed call on 8013)."""
+        return self.cluster.cart_reads(flag)
+
+    def demo_release(self):
+        """The demo release this lab runs (from the cart's image; else from cartFailure's variant types)."""
+        return self.cluster.demo_release(names.FLAG, self._variants_or_none(names.FLAG))[0]
+
+    def on_variant(self, flag: str = names.FLAG) -> str:
+        """The variant that is the lab page's `on` on this release (3.0.0: '10%', 1 in 10 carts fail)."""
+        variants = self._variants_or_none(flag)
+        release = self.cluster.demo_release(flag, variants)[0]
+        return release.lab_on_variant if release.lab_on_variant in variants or "on" not in variants else "on"
+
+    def _variants_or_none(self, flag: str) -> dict:
+        try:
+            return self.cluster.flag_file().variants(flag)
+        except BadInput:
+            return {}
+
+    def fix_flag_types(self, flag: str = names.FLAG, release=None):
+        """Give `flag` the demo release's own variants (every other flag and field kept, `on` -> the
+        release's lab_on_variant); `.undo()` puts it back. Restart flagd after (lab.restart_flagd())."""
+        return self.cluster.fix_flag_types(flag, release)
+
+    def layers(self, flag: str = names.FLAG, since=None):
+        """The change through its three layers: the ConfigMap, every Ready flagd pod (OFREP), the cart
+        (asked as it asks); with a platform token also the variant the cart itself evaluated, from its
+        span events since the last change."""
+        from labkit import cart
+
+        live = self.cluster.flag_file().flag(flag)
+        pods = self.cluster.served_by_ready_pods(flag)
+        try:
+            read = self.cluster.cart_reads(flag) if flag == releases.FLAG else None
+        except LabError as exc:
+            read = f"unknown: {exc}"
+        spans = None
+        if flag == releases.FLAG:
+            since = since or self._since_change(timedelta(minutes=30))
+            spans = self._cart_spans(flag, since)
+        return cart.Layers(flag, live.default_variant, live.default_value, pods, read, spans)
+
+    def _cart_spans(self, flag: str, since):
+        """The cart's own evaluations (a DataFrame), or why they are not read."""
+        if not self.settings.platform_token:
+            return "not read: span events need a platform token (DT_PLATFORM_TOKEN)"
+        try:
+            return self.dynatrace.cart_evaluations(since, flag)
+        except LabError as exc:
+            return f"not read: {exc}"
 
     def inform_dynatrace(self, variant: str, flag: str = names.FLAG, service: str = names.SERVICE,
                          old: str | None = None):
@@ -257,7 +340,7 @@ class Lab:
             served = self.cluster.serving_everywhere(flag, variant)
             if served is not None:
                 report(f"{flag} is already {variant} and flagd serves it", 1.0)  # no event, no restart
-                return served
+                return self._with_cart(served, flag)
         if send_event and self._event_pending(flag, old, variant):
             report(f"Dynatrace already knows: {flag} {old} → {variant} (event sent before)", 0.05)
         elif send_event:
@@ -268,8 +351,8 @@ class Lab:
         self.restart_flagd(progress=lambda m, f=None: report(m, None if f is None else 0.2 + 0.7 * f),
                            how=restart)
         report("Asking flagd what it serves", 0.92)
-        served = self.prove_served(variant, flag)
-        report(f"flagd serves {flag} = {served.variant}", 1.0)
+        served = self._with_cart(self.prove_served(variant, flag), flag)
+        report(f"flagd serves {flag} = {served.variant}" + (f"; {served.cart}" if served.cart else ""), 1.0)
         for listener in self._listeners:
             listener(flag, served)
         return served

@@ -18,6 +18,8 @@ FLAGD_DEPLOYMENT = "flagd"
 FLAGD_SELECTOR = "opentelemetry.io/name=flagd"
 FLAGD_SERVICE = "flagd"
 OFREP_PORT = 8016
+FLAGD_RPC_PORT = 8013  # flagd's evaluation API (gRPC and Connect JSON): how the demo's cart asks
+CART_SELECTOR = "opentelemetry.io/name=cart"
 DEFAULT_FRONTEND_URL = "http://localhost:8080"  # the lab's port-forward
 SERVICE = "cart"
 FLAG = "cartFailure"

@@ -154,6 +154,8 @@ class FlagSwitch(_Displayable):
         self.toggle.add_class("labkit-variants")
         self.served_label = w.HTML("flagd serves: …")
         self.served_label.add_class("labkit-served")
+        self.cart_label = w.HTML("")  # what the demo's cart reads, asked as it asks (typed, port 8013)
+        self.cart_label.add_class("labkit-cart")
         self.apply_button = w.Button(description="Apply", button_style="primary", icon="check",
                                      tooltip=f"send the change event, change {flag}, restart flagd, "
                                              "check what flagd serves")
@@ -168,7 +170,7 @@ class FlagSwitch(_Displayable):
         self.progress = ProgressView()
         self.status = w.HTML("")
         self.status.add_class("labkit-status")
-        self.widget = w.VBox([self.title, self.toggle, self.served_label,
+        self.widget = w.VBox([self.title, self.toggle, self.served_label, self.cart_label,
                               w.HBox([self.apply_button, self.restart]), self.progress.widget, self.status])
         self.widget.add_class("labkit-flag-switch")
 
@@ -217,7 +219,19 @@ class FlagSwitch(_Displayable):
         if getattr(served, "by_targeting", False):  # the default is not what everyone gets
             self.served_label.value += (" <small>(to a request with no context; this flag has targeting: "
                                         "other contexts may get another variant)</small>")
+        self._show_cart(getattr(served, "cart", None))
         return served
+
+    def _show_cart(self, read) -> None:
+        """The cart's read under flagd's answer: red when the cart falls back to its default."""
+        unknown_or_fallback = read.falls_back if hasattr(read, "falls_back") else True  # a str: unknown
+        color = f' style="color:{_RED}"' if unknown_or_fallback else ""
+        self.cart_label.value = "" if read is None else f"<span{color}>{html.escape(str(read))}</span>"
+
+    @property
+    def cart_text(self) -> str:
+        """What the cart reads, as shown (e.g. 'the cart reads cartFailure = 0.1 (10%), so ...')."""
+        return html.unescape(re.sub(r"<[^>]+>", "", self.cart_label.value))
 
     @property
     def served_text(self) -> str:
@@ -273,8 +287,15 @@ class FlagSwitch(_Displayable):
             self.result = served
             got = getattr(served, "variant", variant)
             self.progress.done(f"flagd serves {self.flag} = {got}")
+            read = getattr(served, "cart", None)
+            if getattr(read, "falls_back", False):  # every pod serves it, yet the cart cannot read it
+                self.status.value = (f'<span style="color:{_RED}">✘ {html.escape(self.flag)} is now '
+                                     f"<b>{html.escape(str(got))}</b> and flagd serves it, but "
+                                     f"{html.escape(str(read))}</span>")
+                return served
             self.status.value = (f'<span style="color:{_GREEN}">✔ {html.escape(self.flag)} is now '
-                                 f"<b>{html.escape(str(got))}</b>, and flagd serves it</span>")
+                                 f"<b>{html.escape(str(got))}</b>, and flagd serves it"
+                                 + (f"; {html.escape(str(read))}" if read is not None else "") + "</span>")
             return served
         except Exception as exc:
             self.progress.fail("the change did not complete")

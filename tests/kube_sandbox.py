@@ -107,6 +107,15 @@ class KubeSandbox:
             time.sleep(0.05)
         raise AssertionError(f"flagd not at {n} ready pods")
 
+    def set_cart_image(self, version: str) -> None:
+        """The cart of demo `version`: `kubectl set image deploy/cart cart=ghcr.io/open-telemetry/demo:<version>-cart`."""
+        from kubernetes import client
+
+        from labkit.releases import CART_IMAGE
+
+        client.AppsV1Api(self.api()).patch_namespaced_deployment("cart", "default", {"spec": {"template": {
+            "spec": {"containers": [{"name": "cart", "image": CART_IMAGE.format(version=version)}]}}}})
+
     def wait_serving(self, flag: str = "cartFailure", timeout: float = 10) -> bool:
         """Until a Ready flagd pod serves `flag` (the lab starts with flagd starting)."""
         deadline = time.monotonic() + timeout

@@ -75,7 +75,8 @@ def test_flags_table_shows_variants_default_and_served_value(kube):
 
 def test_flags_one_flag_and_unknown_flag(kube):
     proc = kube.run("flags", "cartFailure", "-v")
-    assert proc.returncode == 0 and "Fail cart service" in proc.stdout and len(proc.stdout.splitlines()) == 2
+    assert proc.returncode == 0 and "Fail cart service" in proc.stdout and len(proc.stdout.splitlines()) == 3
+    assert proc.stdout.splitlines()[-1].startswith("the cart (demo ")  # what the cart reads, asked as it asks
     proc = kube.run("flags", "cartFailur")
     assert proc.returncode == 2 and "Did you mean 'cartFailure'?" in proc.stderr
     no_traceback(proc)
@@ -95,6 +96,7 @@ def test_flags_when_flagd_is_down_shows_dash(kube):
 
 # ---- set --------------------------------------------------------------------------------------------
 def test_set_changes_restarts_and_verifies(kube):
+    kube.set_cart_image("2.2.0")  # the lab page's flags.yaml is 2.2.0's shape: its cart reads on = true
     before = kube.flags_json()
     proc = kube.run("set", "cartFailure", "on", "--no-event", "--restart", "scale")
     assert proc.returncode == 0, proc.stderr
@@ -106,6 +108,8 @@ def test_set_changes_restarts_and_verifies(kube):
     assert kube.cluster.flagd_value("cartFailure")["variant"] == "on"
     assert kube.replicas() == 1
     assert "no change event sent" not in proc.stderr  # --no-event
+    assert proc.stdout.splitlines()[-1].endswith("the cart reads cartFailure = true (on), so about 1 in 10 "
+                                                 "EmptyCart calls fail")
 
     proc = kube.run("set", "cartFailure", "off", "--how", "rollout")
     assert proc.returncode == 0, proc.stderr

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import httpx
 
 from labkit.dynatrace._access import Access, access
-from labkit.dynatrace._frames import (change_event_frame, classic_log_row, failure_frame, grail_log_row,
-                                      log_frame, metric_series, problem_frame)
+from labkit.dynatrace._frames import (change_event_frame, classic_log_row, evaluation_frame, failure_frame,
+                                      grail_log_row, log_frame, metric_series, problem_frame)
 from labkit.dynatrace._grail import run_dql
 from labkit.dynatrace._http import (GRAIL_LOG_SCOPES, PLATFORM_SCOPES, Http, json_object,
                                     maybe_recorded_message, platform_token_message)
@@ -380,6 +380,24 @@ class Dynatrace:
             max_records: int | None = None) -> list[dict]:
         """Run a DQL query on Grail (platform token) and return its records."""
         return run_dql(self._http, query, timeout=timeout, progress=progress, max_records=max_records)
+
+    def cart_evaluations(self, since="now-30m", flag: str = "cartFailure", service: str = "cart") -> "pd.DataFrame":
+        """Which variant the cart itself evaluated, from the `feature_flag.evaluation` span events its
+        OpenFeature hook writes on its spans (Grail, platform token): per answer (variant, value, reason,
+        error type) the calls and when first and last seen, newest first. flagd-consumers.md §2.4 A."""
+        event = 'span.events[span_event.name] == "feature_flag.evaluation"'
+        query = (f"fetch spans, from: {dql_from(since)} | filter service.name == {dql_string(service)}"
+                 ' | filter iAny(span.events[][span_event.name] == "feature_flag.evaluation")'
+                 f" | expand span.events | filter {event} and span.events[feature_flag.key] == {dql_string(flag)}"
+                 " | fields start_time, variant = span.events[feature_flag.result.variant],"
+                 " value = span.events[feature_flag.result.value], reason = span.events[feature_flag.result.reason],"
+                 " error = span.events[error.type]"
+                 " | summarize calls = count(), first_seen = min(start_time), last_seen = max(start_time),"
+                 " by: { variant, value, reason, error } | sort last_seen desc")
+        if not self.settings.platform_token:
+            raise Forbidden("Reading the cart's span events needs a platform token: set DT_PLATFORM_TOKEN to a "
+                            "token with storage:spans:read and storage:buckets:read (spans are in Grail only).")
+        return evaluation_frame(self.dql(query, max_records=100))
 
     def error_logs(self, service: str, since="now-1h", limit: int = 100) -> "pd.DataFrame":
         """ERROR logs of `service`, newest first: Grail DQL with the platform token, else the

@@ -197,3 +197,17 @@ def log_frame(rows: list[dict], newest_first: bool) -> "pd.DataFrame":
     frame = pd.DataFrame.from_records(rows, columns=columns)
     frame["timestamp"] = pd.to_datetime([_one_utc(v) for v in frame["timestamp"]], utc=True)
     return frame.sort_values("timestamp", ascending=not newest_first, kind="stable").reset_index(drop=True)
+
+
+def evaluation_frame(records: list[dict]) -> "pd.DataFrame":
+    """The cart's own flag evaluations, one row per answer it got: variant, value, reason, error,
+    calls, first_seen, last_seen (UTC); newest answer first."""
+    import pandas as pd
+
+    columns = ["variant", "value", "reason", "error", "calls", "first_seen", "last_seen"]
+    frame = pd.DataFrame.from_records([{c: r.get(c) for c in columns} for r in records], columns=columns)
+    for c in ("first_seen", "last_seen"):  # span times are ISO or epoch nanoseconds
+        frame[c] = pd.to_datetime([_one_utc(v // 1_000_000 if isinstance(v, int) and v > 10**15 else v)
+                                   for v in frame[c]], utc=True)
+    frame["calls"] = pd.to_numeric(frame["calls"], errors="coerce").fillna(0).astype(int)
+    return frame.sort_values("last_seen", ascending=False, kind="stable").reset_index(drop=True)

@@ -29,6 +29,8 @@ def grail_scope(query: str) -> str:
     q = query.lstrip().lower()
     if q.startswith("fetch logs"):
         return "storage:logs:read and storage:buckets:read"
+    if q.startswith("fetch spans"):
+        return "storage:spans:read and storage:buckets:read"
     if q.startswith("timeseries"):
         return "storage:metrics:read"
     if q.startswith("fetch events") or q.startswith("fetch dt.davis"):
