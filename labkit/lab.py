@@ -6,14 +6,14 @@ lab, or a new one).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
 
 from labkit import cards
 from labkit import settings as names
-from labkit.cluster import DEFAULT_RESTART, RESTARTS
+from labkit.cluster import DEFAULT_RESTART, RESTARTS, Served
 from labkit.errors import BadInput, LabError, Unreachable
 from labkit.progress import Progress, quiet
 from labkit.settings import Settings
@@ -91,6 +91,43 @@ class TraceLogs:
 
     def _repr_html_(self) -> str:
         return cards.trace_logs(self)
+
+
+@dataclass
+class NothingSent:
+    """An announcement of a change already made (or already announced): no event, no step."""
+
+    flag: str
+    variant: str
+    why: str  # the sentence: "cartFailure is already on, nothing sent"
+    ok = True
+    sent = False
+
+    def __repr__(self) -> str:
+        return self.why
+
+    def _repr_html_(self) -> str:
+        return cards.card("change-event", self.why, ok=True)
+
+
+@dataclass(frozen=True)
+class AlreadyServed(Served):
+    """change_flag's answer when the change was already made: flagd serves it on every pod, so
+    nothing was sent, changed or restarted."""
+
+    already = True
+
+    @classmethod
+    def of(cls, served: Served) -> "AlreadyServed":
+        return cls(**{f.name: getattr(served, f.name) for f in fields(served)})
+
+    def __repr__(self) -> str:
+        return f"{self.key} is already {self.variant}, nothing sent (flagd serves it)"
+
+    def _repr_html_(self) -> str:
+        return cards.card("served", f"{self.key} is already {self.variant}, nothing sent",
+                          [("flagd serves", self.variant), ("reason", self.reason)], ok=True,
+                          note="no change event, no ConfigMap edit, no restart: the change was made before")
 
 
 class Lab:
@@ -201,10 +238,18 @@ class Lab:
 
     def inform_dynatrace(self, variant: str, flag: str = names.FLAG, service: str = names.SERVICE,
                          old: str | None = None):
-        """Step 1: the change event, sent before the change as the lab page says."""
+        """Step 1: the change event, sent before the change as the lab page says. A change already
+        made (the ConfigMap says `variant`) or already announced sends nothing and records nothing."""
         # An unknown flag or variant is refused here, before any event is sent.
         change = self.cluster.flag_file().set_default_variant(flag, variant)
-        return self._announce(flag, change.old_variant if old is None else old, variant, service)
+        if change.old_variant == variant:
+            return NothingSent(flag, variant, f"{flag} is already {variant}, nothing sent")
+        old = change.old_variant if old is None else old
+        if self._event_pending(flag, old, variant):
+            sent = self.timeline.last(EVENT_SENT)
+            return NothingSent(flag, variant, f"Dynatrace already knows {flag}: {old} → {variant} "
+                                              f"(event sent {cards.when(sent.time)}), nothing sent")
+        return self._announce(flag, old, variant, service)
 
     def _announce(self, flag: str, old: str, variant: str, service: str):
         event = self.dynatrace.send_change_event(service, flag, variant, old=old,
@@ -213,9 +258,10 @@ class Lab:
         return event
 
     def make_change(self, variant: str, flag: str = names.FLAG):
-        """Step 2: the ConfigMap edit, that flag's defaultVariant only."""
+        """Step 2: the ConfigMap edit, that flag's defaultVariant only (no step when it already says so)."""
         change = self.cluster.set_default_variant(flag, variant)
-        self.timeline.add(FLAG_APPLIED, flag=flag, old=change.old_variant, new=change.new_variant)
+        if change.old_variant != change.new_variant:
+            self.timeline.add(FLAG_APPLIED, flag=flag, old=change.old_variant, new=change.new_variant)
         return change
 
     def restart_flagd(self, progress: Progress | None = None, timeout: float = 180,
@@ -247,9 +293,12 @@ class Lab:
         if old == variant:
             served = self.cluster.serving_everywhere(flag, variant)
             if served is not None:
-                report(f"{flag} is already {variant} and flagd serves it", 1.0)  # no event, no restart
-                return served
-        if send_event and self._event_pending(flag, old, variant):
+                report(f"{flag} is already {variant}, nothing sent", 1.0)  # no event, no restart
+                return AlreadyServed.of(served)
+        rollback = old != variant and variant == self._before_run(flag)
+        if old == variant:  # the ConfigMap says it already; only the restart is missing
+            report(f"{flag} is already {variant} in the ConfigMap; restarting flagd so it serves it", 0.05)
+        elif send_event and self._event_pending(flag, old, variant):
             report(f"Dynatrace already knows: {flag} {old} → {variant} (event sent before)", 0.05)
         elif send_event:
             report(f"Telling Dynatrace: {flag} {old} → {variant}", 0.05)
@@ -260,6 +309,8 @@ class Lab:
                            how=restart)
         report("Asking flagd what it serves", 0.92)
         served = self.prove_served(variant, flag)
+        if rollback:  # back to what it was before this run changed it: the cycle's end
+            self.timeline.add(ROLLED_BACK, flag=flag, new=served.variant)
         report(f"flagd serves {flag} = {served.variant}", 1.0)
         for listener in self._listeners:
             listener(flag, served)
@@ -277,7 +328,7 @@ class Lab:
         """Add → view → empty the cart; only DELETE /api/cart exercises EmptyCart."""
         result = self.shop.run(seconds=seconds, rate=rate, progress=progress, stop=stop,
                                until_failures=until_failures)
-        if result.first_failure_at and not self.timeline.last(FIRST_FAILURE):
+        if result.first_failure_at and not self.timeline.in_cycle(FIRST_FAILURE):
             self.timeline.add(FIRST_FAILURE, note=result.summary(), at=result.first_failure_at)
         return result
 
@@ -296,7 +347,7 @@ class Lab:
                             progress: Progress | None = None):
         logs = self.dynatrace.wait_for_error_logs(service, since=self._since_change(timedelta(minutes=30)),
                                                   timeout=timeout, progress=progress)
-        if not self.timeline.last(ERROR_LOGS) and len(logs):
+        if not self.timeline.in_cycle(ERROR_LOGS) and len(logs):
             self.timeline.add(ERROR_LOGS, note=f"{len(logs)} error logs", at=logs["timestamp"].min())
         return logs
 
@@ -304,8 +355,10 @@ class Lab:
                          progress: Progress | None = None):
         found = self.dynatrace.wait_for_problem(service, since=self._since_change(timedelta(hours=1)),
                                                 timeout=timeout, progress=progress)
-        if not self.timeline.last(PROBLEM_OPENED) and len(found):
-            first = found.sort_values("start").iloc[0]
+        start = self.timeline.cycle_start()
+        fresh = found if start is None else found[found["start"] >= start]  # this cycle's problem
+        if not self.timeline.in_cycle(PROBLEM_OPENED) and len(fresh):
+            first = fresh.sort_values("start").iloc[0]
             self.timeline.add(PROBLEM_OPENED, note=f"{first['display_id']}: {first['title']}",
                               at=first["start"])
         return found
@@ -379,9 +432,8 @@ class Lab:
         if target is None:
             raise LabError(f"No earlier value of {flag!r} is known in this run; "
                            f"choose one of {', '.join(self.variants(flag))} with change_flag().")
-        served = self.change_flag(target, flag, service, progress=progress, restart=restart)
-        self.timeline.add(ROLLED_BACK, flag=flag, new=served.variant)
-        return served
+        # change_flag records the rollback (and nothing at all when it was rolled back already)
+        return self.change_flag(target, flag, service, progress=progress, restart=restart)
 
     def _before_run(self, flag: str) -> str | None:
         """The variant `flag` had before this run first changed it (since its last roll-back)."""

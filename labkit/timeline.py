@@ -136,6 +136,19 @@ class Timeline:
         return next((s for s in reversed(self.steps)
                      if s.kind == kind and (flag is None or s.flag == flag)), None)
 
+    def cycle_start(self) -> datetime | None:
+        """When the current cycle began: the last change applied (a change and its rollback each
+        start one), or None before any change of this run."""
+        change = self.last(FLAG_APPLIED)
+        return change.time if change else None
+
+    def in_cycle(self, kind: str) -> Step | None:
+        """The step of `kind` in the current cycle, if it happened yet (e.g. this change's first
+        failure, not the previous change's)."""
+        start = self.cycle_start()
+        step = self.last(kind)
+        return step if step is not None and (start is None or step.time >= start) else None
+
     def clear(self) -> None:
         """A new run: no steps, a new run id (a facilitator's reset between groups)."""
         self._run_id, self._steps = secrets.token_hex(4), []

@@ -272,6 +272,11 @@ class FlagSwitch(_Displayable):
                                           send_event=self.send_event, restart=self.restart.value)
             self.result = served
             got = getattr(served, "variant", variant)
+            if getattr(served, "already", False):  # made before: no event, no edit, no restart
+                said = f"{self.flag} is already {got}, nothing sent"
+                self.progress.done(said)
+                self.status.value = f'<span style="color:{_GREEN}">✔ {html.escape(said)}</span>'
+                return served
             self.progress.done(f"flagd serves {self.flag} = {got}")
             self.status.value = (f'<span style="color:{_GREEN}">✔ {html.escape(self.flag)} is now '
                                  f"<b>{html.escape(str(got))}</b>, and flagd serves it</span>")

@@ -79,3 +79,52 @@ def test_trace_logs_explain_an_empty_result_instead_of_failing(lab_env):
         assert len(unknown) == 0 and "no logs of trace " + "0" * 32 in unknown.why
     finally:
         lab.close()
+
+
+def test_the_twin_of_a_rollback_done_by_the_switch_records_nothing(lab_env):
+    """03: Apply with off on the switch rolls back (one "rolled back" step); roll_back() after it
+    finds nothing to do and records no second rollback."""
+    lab = labkit.connect()
+    lab.timeline.clear()
+    try:
+        lab.change_flag("on", send_event=False)
+        lab.change_flag("off", send_event=False)  # the switch in 03
+        rolled = [s for s in lab.timeline.steps if s.kind == "rolled back"]
+        assert [s.new for s in rolled] == ["off"]
+        steps = len(lab.timeline.steps)
+        served = lab.roll_back()  # the unattended twin
+        assert served.variant == "off" and "already off, nothing sent" in repr(served)
+        assert len(lab.timeline.steps) == steps
+    finally:
+        lab.close()
+
+
+def _until_no_open_problem(lab, timeout=30):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while len(lab.dynatrace.problems("cart", status="open")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+def test_every_cycle_gets_its_own_first_failure_error_logs_and_problem(lab_env):
+    lab = labkit.connect()
+    lab.timeline.clear()
+    try:
+        for cycle in (1, 2):
+            lab.change_flag("on", send_event=False)
+            lab.generate_traffic(seconds=20, rate=40, until_failures=6)
+            lab.wait_for_error_logs(timeout=30)
+            lab.wait_for_problem(timeout=60)
+            lab.change_flag("off", send_event=False)
+            _until_no_open_problem(lab)  # Davis closes it once the errors stop
+        kinds = [s.kind for s in lab.timeline.steps]
+        for kind in ("first failure seen by the shop", "error logs seen", "problem opened", "rolled back"):
+            assert kinds.count(kind) == 2, (kind, kinds)
+        changes = [s.time for s in lab.timeline.steps if s.kind == "flag applied" and s.new == "on"]
+        second = [s for s in lab.timeline.steps if s.kind == "first failure seen by the shop"][1]
+        assert second.time >= changes[1]
+    finally:
+        if lab.served("cartFailure").variant != "off":
+            lab.change_flag("off", send_event=False)
+        lab.close()

@@ -289,3 +289,30 @@ def test_flag_switch_does_not_send_a_second_event_after_inform_dynatrace(real_la
     sent = [s for s in real_lab.timeline.steps if s.kind == labmod.EVENT_SENT]
     assert [s.detail for s in sent] == [f"cartFailure: {before} → {target}",
                                         f"cartFailure: {target} → {before}"]
+
+
+def test_a_change_already_made_sends_nothing_and_records_nothing(real_lab):
+    """Running 01 again with the flag already on: no "on → on" event, no step, and the switch says so."""
+    before = real_lab.served("cartFailure").variant
+    target = "on" if before != "on" else "off"
+    switch = widgets.FlagSwitch(real_lab, "cartFailure")
+    assert switch.apply(target) is not None, switch.status.value
+    steps = len(real_lab.timeline.steps)
+    events = len(real_lab.change_events("cart", since="now-10m"))
+
+    again = real_lab.inform_dynatrace(target, "cartFailure")
+    assert repr(again) == f"cartFailure is already {target}, nothing sent" and "nothing sent" in again._repr_html_()
+    served = switch.apply(target)
+    assert served.variant == target and served.already
+    assert switch.status.value.count(f"cartFailure is already {target}, nothing sent") == 1
+    assert len(real_lab.timeline.steps) == steps
+    assert len(real_lab.change_events("cart", since="now-10m")) == events
+
+
+def test_announcing_twice_sends_one_event(real_lab):
+    before = real_lab.served("cartFailure").variant
+    target = "on" if before != "on" else "off"
+    first = real_lab.inform_dynatrace(target, "cartFailure")
+    second = real_lab.inform_dynatrace(target, "cartFailure")
+    assert first.ok and "already knows" in repr(second) and "nothing sent" in repr(second)
+    assert [s.kind for s in real_lab.timeline.steps] == [labmod.EVENT_SENT]
