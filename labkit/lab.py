@@ -219,14 +219,14 @@ class Lab:
 
     # --- the change ---------------------------------------------------------------------------
     def flags(self):
-        """The live flags as a table: key, variants, default, what flagd serves."""
-        import pandas as pd
+        """The live flags as a table: key, variants, default, description."""
+        from labkit import tables
 
         rows = []
         for f in self.cluster.flag_file().flags:
             rows.append({"flag": f.key, "variants": ", ".join(f"{k}={v}" for k, v in f.variants.items()),
                          "default": f.default_variant, "description": f.description})
-        return pd.DataFrame(rows)
+        return tables.Flags(rows, columns=["flag", "variants", "default", "description"])
 
     def variants(self, flag: str = names.FLAG) -> list[str]:
         return list(self.cluster.flag_file().variants(flag))
@@ -345,16 +345,20 @@ class Lab:
 
     def wait_for_error_logs(self, timeout: float = 300, service: str = names.SERVICE,
                             progress: Progress | None = None):
-        logs = self.dynatrace.wait_for_error_logs(service, since=self._since_change(timedelta(minutes=30)),
-                                                  timeout=timeout, progress=progress)
+        from labkit import tables
+
+        logs = tables.shown_as(tables.Logs, self.dynatrace.wait_for_error_logs(
+            service, since=self._since_change(timedelta(minutes=30)), timeout=timeout, progress=progress))
         if not self.timeline.in_cycle(ERROR_LOGS) and len(logs):
             self.timeline.add(ERROR_LOGS, note=f"{len(logs)} error logs", at=logs["timestamp"].min())
         return logs
 
     def wait_for_problem(self, timeout: float = 600, service: str = names.SERVICE,
                          progress: Progress | None = None):
-        found = self.dynatrace.wait_for_problem(service, since=self._since_change(timedelta(hours=1)),
-                                                timeout=timeout, progress=progress)
+        from labkit import tables
+
+        found = tables.shown_as(tables.Problems, self.dynatrace.wait_for_problem(
+            service, since=self._since_change(timedelta(hours=1)), timeout=timeout, progress=progress))
         start = self.timeline.cycle_start()
         fresh = found if start is None else found[found["start"] >= start]  # this cycle's problem
         if not self.timeline.in_cycle(PROBLEM_OPENED) and len(fresh):
@@ -368,10 +372,14 @@ class Lab:
         return self.dynatrace.failed_requests(service, since=since or self.since(), resolution=resolution)
 
     def problems(self, service: str = names.SERVICE, since: datetime | str = "now-1d"):
-        return self.dynatrace.problems(service, since=since)
+        from labkit import tables
+
+        return tables.shown_as(tables.Problems, self.dynatrace.problems(service, since=since))
 
     def error_logs(self, service: str = names.SERVICE, since="now-1h", limit: int = 100):
-        return self.dynatrace.error_logs(service, since=since, limit=limit)
+        from labkit import tables
+
+        return tables.shown_as(tables.Logs, self.dynatrace.error_logs(service, since=since, limit=limit))
 
     def trace_logs(self, trace_id: str | None = None, service: str = names.SERVICE, since="now-1h"):
         """All logs of one trace, oldest first; by default the trace of `service`'s newest error log.
@@ -393,7 +401,9 @@ class Lab:
         return TraceLogs(trace_id, logs, why)
 
     def change_events(self, service: str = names.SERVICE, since="now-2h"):
-        return self.dynatrace.change_events(service, since=since)
+        from labkit import tables
+
+        return tables.shown_as(tables.ChangeEvents, self.dynatrace.change_events(service, since=since))
 
     def chart(self, service: str = names.SERVICE, since: datetime | str | None = None, *,
               errors: list | None = None):

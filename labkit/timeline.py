@@ -29,6 +29,11 @@ ROLLED_BACK = "rolled back"
 # Kinds that name a change of one flag (old → new).
 CHANGES = (EVENT_SENT, FLAG_APPLIED)
 
+# At one timestamp, cause before effect: the change, flagd serving it, the request that failed, its
+# error log, the problem.
+CAUSAL_RANK = {EVENT_SENT: 0, FLAG_APPLIED: 1, FLAGD_RESTARTED: 2, FLAGD_SERVING: 3, ROLLED_BACK: 4,
+               FIRST_FAILURE: 5, ERROR_LOGS: 6, PROBLEM_OPENED: 7}
+
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
@@ -149,6 +154,11 @@ class Timeline:
         step = self.last(kind)
         return step if step is not None and (start is None or step.time >= start) else None
 
+    def in_order(self) -> list[Step]:
+        """The steps by time, cause before effect at equal times (a step added later may have
+        happened earlier: the first failure, the problem's start)."""
+        return sorted(self.steps, key=lambda s: (s.time, CAUSAL_RANK.get(s.kind, len(CAUSAL_RANK))))
+
     def clear(self) -> None:
         """A new run: no steps, a new run id (a facilitator's reset between groups)."""
         self._run_id, self._steps = secrets.token_hex(4), []
@@ -192,7 +202,7 @@ class Timeline:
     def frame(self):
         import pandas as pd
 
-        steps = self.steps
+        steps = self.in_order()
         return pd.DataFrame(
             {"time": pd.to_datetime([s.time for s in steps], utc=True),
              "step": [s.kind for s in steps], "flag": [s.flag for s in steps],

@@ -159,6 +159,8 @@ def grail_log_row(rec: dict) -> dict:
         "trace_id": _first(rec.get("trace_id") or rec.get("trace.id")),
         "span_id": _first(rec.get("span_id") or rec.get("span.id")),
         "service": _first(rec.get("service.name") or rec.get("dt.entity.service.name")),
+        "statuscode": _first(rec.get("statuscode")),
+        "detail": _first(rec.get("detail")),
     }
 
 
@@ -173,6 +175,8 @@ def classic_log_row(rec: dict) -> dict:
         "trace_id": col("trace_id") or col("trace.id"),
         "span_id": col("span_id") or col("span.id"),
         "service": col("service.name"),
+        "statuscode": col("statuscode"),
+        "detail": col("detail"),
     }
 
 
@@ -190,10 +194,24 @@ def _one_utc(value):
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
+# At one timestamp the cause is logged before the effect: what was called, then what went wrong.
+_LEVEL_RANK = {"TRACE": 0, "DEBUG": 1, "INFO": 2, "NOTICE": 2, "WARN": 3, "WARNING": 3}
+
+
+def _cause_rank(row) -> int:
+    level = str(row.get("loglevel") or row.get("status") or "").upper()
+    return _LEVEL_RANK.get(level, 4)  # ERROR and the other error levels last
+
+
 def log_frame(rows: list[dict], newest_first: bool) -> "pd.DataFrame":
+    """Log rows by time, cause before effect at equal timestamps (reversed, newest first)."""
     import pandas as pd
 
-    columns = ["timestamp", "loglevel", "status", "content", "trace_id", "span_id", "service"]
+    columns = ["timestamp", "loglevel", "status", "content", "trace_id", "span_id", "service",
+               "statuscode", "detail"]
     frame = pd.DataFrame.from_records(rows, columns=columns)
     frame["timestamp"] = pd.to_datetime([_one_utc(v) for v in frame["timestamp"]], utc=True)
-    return frame.sort_values("timestamp", ascending=not newest_first, kind="stable").reset_index(drop=True)
+    rank = pd.Series([_cause_rank(r) for r in rows], index=frame.index, dtype="int64")
+    order = frame.assign(_rank=rank).sort_values(["timestamp", "_rank"], ascending=not newest_first,
+                                                 kind="stable").index
+    return frame.loc[order].reset_index(drop=True)
