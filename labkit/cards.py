@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from datetime import datetime, timezone
 
 _BOX = ("border:1px solid #d0d7de;border-left:4px solid {accent};border-radius:6px;padding:8px 12px;"
@@ -189,10 +190,27 @@ def _log_text(r: dict) -> str:
     return f"[{code}] {text}" if code else text
 
 
+_MD_LINK = re.compile(r"\[([^\]]+)\]\((https?://[^)\s]+)\)")
+
+
+def markdown(text) -> Html:
+    """A problem description's markdown as HTML: its links clickable, headings bold, the rest text."""
+    lines = []
+    for line in _text(text).strip().splitlines():
+        heading = line.startswith("#")
+        parts, at = [], 0
+        for m in _MD_LINK.finditer(line):
+            parts += [_e(line[at:m.start()]), anchor(m.group(1), m.group(2))]
+            at = m.end()
+        body = "".join(parts) + _e(line[at:])
+        lines.append(f"<b>{body.lstrip('#').strip()}</b>" if heading else body)
+    return Html("<br>".join(lines))
+
+
 def problems(frame) -> str:
     rows = [(anchor(_text(r.get("display_id")) or "problem", r.get("link")), _text(r.get("title")),
              _text(r.get("status")), when(r.get("start"), "—"), when(r.get("end"), "open"),
-             _text(r.get("affected")), _text(r.get("description")))
+             _text(r.get("affected")), markdown(r.get("description")))
             for r in _records(frame)]
     n = len(rows)
     return _shown("problems", f"{n} problem{'s' if n != 1 else ''}", ["problem", "title", "status",

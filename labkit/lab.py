@@ -374,7 +374,19 @@ class Lab:
     def problems(self, service: str = names.SERVICE, since: datetime | str = "now-1d"):
         from labkit import tables
 
-        return tables.shown_as(tables.Problems, self.dynatrace.problems(service, since=since))
+        found = self.dynatrace.problems(service, since=since)
+        found["description"] = found["problem_id"].map(self._descriptions(found["problem_id"]))
+        return tables.shown_as(tables.Problems, found)
+
+    def _descriptions(self, problem_ids) -> dict[str, str]:
+        """The problems' descriptions (with the runbook link) where Grail can tell; none without a
+        platform token or when the query fails (the problems themselves still show)."""
+        if not len(problem_ids) or not self.settings.platform_token:
+            return {}
+        try:
+            return self.dynatrace.problem_descriptions(list(problem_ids))
+        except LabError:
+            return {}
 
     def error_logs(self, service: str = names.SERVICE, since="now-1h", limit: int = 100):
         from labkit import tables

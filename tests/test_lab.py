@@ -128,3 +128,39 @@ def test_every_cycle_gets_its_own_first_failure_error_logs_and_problem(lab_env):
         if lab.served("cartFailure").variant != "off":
             lab.change_flag("off", send_event=False)
         lab.close()
+
+
+def test_the_problem_links_the_runbook_from_the_carts_support_info(lab_env):
+    """02 to the end of the review page: the cart pod's annotations (the lab's values), the problem's
+    description with the runbook link, and the runbook page running its queries."""
+    import re
+
+    import httpx
+    from kubernetes import client, config
+
+    lab = labkit.connect()
+    lab.timeline.clear()
+    try:
+        config.load_kube_config(config_file=lab_env["KUBECONFIG"])
+        deployment = client.AppsV1Api().read_namespaced_deployment("cart", "default")
+        notes = deployment.spec.template.metadata.annotations
+        assert {k: notes[k] for k in ("ownedBy", "product", "costCentre", "environment")} == {
+            "ownedBy": "teamA", "product": "otel-demo-app", "costCentre": "centre1", "environment": "production"}
+        assert "[Ops runbook](" in notes["supportInfo"] and "PLACEHOLDER" not in notes["supportInfo"]
+
+        lab.change_flag("on", send_event=True)
+        lab.generate_traffic(seconds=20, rate=40, until_failures=5)
+        lab.wait_for_problem(timeout=60)
+        page = lab.problems()._repr_html_()
+        runbook = re.search(r'<a href="([^"]+/ui/document/[^"]+)"[^>]*>Ops runbook</a>', page)
+        assert runbook, page
+        shown = httpx.get(runbook.group(1), timeout=10)
+        assert shown.status_code == 200 and "Contact list" in shown.text
+        assert "Cart Service Failure Rate" in shown.text and "cartFailure" in shown.text
+        assert "Redis connection errors" in shown.text
+        log = lab.error_logs().iloc[0]
+        assert log["statuscode"] == "FailedPrecondition" and "Wasn't able to connect to redis" in log["content"]
+    finally:
+        if lab.served("cartFailure").variant != "off":
+            lab.change_flag("off", send_event=False)
+        lab.close()

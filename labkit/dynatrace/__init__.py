@@ -374,6 +374,17 @@ class Dynatrace:
         frame.insert(len(frame.columns) - 1, "link", [problem_link(self.ui, p) for p in frame["problem_id"]])
         return frame
 
+    def problem_descriptions(self, problem_ids) -> dict[str, str]:
+        """Each problem's description (markdown; the lab's carries the affected pod's supportInfo
+        with the runbook link), from Grail's dt.davis.problems: {problem id: description}."""
+        ids = [str(i) for i in problem_ids if isinstance(i, str) and i]
+        if not ids:
+            return {}
+        match = " or ".join(f"event.id == {dql_string(i)}" for i in ids[:50])
+        records = self.dql(f"fetch dt.davis.problems, from: {dql_from('now-7d')} | filter {match}"
+                           " | fields event.id, event.description", max_records=200)
+        return {str(r.get("event.id")): str(r.get("event.description") or "") for r in records}
+
     # ---- logs
 
     def dql(self, query: str, *, timeout: float = 60.0, progress: Progress | None = None,

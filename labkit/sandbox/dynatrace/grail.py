@@ -45,8 +45,8 @@ def _problem_record(p: Problem) -> dict:
         "affected_entity_ids": [p.entity.entity_id], "affected_entity_types": ["dt.entity.service"],
         "root_cause_entity_id": p.entity.entity_id, "root_cause_entity_name": p.entity.name,
         "dt.entity.service": [p.entity.entity_id], "dt.davis.is_duplicate": False,
-        "maintenance.is_under_maintenance": False, "event.description": (
-            f"{p.error_count} error logs: Wasn't able to connect to redis"),
+        "maintenance.is_under_maintenance": False,
+        "event.description": p.description or f"{p.error_count} error logs: Wasn't able to connect to redis",
     }
 
 

@@ -44,6 +44,7 @@ UI = Router([
     Route("/ui/apps/dynatrace.logs", ui.query_page),
     Route("/ui/intent/dynatrace.notebooks/view-query", ui.query_page),
     Route("/ui/local-lab/query", ui.run_query, ("POST",)),
+    Route("/ui/document/{documentId}", ui.runbook_page),
 ], ui.PageError, name="the local lab's pages")
 
 CLASSIC = Router([

@@ -107,6 +107,7 @@ class Problem:
     end: int = -1  # -1 while open, as the classic API shows it
     title: str = PROBLEM_TITLE
     event_ids: list[str] = field(default_factory=list)
+    description: str = ""  # markdown: the affected pod's supportInfo (with the runbook link)
 
     @property
     def open(self) -> bool:
@@ -130,6 +131,9 @@ class Telemetry:
         self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self._problems: list[Problem] = []
         self._display_seq = itertools.count(1)
+        # The cart pod's annotations (the lab's values): owner and cost on its logs, supportInfo the
+        # description of the problem its logs open (the lab's pipeline puts it there).
+        self.cart_annotations: dict[str, str] = {}
         now = self.clock()
         seed_start = now - int(timings.seed_hours * 3600_000)
         self.entities = {name: MonitoredEntity(service_id(name), name, seed_start, now)
@@ -207,8 +211,10 @@ class Telemetry:
             "service.name": CART, "dt.entity.service": self.entities[CART].entity_id,
             "trace_id": trace_id, "span_id": span_id, "host.name": f"cart-{pod}",
             "k8s.namespace.name": "default", "k8s.pod.name": f"cart-{pod}",
-            "k8s.container.name": "cart", "dt.owner": "team-cart", "dt.cost.product": "otel-demo",
-            "dt.cost.costcenter": "engineering", "log.source": "otel", "event.type": "LOG",
+            "k8s.container.name": "cart", "dt.owner": self.cart_annotations.get("ownedBy", "teamA"),
+            "dt.cost.product": self.cart_annotations.get("product", "otel-demo-app"),
+            "dt.cost.costcenter": self.cart_annotations.get("costCentre", "centre1"),
+            "log.source": "otel", "event.type": "LOG",
         }
 
     def log_cart_info(self, content: str, trace_id: str, span_id: str, pod: str) -> None:
@@ -256,7 +262,8 @@ class Telemetry:
                 seq = next(self._display_seq)
                 problem_id = f"-{self._rng.getrandbits(62)}_{fresh[0]}V2"
                 self._problems.append(Problem(problem_id, f"P-{seq:02d}", fresh[0],
-                                              self.entities[CART], t, len(fresh)))
+                                              self.entities[CART], t, len(fresh),
+                                              description=self.cart_annotations.get("supportInfo", "")))
 
     def _close_quiet(self, now: int) -> None:
         quiet = int(self.timings.problem_quiet * 1000)

@@ -16,7 +16,7 @@ from labkit.sandbox.dynatrace.grail import execute_dql, query_frame
 from labkit.sandbox.dynatrace.errors import PlatformError
 from labkit.sandbox.dynatrace.telemetry import MonitoredEntity, Problem
 from labkit.sandbox.dynatrace.tenant import GrailJob, Tenant
-from labkit.sandbox.dynatrace.times import MINUTE_MS, iso_ms
+from labkit.sandbox.dynatrace.times import MINUTE_MS, iso_ms, parse_time
 from labkit.sandbox.http import HttpError, Request, Response, json_response
 
 HTML = "text/html; charset=utf-8"
@@ -159,3 +159,53 @@ def run_query(tenant: Tenant, req: Request) -> Response:
     keys = list(dict.fromkeys(k for r in records for k in r))
     columns = [k for k in _FIRST if k in keys] + [k for k in keys if k not in _FIRST][:6]
     return json_response({"records": records, "columns": columns, "local_lab": True})
+
+
+# ----- the runbook: the notebook the problem's description links (the lab's "Redis Troubleshooting")
+RUNBOOK_CONTACTS = (
+    "Redis is a key service which also impacts downstream partner services. Follow this checklist "
+    "NOW: raise a Major Incident; notify the on-call incident commander; also contact John Smith "
+    "(john.smith@example.com) and Susanne Barker (susanne.b@partner.com). If the problem and "
+    "solution is not apparent, raise an issue with teamA.")
+# The runbook's two charts as queries (the service is `cart` in the lab's demo release).
+RUNBOOK_QUERIES = (
+    ("Cart Service Failure Rate", 'timeseries failed = sum(dt.service.request.failure_count), '
+                                  'filter: dt.service.name == "cart", interval: 1m, from: now()-30m'),
+    ("Configuration changes", 'fetch events, from: now()-24h | filter event.type == "CUSTOM_CONFIGURATION" '
+                              'and dt.entity.service.name == "cart" | fields timestamp, '
+                              'feature_flag.key, defaultValue | sort timestamp asc'),
+    ("Problems relating to them", 'fetch dt.davis.problems, from: now()-24h | filter matchesPhrase('
+                                  'event.name, "redis") | fields timestamp, display_id, event.name, '
+                                  'event.status | sort timestamp asc'),
+)
+
+
+def _runbook_section(tenant: Tenant, title: str, text: str) -> str:
+    now = tenant.telemetry.clock()
+    query = parse_dql(text)
+    result = execute_dql(tenant, GrailJob(query, query_frame(query, {}, now), 0.0, 1000))
+    records = result["records"]
+    if query.source == "timeseries":  # one row per minute: the trend as a table
+        rows = []
+        for r in records:
+            start = parse_time(r["timeframe"]["start"], now)
+            step = int(r["interval"]) // 1_000_000
+            rows += [(iso_ms(start + i * step), "-" if v is None else f"{v:g}")
+                     for i, v in enumerate(r.get("failed") or [])]
+        body = table(rows[-30:], ("minute", "failed requests"))
+    else:
+        cols = [c for c in dict.fromkeys(k for r in records for k in r)]
+        body = table([tuple(html.escape(str(r.get(c, ""))) for c in cols) for r in records], tuple(cols))
+    return f"<h2>{html.escape(title)}</h2><pre>{html.escape(text)}</pre>{body}"
+
+
+def runbook_page(tenant: Tenant, req: Request, documentId: str) -> Response:  # noqa: N803
+    """The Ops runbook: its contact list, then its queries run now (the failure trend; changes and
+    problems, which the tenant's notebook draws on one chart)."""
+    from labkit.sandbox.kube.workloads import RUNBOOK_ID
+
+    if documentId != RUNBOOK_ID:
+        raise PageError(404, f"The local lab knows no document {documentId}; its runbook is {RUNBOOK_ID}.")
+    body = (f"<h2>Contact list</h2><p>{html.escape(RUNBOOK_CONTACTS)}</p>"
+            + "".join(_runbook_section(tenant, title, text) for title, text in RUNBOOK_QUERIES))
+    return page("Redis Troubleshooting (Ops runbook)", "Notebooks app (the uploaded runbook)", body)

@@ -70,13 +70,14 @@ def flagd_deployment() -> dict:
     }
 
 
-def initial_objects(flags_yaml_text: str, demo: bool = True) -> list[tuple[str, dict]]:
+def initial_objects(flags_yaml_text: str, demo: bool = True,
+                    apps_url: str | None = None) -> list[tuple[str, dict]]:
     """(resource, object) in the order they are written; the pods are the controllers'."""
     manifest = yaml.safe_load(flags_yaml_text)
     manifest.setdefault("metadata", {})["namespace"] = NS
     return [("configmaps", manifest), ("deployments", flagd_deployment()),
             ("services", service(FLAGD, [("rpc", 8013), ("ofrep", 8016)], "10.96.40.13")),
-            *(workloads.objects() if demo else []), *cluster_objects()]
+            *(workloads.objects(apps_url) if demo else []), *cluster_objects()]
 
 
 def cluster_objects() -> list[tuple[str, dict]]:
