@@ -130,6 +130,42 @@ class AlreadyServed(Served):
                           note="no change event, no ConfigMap edit, no restart: the change was made before")
 
 
+@dataclass
+class Trace:
+    """One failed trace's spans as a waterfall (the lab's "open with Distributed traces"), or why
+    there is none."""
+
+    trace_id: str | None
+    spans: object  # a pandas DataFrame (labkit.dynatrace span frame)
+    why: str = ""
+    local: bool = False
+
+    @property
+    def link(self) -> str | None:
+        return getattr(self.spans, "attrs", {}).get("link")
+
+    @property
+    def figure(self):
+        from labkit import waterfall
+
+        return waterfall.figure(self.spans, self.trace_id or "", local=self.local)
+
+    def __repr__(self) -> str:
+        if not len(self.spans):
+            return f"no spans of {self.trace_id or 'a failed trace'}: {self.why}"
+        failed = [f"{r.service} {r.name}" for r in self.spans.itertuples() if r.failed]
+        return (f"trace {self.trace_id}: {len(self.spans)} spans"
+                + (f", failed: {', '.join(failed)}" if failed else ""))
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        if not len(self.spans):
+            return {"text/html": cards.card("trace", f"No spans of {self.trace_id or 'a failed trace'}",
+                                            ok=False, note=self.why, link=self.link),
+                    "text/plain": repr(self)}
+        bundle = dict(self.figure._repr_mimebundle_(include=include, exclude=exclude) or {})
+        return {**bundle, "text/plain": repr(self)}
+
+
 class Lab:
     """The lab: the workshop steps as methods, each recorded on the timeline."""
 
@@ -411,6 +447,43 @@ class Lab:
         why = "" if len(logs) else (f"Dynatrace has no logs of trace {trace_id} in the last day; logs "
                                     "arrive a little after the request: run this again in a minute")
         return TraceLogs(trace_id, logs, why)
+
+    def _failed_trace_id(self, service: str, since) -> tuple[str | None, object]:
+        """The trace of `service`'s newest error log that carries one, and the error logs read."""
+        errors = self.error_logs(service, since=since, limit=20)
+        with_trace = errors[errors["trace_id"].fillna("").astype(str) != ""] if len(errors) else errors
+        return (str(with_trace.iloc[0]["trace_id"]) if len(with_trace) else None), errors
+
+    def failed_trace(self, trace_id: str | None = None, service: str = names.SERVICE, since="now-1h"):
+        """The spans of one failed trace as a waterfall (checkout → … → EmptyCart); by default the
+        trace of `service`'s newest error log. An empty result says why instead of failing."""
+        import pandas as pd
+
+        if trace_id is None:
+            trace_id, _ = self._failed_trace_id(service, since)
+            if trace_id is None:
+                return Trace(None, pd.DataFrame(columns=["start", "failed"]),
+                             f"no error logs of {service!r} {_ago(since)} carry a trace id: introduce "
+                             "the change and send traffic first (01-introduce-change)", self.local)
+        try:
+            spans = self.dynatrace.trace_spans(trace_id)
+        except LabError as exc:  # no platform token, or a tenant (or local lab) without spans
+            return Trace(trace_id, pd.DataFrame(columns=["start", "failed"]), str(exc), self.local)
+        why = "" if len(spans) else (f"Dynatrace has no spans of trace {trace_id} in the last day yet: "
+                                     "spans arrive a little after the request; run this again in a minute")
+        return Trace(trace_id, spans, why, self.local)
+
+    def runbook(self, service: str = names.SERVICE):
+        """The Ops runbook the problem's description links, with its two charts (the error trend of
+        the last 30 min; changes and problems of the last day on one chart)."""
+        from labkit import runbook
+
+        problems = self.problems(service, since="now-1d")
+        linked = [(runbook.runbook_link(r["description"]), r) for _, r in problems.iterrows()]
+        link, row = next(((url, r) for url, r in linked if url), (None, None))
+        named = f"{row['display_id']} {row['title']}" if row is not None else ""
+        return runbook.Runbook(link, named, self.failed_requests(service, since="now-30m"),
+                               self.change_events(service, since="now-1d"), problems, service)
 
     def change_events(self, service: str = names.SERVICE, since="now-2h"):
         from labkit import tables

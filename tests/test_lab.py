@@ -160,6 +160,35 @@ def test_the_problem_links_the_runbook_from_the_carts_support_info(lab_env):
         assert "Redis connection errors" in shown.text
         log = lab.error_logs().iloc[0]
         assert log["statuscode"] == "FailedPrecondition" and "Wasn't able to connect to redis" in log["content"]
+
+        book = lab.runbook()
+        assert book.link == runbook.group(1) and "Redis connection errors" in book.problem
+        assert 'href="' + runbook.group(1) + '"' in book._repr_html_()
+        assert sum(book.error_trend.data[0].y) >= 5
+        drawn = book.changes_and_problems.layout.meta["labkit"]
+        assert "cartFailure = on" in drawn["changes"] and drawn["problems"] == ["Redis connection errors"]
+    finally:
+        if lab.served("cartFailure").variant != "off":
+            lab.change_flag("off", send_event=False)
+        lab.close()
+
+
+def test_the_failed_trace_is_a_waterfall_or_says_why(lab_env):
+    lab = labkit.connect()
+    lab.timeline.clear()
+    try:
+        none = lab.failed_trace(service="no-such-service")
+        assert none.trace_id is None and "01-introduce-change" in repr(none)
+        assert "labkit-card" in none._repr_mimebundle_()["text/html"]
+        lab.change_flag("on", send_event=False)
+        lab.generate_traffic(seconds=20, rate=40, until_failures=3)
+        lab.wait_for_error_logs(timeout=30)
+        trace = lab.failed_trace()
+        if not len(trace.spans) and "spans" in trace.why:
+            pytest.skip(f"the local lab has no spans yet (contract C3, branch i17-cart): {trace.why}")
+        drawn = trace.figure.layout.meta["labkit"]
+        assert drawn["labels"][0].startswith("checkout") and "EmptyCart" in drawn["failed"][-1]
+        assert "application/vnd.plotly.v1+json" in trace._repr_mimebundle_()
     finally:
         if lab.served("cartFailure").variant != "off":
             lab.change_flag("off", send_event=False)

@@ -24,11 +24,11 @@ import httpx
 
 from labkit.dynatrace._access import Access, access
 from labkit.dynatrace._frames import (change_event_frame, classic_log_row, failure_frame, grail_log_row,
-                                      log_frame, metric_series, problem_frame)
+                                      log_frame, metric_series, problem_frame, span_frame)
 from labkit.dynatrace._grail import run_dql
 from labkit.dynatrace._http import (GRAIL_LOG_SCOPES, PLATFORM_SCOPES, Http, json_object,
                                     maybe_recorded_message, platform_token_message)
-from labkit.dynatrace._links import logs_link, notebook_link, problem_link, service_link
+from labkit.dynatrace._links import logs_link, notebook_link, problem_link, service_link, trace_link
 from labkit.dynatrace._http import parse_retry_after as _parse_retry_after  # noqa: F401 (tests use it)
 from labkit.dynatrace._query import (as_datetime, as_str, dql_from, dql_string, quote_selector_value,
                                      service_selector, time_param, utc_ms)
@@ -384,6 +384,16 @@ class Dynatrace:
         records = self.dql(f"fetch dt.davis.problems, from: {dql_from('now-7d')} | filter {match}"
                            " | fields event.id, event.description", max_records=200)
         return {str(r.get("event.id")): str(r.get("event.description") or "") for r in records}
+
+    def trace_spans(self, trace_id: str, since="now-1d", limit: int = 1000) -> "pd.DataFrame":
+        """The spans of one trace (Grail `fetch spans`; a platform token), by start time."""
+        if not isinstance(trace_id, str) or not re.fullmatch(r"[0-9a-fA-F]{16,32}", trace_id):
+            raise BadInput(f"{trace_id!r} is not a trace id (32 hex digits, as in a log's trace_id).")
+        query = (f"fetch spans, from: {dql_from(since)} | filter trace.id == {dql_string(trace_id)}"
+                 f" | sort start_time asc | limit {int(limit)}")
+        frame = span_frame(self.dql(query, max_records=limit))
+        frame.attrs["link"] = trace_link(self.ui, trace_id)
+        return frame
 
     # ---- logs
 

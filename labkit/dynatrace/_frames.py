@@ -215,3 +215,44 @@ def log_frame(rows: list[dict], newest_first: bool) -> "pd.DataFrame":
     order = frame.assign(_rank=rank).sort_values(["timestamp", "_rank"], ascending=not newest_first,
                                                  kind="stable").index
     return frame.loc[order].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- spans
+
+
+def _span_time(value):
+    """A span's start_time/end_time: ISO text, or nanoseconds since the epoch (as a number or text)."""
+    import pandas as pd
+
+    if isinstance(value, (int, float)) or (isinstance(value, str) and value.strip().isdigit()):
+        return pd.Timestamp(int(value), unit="ns", tz="UTC")
+    return _one_utc(value)
+
+
+def span_frame(records: list[dict]) -> "pd.DataFrame":
+    """Grail span records (fetch spans) as rows by start time: start, end, duration_ms, span_id,
+    parent_id, name, kind, service, failed, status_code."""
+    import pandas as pd
+
+    rows = []
+    for r in records:
+        start, end = _span_time(r.get("start_time")), _span_time(r.get("end_time"))
+        duration = pd.to_numeric(r.get("duration"), errors="coerce")
+        if duration != duration and start is not pd.NaT and end is not pd.NaT:
+            duration = (end - start).value
+        if end is pd.NaT and start is not pd.NaT and duration == duration:
+            end = start + pd.Timedelta(int(duration), unit="ns")
+        rows.append({"start": start, "end": end,
+                     "duration_ms": float(duration) / 1e6 if duration == duration else float("nan"),
+                     "span_id": _first(r.get("span.id")), "parent_id": _first(r.get("span.parent_id")),
+                     "name": r.get("span.name"), "kind": r.get("span.kind"),
+                     "service": _first(r.get("service.name")),
+                     "failed": str(r.get("request.is_failed")).lower() == "true"
+                     or str(r.get("span.status_code")).lower() == "error",
+                     "status_code": r.get("span.status_code")})
+    columns = ["start", "end", "duration_ms", "span_id", "parent_id", "name", "kind", "service", "failed",
+               "status_code"]
+    frame = pd.DataFrame.from_records(rows, columns=columns)
+    frame["start"] = pd.to_datetime(frame["start"], utc=True)
+    frame["end"] = pd.to_datetime(frame["end"], utc=True)
+    return frame.sort_values("start", kind="stable").reset_index(drop=True)

@@ -52,3 +52,9 @@ def notebook_link(base: str, query: str, start: datetime | None = None,
 
 def _iso(when: datetime) -> str:
     return as_datetime(when).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def trace_link(base: str, trace_id: str) -> str:
+    """The Distributed traces app on one trace (its view-trace intent; spaces as %20, never +)."""
+    payload = json.dumps({"trace_id": str(trace_id)}, separators=(",", ":"))
+    return f"{base}/ui/intent/dynatrace.distributedtracing/view-trace#{quote(payload, safe='')}"
