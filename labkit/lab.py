@@ -579,4 +579,7 @@ def connect(settings: Settings | None = None, *, state_dir: str | Path | None = 
                           "and no local lab is running. Start one with: python -m labkit sandbox")
     if choice.local_lab is not None:
         atexit.register(choice.close)
+    from labkit.kernel import install_hooks
+
+    install_hooks()  # in a kernel: labkit errors as sentences (also where PYTHONSTARTUP was not set)
     return Lab(choice.settings, local_lab=choice.local_lab)

@@ -316,3 +316,30 @@ def test_announcing_twice_sends_one_event(real_lab):
     second = real_lab.inform_dynatrace(target, "cartFailure")
     assert first.ok and "already knows" in repr(second) and "nothing sent" in repr(second)
     assert [s.kind for s in real_lab.timeline.steps] == [labmod.EVENT_SENT]
+
+
+def test_an_interrupt_mid_restart_rereads_the_truth_and_says_it_in_a_sentence(real_lab, monkeypatch):
+    """Ctrl-C while flagd restarts (the lab page's scale to 0): the switch re-reads what flagd
+    serves once it answers again, and a cell's own call stops with one sentence."""
+    before = real_lab.served("cartFailure").variant
+    target = "on" if before != "on" else "off"
+    restart = real_lab.cluster.restart_flagd
+
+    def interrupted(*args, progress=None, **kwargs):
+        def report(message, fraction=None):
+            if "ready" in message:  # past the scale-down: pods are coming back
+                raise KeyboardInterrupt
+        return restart(*args, progress=report, **kwargs)
+
+    monkeypatch.setattr(real_lab.cluster, "restart_flagd", interrupted)
+    switch = widgets.FlagSwitch(real_lab, "cartFailure", restart="scale")
+    with pytest.raises(labmod.LabError) as stopped:
+        switch.apply(target)
+    said = str(stopped.value)
+    assert said.startswith(f"Interrupted while changing cartFailure to {target}: flagd serves cartFailure = ")
+    assert "Traceback" not in switch.status.value and "Interrupted while changing" in switch.status.value
+    truth = real_lab.served("cartFailure").variant
+    assert switch.served_text == f"flagd serves: {truth}" and "unknown" not in switch.served_text
+    assert not switch.running and not switch.apply_button.disabled
+    monkeypatch.setattr(real_lab.cluster, "restart_flagd", restart)
+    assert switch.apply(target).variant == target  # Apply again finishes it
