@@ -446,7 +446,7 @@ class Lab:
         logs = self.dynatrace.logs_for_trace(trace_id)
         why = "" if len(logs) else (f"Dynatrace has no logs of trace {trace_id} in the last day; logs "
                                     "arrive a little after the request: run this again in a minute")
-        return TraceLogs(trace_id, logs, why)
+        return TraceLogs(trace_id, logs, why, link=self.dynatrace.trace_link(trace_id))
 
     def _failed_trace_id(self, service: str, since) -> tuple[str | None, object]:
         """The trace of `service`'s newest error log that carries one, and the error logs read."""

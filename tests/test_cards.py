@@ -160,3 +160,13 @@ def test_at_one_timestamp_the_cause_comes_first():
     assert [s.kind for s in t.in_order()] == [FLAG_APPLIED, FIRST_FAILURE, ERROR_LOGS, PROBLEM_OPENED]
     page = t._repr_html_()
     assert page.index("flag applied") < page.index("first failure") < page.index("problem opened")
+
+
+def test_flags_show_as_a_card_with_each_default():
+    from labkit import tables
+
+    flags = tables.Flags([{"flag": "cartFailure", "variants": "on=True, off=False", "default": "off",
+                           "description": "Fail cart service"}], columns=["flag", "variants", "default", "description"])
+    page = flags._repr_html_()
+    assert 'class="labkit-card labkit-card-flags"' in page and "cartFailure" in page and "on=True, off=False" in page
+    assert isinstance(flags[flags["default"] == "off"], tables.Flags)  # a filtered table stays a card

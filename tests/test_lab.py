@@ -183,6 +183,13 @@ def test_the_failed_trace_is_a_waterfall_or_says_why(lab_env):
         lab.change_flag("on", send_event=False)
         lab.generate_traffic(seconds=20, rate=40, until_failures=3)
         lab.wait_for_error_logs(timeout=30)
+        logs = lab.trace_logs()
+        assert "/ui/intent/dynatrace.distributedtracing/view-trace#" in logs.link
+        assert 'href="' + logs.link.replace('"', "&quot;") + '"' in logs._repr_html_()
+        import httpx
+
+        opened = httpx.get(logs.link, timeout=10)
+        assert opened.status_code == 200 and "Distributed traces app" in opened.text
         trace = lab.failed_trace()
         if not len(trace.spans) and "spans" in trace.why:
             pytest.skip(f"the local lab has no spans yet (contract C3, branch i17-cart): {trace.why}")

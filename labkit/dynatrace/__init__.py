@@ -385,6 +385,10 @@ class Dynatrace:
                            " | fields event.id, event.description", max_records=200)
         return {str(r.get("event.id")): str(r.get("event.description") or "") for r in records}
 
+    def trace_link(self, trace_id: str) -> str:
+        """The trace in the tenant's Distributed traces app."""
+        return trace_link(self.ui, trace_id)
+
     def trace_spans(self, trace_id: str, since="now-1d", limit: int = 1000) -> "pd.DataFrame":
         """The spans of one trace (Grail `fetch spans`; a platform token), by start time."""
         if not isinstance(trace_id, str) or not re.fullmatch(r"[0-9a-fA-F]{16,32}", trace_id):

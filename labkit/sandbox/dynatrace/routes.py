@@ -46,6 +46,7 @@ UI = Router([
     Route("/ui/intent/dynatrace.notebooks/view-query", ui.query_page),
     Route("/ui/local-lab/query", ui.run_query, ("POST",)),
     Route("/ui/document/{documentId}", ui.runbook_page),
+    Route("/ui/intent/dynatrace.distributedtracing/view-trace", ui.trace_page),
 ], ui.PageError, name="the local lab's pages")
 
 CLASSIC = Router([

@@ -209,3 +209,15 @@ def runbook_page(tenant: Tenant, req: Request, documentId: str) -> Response:  # 
     body = (f"<h2>Contact list</h2><p>{html.escape(RUNBOOK_CONTACTS)}</p>"
             + "".join(_runbook_section(tenant, title, text) for title, text in RUNBOOK_QUERIES))
     return page("Redis Troubleshooting (Ops runbook)", "Notebooks app (the uploaded runbook)", body)
+
+
+# ----- the Distributed traces app: one trace (its id travels in the fragment, like a query) ------
+_TRACE_QUERY = ("const query = state.trace_id ? 'fetch spans | filter trace.id == \"' + "
+                "String(state.trace_id).replace(/[^0-9a-fA-F]/g, '') + '\" | sort start_time asc' : '';")
+
+
+def trace_page(tenant: Tenant, req: Request) -> Response:
+    """The spans of the trace a view-trace link names, run as `fetch spans` through the query page."""
+    script = _SCRIPT.replace(
+        "const query = state['dt.query'] || (((state.data || {}).queryConfig) || {}).query;", _TRACE_QUERY)
+    return page("Distributed trace", "Distributed traces app (one trace)", script)
