@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import dataclasses
 import re
 import sys
@@ -92,6 +93,20 @@ def _sandbox_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", default=None,
                    help="where lab.env and kubeconfig are written (default $LABKIT_STATE_DIR or "
                         "~/.cache/labkit/local-lab, where labkit and the notebooks look for it)")
+    _release_arg(p)
+
+
+def _release_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--release", default=None, help="the demo release the local lab imitates: 3.0.0 "
+                   "(default, what the lab's unpinned chart installs) or 2.2.0 ($LABKIT_DEMO_RELEASE)")
+
+
+def _choose_release(args) -> None:
+    """--release wins over LABKIT_DEMO_RELEASE, for this process and the local lab it starts."""
+    if getattr(args, "release", None):
+        from labkit import releases
+
+        os.environ["LABKIT_DEMO_RELEASE"] = releases.get(args.release).version
 
 
 @command("sandbox", "run the local lab (Kubernetes API, flagd, shop, Dynatrace API) until Ctrl-C",
@@ -112,6 +127,7 @@ def cmd_sandbox(args) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous[sig] = signal.signal(sig, on_signal)
+    _choose_release(args)
     lab = new_local_lab(state_dir)
     try:
         lab.start()
@@ -119,13 +135,15 @@ def cmd_sandbox(args) -> int:
             out(f"local lab ready: source {state_dir / 'lab.env'}")
             if lab.restored_flags:
                 out(f"  flags restored from {state_dir / 'flagd-config.json'} (delete it to start from "
-                    "the lab's flags.yaml)")
+                    f"demo {lab.release.version}'s own flags)")
             out(f"  Kubernetes API  {lab.kube_server.url}   KUBECONFIG={lab.kubeconfig_path}")
             out("                  ConfigMap flagd-config, Deployment flagd, Services flagd (OFREP 8016), "
                 "frontend-proxy")
             out(f"  demo shop       {lab.frontend_server.url}   (FRONTEND_URL)")
             out(f"  Dynatrace API   {lab.tenant_server.url}   (DT_URL; the local lab, not a real tenant)")
-            out("Try: kubectl get pods; python -m labkit flags; python -m labkit set cartFailure on")
+            out(f"  demo release    {lab.release.version}   (its cart reads {lab.release.cart_call})")
+            out("Try: kubectl get pods; python -m labkit flags; "
+                f"python -m labkit set cartFailure {lab.release.lab_on_variant}")
             out("Ctrl-C stops the local lab.")
         while not stop.wait(0.5):
             pass
@@ -455,10 +473,11 @@ def cmd_check(args) -> int:
 
 # ---- the workbook -----------------------------------------------------------------------------------
 @command("lab", "open the workbook in JupyterLab (starting the local lab when nothing is configured)",
-         lambda p: p.add_argument("--port", type=int, default=None))
+         lambda p: (p.add_argument("--port", type=int, default=None), _release_arg(p)))
 def cmd_lab(args) -> int:
     from labkit.workbook import open_jupyterlab
 
+    _choose_release(args)
     return open_jupyterlab(port=args.port)
 
 

@@ -28,6 +28,12 @@ def kernel_env(tmp_path_factory):
 
 
 @pytest.fixture
+def lab_on(local_lab) -> str:
+    """The variant that is the lab page's `on` on the local lab's demo release (3.0.0: 10%)."""
+    return local_lab.release.lab_on_variant
+
+
+@pytest.fixture
 def lab_env(local_lab, monkeypatch):
     """The local lab's variables in os.environ, as `source lab.env` would set them."""
     for key, value in local_lab.env.items():

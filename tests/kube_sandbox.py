@@ -14,7 +14,28 @@ from labkit.sandbox import SHARED_FLAGS, Timings, kube, kubeconfig_text
 from labkit.sandbox.http import LabServer
 from labkit.settings import Settings
 
-FLAGS_YAML = SHARED_FLAGS.read_text()
+FLAGS_YAML = SHARED_FLAGS.read_text()  # the lab page's flags.yaml (cartFailure on: true / off: false)
+
+
+def release_flags_yaml(version: str | None = None, cart_failure: str | None = None) -> str:
+    """A demo release's own ConfigMap, as its chart installs it; `cart_failure` its default variant."""
+    from labkit import releases
+
+    text = releases.get(version).configmap_yaml()
+    return text if cart_failure is None else with_cart_failure(text, cart_failure)
+
+
+def with_cart_failure(flags_yaml: str, variant: str) -> str:
+    """The ConfigMap manifest with cartFailure's defaultVariant set (as an attendee's edit does)."""
+    import json
+
+    import yaml
+
+    manifest = yaml.safe_load(flags_yaml)
+    flags = json.loads(manifest["data"]["demo.flagd.json"])
+    flags["flags"]["cartFailure"]["defaultVariant"] = variant
+    manifest["data"]["demo.flagd.json"] = json.dumps(flags, indent=2)
+    return json.dumps(manifest)
 
 
 class KubeSandbox:

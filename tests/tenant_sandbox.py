@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import httpx
 
-from labkit.sandbox import Timings, make_token
+from kube_sandbox import release_flags_yaml
+from labkit import releases
+from labkit.sandbox import Timings, kube, make_token
 from labkit.sandbox.dynatrace import LAB_INGEST_SCOPES, READ_AND_INGEST_SCOPES, Telemetry, Tenant
 from labkit.sandbox.dynatrace import app as tenant_app
 from labkit.sandbox.http import LabServer
@@ -15,18 +17,18 @@ QUERY = "/platform/storage/query/v1/"
 
 
 class TenantSandbox:
-    """Telemetry + shop + tenant on loopback, with clients for each token."""
+    """Telemetry + shop + tenant on loopback, with clients for each token. The shop's cart is demo
+    3.0.0's, asking a flagd (a cluster without the demo's other workloads) that serves
+    cartFailure = 100%: every EmptyCart fails, and no traffic runs unless a test sends it."""
 
     def __init__(self, **timing_overrides):
         self.timings = Timings.fast()
         self.timings.shopper_rate = 0
         for key, value in timing_overrides.items():
             setattr(self.timings, key, value)
-        self.flag = {"value": None}
+        self.cluster = kube.LocalCluster(self.timings, release_flags_yaml("3.0.0", "100%"), demo=False).start()
         self.telemetry = Telemetry(self.timings, seed=3)
-        self.shop = DemoShop(lambda key, context=None: {"key": key, "value": self.flag["value"]}
-                         if self.flag["value"] is not None else None,
-                         self.telemetry, self.timings, seed=5)
+        self.shop = DemoShop(self.cluster, self.telemetry, self.timings, releases.get("3.0.0"), seed=5)
         self.api_token, self.ingest_token = make_token(), make_token()
         self.platform_token = make_token("dt0s16")
         self.tenant = Tenant(self.telemetry, self.timings, {
@@ -46,7 +48,6 @@ class TenantSandbox:
 
     def fail_empties(self, n: int) -> None:
         """Attendee traffic with the flag at 100 %: add -> view -> DELETE, n times."""
-        self.flag["value"] = 1.0
         for i in range(n):
             self.front.post("/api/cart", json={"userId": f"u{i}",
                                                "item": {"productId": "OLJCESPC7Z", "quantity": 1}})
@@ -65,3 +66,5 @@ class TenantSandbox:
         self.tenant.stop()
         self.tenant_server.stop()
         self.shop_server.stop()
+        self.shop.stop()
+        self.cluster.stop()

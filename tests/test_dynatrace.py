@@ -50,17 +50,18 @@ def stored(local_lab, run_id: str) -> int:
 
 
 @pytest.fixture
-def cart_fails(local_lab):
-    """cartFailure on, the way the lab turns it on (ConfigMap, flagd restarted), and off again after."""
+def cart_fails(local_lab, lab_on):
+    """cartFailure on (the release's `on`), the way the lab turns it on (ConfigMap, flagd restarted),
+    and off again after."""
     from labkit.cluster import Cluster
 
     k8s = Cluster(Settings.load(environ=local_lab.env, dotenv=None))
-    for variant in ("on", "off"):
+    for variant in (lab_on, "off"):
         if k8s.flag_file().flag("cartFailure").default_variant != variant:
             k8s.set_default_variant("cartFailure", variant)
             k8s.restart_flagd(timeout=30, how="rollout")
             k8s.wait_served("cartFailure", variant, timeout=10)
-        if variant == "on":
+        if variant == lab_on:
             yield
 
 

@@ -44,13 +44,13 @@ def test_connect_uses_a_configured_lab(lab_env):
         lab.close()
 
 
-def test_the_run_survives_a_new_kernel_and_a_reset_clears_it(lab_env):
+def test_the_run_survives_a_new_kernel_and_a_reset_clears_it(lab_env, lab_on):
     first = labkit.connect()  # 01's kernel
     first.timeline.clear()
     try:
-        first.make_change("on")
+        first.make_change(lab_on)
         first.restart_flagd()
-        first.prove_served("on")
+        first.prove_served(lab_on)
         second = labkit.connect()  # 02's kernel (or 01's after a restart)
         kinds = [s.kind for s in second.timeline.steps]
         assert kinds == ["flag applied", "flagd restarted", "flagd serving the new value"]

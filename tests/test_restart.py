@@ -172,7 +172,7 @@ def test_change_flag_refuses_an_unknown_restart_before_anything(lab_env):
         lab.close()
 
 
-def test_cli_set_keeps_its_steps_on_the_labs_timeline(lab_env, tmp_path):
+def test_cli_set_keeps_its_steps_on_the_labs_timeline(lab_env, lab_on, tmp_path):
     """A change made in a terminal shows on the notebooks' timeline (the local lab's run)."""
     from labkit.settings import TIMELINE_FILE
     from labkit.timeline import Timeline
@@ -181,13 +181,13 @@ def test_cli_set_keeps_its_steps_on_the_labs_timeline(lab_env, tmp_path):
     timeline.clear()
     env = dict(lab_env, PYTHONPATH=str(ROOT))
     try:
-        proc = subprocess.run([sys.executable, "-m", "labkit", "set", "cartFailure", "on"], cwd=tmp_path,
+        proc = subprocess.run([sys.executable, "-m", "labkit", "set", "cartFailure", lab_on], cwd=tmp_path,
                               env=env, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
-        assert "its pod serves cartFailure = on" in proc.stdout
+        assert f"its pod serves cartFailure = {lab_on}" in proc.stdout
         kinds = [(s.kind, s.flag, s.new) for s in timeline.steps]
-        assert kinds[:2] == [("event sent", "cartFailure", "on"), ("flag applied", "cartFailure", "on")]
-        assert kinds[2][0] == "flagd restarted" and kinds[3] == ("flagd serving the new value", "cartFailure", "on")
+        assert kinds[:2] == [("event sent", "cartFailure", lab_on), ("flag applied", "cartFailure", lab_on)]
+        assert kinds[2][0] == "flagd restarted" and kinds[3] == ("flagd serving the new value", "cartFailure", lab_on)
         assert "rollout" in timeline.steps[2].note
     finally:
         subprocess.run([sys.executable, "-m", "labkit", "set", "cartFailure", "off", "--no-event"], cwd=tmp_path,
@@ -195,7 +195,7 @@ def test_cli_set_keeps_its_steps_on_the_labs_timeline(lab_env, tmp_path):
         timeline.clear()
 
 
-def test_flag_switch_offers_the_restart_way(lab_env):
+def test_flag_switch_offers_the_restart_way(lab_env, lab_on):
     pytest.importorskip("ipywidgets")
     from labkit import widgets
     from labkit.lab import Lab
@@ -207,8 +207,8 @@ def test_flag_switch_offers_the_restart_way(lab_env):
         switch = widgets.FlagSwitch(lab, "cartFailure", send_event=False)
         assert switch.restart.value == "rollout" and list(switch.restart.options) == ["rollout", "scale"]
         switch.restart.value = "scale"  # the lab page's way, chosen beside Apply
-        served = switch.apply("on")
-        assert served is not None and served.variant == "on", switch.error
+        served = switch.apply(lab_on)
+        assert served is not None and served.variant == lab_on, switch.error
         assert lab.timeline.last("flagd restarted").note.startswith("scale")
         assert widgets.FlagSwitch(lab, "cartFailure", restart="scale").restart.value == "scale"
     finally:

@@ -6,40 +6,39 @@ import time
 import httpx
 import pytest
 
-from labkit.sandbox import Timings
+from kube_sandbox import release_flags_yaml
+from labkit import releases
+from labkit.sandbox import Timings, kube
 from labkit.sandbox.http import LabServer
-from labkit.sandbox.shop import PRODUCTS, DemoShop, app, failure_rate
+from labkit.sandbox.shop import PRODUCTS, DemoShop, app
 from labkit.sandbox.dynatrace import REDIS_ERROR, Telemetry
 
 PRODUCT = "OLJCESPC7Z"
 
 
-class Flag:
-    """What flagd serves for cartFailure; tests change it between calls."""
-
-    def __init__(self, value=None):
-        self.value = value
-
-    def __call__(self, key, context=None):
-        assert key == "cartFailure"
-        if self.value is None:
-            return None  # no flagd pod Ready: the cart falls back to its default (off)
-        return {"key": key, "value": self.value, "variant": "x", "reason": "STATIC"}
-
-
 @pytest.fixture
 def shop_lab():
-    timings = Timings.fast()
-    timings.shopper_rate = 0  # no background traffic unless a test starts it
-    telemetry = Telemetry(timings, seed=7)
-    flag = Flag()
-    shop = DemoShop(flag, telemetry, timings, seed=11)
-    server = LabServer(app(shop)).start()
-    client = httpx.Client(base_url=server.url, timeout=10)
-    yield shop, telemetry, flag, client
-    client.close()
-    shop.stop()
-    server.stop()
+    """Demo 3.0.0's shop in front of a flagd that serves `cart_failure` (the chart's `off` by
+    default): make(cart_failure) -> (shop, telemetry, client)."""
+    made = []
+
+    def make(cart_failure: str = "off"):
+        timings = Timings.fast()
+        timings.shopper_rate = 0  # no background traffic unless a test starts it
+        cluster = kube.LocalCluster(timings, release_flags_yaml("3.0.0", cart_failure), demo=False).start()
+        telemetry = Telemetry(timings, seed=7)
+        shop = DemoShop(cluster, telemetry, timings, releases.get("3.0.0"), seed=11)
+        server = LabServer(app(shop)).start()
+        client = httpx.Client(base_url=server.url, timeout=10)
+        made.append((client, shop, server, cluster))
+        return shop, telemetry, client
+
+    yield make
+    for client, shop, server, cluster in made:
+        client.close()
+        shop.stop()
+        server.stop()
+        cluster.stop()
 
 
 def add(client, user="alice", product=PRODUCT, quantity=1):
@@ -52,7 +51,7 @@ def empty(client, user="alice"):
 
 
 def test_products_are_the_demo_catalogue(shop_lab):
-    _, _, _, client = shop_lab
+    _, _, client = shop_lab()
     products = client.get("/api/products").json()
     assert len(products) == len(PRODUCTS) >= 10
     scope = next(p for p in products if p["id"] == PRODUCT)
@@ -61,7 +60,7 @@ def test_products_are_the_demo_catalogue(shop_lab):
 
 
 def test_add_view_and_empty_a_cart(shop_lab):
-    _, _, _, client = shop_lab
+    _, _, client = shop_lab()
     assert add(client, quantity=2).status_code == 200
     add(client, product="L9ECAV7KIM")
     cart = client.get("/api/cart", params={"sessionId": "alice", "currencyCode": "USD"}).json()
@@ -78,41 +77,21 @@ def test_add_view_and_empty_a_cart(shop_lab):
     {"item": {"productId": PRODUCT, "quantity": 1}},
 ])
 def test_bad_cart_additions_are_rejected(shop_lab, body):
-    _, _, _, client = shop_lab
+    _, _, client = shop_lab()
     resp = client.post("/api/cart", json=body)
     assert resp.status_code == 400 and "error" in resp.json()
 
 
-def test_failure_rate_reads_booleans_rates_and_percent():
-    on = {"value": True}
-    assert failure_rate(on) == 0.1
-    assert failure_rate({"value": 0.25}) == 0.25
-    assert failure_rate({"value": 25}) == 0.25
-    assert failure_rate({"value": 1}) == 1.0
-    assert failure_rate({"value": False}) == failure_rate({"value": 0}) == failure_rate(None) == 0
-    assert failure_rate({"value": "on"}) == 0  # a typed boolean lookup would not read a string
-
-
-@pytest.mark.parametrize("value, low, high", [(True, 0.06, 0.16), (1, 1.0, 1.0), (1.0, 1.0, 1.0),
-                                              (None, 0.0, 0.0), (False, 0.0, 0.0)])
-def test_empty_cart_fails_as_often_as_the_flag_says(shop_lab, value, low, high):
-    _, _, flag, client = shop_lab
-    flag.value = value
-    codes = [empty(client, f"user-{i}").status_code for i in range(1000)]
-    assert set(codes) <= {204, 500}
-    assert low <= codes.count(500) / len(codes) <= high
-
-
 def test_a_failed_empty_looks_like_the_lab_in_telemetry(shop_lab):
-    _, telemetry, flag, client = shop_lab
-    flag.value = 1.0
+    _, telemetry, client = shop_lab("100%")
     add(client, "bob")
     resp = empty(client, "bob")
     assert resp.status_code == 500
     assert "Wasn't able to connect to redis" in resp.json()["error"]
     cart = telemetry.records("cart")
     failed = [r for r in cart if r.failed]
-    assert [r.endpoint for r in failed] == ["EmptyCart"]
+    assert [r.name for r in failed] == ["oteldemo.CartService/EmptyCart"]
+    assert failed[0].attributes["rpc.grpc.status_code"] == 9  # FailedPrecondition
     assert any(r.failed for r in telemetry.records("frontend"))
     log = telemetry.logs(0, 2**62)[-1]
     assert log["content"] == REDIS_ERROR
@@ -127,25 +106,28 @@ def test_a_failed_empty_looks_like_the_lab_in_telemetry(shop_lab):
     assert client.get("/api/cart", params={"sessionId": "bob"}).json()["items"]
 
 
-def test_background_shopper_never_empties_carts(shop_lab):
-    shop, telemetry, flag, _ = shop_lab
-    flag.value = 1.0
+def test_background_shopper_never_deletes_but_its_checkouts_fail_emptycart(shop_lab):
+    """Like the demo's load generator: no DELETE /api/cart, but checkout empties the cart after each
+    order and ignores the error, so with the flag on the shopper alone keeps EmptyCart failing."""
+    shop, telemetry, _ = shop_lab("100%")
     shop.timings.shopper_rate = 200.0
     shop.start()
     deadline = time.monotonic() + 10
-    while len(telemetry.records("cart")) < 30 and time.monotonic() < deadline:
+    while len([r for r in telemetry.records("cart") if r.failed]) < 5 and time.monotonic() < deadline:
         time.sleep(0.05)
     shop.stop()
-    cart = telemetry.records("cart")
-    assert len(cart) >= 30
-    assert {r.endpoint for r in cart} <= {"AddItem", "GetCart"}
-    assert not any(r.failed for r in cart)
-    assert any(r.service == "checkout" for r in telemetry.records())
+    requests = telemetry.records()
+    empties = [r for r in requests if r.service == "cart" and r.name.endswith("/EmptyCart")]
+    assert len(empties) >= 5 and all(r.failed for r in empties)  # every one of them, at 100%
+    assert not any(r.name == "DELETE /api/cart" for r in requests)
+    orders = [r for r in requests if r.name.endswith("/PlaceOrder")]
+    assert orders and not any(r.failed for r in orders)  # the order is placed all the same
+    assert len([log for log in telemetry.logs(0, 2**62) if log["content"] == REDIS_ERROR]) == len(empties)
 
 
 def test_many_cart_operations_over_one_keep_alive_client(shop_lab):
     """Throughput smoke: every operation is served and counted (timing is benchmarked elsewhere)."""
-    _, telemetry, _, client = shop_lab
+    _, telemetry, client = shop_lab()
     before = len(telemetry.records("cart"))
     for i in range(100):
         assert add(client, "load").status_code == 200

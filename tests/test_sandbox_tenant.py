@@ -305,10 +305,10 @@ def test_grail_needs_a_bearer_token_and_rejects_unsupported_dql(lab):
     resp = httpx.post(url, json={"query": "fetch logs"},
                       headers={"Authorization": f"Api-Token {lab.api_token}"})
     assert resp.status_code == 401 and resp.json()["error"]["code"] == 401
-    bad = lab.grail.post(QUERY + "query:execute", json={"query": "fetch logs | summarize count()"})
+    bad = lab.grail.post(QUERY + "query:execute", json={"query": "fetch logs | join [fetch spans], on: {trace_id}"})
     assert bad.status_code == 400
     details = bad.json()["error"]["details"]
-    assert "summarize" in details["errorMessage"] and details["syntaxErrorPosition"]
+    assert "join" in details["errorMessage"] and details["syntaxErrorPosition"]
 
 
 # ----- the whole local lab ---------------------------------------------------------------------

@@ -17,16 +17,25 @@ def shop(lab_env):
 
 
 @pytest.fixture
-def cart_flag(local_lab, monkeypatch):
-    """Set the value the cart service sees for cartFailure (as flagd would serve it)."""
-    def set_value(value):
-        monkeypatch.setattr(local_lab.shop, "flag_value_fn", lambda key, context=None: {
-            "key": key, "value": value, "variant": str(value), "reason": "STATIC"})
-    return set_value
+def cart_flag(lab_env):
+    """Make the local lab's flagd serve cartFailure = a variant of its release (3.0.0: off, 10%, ...
+    100%) as the lab does it: ConfigMap, restart, served; back to off after the test."""
+    from labkit.cluster import Cluster
+
+    cluster = Cluster(Settings.load(environ=lab_env, dotenv=None))
+
+    def set_variant(variant: str):
+        cluster.set_default_variant("cartFailure", variant)
+        cluster.restart_flagd()
+        cluster.wait_served("cartFailure", variant, timeout=10)
+
+    yield set_variant
+    if cluster.served_value("cartFailure").variant != "off":
+        set_variant("off")
 
 
 def test_sessions_add_view_and_empty_without_failures_when_the_flag_is_off(shop, cart_flag):
-    cart_flag(False)
+    cart_flag("off")
     progress = []
     result = shop.run(seconds=1.0, rate=10, progress=lambda m, f: progress.append((m, f)))
     assert 9 <= result.sessions <= 11  # rate-limited, bounded by time
@@ -40,7 +49,7 @@ def test_sessions_add_view_and_empty_without_failures_when_the_flag_is_off(shop,
 
 
 def test_failures_are_seen_and_timed_when_the_cart_fails(shop, cart_flag):
-    cart_flag(100)  # every EmptyCart fails
+    cart_flag("100%")  # every EmptyCart fails
     before = time.time()
     result = shop.run(seconds=1.0, rate=10)
     assert result.sessions >= 5
@@ -54,8 +63,8 @@ def test_failures_are_seen_and_timed_when_the_cart_fails(shop, cart_flag):
     assert f"{result.sessions} of {result.sessions} cart empties" in result.summary()
 
 
-def test_boolean_on_fails_some_empties(shop, cart_flag):
-    cart_flag(True)  # the lab's flag: about 1 in 10
+def test_the_releases_on_fails_some_empties(shop, cart_flag, local_lab):
+    cart_flag(local_lab.release.lab_on_variant)  # 3.0.0's 10%: the lab page's "about 1 in 10"
     result = shop.run(seconds=20, rate=0, max_sessions=200)
     failed = result.failures_by_operation.get("empty", 0)
     assert result.sessions == 200
@@ -91,7 +100,7 @@ def test_stop_event_ends_the_run_early(shop):
 
 
 def test_as_fast_as_possible(shop, cart_flag):
-    cart_flag(False)
+    cart_flag("off")
     result = shop.run(seconds=1.5, rate=0)
     print(f"\nshop throughput: {result.summary()}")
     assert result.operations > 50 and result.failure_count == 0

@@ -200,7 +200,7 @@ def test_live_chart_shows_errors_and_stops_by_itself():
 
 
 # --- flag switch over a real lab --------------------------------------------------------------
-def test_flag_switch_over_the_local_lab(real_lab):
+def test_flag_switch_over_the_local_lab(real_lab, lab_on):
     switch = widgets.FlagSwitch(real_lab, "cartFailure")
     assert list(switch.toggle.options) == real_lab.variants("cartFailure")
     assert "labkit-flag-switch" in switch.widget._dom_classes
@@ -208,7 +208,7 @@ def test_flag_switch_over_the_local_lab(real_lab):
     assert "labkit-status" in switch.status._dom_classes
     before = real_lab.served("cartFailure").variant
     assert switch.served_text == f"flagd serves: {before}"
-    target = "on" if before != "on" else "off"
+    target = lab_on if before != lab_on else "off"
 
     served = switch.apply(target)
     assert switch.error is None, switch.status.value
@@ -218,9 +218,9 @@ def test_flag_switch_over_the_local_lab(real_lab):
     assert switch.toggle.value == target
 
 
-def test_flag_switch_button_runs_in_background(real_lab):
+def test_flag_switch_button_runs_in_background(real_lab, lab_on):
     switch = widgets.FlagSwitch(real_lab, "cartFailure")
-    target = "off" if real_lab.served("cartFailure").variant != "off" else "on"
+    target = "off" if real_lab.served("cartFailure").variant != "off" else lab_on
     switch.toggle.value = target
     switch.apply_button.click()
     assert switch.apply_button.disabled  # while it runs
@@ -259,10 +259,10 @@ def test_live_chart_starting_empty_shows_data_once_it_arrives():
     assert chart.figure.layout.xaxis.range is None and len(chart.figure.data[0].x) == 10
 
 
-def test_live_chart_over_the_local_lab_marks_the_change(real_lab):
+def test_live_chart_over_the_local_lab_marks_the_change(real_lab, lab_on):
     switch = widgets.FlagSwitch(real_lab, "cartFailure")
     before = real_lab.served("cartFailure").variant
-    target = "on" if before != "on" else "off"
+    target = lab_on if before != lab_on else "off"
     assert switch.apply(target) is not None, switch.status.value
     real_lab.generate_traffic(seconds=2, rate=20)
     chart = widgets.LiveChart(real_lab, static=True)
@@ -276,9 +276,9 @@ def test_live_chart_over_the_local_lab_marks_the_change(real_lab):
     assert any(a.text == f"cartFailure: {before} → {target}" for a in live.figure.layout.annotations)
 
 
-def test_flag_switch_does_not_send_a_second_event_after_inform_dynatrace(real_lab):
+def test_flag_switch_does_not_send_a_second_event_after_inform_dynatrace(real_lab, lab_on):
     before = real_lab.served("cartFailure").variant
-    target = "on" if before != "on" else "off"
+    target = lab_on if before != lab_on else "off"
     real_lab.inform_dynatrace(target, "cartFailure")
     switch = widgets.FlagSwitch(real_lab, "cartFailure")
     assert switch.apply(target) is not None, switch.status.value

@@ -13,7 +13,7 @@ import string
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-SHARED_FLAGS = Path(__file__).with_name("flags.yaml")
+SHARED_FLAGS = Path(__file__).with_name("flags.yaml")  # the lab page's flags.yaml, as in the Codespace
 FLAGS_COPY = "flagd-config.json"  # the ConfigMap as last written, so a restarted local lab keeps it
 PORTS = "ports.json"              # the ports last used, reused when free so lab.env stays valid
 WORKSPACE = "workspace"           # $CODESPACE_VSCODE_FOLDER: the lab page's `kubectl apply -f .../flags.yaml`
@@ -82,13 +82,16 @@ class LocalLab:
     """All of the local lab in this process, on free loopback ports, until stop()."""
 
     def __init__(self, state_dir: str | Path, timings: Timings | None = None,
-                 flags_yaml: str | None = None):
+                 flags_yaml: str | None = None, release: str | None = None):
+        from labkit import releases
         from labkit.sandbox import dynatrace, kube, shop
         from labkit.sandbox.kube import workloads
         from labkit.sandbox.http import LabServer
 
         self.state_dir = Path(state_dir)
         self.timings = timings or Timings.from_env()
+        # The demo release imitated (its cart, images and ConfigMap): argument, else LABKIT_DEMO_RELEASE.
+        self.release = releases.get(release or os.environ.get("LABKIT_DEMO_RELEASE"))
         # A lab.env still here is from a local lab that was killed: keep its tokens (and below its
         # ports and flags), so the terminals and kernels that sourced it keep working after a restart.
         previous = _previous_env(self.state_dir / "lab.env")
@@ -118,11 +121,12 @@ class LocalLab:
 
         self.tenant_server = server(dynatrace.app(self.tenant), "tenant")
         # The cart's pod annotations name the runbook on this tenant, as the lab's setup fills them in.
-        self.cluster = kube.LocalCluster(self.timings, flags_yaml or SHARED_FLAGS.read_text(),
-                                         apps_url=self.tenant_server.url)
+        # As the chart installs it: the release's own flag file (the lab page's is applied later, by hand).
+        self.cluster = kube.LocalCluster(self.timings, flags_yaml or self.release.configmap_yaml(),
+                                         demo_version=self.release.version, apps_url=self.tenant_server.url)
         self.cluster.on_configmap_change = self._keep_flags
         self.telemetry.cart_annotations = workloads.cart_annotations(self.tenant_server.url)
-        self.shop = shop.DemoShop(self.cluster.flagd_value, self.telemetry, self.timings)
+        self.shop = shop.DemoShop(self.cluster, self.telemetry, self.timings, self.release)
         self.kube_server = server(kube.app(self.cluster), "kube")
         self.frontend_server = server(shop.app(self.shop), "frontend")
         self.cluster.register_service("frontend-proxy", 8080, self.frontend_server.app)

@@ -1,29 +1,33 @@
-"""The local lab's stand-in for the OpenTelemetry demo shop (frontend API + cart service).
+"""The local lab's stand-in for the OpenTelemetry demo shop: frontend API, checkout and cart service.
 
-`app(shop)` speaks the demo frontend's API: GET /api/products, GET/POST/DELETE /api/cart. Every
-request is recorded in Telemetry as the real lab's spans would be, and EmptyCart fails with the
-probability flagd serves for `cartFailure`, writing the cart service's Redis error log. Each
-EmptyCart asks flagd for that request, with the cart's user (the shop's session) as `targetingKey`,
-so a targeting or `fractional` rule decides which carts fail. (The demo's cart service itself passes
-no invocation context to `GetDoubleValueAsync("cartFailure", 0)`: on the real lab such a rule sees
-no targetingKey. The local lab sends it so a rule can be rehearsed per session.)
+`app(shop)` speaks the demo frontend's API: GET /api/products, GET/POST/DELETE /api/cart. Each
+request is one trace of the demo's spans in Telemetry. The shop is one demo release's
+(labkit/releases): its cart asks flagd for `cartFailure` as that release's cart does, on every
+EmptyCart (openfeature.py), fails that share of empties (`Release.failure_rate`) with the Redis
+error log, and writes the evaluation as a span event.
 
 A background shopper plays the demo's load generator: it browses, adds, views and checks out, but,
-like the real one, never calls DELETE /api/cart. That is the lab's point: cart failures only show
-when someone empties carts on purpose.
+like the real one, never calls DELETE /api/cart. Checkout empties the cart after placing the order
+and ignores the error, as the demo's checkout does (checkout/main.go `_ = cs.emptyUserCart(...)`):
+with the flag on, the shopper's checkouts keep failing EmptyCart until the change is rolled back.
 """
 from __future__ import annotations
 
 import random
 import threading
+import uuid
 from collections import OrderedDict
 
+from labkit import releases
 from labkit.sandbox.background import Background
 from labkit.sandbox.http import HttpError, Request, Response, Route, Router, json_response
+from labkit.sandbox.openfeature import EVENT, CartFlagClient
+from labkit.sandbox.traces import Trace
 
-FLAG = "cartFailure"
-BOOLEAN_ON_RATE = 0.1  # the lab: a boolean `on` fails about 1 in 10 empties
 MAX_CARTS = 10_000
+CHECKOUT_SHARE = 0.3  # shopper sessions that check out
+CART_ERROR = ("Status(StatusCode=\"FailedPrecondition\", Detail=\"Can't access cart storage. "
+              "System.ApplicationException: Wasn't able to connect to redis\")")
 
 
 def _price(units: int, nanos: int) -> dict:
@@ -60,31 +64,13 @@ PRODUCT_IDS = {p["id"]: p for p in PRODUCTS}
 CURRENCIES = {"USD", "EUR", "CAD", "JPY", "GBP", "TRY", "CHF"}
 
 
-def failure_rate(flag: dict | None) -> float:
-    """EmptyCart failure probability from an OFREP answer (None: flagd unreachable -> default off).
-
-    The lab's flag is boolean (`on` fails about 1 in 10); current demo releases serve a rate
-    (0.25, or 25 meaning percent). Anything else reads as off, as the cart's typed lookup would.
-    """
-    value = flag.get("value") if isinstance(flag, dict) else None
-    if value is True:
-        return BOOLEAN_ON_RATE
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return 0.0
-    rate = float(value) / 100 if value > 1 else float(value)
-    return min(max(rate, 0.0), 1.0)
-
-
-def cart_context(user_id: str) -> dict:
-    """The evaluation context one EmptyCart sends flagd: the cart's user is the targeting key."""
-    return {"targetingKey": user_id, "userId": user_id}
-
-
 class DemoShop:
-    """The demo shop's state: carts per user, the cart service's flag lookups, a shopper."""
+    """The demo shop's state: carts per user, the cart service asking flagd, a shopper."""
 
-    def __init__(self, flag_value_fn, telemetry, timings, seed: int | None = None):
-        self.flag_value_fn = flag_value_fn  # (flag key, evaluation context) -> OFREP answer or None
+    def __init__(self, cluster, telemetry, timings, release: releases.Release | None = None,
+                 seed: int | None = None):
+        self.release = release or releases.get()
+        self.flagd = CartFlagClient(cluster, self.release)  # cluster: where flagd's Service answers
         self.telemetry = telemetry
         self.timings = timings
         self.rng = random.Random(seed)
@@ -104,31 +90,25 @@ class DemoShop:
 
     def stop(self) -> None:
         self._shopper.stop()
+        self.flagd.close()
 
-    # ----- the cart service -----------------------------------------------------------------
-    def _trace(self) -> tuple[str, str]:
-        return self.telemetry.new_trace()
+    def trace(self) -> Trace:
+        return Trace(self.telemetry)
 
-    def _front(self, route: str, trace: str, failed: bool = False) -> None:
-        """The frontend-proxy and frontend spans every shop API call goes through."""
-        self.telemetry.record("frontend-proxy", route, failed, 2.0, trace)
-        self.telemetry.record("frontend", route, failed, 4.0, trace)
+    # ----- the cart service (called inside its gRPC server span) ----------------------------
+    def _log(self, trace: Trace, content: str) -> None:
+        span = trace.current
+        self.telemetry.log_cart_info(content, span.trace_id, span.span_id, self.pod, trace.now_ns() // 1_000_000)
 
-    def get_cart(self, user_id: str, trace: str) -> list[dict]:
-        _, span = self._trace()
-        self.telemetry.record("cart", "GetCart", False, 3.0, trace, span)
-        self.telemetry.log_cart_info(f"GetCartAsync called with userId={user_id}", trace, span,
-                                     self.pod)
+    def get_cart(self, trace: Trace, user_id: str) -> list[dict]:
+        self._log(trace, f"GetCartAsync called with userId={user_id}")
         with self._lock:
             items = dict(self._carts.get(user_id, {}))
         return [{"productId": pid, "quantity": q} for pid, q in items.items()]
 
-    def add_item(self, user_id: str, product_id: str, quantity: int, trace: str) -> None:
-        _, span = self._trace()
-        self.telemetry.record("cart", "AddItem", False, 4.0, trace, span)
-        self.telemetry.log_cart_info(
-            f"AddItemAsync called with userId={user_id}, productId={product_id}, "
-            f"quantity={quantity}", trace, span, self.pod)
+    def add_item(self, trace: Trace, user_id: str, product_id: str, quantity: int) -> None:
+        self._log(trace, f"AddItemAsync called with userId={user_id}, productId={product_id}, "
+                         f"quantity={quantity}")
         with self._lock:
             cart = self._carts.setdefault(user_id, {})
             self._carts.move_to_end(user_id)
@@ -136,16 +116,22 @@ class DemoShop:
             while len(self._carts) > MAX_CARTS:
                 self._carts.popitem(last=False)
 
-    def empty_cart(self, user_id: str, trace: str) -> bool:
-        """EmptyCart as the cart service does it: may fail per the flag. True on success."""
-        _, span = self._trace()
-        self.telemetry.log_cart_info(f"EmptyCartAsync called with userId={user_id}", trace, span,
-                                     self.pod)
-        if self.rng.random() < failure_rate(self.flag_value_fn(FLAG, cart_context(user_id))):
-            self.telemetry.record("cart", "EmptyCart", True, 9.0, trace, span)
-            self.telemetry.log_cart_redis_error(trace, span, self.pod)
+    def empty_cart(self, trace: Trace, user_id: str) -> bool:
+        """CartService.EmptyCart of the release: read the flag, maybe the bad store. True on success."""
+        span = trace.current
+        span.attributes["user.id" if _major(self.release) >= 3 else "app.user.id"] = user_id  # its tag
+        trace.event(span, "Empty cart")
+        read = self.flagd.evaluate()
+        trace.event(span, EVENT, **read.event())  # TraceEnricherHook, in the SDK's finally
+        rate = self.release.failure_rate(read.value)
+        self._log(trace, f"EmptyCartAsync called with userId={user_id}")
+        if rate > 0 and self.rng.random() < rate:  # the bad store at badhost:1234
+            trace.event(span, "exception", **{"exception.type": "Grpc.Core.RpcException",
+                                              "exception.message": CART_ERROR})
+            trace.fail(span, CART_ERROR)
+            self.telemetry.log_cart_redis_error(span.trace_id, span.span_id, self.pod,
+                                                trace.now_ns() // 1_000_000)
             return False
-        self.telemetry.record("cart", "EmptyCart", False, 3.0, trace, span)
         with self._lock:
             self._carts.pop(user_id, None)
         return True
@@ -154,31 +140,90 @@ class DemoShop:
     def shop_once(self) -> None:
         """One load-generator session: browse, add, view, sometimes check out. Never DELETE."""
         user = f"shopper-{self.rng.getrandbits(32):08x}"
-        trace, _ = self._trace()
-        self._front("GET /api/products", trace)
-        self.telemetry.record("product-catalog", "ListProducts", False, 2.0, trace)
-        product = self.rng.choice(PRODUCTS)["id"]
-        trace, _ = self._trace()
-        self._front("POST /api/cart", trace)
-        self.add_item(user, product, self.rng.randint(1, 3), trace)
-        trace, _ = self._trace()
-        self._front("GET /api/cart", trace)
-        self.get_cart(user, trace)
-        self.telemetry.record("currency", "Convert", False, 1.0, trace)
-        if self.rng.random() < 0.3:
-            self._checkout(user)
+        list_products(self)
+        add_to_cart(self, user, self.rng.choice(PRODUCTS)["id"], self.rng.randint(1, 3))
+        view_cart(self, user, "USD")
+        if self.rng.random() < CHECKOUT_SHARE:
+            place_order(self, user, self.rng.choice(sorted(CURRENCIES)))
 
-    def _checkout(self, user: str) -> None:
-        """PlaceOrder. The real checkout empties the cart and ignores the error; the local lab
-        leaves cart failures to the attendee's DELETE traffic (see the module docstring)."""
-        trace, _ = self._trace()
-        self._front("POST /api/checkout", trace)
-        for service, endpoint in (("checkout", "PlaceOrder"), ("quote", "GetQuote"),
-                                  ("shipping", "ShipOrder"), ("currency", "Convert"),
-                                  ("payment", "Charge"), ("email", "SendOrderConfirmation")):
-            self.telemetry.record(service, endpoint, False, 5.0, trace)
-        with self._lock:
-            self._carts.pop(user, None)
+
+def _major(release: releases.Release) -> int:
+    return int(release.version.split(".")[0])
+
+
+# ----- the shop's calls, one trace each, as the demo's services make them ---------------------------
+def list_products(shop: DemoShop) -> list[dict]:
+    trace = shop.trace()
+    with trace.http(None, "frontend-proxy", "GET", "/api/products"):
+        with trace.http(None, "frontend", "GET", "/api/products"):
+            with trace.grpc("frontend", "product-catalog", "ProductCatalogService", "ListProducts"):
+                return PRODUCTS
+
+
+def add_to_cart(shop: DemoShop, user: str, product: str, quantity: int) -> list[dict]:
+    trace = shop.trace()
+    with trace.http(None, "frontend-proxy", "POST", "/api/cart"):
+        with trace.http(None, "frontend", "POST", "/api/cart"):
+            with trace.grpc("frontend", "cart", "CartService", "AddItem"):
+                shop.add_item(trace, user, product, quantity)
+            with trace.grpc("frontend", "cart", "CartService", "GetCart"):
+                return shop.get_cart(trace, user)
+
+
+def view_cart(shop: DemoShop, user: str, currency: str) -> list[dict]:
+    trace = shop.trace()
+    with trace.http(None, "frontend-proxy", "GET", "/api/cart"):
+        with trace.http(None, "frontend", "GET", "/api/cart"):
+            with trace.grpc("frontend", "cart", "CartService", "GetCart"):
+                items = shop.get_cart(trace, user)
+            for _ in items:
+                with trace.grpc("frontend", "currency", "CurrencyService", "Convert"):
+                    pass
+            return items
+
+
+def empty_cart(shop: DemoShop, user: str) -> bool:
+    """DELETE /api/cart: the frontend calls EmptyCart and answers 500 when it fails."""
+    trace = shop.trace()
+    with trace.http(None, "frontend-proxy", "DELETE", "/api/cart") as proxy:
+        with trace.http(None, "frontend", "DELETE", "/api/cart") as front:
+            with trace.grpc("frontend", "cart", "CartService", "EmptyCart"):
+                ok = shop.empty_cart(trace, user)
+            if not ok:
+                trace.fail(front, CART_ERROR)
+                trace.fail(proxy, CART_ERROR)
+            return ok
+
+
+def place_order(shop: DemoShop, user: str, currency: str) -> str:
+    """POST /api/checkout: checkout's PlaceOrder as the demo's checkout/main.go makes its calls."""
+    trace = shop.trace()
+    with trace.http(None, "frontend-proxy", "POST", "/api/checkout"):
+        with trace.http(None, "frontend", "POST", "/api/checkout"):
+            with trace.grpc("frontend", "checkout", "CheckoutService", "PlaceOrder") as order:
+                order.attributes["user.id"] = user
+                with trace.span("checkout", "prepareOrderItemsAndShippingQuoteFromCart", "internal"):
+                    with trace.grpc("checkout", "cart", "CartService", "GetCart"):
+                        items = shop.get_cart(trace, user)
+                    for _ in items:
+                        with trace.grpc("checkout", "product-catalog", "ProductCatalogService", "GetProduct"):
+                            pass
+                        with trace.grpc("checkout", "currency", "CurrencyService", "Convert"):
+                            pass
+                    with trace.http("checkout", "shipping", "POST", "/get-quote"):
+                        with trace.http("shipping", "quote", "POST", "/getquote"):
+                            pass
+                    with trace.grpc("checkout", "currency", "CurrencyService", "Convert"):
+                        pass
+                with trace.grpc("checkout", "payment", "PaymentService", "Charge"):
+                    pass
+                with trace.http("checkout", "shipping", "POST", "/ship-order"):
+                    pass
+                with trace.grpc("checkout", "cart", "CartService", "EmptyCart"):
+                    shop.empty_cart(trace, user)  # `_ = cs.emptyUserCart(ctx, req.UserId)`: error ignored
+                with trace.http("checkout", "email", "POST", "/send_order_confirmation"):
+                    pass
+    return str(uuid.UUID(int=shop.rng.getrandbits(128), version=1))
 
 
 # ----- the frontend API -------------------------------------------------------------------------
@@ -201,10 +246,7 @@ def _body(req: Request):
 
 
 def _get_products(shop: DemoShop, req: Request) -> Response:
-    trace, _ = shop._trace()
-    shop._front("GET /api/products", trace)
-    shop.telemetry.record("product-catalog", "ListProducts", False, 2.0, trace)
-    return json_response(PRODUCTS)
+    return json_response(list_products(shop))
 
 
 def _get_cart(shop: DemoShop, req: Request) -> Response:
@@ -214,9 +256,7 @@ def _get_cart(shop: DemoShop, req: Request) -> Response:
         return _error(400, "sessionId is required")
     if currency not in CURRENCIES:
         return _error(400, f"unsupported currency {currency!r}")
-    trace, _ = shop._trace()
-    shop._front("GET /api/cart", trace)
-    items = shop.get_cart(user, trace)
+    items = view_cart(shop, user, currency)
     return json_response({"userId": user, "items": [
         {**item, "product": PRODUCT_IDS.get(item["productId"])} for item in items]})
 
@@ -232,10 +272,7 @@ def _add_to_cart(shop: DemoShop, req: Request) -> Response:
         return _error(400, f"product {product!r} not found")
     if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 1:
         return _error(400, "quantity must be a positive integer")
-    trace, _ = shop._trace()
-    shop._front("POST /api/cart", trace)
-    shop.add_item(user, product, quantity, trace)
-    return json_response({"userId": user, "items": shop.get_cart(user, trace)})
+    return json_response({"userId": user, "items": add_to_cart(shop, user, product, quantity)})
 
 
 def _empty_cart(shop: DemoShop, req: Request) -> Response:
@@ -243,14 +280,22 @@ def _empty_cart(shop: DemoShop, req: Request) -> Response:
     user = body.get("userId") if isinstance(body, dict) else None
     if not isinstance(user, str) or not user:
         return _error(400, 'expected {"userId": str}')
-    trace, _ = shop._trace()
-    if shop.empty_cart(user, trace):
-        shop._front("DELETE /api/cart", trace)
+    if empty_cart(shop, user):
         return Response(204, b"", "text/plain")
-    shop._front("DELETE /api/cart", trace, failed=True)
     # The demo frontend passes the gRPC error through as its 500 body.
     return _error(500, "9 FAILED_PRECONDITION: Can't access cart storage. "
                        "System.ApplicationException: Wasn't able to connect to redis")
+
+
+def _checkout(shop: DemoShop, req: Request) -> Response:
+    """POST /api/checkout (the load generator's checkout): the order is placed even when the cart
+    cannot be emptied."""
+    body = _body(req)
+    user = body.get("userId") if isinstance(body, dict) else None
+    currency = body.get("userCurrency", "USD") if isinstance(body, dict) else "USD"
+    if not isinstance(user, str) or not user or currency not in CURRENCIES:
+        return _error(400, 'expected {"userId": str, "userCurrency": one of ' + ", ".join(sorted(CURRENCIES)) + "}")
+    return json_response({"orderId": place_order(shop, user, currency), "userId": user})
 
 
 def _index(shop: DemoShop, req: Request) -> Response:
@@ -263,6 +308,7 @@ ROUTES = [
     Route("/api/cart", _get_cart),
     Route("/api/cart", _add_to_cart, ("POST",)),
     Route("/api/cart", _empty_cart, ("DELETE",)),
+    Route("/api/checkout", _checkout, ("POST",)),
 ]
 
 
@@ -270,4 +316,4 @@ def app(shop: DemoShop) -> Router:
     return Router(ROUTES, ShopError, shop, "the demo frontend")
 
 
-__all__ = ["DemoShop", "app", "PRODUCTS", "cart_context", "failure_rate"]
+__all__ = ["DemoShop", "PRODUCTS", "app", "empty_cart", "place_order"]

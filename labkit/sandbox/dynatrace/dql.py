@@ -82,7 +82,7 @@ class TimeseriesAgg:
 @dataclass
 class DqlQuery:
     text: str
-    source: str  # logs | events | dt.davis.problems | timeseries
+    source: str  # logs | events | dt.davis.problems | spans | timeseries
     start: Callable[[int], int] | None = None
     end: Callable[[int], int] | None = None
     stages: list[Stage] = field(default_factory=list)
@@ -92,10 +92,13 @@ class DqlQuery:
     interval_ns: int | None = None
 
 
-SOURCES = ("logs", "events", "dt.davis.problems")
-STAGES = ("filter", "filterOut", "sort", "limit", "fields", "fieldsKeep", "fieldsRemove")
-SUPPORTED = ("fetch logs|events|dt.davis.problems [, from:, to:] and timeseries {..}, by:, "
+SOURCES = ("logs", "events", "dt.davis.problems", "spans")
+STAGES = ("filter", "filterOut", "sort", "limit", "fields", "fieldsKeep", "fieldsAdd", "fieldsRemove",
+          "fieldsFlatten", "expand", "summarize")
+SUPPORTED = ("fetch logs|events|dt.davis.problems|spans [, from:, to:] and timeseries {..}, by:, "
              "filter:, interval:, from:, to:; then " + ", ".join(STAGES))
+AGGREGATIONS = ("count", "countIf", "min", "max", "sum", "avg", "takeFirst", "takeLast",
+                "collectDistinct")
 
 
 class Parser:
@@ -173,9 +176,23 @@ class Parser:
                 return lambda r, v={"true": True, "false": False, "null": None}[tok.value]: v
             if self.tok.kind == "op" and self.tok.value == "(":
                 return self.function(tok)
-            return lambda r, k=tok.value: r.get(k)
+            return self.access(lambda r, k=tok.value: r.get(k))
         raise DqlError(f"Unexpected {tok.value!r}" if tok.kind != "eof"
                        else "Unexpected end of expression", tok.pos)
+
+    def access(self, base):
+        """`field[key]` (a record's field, an array's index) and `field[][key]` (each element's, for
+        iAny/iAll): span.events[][span_event.name] == "exception"."""
+        while self.tok.kind == "op" and self.tok.value in ("[", "[]"):
+            each = self.accept("op", "[]")
+            if each and not (self.tok.kind == "op" and self.tok.value == "["):
+                base = (lambda b: lambda r: _each(b(r)))(base)
+                continue
+            self.take("op", "[")
+            key = self.take().value
+            self.take("op", "]")
+            base = (lambda b, k, e: lambda r: _at(_each(b(r)) if e else b(r), k))(base, key, each)
+        return base
 
     def function(self, name_tok: Tok):
         self.take("op", "(")
@@ -201,7 +218,29 @@ def _not(v):
     return None if v is None else not v
 
 
+class Each(list):
+    """The elements of an array in an iterative expression (`arr[]`): iAny/iAll reduce them."""
+
+
+def _each(value):
+    return Each(value) if isinstance(value, list) else None
+
+
+def _at(value, key):
+    if isinstance(value, Each):
+        return Each(_at(v, key) for v in value)
+    if isinstance(value, dict):
+        return value.get(key)
+    if isinstance(value, list) and isinstance(key, int) and -len(value) <= key < len(value):
+        return value[key]
+    return None
+
+
 def _compare(op: str, a, b):
+    if isinstance(a, Each) or isinstance(b, Each):
+        pairs = zip(a, b) if isinstance(a, Each) and isinstance(b, Each) else (
+            ((x, b) for x in a) if isinstance(a, Each) else ((a, y) for y in b))
+        return Each(_compare(op, x, y) for x, y in pairs)
     if a is None or b is None:
         return None  # DQL: comparisons with null are null, so filter drops the record
     if isinstance(a, bool) != isinstance(b, bool) or isinstance(a, str) != isinstance(b, str):
@@ -250,6 +289,9 @@ FUNCTIONS: dict[str, Callable] = {
     "lower": lambda v: v.lower() if isinstance(v, str) else None,
     "upper": lambda v: v.upper() if isinstance(v, str) else None,
     "not": _not,
+    "iAny": lambda v: any(x is True for x in v) if isinstance(v, Each) else None,
+    "iAll": lambda v: all(x is True for x in v) if isinstance(v, Each) else None,
+    "arraySize": lambda v: len(v) if isinstance(v, list) else None,
 }
 
 
@@ -430,14 +472,166 @@ def _parse_stage(p: Parser) -> Stage:
         n = p.take("num").value
         p.done()
         return Stage("limit", {"n": int(n)})
-    if name in ("fields", "fieldsKeep", "fieldsRemove"):
+    if name == "fieldsRemove":
         names = [p.take("ident").value]
         while p.accept("op", ","):
             names.append(p.take("ident").value)
         p.done()
-        return Stage("fieldsRemove" if name == "fieldsRemove" else "fields", {"names": names})
+        return Stage("fieldsRemove", {"names": names})
+    if name in ("fields", "fieldsKeep", "fieldsAdd"):
+        columns = _columns(p)
+        p.done()
+        return Stage("fieldsAdd" if name == "fieldsAdd" else "fields", {"columns": columns})
+    if name == "expand":
+        field_name = p.take("ident").value
+        p.done()
+        return Stage("expand", {"field": field_name})
+    if name == "fieldsFlatten":
+        return _parse_flatten(p)
+    if name == "summarize":
+        return _parse_summarize(p)
     raise DqlError(f"The local lab's DQL does not support the command '{name}'. "
                    f"Supported: {SUPPORTED}", command.pos)
+
+
+def _columns(p: Parser) -> list[tuple[str, Callable]]:
+    """`a, b = expr, c`: (name, value of the record) for each; a bare field keeps its name."""
+    out = []
+    while True:
+        start = p.i
+        if p.tok.kind == "ident" and p.toks[p.i + 1].kind == "op" and p.toks[p.i + 1].value == "=":
+            name = p.take().value
+            p.take("op", "=")
+            out.append((name, p.expr()))
+        else:
+            value = p.expr()
+            out.append((_text(p.toks[start:p.i]), value))
+        if not p.accept("op", ","):
+            return out
+
+
+def _text(toks: list[Tok]) -> str:
+    """A column's default name: its expression as written (`count()`, `span.events`)."""
+    return "".join(str(t.value) if t.kind != "str" else json.dumps(t.value) for t in toks)
+
+
+def _parse_flatten(p: Parser) -> Stage:
+    field_name = p.take("ident").value
+    args = {"field": field_name, "prefix": field_name + ".", "fields": None}
+    while p.accept("op", ","):
+        key = p.take("ident")
+        p.take("op", ":")
+        if key.value == "prefix":
+            args["prefix"] = p.take("str").value
+        elif key.value == "fields":
+            p.take("op", "{")
+            args["fields"] = [p.take("ident").value]
+            while p.accept("op", ","):
+                args["fields"].append(p.take("ident").value)
+            p.take("op", "}")
+        else:
+            raise DqlError(f"The local lab's fieldsFlatten supports prefix: and fields:, not '{key.value}:'",
+                           key.pos)
+    p.done()
+    return Stage("fieldsFlatten", args)
+
+
+def _parse_summarize(p: Parser) -> Stage:
+    aggs, by = [], []
+    if not (p.tok.kind == "ident" and p.tok.value == "by"):
+        while True:
+            start = p.i
+            name = None
+            if p.tok.kind == "ident" and p.toks[p.i + 1].value == "=":
+                name = p.take().value
+                p.take("op", "=")
+            func = p.take("ident")
+            if func.value not in AGGREGATIONS:
+                raise DqlError(f"The local lab's summarize supports {', '.join(AGGREGATIONS)}, not "
+                               f"'{func.value}'", func.pos)
+            p.take("op", "(")
+            arg = None if p.tok.kind == "op" and p.tok.value == ")" else p.expr()
+            p.take("op", ")")
+            aggs.append((name or _text(p.toks[start:p.i]), func.value, arg))
+            if not p.accept("op", ","):
+                break
+            if p.tok.kind == "ident" and p.tok.value == "by":
+                break
+    if p.accept("ident", "by"):
+        p.take("op", ":")
+        braced = p.accept("op", "{")
+        by = _columns(p)
+        if braced:
+            p.take("op", "}")
+    p.done()
+    return Stage("summarize", {"aggs": aggs, "by": by})
+
+
+def _aggregate(func: str, values: list):
+    present = [v for v in values if v is not None]
+    if func == "count":
+        return len(values)
+    if func == "countIf":
+        return sum(1 for v in values if v is True)
+    if func == "collectDistinct":
+        return list(dict.fromkeys(present))
+    if not present:
+        return None
+    if func in ("takeFirst", "takeLast"):
+        return present[0] if func == "takeFirst" else present[-1]
+    if func in ("min", "max"):
+        try:
+            return (min if func == "min" else max)(present, key=_sort_key)
+        except TypeError:
+            return None
+    numbers = [v for v in present if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if not numbers:
+        return None
+    return sum(numbers) if func == "sum" else sum(numbers) / len(numbers)
+
+
+def _summarize(rows: list[dict], aggs: list, by: list) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        key = tuple(_hashable(fn(r)) for _, fn in by)
+        groups.setdefault(key, []).append(r)
+    if not by and not groups:
+        groups[()] = []  # summarize over nothing still answers one record (count() = 0)
+    out = []
+    for key, members in groups.items():
+        record = {name: fn(members[0]) for name, fn in by}
+        for name, func, arg in aggs:
+            values = [arg(r) if arg else True for r in members]
+            record[name] = _aggregate(func, values)
+        out.append(record)
+    return out
+
+
+def _hashable(value):
+    return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
+
+
+def _expand(rows: list[dict], field_name: str) -> list[dict]:
+    out = []
+    for r in rows:
+        values = r.get(field_name)
+        if not isinstance(values, list):
+            out.append(r)  # not an array: the record as it is
+            continue
+        out.extend({**r, field_name: v} for v in values)
+    return out
+
+
+def _flatten(rows: list[dict], field_name: str, prefix: str, keys) -> list[dict]:
+    out = []
+    for r in rows:
+        nested = r.get(field_name)
+        r = dict(r)
+        if isinstance(nested, dict):
+            for k in keys if keys is not None else list(nested):
+                r[prefix + k] = nested.get(k)
+        out.append(r)
+    return out
 
 
 # ----- the pipeline stages over records -------------------------------------------------------
@@ -465,8 +659,17 @@ def apply_stages(rows: list[dict], stages: list[Stage]) -> list[dict]:
         elif stage.command == "limit":
             rows = rows[:stage.args["n"]]
         elif stage.command == "fields":
-            names = stage.args["names"]
-            rows = [{n: r.get(n) for n in names} for r in rows]
+            columns = stage.args["columns"]
+            rows = [{n: fn(r) for n, fn in columns} for r in rows]
+        elif stage.command == "fieldsAdd":
+            columns = stage.args["columns"]
+            rows = [{**r, **{n: fn(r) for n, fn in columns}} for r in rows]
+        elif stage.command == "expand":
+            rows = _expand(rows, stage.args["field"])
+        elif stage.command == "fieldsFlatten":
+            rows = _flatten(rows, stage.args["field"], stage.args["prefix"], stage.args["fields"])
+        elif stage.command == "summarize":
+            rows = _summarize(rows, stage.args["aggs"], stage.args["by"])
         elif stage.command == "fieldsRemove":
             drop = set(stage.args["names"])
             rows = [{k: v for k, v in r.items() if k not in drop} for r in rows]

@@ -13,9 +13,9 @@ from typing import Any
 from labkit.sandbox.dynatrace.dql import DqlError, DqlQuery, apply_stages, parse_dql
 from labkit.sandbox.dynatrace.errors import EnvironmentApiError, PlatformError
 from labkit.sandbox.dynatrace.series import merged_minutes, parse_resolution, series_values
-from labkit.sandbox.dynatrace.telemetry import Event, MonitoredEntity, Problem
+from labkit.sandbox.dynatrace.telemetry import Event, MonitoredEntity, Problem, Span
 from labkit.sandbox.dynatrace.tenant import GrailJob, Tenant, bearer
-from labkit.sandbox.dynatrace.times import HOUR_MS, MINUTE_MS, iso, parse_time
+from labkit.sandbox.dynatrace.times import HOUR_MS, MINUTE_MS, iso, iso_ns, parse_time
 from labkit.sandbox.http import Request, Response, json_response
 
 
@@ -54,6 +54,23 @@ def _problem_record(p: Problem) -> dict:
     }
 
 
+def _span_record(s: Span, telemetry) -> dict:
+    """A span as `fetch spans` returns it (OTel attributes flat, its events as span.events)."""
+    record = {
+        "start_time": iso_ns(s.start_ns), "end_time": iso_ns(s.end_ns), "_ms": s.time,
+        "duration": s.end_ns - s.start_ns, "trace.id": s.trace_id, "span.id": s.span_id,
+        "span.parent_id": s.parent_id, "span.name": s.name, "span.kind": s.kind,
+        "span.status_code": s.status, "service.name": s.service,
+        "dt.entity.service": telemetry.entities[s.service].entity_id if s.service in telemetry.entities else None,
+        "k8s.cluster.name": telemetry.cluster_name, "k8s.namespace.name": "default",
+        "otel.scope.name": s.service, **s.attributes,
+        "span.events": [{**ev, "timestamp": iso_ns(ev["timestamp"])} for ev in s.events],
+    }
+    if s.kind == "server":  # Dynatrace's request fields: a server span is a request
+        record.update({"request.is_failed": s.failed, "endpoint.name": s.name})
+    return {k: v for k, v in record.items() if v is not None}
+
+
 def _fetch(tenant: Tenant, source: str, start: int, end: int, now: int) -> list[dict]:
     if source == "logs":
         rows = [dict(r) for r in tenant.telemetry.logs(start, end)]
@@ -61,6 +78,8 @@ def _fetch(tenant: Tenant, source: str, start: int, end: int, now: int) -> list[
         return rows
     if source == "events":
         return [_event_record(e, now) for e in tenant.telemetry.events() if start <= e.start < end]
+    if source == "spans":  # newest first, as Grail returns them without a sort
+        return [_span_record(s, tenant.telemetry) for s in reversed(tenant.telemetry.spans(start, end))]
     return [_problem_record(p) for p in tenant.telemetry.problems()
             if p.start < end and (p.open or p.end >= start)]
 
@@ -69,6 +88,7 @@ def _fetch(tenant: Tenant, source: str, start: int, end: int, now: int) -> list[
 GRAIL_SCOPES = {"logs": ("storage:logs:read", "storage:buckets:read"),
                 "events": ("storage:events:read", "storage:buckets:read"),
                 "dt.davis.problems": ("storage:events:read", "storage:buckets:read"),
+                "spans": ("storage:spans:read", "storage:buckets:read"),
                 "timeseries": ("storage:metrics:read", "storage:buckets:read")}
 
 
@@ -138,7 +158,7 @@ def _agg_values(tenant: Tenant, metric: str, func: str, members: list[MonitoredE
 def _type_of(name: str, value) -> dict:
     if name == "timeframe":
         return {"type": "timeframe"}
-    if name == "interval":
+    if name in ("interval", "duration"):
         return {"type": "duration"}
     if isinstance(value, bool):
         return {"type": "boolean"}
@@ -152,7 +172,7 @@ def _type_of(name: str, value) -> dict:
                                             "mappings": {"element": _type_of("", element)}}]}
     if isinstance(value, dict):
         return {"type": "record"}
-    if name in ("timestamp", "event.start", "event.end") and value is not None:
+    if name in ("timestamp", "event.start", "event.end", "start_time", "end_time") and value is not None:
         return {"type": "timestamp"}
     return {"type": "string"}
 
@@ -165,6 +185,8 @@ def _encode(value):
         return str(value)
     if isinstance(value, list):
         return [_encode(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
     return value
 
 

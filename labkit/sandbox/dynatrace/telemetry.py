@@ -1,9 +1,9 @@
-"""What the local lab's Dynatrace tenant "knows": requests, logs, entities, events and problems.
+"""What the local lab's Dynatrace tenant "knows": spans, logs, entities, events and problems.
 
 The shop writes into it as it serves requests; the tenant reads from it to answer API calls. One
-lock guards everything, and every method holds it only briefly. Request counts are kept as
-per-service, per-minute counters so a 24-hour chart at 1-minute resolution is a cheap lookup; the
-individual records, logs and events are kept in bounded lists.
+lock guards everything, and every method holds it only briefly. Request counts (server spans) are
+kept as per-service, per-minute counters so a 24-hour chart at 1-minute resolution is a cheap
+lookup; the individual spans, logs and events are kept in bounded lists.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from labkit.sandbox.dynatrace.times import MINUTE_MS, iso, now_ms
 
 CART = "cart"
+CLUSTER = "labkit-local"  # the local lab's kind cluster (its node's providerID names it)
 
 # The OpenTelemetry demo's services as they appear in the lab (OTel-only "unified" services).
 SERVICES = ("cart", "frontend", "frontend-proxy", "product-catalog", "checkout", "currency",
@@ -37,7 +38,7 @@ CHANGE_LOOKBACK_MS = 30 * MINUTE_MS  # a change this long before a problem count
 # Dynatrace normalises loglevel and sets status ERROR for all of these (fidelity.md).
 ERROR_LEVELS = frozenset({"SEVERE", "ERROR", "CRITICAL", "ALERT", "FATAL", "EMERGENCY"})
 
-MAX_RECORDS = 20_000
+MAX_SPANS = 30_000  # about half an hour of the background shopper's traces
 MAX_INFO_LOGS = 20_000
 MAX_ERROR_LOGS = 20_000
 MAX_EVENTS = 5_000
@@ -58,15 +59,30 @@ def service_id(name: str) -> str:
     return "SERVICE-" + hashlib.sha256(name.encode()).hexdigest()[:16].upper()
 
 
-@dataclass
-class RequestRecord:
-    time: int  # epoch ms, UTC
+@dataclass(slots=True)
+class Span:
+    """One span as the demo's OTel SDKs export it; a server span is one request of its service."""
+    start_ns: int  # epoch ns, UTC
+    end_ns: int
     service: str
-    endpoint: str
-    failed: bool
-    duration_ms: float
+    name: str
+    kind: str  # server | client | internal
     trace_id: str
     span_id: str
+    parent_id: str | None = None
+    failed: bool = False  # request.is_failed: Dynatrace's failure detection on a server span
+    status: str = "unset"  # span.status_code: ok | error | unset
+    attributes: dict = field(default_factory=dict)  # rpc.*, http.*, user.id ...
+    events: list = field(default_factory=list)  # span events: {"span_event.name", "timestamp", ...}
+
+    @property
+    def time(self) -> int:
+        return self.start_ns // 1_000_000
+
+    @property
+    def duration_ms(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e6
+
 
 
 @dataclass
@@ -120,10 +136,11 @@ class Telemetry:
     def __init__(self, timings, seed: int | None = None):
         self.timings = timings
         self.clock = now_ms  # tests may replace it
+        self.cluster_name = CLUSTER  # k8s.cluster.name on the spans (the kind cluster's name)
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
         self._minutes: dict[str, dict[int, list[int]]] = {s: {} for s in SERVICES}
-        self._records: deque[RequestRecord] = deque(maxlen=MAX_RECORDS)
+        self._spans: deque[Span] = deque(maxlen=MAX_SPANS)
         self._info_logs: deque[dict] = deque(maxlen=MAX_INFO_LOGS)
         # Error logs are kept apart so a flood of INFO lines never pushes them out.
         self._error_logs: deque[dict] = deque(maxlen=MAX_ERROR_LOGS)
@@ -178,17 +195,17 @@ class Telemetry:
                 return k
             k += 1
 
-    def record(self, service: str, endpoint: str, failed: bool = False, duration_ms: float = 5.0,
-               trace_id: str | None = None, span_id: str | None = None, at: int | None = None
-               ) -> RequestRecord:
-        """One served request (a span in the real lab)."""
+    def new_span_id(self) -> str:
         with self._lock:
-            t = self.clock() if at is None else at
-            rec = RequestRecord(t, service, endpoint, failed, duration_ms,
-                                trace_id or self._hex(32), span_id or self._hex(16))
-            self._count(service, t, failed)
-            self._records.append(rec)
-            return rec
+            return self._hex(16)
+
+    def add_spans(self, spans: list[Span]) -> None:
+        """A finished trace's spans; each server span counts as one request of its service."""
+        with self._lock:
+            for span in spans:
+                if span.kind == "server":
+                    self._count(span.service, span.time, span.failed)
+                self._spans.append(span)
 
     def _count(self, service: str, t: int, failed: bool) -> None:
         buckets = self._minutes.setdefault(service, {})
@@ -217,10 +234,11 @@ class Telemetry:
             "log.source": "otel", "event.type": "LOG",
         }
 
-    def log_cart_info(self, content: str, trace_id: str, span_id: str, pod: str) -> None:
+    def log_cart_info(self, content: str, trace_id: str, span_id: str, pod: str,
+                      at: int | None = None) -> None:
         with self._lock:
-            self._info_logs.append(self._cart_log(self.clock(), content, trace_id, span_id,
-                                                  "INFO", pod))
+            self._info_logs.append(self._cart_log(self.clock() if at is None else at, content,
+                                                  trace_id, span_id, "INFO", pod))
 
     def log_cart(self, level: str, content: str, pod: str = "pod-test") -> dict:
         """Any cart log line (tests inject e.g. a CRITICAL one); error ones never open problems."""
@@ -230,10 +248,10 @@ class Telemetry:
             (self._error_logs if entry["status"] == "ERROR" else self._info_logs).append(entry)
             return entry
 
-    def log_cart_redis_error(self, trace_id: str, span_id: str, pod: str) -> dict:
+    def log_cart_redis_error(self, trace_id: str, span_id: str, pod: str, at: int | None = None) -> dict:
         """The EmptyCart failure log; the lab's pipeline marks it for alerting (priority "1")."""
         with self._lock:
-            t = self.clock()
+            t = self.clock() if at is None else at
             entry = self._cart_log(t, REDIS_ERROR, trace_id, span_id, "ERROR", pod)
             entry.update({"statuscode": "FailedPrecondition", "priority": "1", "alertme": "true",
                           "detail": REDIS_ERROR})
@@ -333,6 +351,12 @@ class Telemetry:
         rows.sort(key=lambda r: r["_ms"])
         return rows
 
-    def records(self, service: str | None = None) -> list[RequestRecord]:
+    def records(self, service: str | None = None) -> list[Span]:
+        """The requests served (server spans), oldest first."""
         with self._lock:
-            return [r for r in self._records if service is None or r.service == service]
+            return [r for r in self._spans if r.kind == "server" and service in (None, r.service)]
+
+    def spans(self, start: int, end: int) -> list[Span]:
+        """Every span that started in [start, end) epoch ms, oldest first."""
+        with self._lock:
+            return [s for s in self._spans if start <= s.time < end]

@@ -27,7 +27,8 @@ PLATFORM_SCOPES = frozenset({
     "environment-api:events:write", "storage:events:write", "environment-api:events:read",
     "environment-api:metrics:read",
     "environment-api:problems:read", "environment-api:entities:read", "storage:logs:read",
-    "storage:buckets:read", "storage:events:read", "storage:metrics:read", "storage:entities:read"})
+    "storage:spans:read", "storage:buckets:read", "storage:events:read", "storage:metrics:read",
+    "storage:entities:read"})
 # The classic scope of a handler -> what a platform token needs there (the SDK's "Required scope"
 # per method, dynatrace-answers.md §1): each entry one need, as the scopes that grant it (any one).
 CLASSIC_ON_PLATFORM = {

@@ -22,6 +22,12 @@ def iso(ms: int) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{(ms % 1000) * 1_000_000:09d}Z"
 
 
+def iso_ns(ns: int) -> str:
+    """Grail's timestamp form at full precision (span start and end times)."""
+    dt = datetime.fromtimestamp(ns // 1_000_000_000, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ns % 1_000_000_000:09d}Z"
+
+
 def iso_ms(ms: int) -> str:
     """The classic API's ISO form with milliseconds, e.g. 2020-11-05T08:15:30.144Z."""
     dt = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import time
 
+from labkit import releases
 from labkit.sandbox.kube.discovery import NS
 
-DEMO_VERSION = "2.0.2"
-IMAGE = "ghcr.io/open-telemetry/demo:" + DEMO_VERSION + "-{name}"
+IMAGE = "ghcr.io/open-telemetry/demo:{version}-{name}"  # the release's tag: labkit reads it off the cart
 
 # name -> (ports it listens on, memory limit, the lines it logs when it starts)
 COMPONENTS: dict[str, tuple[list[tuple[str, int]], str, list[str]]] = {
@@ -77,17 +77,17 @@ def cart_annotations(apps_url: str | None = None) -> dict:
     return {**CART_ANNOTATIONS, "supportInfo": info}
 
 
-def image(name: str) -> str:
-    return "valkey/valkey:8.0.2-alpine" if name == "valkey-cart" else IMAGE.format(name=name)
+def image(name: str, version: str = releases.DEFAULT) -> str:
+    return "valkey/valkey:8.0.2-alpine" if name == "valkey-cart" else IMAGE.format(version=version, name=name)
 
 
 def labels(name: str) -> dict:
     return {"opentelemetry.io/name": name, "app.kubernetes.io/name": name, "app.kubernetes.io/component": name}
 
 
-def template(name: str, apps_url: str | None = None) -> dict:
+def template(name: str, version: str = releases.DEFAULT, apps_url: str | None = None) -> dict:
     ports, memory, _ = COMPONENTS[name]
-    container = {"name": name, "image": image(name), "imagePullPolicy": "IfNotPresent",
+    container = {"name": name, "image": image(name, version), "imagePullPolicy": "IfNotPresent",
                  "ports": [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in ports],
                  "env": [{"name": "OTEL_SERVICE_NAME", "value": name}],
                  "resources": {"limits": {"memory": memory}},
@@ -117,11 +117,11 @@ def deployment(name: str, tmpl: dict) -> dict:
     }
 
 
-def objects(apps_url: str | None = None) -> list[tuple[str, dict]]:
-    """The demo's Deployments and Services (not flagd's: seed.py has those)."""
+def objects(version: str = releases.DEFAULT, apps_url: str | None = None) -> list[tuple[str, dict]]:
+    """The demo release's Deployments and Services (not flagd's: seed.py has those)."""
     out: list[tuple[str, dict]] = []
     for name, (ports, _, _) in sorted(COMPONENTS.items()):
-        out.append(("deployments", deployment(name, template(name, apps_url))))
+        out.append(("deployments", deployment(name, template(name, version, apps_url))))
         if ports:
             out.append(("services", service(name, ports, SERVICE_IPS[name])))
     return out
