@@ -162,7 +162,12 @@ class Trace:
             return {"text/html": cards.card("trace", f"No spans of {self.trace_id or 'a failed trace'}",
                                             ok=False, note=self.why, link=self.link),
                     "text/plain": repr(self)}
-        bundle = dict(self.figure._repr_mimebundle_(include=include, exclude=exclude) or {})
+        import json
+
+        figure = self.figure
+        bundle = dict(figure._repr_mimebundle_(include=include, exclude=exclude) or {})
+        if not bundle:  # no renderer here (a script, a test): the plotly mimetype a notebook draws
+            bundle = {"application/vnd.plotly.v1+json": {**json.loads(figure.to_json()), "config": {}}}
         return {**bundle, "text/plain": repr(self)}
 
 
@@ -448,11 +453,18 @@ class Lab:
                                     "arrive a little after the request: run this again in a minute")
         return TraceLogs(trace_id, logs, why, link=self.dynatrace.trace_link(trace_id))
 
-    def _failed_trace_id(self, service: str, since) -> tuple[str | None, object]:
-        """The trace of `service`'s newest error log that carries one, and the error logs read."""
+    def _failed_trace_id(self, service: str, since) -> str | None:
+        """The trace of one of `service`'s newest error logs: one that checkout took part in (the
+        review page's trace: an order placed, then EmptyCart failed), else the newest."""
         errors = self.error_logs(service, since=since, limit=20)
-        with_trace = errors[errors["trace_id"].fillna("").astype(str) != ""] if len(errors) else errors
-        return (str(with_trace.iloc[0]["trace_id"]) if len(with_trace) else None), errors
+        ids = [str(t) for t in errors["trace_id"].fillna("") if str(t)] if len(errors) else []
+        if not ids:
+            return None
+        try:
+            through = self.dynatrace.traces_through(ids, "checkout")
+        except LabError:  # no spans to ask: the newest error log's trace
+            through = set()
+        return next((t for t in ids if t in through), ids[0])
 
     def failed_trace(self, trace_id: str | None = None, service: str = names.SERVICE, since="now-1h"):
         """The spans of one failed trace as a waterfall (checkout → … → EmptyCart); by default the
@@ -460,7 +472,7 @@ class Lab:
         import pandas as pd
 
         if trace_id is None:
-            trace_id, _ = self._failed_trace_id(service, since)
+            trace_id = self._failed_trace_id(service, since)
             if trace_id is None:
                 return Trace(None, pd.DataFrame(columns=["start", "failed"]),
                              f"no error logs of {service!r} {_ago(since)} carry a trace id: introduce "

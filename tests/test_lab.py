@@ -81,13 +81,13 @@ def test_trace_logs_explain_an_empty_result_instead_of_failing(lab_env):
         lab.close()
 
 
-def test_the_twin_of_a_rollback_done_by_the_switch_records_nothing(lab_env):
+def test_the_twin_of_a_rollback_done_by_the_switch_records_nothing(lab_env, lab_on):
     """03: Apply with off on the switch rolls back (one "rolled back" step); roll_back() after it
     finds nothing to do and records no second rollback."""
     lab = labkit.connect()
     lab.timeline.clear()
     try:
-        lab.change_flag("on", send_event=False)
+        lab.change_flag(lab_on, send_event=False)
         lab.change_flag("off", send_event=False)  # the switch in 03
         rolled = [s for s in lab.timeline.steps if s.kind == "rolled back"]
         assert [s.new for s in rolled] == ["off"]
@@ -107,13 +107,13 @@ def _until_no_open_problem(lab, timeout=30):
         time.sleep(0.5)
 
 
-def test_every_cycle_gets_its_own_first_failure_error_logs_and_problem(lab_env):
+def test_every_cycle_gets_its_own_first_failure_error_logs_and_problem(lab_env, lab_on):
     lab = labkit.connect()
     lab.timeline.clear()
     try:
         for cycle in (1, 2):
-            lab.change_flag("on", send_event=False)
-            lab.generate_traffic(seconds=20, rate=40, until_failures=6)
+            lab.change_flag(lab_on, send_event=False)
+            lab.generate_traffic(seconds=30, rate=40, until_failures=6)
             lab.wait_for_error_logs(timeout=30)
             lab.wait_for_problem(timeout=60)
             lab.change_flag("off", send_event=False)
@@ -121,7 +121,7 @@ def test_every_cycle_gets_its_own_first_failure_error_logs_and_problem(lab_env):
         kinds = [s.kind for s in lab.timeline.steps]
         for kind in ("first failure seen by the shop", "error logs seen", "problem opened", "rolled back"):
             assert kinds.count(kind) == 2, (kind, kinds)
-        changes = [s.time for s in lab.timeline.steps if s.kind == "flag applied" and s.new == "on"]
+        changes = [s.time for s in lab.timeline.steps if s.kind == "flag applied" and s.new == lab_on]
         second = [s for s in lab.timeline.steps if s.kind == "first failure seen by the shop"][1]
         assert second.time >= changes[1]
     finally:
@@ -130,7 +130,7 @@ def test_every_cycle_gets_its_own_first_failure_error_logs_and_problem(lab_env):
         lab.close()
 
 
-def test_the_problem_links_the_runbook_from_the_carts_support_info(lab_env):
+def test_the_problem_links_the_runbook_from_the_carts_support_info(lab_env, lab_on):
     """02 to the end of the review page: the cart pod's annotations (the lab's values), the problem's
     description with the runbook link, and the runbook page running its queries."""
     import re
@@ -148,8 +148,8 @@ def test_the_problem_links_the_runbook_from_the_carts_support_info(lab_env):
             "ownedBy": "teamA", "product": "otel-demo-app", "costCentre": "centre1", "environment": "production"}
         assert "[Ops runbook](" in notes["supportInfo"] and "PLACEHOLDER" not in notes["supportInfo"]
 
-        lab.change_flag("on", send_event=True)
-        lab.generate_traffic(seconds=20, rate=40, until_failures=5)
+        lab.change_flag(lab_on, send_event=True)
+        lab.generate_traffic(seconds=30, rate=40, until_failures=5)
         lab.wait_for_problem(timeout=60)
         page = lab.problems()._repr_html_()
         runbook = re.search(r'<a href="([^"]+/ui/document/[^"]+)"[^>]*>Ops runbook</a>', page)
@@ -166,22 +166,22 @@ def test_the_problem_links_the_runbook_from_the_carts_support_info(lab_env):
         assert 'href="' + runbook.group(1) + '"' in book._repr_html_()
         assert sum(book.error_trend.data[0].y) >= 5
         drawn = book.changes_and_problems.layout.meta["labkit"]
-        assert "cartFailure = on" in drawn["changes"] and drawn["problems"] == ["Redis connection errors"]
+        assert f"cartFailure = {lab_on}" in drawn["changes"] and drawn["problems"] == ["Redis connection errors"]
     finally:
         if lab.served("cartFailure").variant != "off":
             lab.change_flag("off", send_event=False)
         lab.close()
 
 
-def test_the_failed_trace_is_a_waterfall_or_says_why(lab_env):
+def test_the_failed_trace_is_a_waterfall_or_says_why(lab_env, lab_on):
     lab = labkit.connect()
     lab.timeline.clear()
     try:
         none = lab.failed_trace(service="no-such-service")
         assert none.trace_id is None and "01-introduce-change" in repr(none)
         assert "labkit-card" in none._repr_mimebundle_()["text/html"]
-        lab.change_flag("on", send_event=False)
-        lab.generate_traffic(seconds=20, rate=40, until_failures=3)
+        lab.change_flag(lab_on, send_event=False)
+        lab.generate_traffic(seconds=30, rate=40, until_failures=3)
         lab.wait_for_error_logs(timeout=30)
         logs = lab.trace_logs()
         assert "/ui/intent/dynatrace.distributedtracing/view-trace#" in logs.link
@@ -190,12 +190,18 @@ def test_the_failed_trace_is_a_waterfall_or_says_why(lab_env):
 
         opened = httpx.get(logs.link, timeout=10)
         assert opened.status_code == 200 and "Distributed traces app" in opened.text
-        trace = lab.failed_trace()
-        if not len(trace.spans) and "spans" in trace.why:
-            pytest.skip(f"the local lab has no spans yet (contract C3, branch i17-cart): {trace.why}")
+        for n in range(100):  # the load generator's checkouts: EmptyCart fails inside PlaceOrder
+            httpx.post(lab_env["FRONTEND_URL"] + "/api/checkout", json={"userId": f"buyer-{n}",
+                                                                      "userCurrency": "USD"}, timeout=10)
+        trace = lab.failed_trace()  # prefers a trace checkout took part in, as the review page shows
         drawn = trace.figure.layout.meta["labkit"]
-        assert drawn["labels"][0].startswith("checkout") and "EmptyCart" in drawn["failed"][-1]
+        labels = drawn["labels"]
+        order = labels.index("checkout · oteldemo.CheckoutService/PlaceOrder")
+        empty = labels.index("cart · oteldemo.CartService/EmptyCart")
+        assert order < empty and any(label.startswith("currency ·") for label in labels[order:empty])
+        assert drawn["failed"][-1] == "cart · oteldemo.CartService/EmptyCart"
         assert "application/vnd.plotly.v1+json" in trace._repr_mimebundle_()
+        assert "EmptyCart" in repr(trace) and "/view-trace#" in trace.link
     finally:
         if lab.served("cartFailure").variant != "off":
             lab.change_flag("off", send_event=False)

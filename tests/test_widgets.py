@@ -291,10 +291,10 @@ def test_flag_switch_does_not_send_a_second_event_after_inform_dynatrace(real_la
                                         f"cartFailure: {target} → {before}"]
 
 
-def test_a_change_already_made_sends_nothing_and_records_nothing(real_lab):
+def test_a_change_already_made_sends_nothing_and_records_nothing(real_lab, lab_on):
     """Running 01 again with the flag already on: no "on → on" event, no step, and the switch says so."""
     before = real_lab.served("cartFailure").variant
-    target = "on" if before != "on" else "off"
+    target = lab_on if before != lab_on else "off"
     switch = widgets.FlagSwitch(real_lab, "cartFailure")
     assert switch.apply(target) is not None, switch.status.value
     steps = len(real_lab.timeline.steps)
@@ -309,20 +309,20 @@ def test_a_change_already_made_sends_nothing_and_records_nothing(real_lab):
     assert len(real_lab.change_events("cart", since="now-10m")) == events
 
 
-def test_announcing_twice_sends_one_event(real_lab):
+def test_announcing_twice_sends_one_event(real_lab, lab_on):
     before = real_lab.served("cartFailure").variant
-    target = "on" if before != "on" else "off"
+    target = lab_on if before != lab_on else "off"
     first = real_lab.inform_dynatrace(target, "cartFailure")
     second = real_lab.inform_dynatrace(target, "cartFailure")
     assert first.ok and "already knows" in repr(second) and "nothing sent" in repr(second)
     assert [s.kind for s in real_lab.timeline.steps] == [labmod.EVENT_SENT]
 
 
-def test_an_interrupt_mid_restart_rereads_the_truth_and_says_it_in_a_sentence(real_lab, monkeypatch):
+def test_an_interrupt_mid_restart_rereads_the_truth_and_says_it_in_a_sentence(real_lab, lab_on, monkeypatch):
     """Ctrl-C while flagd restarts (the lab page's scale to 0): the switch re-reads what flagd
     serves once it answers again, and a cell's own call stops with one sentence."""
     before = real_lab.served("cartFailure").variant
-    target = "on" if before != "on" else "off"
+    target = lab_on if before != lab_on else "off"
     restart = real_lab.cluster.restart_flagd
 
     def interrupted(*args, progress=None, **kwargs):

@@ -389,6 +389,16 @@ class Dynatrace:
         """The trace in the tenant's Distributed traces app."""
         return trace_link(self.ui, trace_id)
 
+    def traces_through(self, trace_ids, service: str, since="now-1d") -> set[str]:
+        """Which of `trace_ids` `service` took part in (a span of it in the trace)."""
+        ids = [t for t in trace_ids if isinstance(t, str) and re.fullmatch(r"[0-9a-fA-F]{16,32}", t)][:20]
+        if not ids:
+            return set()
+        match = " or ".join(f"trace.id == {dql_string(t)}" for t in ids)
+        query = (f"fetch spans, from: {dql_from(since)} | filter service.name == {dql_string(service)}"
+                 f" and ({match}) | fields trace.id | limit 1000")
+        return {str(r.get("trace.id")) for r in self.dql(query, max_records=1000)}
+
     def trace_spans(self, trace_id: str, since="now-1d", limit: int = 1000) -> "pd.DataFrame":
         """The spans of one trace (Grail `fetch spans`; a platform token), by start time."""
         if not isinstance(trace_id, str) or not re.fullmatch(r"[0-9a-fA-F]{16,32}", trace_id):
