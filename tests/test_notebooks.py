@@ -126,7 +126,8 @@ def test_review_problem_follows_the_page_to_its_end(executed):
     assert sum(y for y in trend["data"][0]["y"] if y) >= 1
     both = _outputs(book, "application/vnd.plotly.v1+json", "runbook.changes_and_problems")[0]
     assert both["layout"]["meta"]["labkit"]["problems"] == ["Redis connection errors"]
-    assert _find(book, "lab.failed_trace(")  # the waterfall, or (without spans) why not
+    waterfall = _outputs(book, "application/vnd.plotly.v1+json", "lab.failed_trace(")[0]
+    assert waterfall["layout"]["meta"]["labkit"]["failed"][-1] == "cart · oteldemo.CartService/EmptyCart"
     for name, one in executed.items():
         for text in _outputs(one, "text/html"):
             assert "NaT" not in text, f"{name}: NaT shown: {text[:300]}"
