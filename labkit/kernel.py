@@ -18,9 +18,23 @@ FIRST_CELL = {"lab", "labkit", "widgets"}
 LATER_CELLS = {"switch", "served", "event", "traffic", "logs", "problems", "runbook", "checks"}
 
 
+def _in_labkit(tb) -> bool:
+    """True when the traceback passes through labkit's own code (not only the user's)."""
+    here = str(Path(__file__).resolve().parent)
+    while tb is not None:
+        if str(Path(tb.tb_frame.f_code.co_filename).resolve()).startswith(here):
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def error_sentence(exc: BaseException) -> str | None:
     """What a cell's error means for an attendee, as one sentence; None: show the usual traceback."""
     name = getattr(exc, "name", None)
+    if isinstance(exc, KeyboardInterrupt) and _in_labkit(exc.__traceback__):
+        return ("Interrupted: the step stopped where it was (flagd is never left scaled to 0). Run the "
+                "cell again to finish it: each step reads the lab's state first and does only what is "
+                "left.")
     if isinstance(exc, NameError) and name in FIRST_CELL:
         return (f"`{name}` is not defined in this kernel: it was restarted (or this notebook was just "
                 "opened), so the lab's variables are gone. Run the notebook's first code cell "
@@ -54,5 +68,5 @@ def install_hooks(shell=None) -> bool:
     shell = shell or get_ipython()
     if shell is None:
         return False
-    shell.set_custom_exc((NameError, LabError), _show_as_sentence)
+    shell.set_custom_exc((NameError, LabError, KeyboardInterrupt), _show_as_sentence)
     return True

@@ -435,19 +435,18 @@ class Lab:
         return tables.shown_as(tables.Logs, self.dynatrace.error_logs(service, since=since, limit=limit))
 
     def trace_logs(self, trace_id: str | None = None, service: str = names.SERVICE, since="now-1h"):
-        """All logs of one trace, oldest first; by default the trace of `service`'s newest error log.
-        An empty result says why (no error logs yet, or none of that trace) instead of failing."""
-        import pandas as pd
+        """All logs of one trace, oldest first; by default the failed trace failed_trace() draws (one
+        checkout took part in, else the newest error log's). An empty result says why (no error logs
+        yet, or none of that trace) instead of failing."""
+        from labkit import tables
 
         if trace_id is None:
-            errors = self.error_logs(service, since=since, limit=20)
-            with_trace = errors[errors["trace_id"].fillna("").astype(str) != ""] if len(errors) else errors
-            if not len(with_trace):
+            trace_id = self._failed_trace_id(service, since)
+            if trace_id is None:
                 why = (f"no error logs of {service!r} {_ago(since)} carry a trace id, so there is no "
                        "failed trace to follow: introduce the change and send traffic first "
                        "(01-introduce-change), then run this again")
-                return TraceLogs(None, pd.DataFrame(columns=errors.columns), why)
-            trace_id = str(with_trace.iloc[0]["trace_id"])
+                return TraceLogs(None, tables.Logs(columns=["timestamp", "loglevel", "content"]), why)
         logs = self.dynatrace.logs_for_trace(trace_id)
         why = "" if len(logs) else (f"Dynatrace has no logs of trace {trace_id} in the last day; logs "
                                     "arrive a little after the request: run this again in a minute")

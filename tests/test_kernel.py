@@ -59,3 +59,17 @@ def test_a_labkit_error_is_a_sentence_not_a_traceback(kernel):
 def test_other_errors_keep_their_traceback(kernel):
     error = _error(_run(kernel, "undefined_name_of_mine"))
     assert len(error["traceback"]) > 1 and error["ename"] == "NameError"
+
+
+def test_an_interrupt_inside_a_labkit_step_is_a_sentence(kernel):
+    code = ("import labkit.timeline as t\n"
+            "t.now = lambda: (_ for _ in ()).throw(KeyboardInterrupt())  # Ctrl-C inside a step\n"
+            "t.Timeline().add('flag applied')")
+    error = _error(_run(kernel, code))
+    assert error["ename"] == "KeyboardInterrupt" and len(error["traceback"]) == 1
+    assert "Run the cell again to finish it" in error["traceback"][0]
+
+
+def test_an_interrupt_in_the_users_own_code_keeps_its_traceback(kernel):
+    error = _error(_run(kernel, "raise KeyboardInterrupt"))
+    assert len(error["traceback"]) > 1
