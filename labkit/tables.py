@@ -14,6 +14,7 @@ from labkit import cards
 
 class _Table(pd.DataFrame):
     _card = "error_logs"  # the cards function that draws it
+    _open = ()  # time columns where a missing time means "still open"
 
     @property
     def _constructor(self):
@@ -22,9 +23,20 @@ class _Table(pd.DataFrame):
     def _repr_html_(self) -> str:
         return getattr(cards, self._card)(self)
 
+    def __repr__(self) -> str:
+        """The table as text (a terminal, GitHub): missing times read "open" or "—", never NaT."""
+        shown = pd.DataFrame(self)
+        for column in shown.columns:
+            if pd.api.types.is_datetime64_any_dtype(shown[column]) and shown[column].isna().any():
+                text = shown[column].astype(object).where(shown[column].notna(),
+                                                          "open" if column in self._open else "—")
+                shown[column] = text
+        return repr(shown)
+
 
 class Problems(_Table):
     _card = "problems"
+    _open = ("end",)
 
 
 class ChangeEvents(_Table):

@@ -121,6 +121,9 @@ def test_problems_show_open_not_nat_and_a_clickable_link():
     assert "NaT" not in page and ">open<" in page and "14:03:07 UTC" in page
     assert '<a href="https://abc.apps.dynatrace.com/ui/apps/dynatrace.davis.problems/problem/-1_2V2"' in page
     assert ">P-01</a>" in page and "Redis connection errors" in page
+    with pd.option_context("display.width", 400, "display.max_columns", 20):
+        text = repr(tables.shown_as(tables.Problems, frame))  # as text (a terminal, GitHub)
+    assert "NaT" not in text and " open " in text and "P-01" in text
 
 
 def test_change_events_link_each_change():
