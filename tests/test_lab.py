@@ -154,6 +154,8 @@ def test_the_problem_links_the_runbook_from_the_carts_support_info(lab_env, lab_
         page = lab.problems()._repr_html_()
         runbook = re.search(r'<a href="([^"]+/ui/document/[^"]+)"[^>]*>Ops runbook</a>', page)
         assert runbook, page
+        problem_page = httpx.get(lab.problems().iloc[0]["link"], timeout=10).text
+        assert "<h2>Description</h2>" in problem_page and f"<a href='{runbook.group(1)}'>Ops runbook</a>" in problem_page
         shown = httpx.get(runbook.group(1), timeout=10)
         assert shown.status_code == 200 and "Contact list" in shown.text
         assert "Cart Service Failure Rate" in shown.text and "cartFailure" in shown.text

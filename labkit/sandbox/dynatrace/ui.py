@@ -9,6 +9,7 @@ page stands for a screen the user is signed in to).
 from __future__ import annotations
 
 import html
+import re
 from urllib.parse import quote
 
 from labkit.sandbox.dynatrace.dql import DqlError, parse_dql
@@ -74,9 +75,19 @@ def problem_page(tenant: Tenant, req: Request, problemId: str) -> Response:  # n
     changes = [(_when(e.start), html.escape(e.event_type), html.escape(e.title),
                 html.escape(", ".join(f"{k}={v}" for k, v in sorted(e.properties.items()))))
                for e in tenant.telemetry.change_evidence(found)]
-    body = (table([(k, v) for k, v in facts], ("", "")) + "<h2>Root cause evidence: changes "
+    body = (table([(k, v) for k, v in facts], ("", "")) + _description(found.description)
+            + "<h2>Root cause evidence: changes "
             "shortly before</h2>" + table(changes, ("time", "type", "title", "properties")))
     return page(f"{found.display_id}: {found.title}", "Problems app", body)
+
+
+def _description(markdown: str) -> str:
+    """The problem's description (the pod's supportInfo markdown): its links clickable."""
+    if not markdown:
+        return ""
+    text = html.escape(markdown.strip())
+    text = re.sub(r"\[([^\]]+)\]\((https?://[^)\s]+)\)", r"<a href='\2'>\1</a>", text)
+    return f"<h2>Description</h2><p>{'<br>'.join(text.splitlines())}</p>"
 
 
 # ----- the Services app: one service -------------------------------------------------------------
