@@ -272,6 +272,15 @@ class Lab:
     def variants(self, flag: str = names.FLAG) -> list[str]:
         return list(self.cluster.flag_file().variants(flag))
 
+    def on_variant(self, flag: str = names.FLAG) -> str:
+        """The lab page's `on` in this flag's own variants: `10%` where they are rates (demo 3.x's
+        file), `on` where they are on/off (2.x's and the lab page's flags.yaml)."""
+        from labkit import releases
+
+        variants = self.cluster.flag_file().variants(flag)
+        return next((r.lab_on_variant for r in releases.RELEASES.values()
+                     if r.lab_on_variant in variants and r.reads_kind(variants[r.lab_on_variant])), "on")
+
     def served(self, flag: str = names.FLAG, context: dict | None = None):
         """What flagd serves for `flag` in `context` (e.g. {"targetingKey": "session-1"}); `.how` says
         whether targeting chose it (then another context may get another variant)."""

@@ -3,13 +3,14 @@
 Kernels start in notebooks/ without PYTHONPATH (labkit found installed). Results show as cards.
 Sequence (cartFailure starts at off; each step waits for the page's own state, bounded):
   01-introduce-change: Run All Cells. The flag switch lists the live variants (the ConfigMap's) and
-    shows what flagd serves; the notebook's own `switch.apply("on")` cell turns the flag on; the
-    chart draws the failures with the change marker "cartFailure: off → on".
-    Then the switch by hand: click "off" + Apply (progress completes, the served label changes,
-    flagd serves off), and "on" + Apply again, so the lab is as 01 leaves it for 03. Stop the live chart.
+    shows what flagd serves; the notebook's own `switch.apply(lab.on_variant())` cell turns the flag
+    on (the release's `on`: 10% on demo 3.0.0); the chart draws the failures with the change marker
+    "cartFailure: off → 10%". Then the switch by hand: click "off" + Apply (progress completes, the
+    served label changes, flagd serves off), and the `on` + Apply again, so the lab is as 01 leaves it
+    for 03. Stop the live chart.
   03-roll-back: Run All Cells. Its roll_back cell sets off (flagd serves off), the recovery traffic
-    has no failed requests, the chart marks "cartFailure: on → off". Then the switch once more:
-    "on" + Apply, "off" + Apply; the lab ends where it started, flagd serving off.
+    has no failed requests, the chart marks "cartFailure: 10% → off". Then the switch once more:
+    the `on` + Apply, "off" + Apply; the lab ends where it started, flagd serving off.
 A full-notebook screenshot of each lands in artifacts/browser/. Nothing is written to $HOME: the
 server, its kernels and chromium run with HOME pointing at an empty directory that must stay empty,
 besides their own isolated Jupyter/IPython/XDG directories.
@@ -167,14 +168,14 @@ def _cards(run: Run, kinds: list[str]) -> None:
             expect(run.panel.locator(f".jp-OutputArea .labkit-card-{kind}").first).to_be_visible(timeout=10_000)
 
 
-def test_workbook_in_a_real_browser(local_lab, kernel_env, tmp_path):
+def test_workbook_in_a_real_browser(local_lab, lab_on, kernel_env, tmp_path):
     from playwright.sync_api import expect
 
     started = time.monotonic()
     cluster = _cluster(local_lab)
     _start_at_off(cluster)
     variants = list(cluster.flag_file().variants(FLAG))
-    assert "off" in variants and "on" in variants, variants
+    assert "off" in variants and lab_on in variants, variants
 
     notebooks = ui.copy_notebooks(NOTEBOOKS, tmp_path / "notebooks")  # outputs never reach the repo
     home = tmp_path / "home"
@@ -199,22 +200,22 @@ def test_workbook_in_a_real_browser(local_lab, kernel_env, tmp_path):
             switch = run.panel.locator(".labkit-flag-switch")
             with run.step("the switch shows what flagd serves"):
                 served = cluster.served_value(FLAG).variant
-                assert served == "on", f"after Run All flagd serves {served!r}, 01 sets 'on'"
+                assert served == lab_on, f"after Run All flagd serves {served!r}, 01 sets {lab_on!r}"
                 expect(switch.locator(".labkit-served")).to_have_text(f"flagd serves: {served}",
                                                                       timeout=10_000)
             with run.step("the chart draws the failures with the change marker"):
                 chart = run.cell("lab.chart()").locator(".js-plotly-plot")
-                expect(chart.locator(".annotation-text", has_text="cartFailure: off → on").first) \
+                expect(chart.locator(".annotation-text", has_text=f"cartFailure: off → {lab_on}").first) \
                     .to_be_visible(timeout=20_000)
                 expect(chart.locator(".barlayer .point").first).to_be_attached(timeout=5_000)
                 assert "rose" in run.output_text("lab.verdict()")
                 live = run.panel.locator(".labkit-live-chart")
                 expect(live.locator(".js-plotly-plot .annotation-text",
-                                    has_text="cartFailure: off → on").first).to_be_visible(timeout=20_000)
+                                    has_text=f"cartFailure: off → {lab_on}").first).to_be_visible(timeout=20_000)
             _cards(run, ["lab", "change-event", "served", "timeline", "traffic", "verdict"])
             other = next(v for v in variants if v != served)
             _apply(run, cluster, other)
-            _apply(run, cluster, served)  # back to 'on': what 01 leaves for 03 to roll back
+            _apply(run, cluster, served)  # back to the `on`: what 01 leaves for 03 to roll back
             with run.step("Stop the live chart"):
                 live.locator("button.labkit-stop").click()
                 expect(live.locator(".labkit-status")).to_contain_text("stopped", timeout=15_000)
@@ -230,14 +231,14 @@ def test_workbook_in_a_real_browser(local_lab, kernel_env, tmp_path):
                 traffic = run.output_text("traffic = lab.generate_traffic")
                 assert " 0 failed" in traffic, traffic
                 chart = run.cell("lab.chart()").locator(".js-plotly-plot")
-                expect(chart.locator(".annotation-text", has_text="cartFailure: on → off").first) \
+                expect(chart.locator(".annotation-text", has_text=f"cartFailure: {lab_on} → off").first) \
                     .to_be_visible(timeout=20_000)
                 label = switch.locator(".labkit-served").inner_text().strip()
                 if label != "flagd serves: off":
                     ui.log(f"FINDING: after the roll_back cell the switch above it still says "
                            f"{label!r} (flagd serves off): the switch does not refresh")
             _cards(run, ["lab", "served", "traffic", "verdict", "reset"])
-            _apply(run, cluster, "on")
+            _apply(run, cluster, lab_on)
             _apply(run, cluster, "off")
             with run.step("screenshot"):
                 ui.log(f"screenshot: {ui.screenshot(page, ui.ARTIFACTS / '03-roll-back.png')}")

@@ -220,3 +220,11 @@ def test_a_front_end_checkout_succeeds_while_emptycart_fails(tenant_sandbox):
     assert resp.status_code == 200 and resp.json()["orderId"]
     assert lab.front.get("/api/cart", params={"sessionId": "carol"}).json()["items"]  # not emptied
     assert httpx.codes.is_success(resp.status_code)
+
+
+def test_spans_need_the_spans_scope(tenant_sandbox):
+    lab = tenant_sandbox()
+    lab.tenant.platform_tokens.add("dt0s16.LOGSONLY", {"storage:logs:read", "storage:buckets:read"})
+    resp = lab.grail.post("/platform/storage/query/v1/query:execute", json={"query": "fetch spans"},
+                          headers={"Authorization": "Bearer dt0s16.LOGSONLY"})
+    assert resp.status_code == 403 and "storage:spans:read" in resp.text

@@ -194,10 +194,13 @@ def test_unreachable_cluster_exits_1_with_a_hint(tmp_path, closed_port):
 
 
 # ---- sandbox ----------------------------------------------------------------------------------------
-def test_sandbox_command_serves_until_ctrl_c(tmp_path):
+@pytest.mark.parametrize("release, off", [(None, "off (0)"), ("2.2.0", "off (false)")])
+def test_sandbox_command_serves_until_ctrl_c(tmp_path, release, off):
+    """`labkit sandbox` runs demo 3.0.0 (cartFailure off = 0) unless --release picks 2.2.0 (off = false)."""
     state = tmp_path / "lab"
     env = base_env(tmp_path, LABKIT_POD_START="0.3", LABKIT_POD_TERMINATE="0.3", LABKIT_SEED_HOURS="0.2")
-    proc = subprocess.Popen([sys.executable, "-m", "labkit", "sandbox", "--state-dir", str(state)],
+    chosen = ["--release", release] if release else []
+    proc = subprocess.Popen([sys.executable, "-m", "labkit", "sandbox", "--state-dir", str(state), *chosen],
                             cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         started = time.monotonic()
@@ -205,6 +208,10 @@ def test_sandbox_command_serves_until_ctrl_c(tmp_path):
         ready_after = time.monotonic() - started
         assert "ready" in first and str(state / "lab.env") in first, first + proc.stderr.read()
         assert ready_after < 10
+        banner = [proc.stdout.readline()]  # what it serves, up to "Ctrl-C stops the local lab."
+        while banner[-1] and "Ctrl-C" not in banner[-1]:
+            banner.append(proc.stdout.readline())
+        assert any(f"demo release    {release or '3.0.0'}" in line for line in banner), banner
         lab_env = {}
         for line in (state / "lab.env").read_text().splitlines():
             key, _, value = line.removeprefix("export ").partition("=")
@@ -215,10 +222,10 @@ def test_sandbox_command_serves_until_ctrl_c(tmp_path):
             flags = subprocess.run([sys.executable, "-m", "labkit", "flags", "cartFailure"], cwd=tmp_path,
                                    capture_output=True, text=True, timeout=30, env=dict(env, **lab_env))
             assert flags.returncode == 0, flags.stderr
-            if "off (false)" in flags.stdout or time.monotonic() > deadline:
+            if off in flags.stdout or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-        assert "off (false)" in flags.stdout
+        assert off in flags.stdout
         for token in (lab_env["DT_API_TOKEN"], lab_env["DT_PLATFORM_TOKEN"]):
             assert token not in first and token not in flags.stdout + flags.stderr
     finally:

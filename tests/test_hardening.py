@@ -27,6 +27,7 @@ import pytest
 
 from kube_sandbox import KubeSandbox
 from hardening_report import canary, exception_text, fault_record  # noqa: F401  (fixtures)
+from labkit import releases
 from labkit.dynatrace import READ_SCOPES, Dynatrace
 from labkit.errors import BadInput, Forbidden, LabError, LabTimeout, NotFound, Unreachable
 from labkit.settings import Settings
@@ -35,6 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 EVENTS = "/api/v2/events/ingest"
 PODS = "/api/v1/namespaces/default/pods"
 CM_PATH = "/api/v1/namespaces/default/configmaps/flagd-config"
+# The local lab's demo release (LABKIT_DEMO_RELEASE, default 3.0.0): its `on`, and variants as labkit shows them
+RELEASE = releases.get()
+ON = RELEASE.lab_on_variant
+ON_SHOWN, OFF_SHOWN = (f"{v} ({json.dumps(RELEASE.flag()['variants'][v])})" for v in (ON, "off"))
 
 
 def stored(local_lab, run_id: str) -> int:
@@ -562,8 +567,8 @@ def test_sandbox_killed_and_restarted_mid_run(tmp_path, monkeypatch, capsys, fau
             monkeypatch.delenv(key)
         for key, value in env.items():
             monkeypatch.setenv(key, value)
-        code, out, err = _cli(capsys, "set", "cartFailure", "on", seen=seen)
-        assert code == 0 and "serves cartFailure = on" in out, err
+        code, out, err = _cli(capsys, "set", "cartFailure", ON, seen=seen)
+        assert code == 0 and f"serves cartFailure = {ON}" in out, err
     finally:
         proc.kill()  # no clean stop: lab.env stays behind, nothing answers
         proc.communicate(timeout=10)
@@ -582,7 +587,7 @@ def test_sandbox_killed_and_restarted_mid_run(tmp_path, monkeypatch, capsys, fau
         code, out, err = _cli(capsys, "flags", "cartFailure", seen=seen)
         assert code == 0, err
         row = next(line for line in out.splitlines() if line.startswith("cartFailure"))
-        kept = row.split()[3] == "on" and "on (true)" in row  # DEFAULT and SERVED columns
+        kept = row.split()[3] == ON and ON_SHOWN in row  # DEFAULT and SERVED columns
         code, out, err = _cli(capsys, "set", "cartFailure", "off", seen=seen)  # the event too: same tokens
         assert code == 0 and "serves cartFailure = off" in out and "change event sent" in out, err
     finally:
@@ -639,7 +644,7 @@ CLI_CASES = [
     ("set: empty flag", ["set", "", "on"], 2, ["No flag ''"]),
     ("set: empty variant", ["set", "cartFailure", ""], 2, ["no variant ''", "Allowed variants"]),
     ("set: flag key with a dot", ["set", "cart.Failure", "on"], 2, ["Did you mean 'cartFailure'"]),
-    ("set: variant ../../etc", ["set", "cartFailure", "../../etc"], 2, ["Allowed variants: on (true), off (false)"]),
+    ("set: variant ../../etc", ["set", "cartFailure", "../../etc"], 2, ["Allowed variants: ", ON_SHOWN, OFF_SHOWN]),
     ("set: 10k-character flag", ["set", BIG, "on"], 2, ["No flag"]),
     ("set: 10k-character variant", ["set", "cartFailure", BIG], 2, ["Allowed variants"]),
     ("set: unicode flag", ["set", "cartFailüre", "on"], 2, ["Did you mean 'cartFailure'"]),
@@ -652,7 +657,7 @@ CLI_CASES = [
     ("set: --timeout negative", ["set", "cartFailure", "on", "--timeout", "-5"], 2, ["--timeout"]),
     ("set: --timeout nan", ["set", "cartFailure", "on", "--timeout", "nan"], 2, ["--timeout"]),
     ("set: --how unknown", ["set", "cartFailure", "on", "--how", "teleport"], 2, ["invalid choice"]),
-    ("set: selector injection in --service", ["set", "cartFailure", "on", "--service", INJECT], 1,
+    ("set: selector injection in --service", ["set", "cartFailure", ON, "--service", INJECT], 1,
      ["No entity matched", '"cart),type(HOST"']),
     ("event: empty service", ["event", "", "cartFailure", "on"], 2, ["service name is empty"]),
     ("event: selector injection ) ,", ["event", INJECT, "cartFailure", "on"], 1, ["No entity matched"]),
@@ -737,7 +742,8 @@ def test_bad_input_flag_switch(name, variant, lab, local_lab, canary, fault_reco
     rec.lost = int(after != before)
     rec.leaked = canary.hits(switch.status.value, repr(switch.error))
     assert isinstance(switch.error, BadInput), repr(switch.error)
-    assert "Allowed variants: on (true), off (false)" in switch.status.value
+    assert "Allowed variants: " in switch.status.value and ON_SHOWN in switch.status.value
+    assert OFF_SHOWN in switch.status.value
     assert "Traceback" not in switch.status.value and len(switch.status.value) < 1000
     assert rec.lost == 0, "an event was stored or the ConfigMap changed"
     assert rec.leaked == 0

@@ -11,9 +11,11 @@ import re
 import nbformat
 import pytest
 
+from labkit import releases
 from labkit.workbook import NOTEBOOKS, ORDER, run_notebook
 
 pytestmark = pytest.mark.notebooks
+ON = releases.get().lab_on_variant  # the lab page's `on` on the local lab's release (3.0.0: 10%)
 
 
 def _cell_text(cell) -> str:
@@ -87,14 +89,14 @@ def test_setup_names_the_local_lab_and_the_flag(executed):
 def test_introduce_change_event_flag_traffic_problem_chart(executed):
     book = executed["01-introduce-change"]
     assert "OK" in _find(book, "event = lab.inform_dynatrace")
-    served = _find(book, 'served = switch.apply("on")')
-    assert "flagd serves cartFailure = on" in served, served
+    served = _find(book, "served = switch.apply(lab.on_variant())")
+    assert f"flagd serves cartFailure = {ON}" in served, served
     traffic = _find(book, "traffic = lab.generate_traffic")
     assert "failed" in traffic and " 0 failed" not in traffic, traffic
     assert "Can't access cart storage" in _find(book, "logs = lab.wait_for_error_logs")
     assert "Redis connection errors" in _find(book, "problems = lab.wait_for_problem")
     chart = _find(book, "lab.chart()")
-    assert "cartFailure: off → on" in chart, "the change marker is missing from the chart"
+    assert f"cartFailure: off → {ON}" in chart, "the change marker is missing from the chart"
     assert "rose" in _find(book, "lab.verdict()")
 
 
@@ -138,7 +140,7 @@ def test_roll_back_recovers(executed):
     assert "off" in _find(book, "served = lab.roll_back")
     traffic = _find(book, "traffic = lab.generate_traffic")
     assert " 0 failed" in traffic, traffic
-    assert "cartFailure: on → off" in _find(book, "lab.chart()")
+    assert f"cartFailure: {ON} → off" in _find(book, "lab.chart()")
 
 
 def test_notebooks_have_no_errors(executed):
