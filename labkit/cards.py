@@ -8,7 +8,6 @@ rendered when the object has one, and only when it is an http(s) URL.
 from __future__ import annotations
 
 import html
-import math
 import re
 from datetime import datetime, timezone
 
