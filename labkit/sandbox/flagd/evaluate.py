@@ -1,22 +1,52 @@
 """What a flagd pod does with its flag file: load it at start into OpenFeature's flagd core, evaluate from it.
 
-The evaluation is OpenFeature's own (`openfeature-flagd-core`: JsonLogic targeting, `fractional`,
-`$evaluators`/`$ref`, metadata, flagd's reasons); this module only hands it the file and shapes the
-answers as flagd's OFREP service does (flagd v0.16 `core/pkg/service/ofrep/models.go`).
+OFREP answers (`evaluate`) are OpenFeature's core's own (`openfeature-flagd-core`: JsonLogic targeting,
+`fractional`, `$evaluators`/`$ref`, metadata, flagd's reasons), shaped as flagd's OFREP service does
+(flagd v0.16 `core/pkg/service/ofrep/models.go`). Typed answers (`resolve`, what 8013 serves) follow
+flagd's Go `evaluateVariant` and `resolve[T]` (core/pkg/evaluator/json.go) step by step, with the
+core's JsonLogic only for the targeting rule: the core's own typed reads are looser than flagd's
+(its float read of `true` is 1.0, flagd's is TYPE_MISMATCH).
 """
 from __future__ import annotations
 
 import copy
 import json
+import math
+import re
+from dataclasses import dataclass, field
 
 from openfeature.contrib.tools.flagd.core import FlagdCore
+from openfeature.contrib.tools.flagd.core.targeting import targeting
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.exception import FlagNotFoundError, OpenFeatureError, ParseError
+
+from labkit.sandbox.flagd import gojson
 
 FLAG_FILE = "demo.flagd.json"  # flagd's --uri: ./etc/flagd/demo.flagd.json, the init container's copy
 # What the core's flag model takes: it refuses any other key (the demo's `description`), flagd ignores them.
 MODELED = ("state", "variants", "defaultVariant", "targeting", "metadata")
 _RESOLVE = {bool: "boolean", str: "string", int: "float", float: "float", dict: "object", list: "object"}
+KINDS = ("boolean", "string", "float", "int", "object")
+INT64 = 2 ** 63
+
+
+@dataclass
+class Resolution:
+    """One typed evaluation as flagd's resolver returns it. `value` None where flagd sets none (DISABLED,
+    a fallback answered as DEFAULT, an error), `variant` too except on TYPE_MISMATCH (the variant whose
+    value had the wrong type); `error_code` is flagd's (model/error.go), `message` its readable text."""
+
+    value: object = None
+    variant: str | None = None
+    reason: str = "STATIC"
+    error_code: str | None = None
+    message: str | None = None
+    metadata: dict = field(default_factory=dict)
+
+
+# flagd's readable messages (core/pkg/model/error.go), what its gRPC/Connect errors say
+MESSAGES = {"FLAG_NOT_FOUND": "Flag not found", "PARSE_ERROR": "Error parsing input or configuration",
+            "TYPE_MISMATCH": "Type mismatch error", "GENERAL": "General error"}
 
 
 class FlagSet:
@@ -26,6 +56,7 @@ class FlagSet:
         self.doc = doc if doc is not None else {"flags": {}}
         self.core = FlagdCore()
         self.core.set_flags(_modeled(self.doc))  # raises ParseError where the core refuses the file
+        self.flags = _transposed(self.doc)  # as flagd's store holds them: `$ref`s to `$evaluators` replaced
 
     @property
     def keys(self) -> list[str]:
@@ -57,11 +88,97 @@ class FlagSet:
         selector's (none asked: empty)."""
         return 200, {"flags": [self.evaluate(k, context)[1] for k in self.keys], "metadata": {}}
 
+    def resolve(self, key: str, kind: str, context: dict | None = None, v1: bool = False) -> Resolution:
+        """flagd's typed read of one flag (`ResolveBoolean/String/Float/Int/Object`), as its Go
+        `resolve[T]` gives it: the variant's value must already be that type (JSON numbers are
+        float64, so a float read of `true` is TYPE_MISMATCH; an int read truncates the float64; an
+        object read takes a JSON object only). `kind` "any" takes any value (ResolveAll, OFREP).
+        `v1`: flagd.evaluation.v1 asks, where a flag with no default variant is FLAG_NOT_FOUND
+        (flagd's ProtoVersionKey) instead of a fallback."""
+        if kind not in KINDS + ("any",):
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+        variant, reason, metadata, error = self._variant(key, context, v1)
+        if error is not None:
+            return Resolution(None, variant or None, "ERROR", error, MESSAGES[error], metadata)
+        if reason == "FALLBACK":  # no default variant: the caller's default, answered as DEFAULT
+            return Resolution(None, None, "DEFAULT", None, None, metadata)
+        if reason == "DISABLED":
+            return Resolution(None, None, "DISABLED", None, None, metadata)
+        value = _typed(self.flags[key]["variants"][variant], kind)
+        if value is _MISMATCH:
+            return Resolution(None, variant, "ERROR", "TYPE_MISMATCH", MESSAGES["TYPE_MISMATCH"], metadata)
+        return Resolution(value, variant, reason, None, None, metadata)
+
+    def _variant(self, key: str, context, v1: bool) -> tuple[str, str, dict, str | None]:
+        """flagd's evaluateVariant -> (variant, reason, metadata, error code or None)."""
+        flag = self.flags.get(key)
+        if not isinstance(flag, dict):
+            return "", "ERROR", {}, "FLAG_NOT_FOUND"
+        metadata = {k: v for k, v in self._metadata(flag).items() if v is not None}
+        if flag.get("state") == "DISABLED":
+            return "", "DISABLED", metadata, None
+        variants, default = flag.get("variants") or {}, flag.get("defaultVariant") or ""
+        rule = flag.get("targeting")
+        if rule:
+            try:
+                result = targeting(key, rule, _context(context))
+            except Exception:  # jsonlogic.Apply failed: flagd answers PARSE_ERROR
+                return "", "ERROR", metadata, "PARSE_ERROR"
+            if result is not None:
+                variant = gojson.dumps(result).replace('"', "")
+                if variant in variants:
+                    return variant, "TARGETING_MATCH", metadata, None
+                return "", "ERROR", metadata, "GENERAL"
+            if default:
+                return default, "DEFAULT", metadata, None
+        elif default:
+            return default, "STATIC", metadata, None
+        return ("", "ERROR", metadata, "FLAG_NOT_FOUND") if v1 else ("", "FALLBACK", metadata, None)
+
     def _metadata(self, flag) -> dict:
         meta = dict(self.core.get_flag_set_metadata())
         if isinstance(flag, dict) and isinstance(flag.get("metadata"), dict):
             meta.update(flag["metadata"])
         return meta
+
+
+_MISMATCH = object()
+
+
+def _typed(value, kind: str):
+    """Go's type assertion `variants[variant].(T)` on a value decoded from JSON, or _MISMATCH."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "any":
+        return float(value) if number else value
+    if kind == "boolean":
+        return value if isinstance(value, bool) else _MISMATCH
+    if kind == "string":
+        return value if isinstance(value, str) else _MISMATCH
+    if kind == "object":
+        return value if isinstance(value, dict) else _MISMATCH
+    if not number:
+        return _MISMATCH
+    if kind == "float":
+        return float(value)
+    return _int64(float(value))
+
+
+def _int64(value: float) -> int:
+    """Go's int64(float64) conversion on amd64: truncation; out of range or NaN is math.MinInt64."""
+    if math.isnan(value) or not -INT64 <= value < INT64:
+        return -INT64
+    return int(value)
+
+
+def _transposed(doc: dict) -> dict:
+    """The flags with each `{"$ref": name}` replaced by that evaluator's rule (flagd's transposeEvaluators)."""
+    evaluators = doc.get("$evaluators")
+    if not isinstance(evaluators, dict) or not evaluators:
+        return doc["flags"]
+    text = json.dumps(doc["flags"])
+    for name, rule in evaluators.items():
+        text = re.sub(r'\{\s*"\$ref":\s*"' + re.escape(name) + r'"\s*\}', lambda _: json.dumps(rule), text)
+    return json.loads(text)
 
 
 def _error(key: str, code: str, details: str, metadata: dict) -> dict:

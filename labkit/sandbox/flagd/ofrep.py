@@ -18,14 +18,14 @@ _BAD_CONTEXT = {"errorCode": "INVALID_CONTEXT", "errorDetails": "Provider contex
                 "metadata": None}  # Go's nil map
 
 
-def _flag_set(flags) -> FlagSet:
+def flag_set(flags) -> FlagSet:
     """A pod's FlagSet; a bare {key: flag} mapping (older callers) is loaded as a file's flags."""
     return flags if isinstance(flags, FlagSet) else FlagSet({"flags": dict(flags)})
 
 
 def ofrep(flags, key: str | None, context: dict | None = None) -> tuple[int, dict]:
     """One flag's answer, or every flag's (key None) as the bulk endpoint gives them."""
-    flags = _flag_set(flags)
+    flags = flag_set(flags)
     return flags.evaluate_all(context) if key is None else flags.evaluate(key, context)
 
 

@@ -5,7 +5,9 @@ Truths kept on purpose, because the workbook teaches them:
   copies it once), so a ConfigMap edit reaches flagd only through a restart;
 - a flag file flagd cannot parse leaves the new pod Ready serving no flags (flagd logs "error setting
   state" and runs on); with no file to copy at all it crash-loops instead of becoming Ready;
-- a scale-down leaves pods Terminating for a while before they are gone.
+- a scale-down leaves pods Terminating for a while before they are gone;
+- a running flagd container listens on its ports (8013 gRPC + Connect, 8014, 8015, 8016) as real
+  loopback servers (flagd.FlagdProcess) from its start until its pod terminates.
 The Deployment and ReplicaSet controllers are `replicasets.Rollouts`.
 """
 from __future__ import annotations
@@ -56,6 +58,7 @@ class LocalCluster(Rollouts, Endpoints, Store):
         self._seq = itertools.count()
         self._born: dict[str, int] = {}  # pod uid -> creation order (scale-down removes the newest)
         self._pod_flags: dict[str, flagd.FlagSet] = {}  # pod uid -> flags it loaded when it started
+        self._flagd: dict[str, flagd.FlagdProcess] = {}  # pod uid -> its running flagd's servers
         self._leaving: set[str] = set()  # uids of Terminating pods the kubelet is stopping
         self._services: dict[tuple[str, int], App] = {}
         self._thread: threading.Thread | None = None
@@ -81,6 +84,9 @@ class LocalCluster(Rollouts, Endpoints, Store):
         super().stop()
         if self._thread:
             self._thread.join(timeout=5)
+        with self._cond:
+            for uid in list(self._flagd):
+                self._stop_flagd(uid)
 
     def _schedule(self, delay: float, callback: Callable[[], None]) -> None:
         heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), callback))
@@ -139,14 +145,39 @@ class LocalCluster(Rollouts, Endpoints, Store):
         with self._cond:
             return self._services.get((name, port))
 
+    def _serving_uid(self) -> str | None:
+        """The pod flagd's Service sends to (the oldest Ready one), None if it has no endpoints."""
+        for pod in sorted(self._objects["pods"].values(), key=lambda p: self._born.get(p["metadata"]["uid"], 0)):
+            if self._is_ready(pod) and not pod["metadata"].get("deletionTimestamp") \
+                    and pod["metadata"]["uid"] in self._pod_flags:
+                return pod["metadata"]["uid"]
+        return None
+
     def flagd_flags(self) -> flagd.FlagSet | None:
         """The flags of the pod flagd's Service sends to (the oldest Ready one), None if it has no endpoints."""
         with self._cond:
-            for pod in sorted(self._objects["pods"].values(), key=lambda p: self._born.get(p["metadata"]["uid"], 0)):
-                if self._is_ready(pod) and not pod["metadata"].get("deletionTimestamp") \
-                        and pod["metadata"]["uid"] in self._pod_flags:
-                    return self._pod_flags[pod["metadata"]["uid"]]
-            return None
+            uid = self._serving_uid()
+            return None if uid is None else self._pod_flags[uid]
+
+    def flagd_process(self) -> flagd.FlagdProcess | None:
+        """The running flagd the Service sends to; None if it has no endpoints."""
+        with self._cond:
+            uid = self._serving_uid()
+            return None if uid is None else self._flagd.get(uid)
+
+    def flagd_rpc_address(self) -> tuple[str, int] | None:
+        """(host, port) on loopback of the Service's current Ready flagd pod's 8013 (gRPC over HTTP/2, and
+        Connect over HTTP/1.1), None when no pod is Ready. What the local cart dials with grpcio."""
+        process = self.flagd_process()
+        return None if process is None else process.address(8013)
+
+    def pod_process(self, name: str) -> flagd.FlagdProcess | None:
+        """The running flagd of a Ready flagd pod; None for any other pod or state."""
+        with self._cond:
+            pod = self._objects["pods"].get(name)
+            if pod is None or not self._is_ready(pod) or pod["metadata"].get("deletionTimestamp"):
+                return None
+            return self._flagd.get(pod["metadata"]["uid"])
 
     def pod_flags(self, name: str) -> flagd.FlagSet | None:
         """The flags a Ready flagd pod loaded at its start; None for any other pod or state."""
@@ -273,11 +304,18 @@ class LocalCluster(Rollouts, Endpoints, Store):
         self.logs.write(uid, name, flagd.start_lines(keys, error, at, image=c["image"]), at)
         if flags is not None:
             self._pod_flags[uid] = flags
+            self._flagd[uid] = flagd.FlagdProcess(pod["metadata"]["name"]).start()
+            self._flagd[uid].load(flags)  # the file sync's first read: /readyz turns 200
             return container_status(name, c["image"], running_since=now)
         self.logs.end(uid, name, restart=True)  # its run ended: `logs --previous` has it
         self._record(pod, "BackOff", f"Back-off restarting failed container {name} in pod "
                      f"{pod['metadata']['name']}_default({uid})", "Warning", f"spec.containers{{{name}}}")
         return _crash_looping(pod["metadata"]["name"], c["image"], error, now)
+
+    def _stop_flagd(self, uid: str) -> None:
+        process = self._flagd.pop(uid, None)
+        if process is not None:
+            process.stop()
 
     def _chatter(self) -> None:
         """Running containers that keep logging (load generator, the proxy's access log) write a line."""
@@ -295,6 +333,7 @@ class LocalCluster(Rollouts, Endpoints, Store):
             name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
             if pod["metadata"].get("deletionTimestamp") and uid not in self._leaving:
                 self._leaving.add(uid)
+                self._stop_flagd(uid)  # SIGTERM: flagd stops serving at once
                 for cs in pod["status"].get("containerStatuses", []):
                     if "running" in cs.get("state", {}):
                         self._record(pod, "Killing", f"Stopping container {cs['name']}",
@@ -303,6 +342,7 @@ class LocalCluster(Rollouts, Endpoints, Store):
 
     def _remove_pod(self, name: str, uid: str) -> None:
         self._leaving.discard(uid)
+        self._stop_flagd(uid)
         pod = self._objects["pods"].get(name)
         if pod is not None and pod["metadata"]["uid"] == uid:
             self._pod_flags.pop(uid, None)

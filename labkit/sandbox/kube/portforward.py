@@ -3,15 +3,16 @@
 kubectl 1.30+ first asks for a WebSocket tunnel (KEP-4006); this server declines it, as a server
 without that feature does, and kubectl falls back to the `Upgrade: SPDY/3.1` it has always spoken.
 Each forwarded connection opens an `error` and a `data` stream (headers streamType, port,
-requestID); the data stream carries the TCP bytes to the pod's port: the shop behind
-frontend-proxy, flagd's OFREP on 8016. A port nothing listens on gets the kubelet's error text.
+requestID); the data stream carries the TCP bytes to the pod's port: a flagd pod's real loopback
+listeners (8013 gRPC/Connect, 8014, 8015, 8016: flagd.FlagdProcess), or an app of the local lab
+served on a socket pair (the shop behind frontend-proxy). A port nothing listens on gets the
+kubelet's error text.
 """
 from __future__ import annotations
 
 import socket
 import threading
 
-from labkit.sandbox import flagd
 from labkit.sandbox.http import Request, Response, serve_connection
 from labkit.sandbox.kube import spdy
 from labkit.sandbox.kube.discovery import NS
@@ -38,13 +39,24 @@ def handle(cluster, req: Request, name: str, namespace: str) -> Response:
                     upgrade=lambda rfile, sock: Session(cluster, name, uid, rfile, sock).run())
 
 
-def _app(cluster, pod: str, port: int):
-    """What listens on the pod's port: flagd's OFREP (8016) or a registered app (the shop); else None."""
-    flags = cluster.pod_flags(pod)
-    if flags is not None:
-        return (lambda req: flagd.serve(flags, req, port, req.path.lstrip("/"))) if port == 8016 else None
+def _target(cluster, pod: str, port: int) -> socket.socket | None:
+    """A connection to what listens on the pod's port: a Ready flagd pod's own listener, or a registered
+    app of the local lab (the shop) served on a socket pair; None if nothing listens there."""
+    process = cluster.pod_process(pod)
+    if process is not None:
+        address = process.address(port)
+        try:
+            return None if address is None else socket.create_connection(address, timeout=5)
+        except OSError:  # it stopped in between
+            return None
     labels = cluster.get("pods", pod)["metadata"].get("labels") or {}
-    return cluster.service_app(labels.get("opentelemetry.io/name", ""), port)
+    app = cluster.service_app(labels.get("opentelemetry.io/name", ""), port)
+    if app is None:
+        return None
+    mine, theirs = socket.socketpair()
+    threading.Thread(target=serve_connection, args=(theirs, app), daemon=True,
+                     name=f"labkit-portforward-{pod}:{port}").start()
+    return mine
 
 
 class Session:
@@ -80,10 +92,10 @@ class Session:
     def _connect(self, pair: dict) -> None:
         port = int(pair["port"]) if pair["port"].isdigit() else 0
         try:
-            app = _app(self.cluster, self.pod, port)
+            target = _target(self.cluster, self.pod, port)
         except StatusError:
-            app = None
-        if app is None:
+            target = None
+        if target is None:
             self.conn.data(pair["error"], (
                 f"error forwarding port {port} to pod {self.uid}, uid : failed to execute portforward in "
                 f'network namespace "/var/run/netns/cni-labkit": failed to connect to localhost:{port} inside '
@@ -91,11 +103,9 @@ class Session:
                 f"[::1]:{port}: connect: connection refused ").encode(), fin=True)
             self.conn.data(pair["data"], b"", fin=True)
             return
-        mine, theirs = socket.socketpair()
-        threading.Thread(target=serve_connection, args=(theirs, app), daemon=True,
-                         name=f"labkit-portforward-{self.pod}:{port}").start()
-        self.targets[pair["data"]] = mine
-        threading.Thread(target=self._from_app, args=(pair, mine), daemon=True).start()
+        target.settimeout(None)
+        self.targets[pair["data"]] = target
+        threading.Thread(target=self._from_app, args=(pair, target), daemon=True).start()
 
     def _to_app(self, stream: int, payload: bytes, fin: bool) -> None:
         target = self.targets.get(stream)

@@ -12,7 +12,6 @@ from typing import Iterator
 
 import yaml
 
-from labkit.sandbox import flagd
 from labkit.sandbox.http import Request, Response, Route, Router, json_response
 from labkit.sandbox.kube import auth, events, portforward, protobuf
 from labkit.sandbox.kube.controllers import LocalCluster
@@ -240,10 +239,11 @@ def _proxy(cluster: LocalCluster, req: Request, name: str, namespace: str, rest:
     if not match:
         raise unavailable(f'no endpoints available for service "{name}"')
     if service == FLAGD:
-        flags = cluster.flagd_flags()
-        if flags is None:  # no Ready flagd pod, whatever the path
+        process = cluster.flagd_process()
+        answer = None if process is None else process.serve(req, match[0], rest)
+        if answer is None:  # no Ready flagd pod, whatever the path
             raise unavailable(f'no endpoints available for service "{FLAGD}"')
-        return flagd.serve(flags, req, match[0], rest)
+        return answer
     app = cluster.service_app(service, match[0])
     if app is None:
         raise unavailable(f'no endpoints available for service "{service}"')
@@ -257,11 +257,15 @@ def _pod_proxy(cluster: LocalCluster, req: Request, name: str, namespace: str, r
     pod, _, port = name.partition(":")
     cluster.check(VERBS.get(req.method, "get"), "pods/proxy", pod)
     obj = cluster.get("pods", pod)
-    flags = cluster.pod_flags(pod)
-    if flags is None:  # not Ready (starting, crash-looping or terminating): nothing listens yet
+    process = cluster.pod_process(pod)
+    number = int(port) if port.isdigit() else 80
+    answer = None if process is None else process.serve(req, number, rest)
+    if answer is None and process is not None and process.address(number):  # gRPC only: it hangs up
+        raise unavailable("error trying to reach service: EOF")
+    if answer is None:  # not Ready (starting, crash-looping or terminating), or nothing on that port
         raise unavailable(f'error trying to reach service: dial tcp {obj["status"].get("podIP", "")}:'
-                          f'{port or 80}: connect: connection refused')
-    return flagd.serve(flags, req, int(port) if port.isdigit() else 80, rest)
+                          f'{number}: connect: connection refused')
+    return answer
 
 
 def _document(doc: dict):
