@@ -81,6 +81,7 @@ def test_the_lab_pages_boolean_flag_is_a_type_mismatch_for_the_3_0_0_cart(cart):
     assert len(events) == 200
     assert {(e["feature_flag.result.reason"], e["error.type"], e["feature_flag.result.value"]) for e in events} \
         == {("error", "typemismatch", 0.0)}
+    assert {e["error.message"] for e in events} == {"Type mismatch error"}  # flagd's InvalidArgument over 8013
     assert not any("feature_flag.result.variant" in e for e in events)  # no variant on an error
     assert not [log for log in telemetry.logs(0, 2**62) if log["content"] == REDIS_ERROR]
 
@@ -148,6 +149,12 @@ def test_checkouts_failing_trace_runs_placeorder_quote_currency_emptycart(cart):
     assert log["span_id"] == failed.span_id
     assert failed.start_ns // 1_000_000 <= log["_ms"] <= failed.end_ns // 1_000_000 + 1
     assert [e["span_event.name"] for e in failed.events] == ["Empty cart", "feature_flag.evaluation", "exception"]
+    story = [(g["service.name"], g["content"].split(" called")[0]) for g in telemetry.logs(0, 2**62)
+             if g["trace_id"] == failed.trace_id]  # the review page's "surrounding logs"
+    assert story == [("checkout", "[PlaceOrder]"), ("cart", "GetCartAsync"), ("currency", "conversion successful"),
+                     ("quote", "Calculated quote"), ("currency", "conversion successful"),
+                     ("checkout", "payment went through"), ("cart", "EmptyCartAsync"), ("cart", REDIS_ERROR),
+                     ("checkout", "order placed")]
 
 
 def test_query_a_answers_through_labkits_grail_client(tenant_sandbox):

@@ -9,8 +9,12 @@ with what the cart concluded (§2.1).
 """
 from __future__ import annotations
 
+import importlib
 import threading
 from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf.json_format import MessageToDict
 
 from labkit.releases import FLAG, Release
 
@@ -19,9 +23,6 @@ EVENT = "feature_flag.evaluation"  # EvaluationEventBuilder.cs
 # RpcResolver.cs GetOFException: gRPC status -> OpenFeature ErrorType, lowercased as the hook writes it
 ERROR_TYPES = {"NOT_FOUND": "flagnotfound", "UNAVAILABLE": "providernotready",
                "INVALID_ARGUMENT": "typemismatch", "DATA_LOSS": "parseerror"}
-# flagd's error codes (C1's Resolution.error_code) as the gRPC status flagd answers them with
-CODE_STATUS = {"FLAG_NOT_FOUND": "NOT_FOUND", "TYPE_MISMATCH": "INVALID_ARGUMENT",
-               "PARSE_ERROR": "DATA_LOSS", "GENERAL": "UNKNOWN"}
 RPC_TIMEOUT = 2.0  # s; the real cart sets no deadline, the local lab must never hang a request on it
 
 
@@ -89,66 +90,28 @@ class CartFlagClient:
 
     # ---- the one call to flagd ------------------------------------------------------------------
     def _resolve(self, key: str) -> tuple[object, str, str, dict]:
-        """(value, variant, reason, metadata) from flagd's port 8013; FlagdError as its gRPC status."""
-        rpc_address = getattr(self.cluster, "flagd_rpc_address", None)
-        if rpc_address is not None:
-            return self._grpc(rpc_address(), key)
-        return self._in_pod(key)
-
-    def _in_pod(self, key: str):
-        """Until flagd's 8013 is served (branch i17-flagd): C1's typed resolution of the Service's pod."""
-        flags = self.cluster.flagd_flags()
-        if flags is None:
-            raise FlagdError("UNAVAILABLE", "failed to connect to all addresses; flagd:8013: connection refused")
-        if not hasattr(flags, "resolve"):
-            return self._ofrep_typed(flags, key)
-        r = flags.resolve(key, self.release.cart_kind)
-        if r.error_code:
-            raise FlagdError(CODE_STATUS.get(r.error_code, "UNKNOWN"), r.message or r.error_code)
-        return r.value, r.variant, r.reason, dict(r.metadata or {})
-
-    def _ofrep_typed(self, flags, key: str):
-        """Until C1 lands: the pod's OFREP answer with flagd's resolve[T] type check on the variant."""
-        status, body = flags.evaluate(key)
-        if status == 404:
-            raise FlagdError("NOT_FOUND", f"flag: {key} not found")
-        if status != 200:
-            raise FlagdError(CODE_STATUS.get(body.get("errorCode"), "UNKNOWN"), body.get("errorDetails", ""))
-        if "value" in body and not self.release.reads_kind(body["value"]):
-            raise FlagdError("INVALID_ARGUMENT", f"TYPE_MISMATCH: flag {key} is not of the type read")
-        return body.get("value"), body.get("variant", ""), body.get("reason", ""), body.get("metadata") or {}
-
-    def _grpc(self, address, key: str):
-        import grpc
-        from google.protobuf.json_format import MessageToDict
-
+        """(value, variant, reason, metadata) from flagd:8013 over gRPC (the Service's Ready pod, as
+        `flagd:8013` resolves); FlagdError with the gRPC status otherwise."""
+        address = self.cluster.flagd_rpc_address()
         if address is None:  # no Ready pod behind the Service: nothing answers on 8013
             raise FlagdError("UNAVAILABLE", "failed to connect to all addresses; flagd:8013: connection refused")
-        pb2, stub = self._stub(address)
-        method = self.release.cart_method.rsplit("/", 1)[1]  # ResolveFloat / ResolveBoolean
-        request = getattr(pb2, method + "Request")(flag_key=key)  # no context: the cart sends none
+        package, method = self.release.cart_method.rsplit(".Service/", 1)  # flagd.evaluation.v2, ResolveFloat
+        pb2 = importlib.import_module(f"openfeature.schemas.protobuf.{package}.evaluation_pb2")
+        grpc_pb2 = importlib.import_module(f"openfeature.schemas.protobuf.{package}.evaluation_pb2_grpc")
+        call = getattr(grpc_pb2.ServiceStub(self._channel(address)), method)
         try:
-            resp = getattr(stub, method)(request, timeout=RPC_TIMEOUT)
+            resp = call(getattr(pb2, method + "Request")(flag_key=key), timeout=RPC_TIMEOUT)  # no context
         except grpc.RpcError as exc:
             raise FlagdError(exc.code().name, exc.details() or exc.code().name) from None
         return resp.value, resp.variant, resp.reason, MessageToDict(resp.metadata)
 
-    def _stub(self, address):
-        import grpc
-
-        version = "v2" if ".v2." in self.release.cart_method else "v1"
-        if version == "v2":
-            from openfeature.schemas.protobuf.flagd.evaluation.v2 import evaluation_pb2 as pb2
-            from openfeature.schemas.protobuf.flagd.evaluation.v2 import evaluation_pb2_grpc as pb2_grpc
-        else:
-            from openfeature.schemas.protobuf.flagd.evaluation.v1 import evaluation_pb2 as pb2
-            from openfeature.schemas.protobuf.flagd.evaluation.v1 import evaluation_pb2_grpc as pb2_grpc
-        host, port = address
+    def _channel(self, address: tuple[str, int]):
+        """The connection to flagd's pod at `address`; another pod now: a new one, the old closed."""
         with self._lock:
-            channel = self._channels.get((host, port))
-            if channel is None:  # another pod now: its connection only (the old pod's is gone)
+            channel = self._channels.get(address)
+            if channel is None:
                 for old in self._channels.values():
                     old.close()
-                self._channels = {(host, port): grpc.insecure_channel(f"{host}:{port}")}
-                channel = self._channels[(host, port)]
-        return pb2, pb2_grpc.ServiceStub(channel)
+                channel = grpc.insecure_channel(f"{address[0]}:{address[1]}")
+                self._channels = {address: channel}
+            return channel

@@ -96,18 +96,20 @@ class DemoShop:
         return Trace(self.telemetry)
 
     # ----- the cart service (called inside its gRPC server span) ----------------------------
-    def _log(self, trace: Trace, content: str) -> None:
+    def log(self, trace: Trace, content: str) -> None:
+        """An INFO line of the service whose span is open (the demo's services log over OTel)."""
         span = trace.current
-        self.telemetry.log_cart_info(content, span.trace_id, span.span_id, self.pod, trace.now_ns() // 1_000_000)
+        self.telemetry.log_info(span.service, content, span.trace_id, span.span_id, self.pod,
+                                trace.now_ns() // 1_000_000)
 
     def get_cart(self, trace: Trace, user_id: str) -> list[dict]:
-        self._log(trace, f"GetCartAsync called with userId={user_id}")
+        self.log(trace, f"GetCartAsync called with userId={user_id}")
         with self._lock:
             items = dict(self._carts.get(user_id, {}))
         return [{"productId": pid, "quantity": q} for pid, q in items.items()]
 
     def add_item(self, trace: Trace, user_id: str, product_id: str, quantity: int) -> None:
-        self._log(trace, f"AddItemAsync called with userId={user_id}, productId={product_id}, "
+        self.log(trace, f"AddItemAsync called with userId={user_id}, productId={product_id}, "
                          f"quantity={quantity}")
         with self._lock:
             cart = self._carts.setdefault(user_id, {})
@@ -124,7 +126,7 @@ class DemoShop:
         read = self.flagd.evaluate()
         trace.event(span, EVENT, **read.event())  # TraceEnricherHook, in the SDK's finally
         rate = self.release.failure_rate(read.value)
-        self._log(trace, f"EmptyCartAsync called with userId={user_id}")
+        self.log(trace, f"EmptyCartAsync called with userId={user_id}")
         if rate > 0 and self.rng.random() < rate:  # the bad store at badhost:1234
             trace.event(span, "exception", **{"exception.type": "Grpc.Core.RpcException",
                                               "exception.message": CART_ERROR})
@@ -195,6 +197,11 @@ def empty_cart(shop: DemoShop, user: str) -> bool:
             return ok
 
 
+def _convert(shop: DemoShop, trace: Trace) -> None:
+    with trace.grpc("checkout", "currency", "CurrencyService", "Convert"):
+        shop.log(trace, "conversion successful")  # currency's server.cpp
+
+
 def place_order(shop: DemoShop, user: str, currency: str) -> str:
     """POST /api/checkout: checkout's PlaceOrder as the demo's checkout/main.go makes its calls."""
     trace = shop.trace()
@@ -202,25 +209,26 @@ def place_order(shop: DemoShop, user: str, currency: str) -> str:
         with trace.http(None, "frontend", "POST", "/api/checkout"):
             with trace.grpc("frontend", "checkout", "CheckoutService", "PlaceOrder") as order:
                 order.attributes["user.id"] = user
+                shop.log(trace, "[PlaceOrder]")
                 with trace.span("checkout", "prepareOrderItemsAndShippingQuoteFromCart", "internal"):
                     with trace.grpc("checkout", "cart", "CartService", "GetCart"):
                         items = shop.get_cart(trace, user)
                     for _ in items:
                         with trace.grpc("checkout", "product-catalog", "ProductCatalogService", "GetProduct"):
                             pass
-                        with trace.grpc("checkout", "currency", "CurrencyService", "Convert"):
-                            pass
+                        _convert(shop, trace)
                     with trace.http("checkout", "shipping", "POST", "/get-quote"):
                         with trace.http("shipping", "quote", "POST", "/getquote"):
-                            pass
-                    with trace.grpc("checkout", "currency", "CurrencyService", "Convert"):
-                        pass
+                            shop.log(trace, "Calculated quote")
+                    _convert(shop, trace)
                 with trace.grpc("checkout", "payment", "PaymentService", "Charge"):
                     pass
+                shop.log(trace, "payment went through")
                 with trace.http("checkout", "shipping", "POST", "/ship-order"):
                     pass
                 with trace.grpc("checkout", "cart", "CartService", "EmptyCart"):
                     shop.empty_cart(trace, user)  # `_ = cs.emptyUserCart(ctx, req.UserId)`: error ignored
+                shop.log(trace, "order placed")
                 with trace.http("checkout", "email", "POST", "/send_order_confirmation"):
                     pass
     return str(uuid.UUID(int=shop.rng.getrandbits(128), version=1))

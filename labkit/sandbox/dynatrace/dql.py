@@ -654,7 +654,8 @@ def apply_stages(rows: list[dict], stages: list[Stage]) -> list[dict]:
                 key = "_ms" if name == "timestamp" and rows and "_ms" in rows[0] else name
                 present = [r for r in rows if r.get(key) is not None]
                 missing = [r for r in rows if r.get(key) is None]
-                present.sort(key=lambda r: _sort_key(r.get(key)), reverse=desc)
+                # records written in the same millisecond keep the order they were written in
+                present.sort(key=lambda r: (_sort_key(r.get(key)), r.get("_seq", 0)), reverse=desc)
                 rows = present + missing
         elif stage.command == "limit":
             rows = rows[:stage.args["n"]]

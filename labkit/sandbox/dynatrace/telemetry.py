@@ -151,6 +151,7 @@ class Telemetry:
         # The cart pod's annotations (the lab's values): owner and cost on its logs, supportInfo the
         # description of the problem its logs open (the lab's pipeline puts it there).
         self.cart_annotations: dict[str, str] = {}
+        self._log_seq = itertools.count()  # orders log lines written in the same millisecond
         now = self.clock()
         seed_start = now - int(timings.seed_hours * 3600_000)
         self.entities = {name: MonitoredEntity(service_id(name), name, seed_start, now)
@@ -183,7 +184,7 @@ class Telemetry:
             t += int(self._rng.expovariate(1 / 60_000))
             if t < end:
                 trace, span = self._hex(32), self._hex(16)
-                self._info_logs.append(self._cart_log(t, "GetCartAsync called with userId=seed",
+                self._info_logs.append(self._log_line(t, "GetCartAsync called with userId=seed",
                                                       trace, span, "INFO", "pod-seed"))
 
     def _poisson(self, lam: float) -> int:
@@ -219,31 +220,34 @@ class Telemetry:
             entity = self.entities[service] = MonitoredEntity(service_id(service), service, t, t)
         entity.last_seen = max(entity.last_seen, t)
 
-    def _cart_log(self, t: int, content: str, trace_id: str, span_id: str, level: str,
-                  pod: str) -> dict:
-        """A log line shaped like the lab's cart logs in Grail (OTel + k8s + pod annotations)."""
-        return {
-            "timestamp": iso(t), "_ms": t, "content": content, "loglevel": level,
-            "status": log_status(level),
-            "service.name": CART, "dt.entity.service": self.entities[CART].entity_id,
-            "trace_id": trace_id, "span_id": span_id, "host.name": f"cart-{pod}",
-            "k8s.namespace.name": "default", "k8s.pod.name": f"cart-{pod}",
-            "k8s.container.name": "cart", "dt.owner": self.cart_annotations.get("ownedBy", "teamA"),
-            "dt.cost.product": self.cart_annotations.get("product", "otel-demo-app"),
-            "dt.cost.costcenter": self.cart_annotations.get("costCentre", "centre1"),
-            "log.source": "otel", "event.type": "LOG",
+    def _log_line(self, t: int, content: str, trace_id: str, span_id: str, level: str,
+                  pod: str, service: str = CART) -> dict:
+        """A log line shaped like the lab's logs in Grail (OTel + k8s; the cart's pod annotations)."""
+        entry = {
+            "timestamp": iso(t), "_ms": t, "_seq": next(self._log_seq), "content": content,
+            "loglevel": level, "status": log_status(level),
+            "service.name": service, "dt.entity.service": self.entities[service].entity_id,
+            "trace_id": trace_id, "span_id": span_id, "host.name": f"{service}-{pod}",
+            "k8s.namespace.name": "default", "k8s.pod.name": f"{service}-{pod}",
+            "k8s.container.name": service, "log.source": "otel", "event.type": "LOG",
         }
+        if service == CART:  # otel-demo-values.yaml annotates only the cart's pod
+            entry.update({"dt.owner": self.cart_annotations.get("ownedBy", "teamA"),
+                          "dt.cost.product": self.cart_annotations.get("product", "otel-demo-app"),
+                          "dt.cost.costcenter": self.cart_annotations.get("costCentre", "centre1")})
+        return entry
 
-    def log_cart_info(self, content: str, trace_id: str, span_id: str, pod: str,
-                      at: int | None = None) -> None:
+    def log_info(self, service: str, content: str, trace_id: str, span_id: str, pod: str,
+                 at: int | None = None) -> None:
+        """An INFO line of a demo service (cart, checkout, quote, currency) inside a span."""
         with self._lock:
-            self._info_logs.append(self._cart_log(self.clock() if at is None else at, content,
-                                                  trace_id, span_id, "INFO", pod))
+            self._info_logs.append(self._log_line(self.clock() if at is None else at, content,
+                                                  trace_id, span_id, "INFO", pod, service))
 
     def log_cart(self, level: str, content: str, pod: str = "pod-test") -> dict:
         """Any cart log line (tests inject e.g. a CRITICAL one); error ones never open problems."""
         with self._lock:
-            entry = self._cart_log(self.clock(), content, self._hex(32), self._hex(16),
+            entry = self._log_line(self.clock(), content, self._hex(32), self._hex(16),
                                    level.upper(), pod)
             (self._error_logs if entry["status"] == "ERROR" else self._info_logs).append(entry)
             return entry
@@ -252,7 +256,7 @@ class Telemetry:
         """The EmptyCart failure log; the lab's pipeline marks it for alerting (priority "1")."""
         with self._lock:
             t = self.clock() if at is None else at
-            entry = self._cart_log(t, REDIS_ERROR, trace_id, span_id, "ERROR", pod)
+            entry = self._log_line(t, REDIS_ERROR, trace_id, span_id, "ERROR", pod)
             entry.update({"statuscode": "FailedPrecondition", "priority": "1", "alertme": "true",
                           "detail": REDIS_ERROR})
             self._error_logs.append(entry)
@@ -348,7 +352,7 @@ class Telemetry:
         with self._lock:
             rows = [r for r in itertools.chain(self._info_logs, self._error_logs)
                     if start <= r["_ms"] < end]
-        rows.sort(key=lambda r: r["_ms"])
+        rows.sort(key=lambda r: (r["_ms"], r["_seq"]))
         return rows
 
     def records(self, service: str | None = None) -> list[Span]:
