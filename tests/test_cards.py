@@ -153,10 +153,13 @@ def test_at_one_timestamp_the_cause_comes_first():
     from labkit.timeline import ERROR_LOGS, FIRST_FAILURE, FLAG_APPLIED, PROBLEM_OPENED
 
     same = "2026-11-26T14:03:07.000000000Z"
-    rows = [{"timestamp": same, "loglevel": "ERROR", "content": REDIS},
-            {"timestamp": same, "loglevel": "INFO", "content": "EmptyCartAsync called with userId=u1"}]
-    assert list(log_frame(rows, newest_first=False)["loglevel"]) == ["INFO", "ERROR"]
-    assert list(log_frame(rows, newest_first=True)["loglevel"]) == ["ERROR", "INFO"]
+    rows = [{"timestamp": same, "loglevel": "ERROR", "content": REDIS, "span_id": "cart1"},
+            {"timestamp": same, "loglevel": "INFO", "content": "EmptyCartAsync called", "span_id": "cart1"},
+            {"timestamp": same, "loglevel": "INFO", "content": "order placed", "span_id": "checkout1"}]
+    oldest_first = log_frame(rows, newest_first=False)
+    assert list(oldest_first["content"]) == ["EmptyCartAsync called", REDIS, "order placed"]
+    assert list(log_frame(rows, newest_first=True)["content"]) == ["order placed", REDIS, "EmptyCartAsync called"]
+    assert str(oldest_first["timestamp"].dt.tz) == "UTC"
     t = Timeline()
     for kind in (PROBLEM_OPENED, ERROR_LOGS, FIRST_FAILURE, FLAG_APPLIED):  # added effect first
         t.add(kind, at=AT)

@@ -194,13 +194,33 @@ def _one_utc(value):
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
-# At one timestamp the cause is logged before the effect: what was called, then what went wrong.
+# Within one span, what was called is logged before what went wrong.
 _LEVEL_RANK = {"TRACE": 0, "DEBUG": 1, "INFO": 2, "NOTICE": 2, "WARN": 3, "WARNING": 3}
 
 
 def _cause_rank(row) -> int:
     level = str(row.get("loglevel") or row.get("status") or "").upper()
     return _LEVEL_RANK.get(level, 4)  # ERROR and the other error levels last
+
+
+def _cause_first(rows: list[dict]) -> list[dict]:
+    """Rows by time (ties in the source's order), then, among one span's lines of one timestamp,
+    its error lines after the others, in the places that span's lines had: a request's "called"
+    line before its error, while other spans' lines keep the order the tenant gave them."""
+    out = list(rows)
+    start = 0
+    while start < len(rows):
+        end = start
+        while end < len(rows) and rows[end]["timestamp"] == rows[start]["timestamp"]:
+            end += 1
+        spans: dict = {}
+        for k in range(start, end):
+            spans.setdefault(rows[k].get("span_id"), []).append(k)
+        for places in spans.values():
+            for place, k in zip(places, sorted(places, key=lambda k: (_cause_rank(rows[k]), k))):
+                out[place] = rows[k]
+        start = end
+    return out
 
 
 def log_frame(rows: list[dict], newest_first: bool) -> "pd.DataFrame":
@@ -211,10 +231,10 @@ def log_frame(rows: list[dict], newest_first: bool) -> "pd.DataFrame":
                "statuscode", "detail"]
     frame = pd.DataFrame.from_records(rows, columns=columns)
     frame["timestamp"] = pd.to_datetime([_one_utc(v) for v in frame["timestamp"]], utc=True)
-    rank = pd.Series([_cause_rank(r) for r in rows], index=frame.index, dtype="int64")
-    order = frame.assign(_rank=rank).sort_values(["timestamp", "_rank"], ascending=not newest_first,
-                                                 kind="stable").index
-    return frame.loc[order].reset_index(drop=True)
+    ordered = _cause_first(frame.sort_values("timestamp", kind="stable").to_dict("records"))
+    frame = pd.DataFrame.from_records(ordered[::-1] if newest_first else ordered, columns=columns)
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
+    return frame.reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------- spans
