@@ -50,6 +50,11 @@ def cart():
         cluster.stop()
 
 
+def flagd_calls(telemetry) -> list:
+    """The cart's gRPC client spans of its calls to flagd:8013."""
+    return [s for s in telemetry.spans(0, 2**62) if s.service == "cart" and s.kind == "client"]
+
+
 def flag_events(telemetry) -> list[dict]:
     return [ev for span in telemetry.records("cart") for ev in span.events
             if ev["span_event.name"] == "feature_flag.evaluation"]
@@ -82,6 +87,9 @@ def test_the_lab_pages_boolean_flag_is_a_type_mismatch_for_the_3_0_0_cart(cart):
     assert {(e["feature_flag.result.reason"], e["error.type"], e["feature_flag.result.value"]) for e in events} \
         == {("error", "typemismatch", 0.0)}
     assert {e["error.message"] for e in events} == {"Type mismatch error"}  # flagd's InvalidArgument over 8013
+    calls = flagd_calls(telemetry)
+    assert len(calls) == 200 and {(c.name, c.attributes["rpc.grpc.status_code"], c.status) for c in calls} == {
+        ("flagd.evaluation.v2.Service/ResolveFloat", 3, "error")}
     assert not any("feature_flag.result.variant" in e for e in events)  # no variant on an error
     assert not [log for log in telemetry.logs(0, 2**62) if log["content"] == REDIS_ERROR]
 
@@ -106,6 +114,7 @@ def test_flagd_down_means_the_default_and_provider_not_ready(kube_sandbox):
         last = flag_events(telemetry)[-1]
         assert (last["feature_flag.result.reason"], last["error.type"], last["feature_flag.result.value"]) == (
             "error", "providernotready", 0.0)
+        assert flagd_calls(telemetry)[-1].attributes["rpc.grpc.status_code"] == 14  # Unavailable
         sandbox.scale(1)
         sandbox.wait_ready(1)
         assert not empty_cart(shop, "after")  # the next EmptyCart after flagd is back reads 100%
@@ -145,10 +154,14 @@ def test_checkouts_failing_trace_runs_placeorder_quote_currency_emptycart(cart):
     for span in trace:  # children inside their parents
         parent = by_id.get(span.parent_id)
         assert parent is None or parent.start_ns <= span.start_ns <= span.end_ns <= parent.end_ns
-    (log,) = [g for g in telemetry.logs(0, 2**62) if g["content"] == REDIS_ERROR and g["trace_id"] == failed.trace_id]
+    (log,) = [g for g in telemetry.logs(0, 2**62)
+              if g["content"] == REDIS_ERROR and g["trace_id"] == failed.trace_id]
     assert log["span_id"] == failed.span_id
     assert failed.start_ns // 1_000_000 <= log["_ms"] <= failed.end_ns // 1_000_000 + 1
     assert [e["span_event.name"] for e in failed.events] == ["Empty cart", "feature_flag.evaluation", "exception"]
+    (call,) = [s for s in trace if s.parent_id == failed.span_id]  # the cart asking flagd, inside EmptyCart
+    assert (call.kind, call.name, call.attributes["rpc.grpc.status_code"]) == (
+        "client", "flagd.evaluation.v2.Service/ResolveFloat", 0)
     story = [(g["service.name"], g["content"].split(" called")[0]) for g in telemetry.logs(0, 2**62)
              if g["trace_id"] == failed.trace_id]  # the review page's "surrounding logs"
     assert story == [("checkout", "[PlaceOrder]"), ("cart", "GetCartAsync"), ("currency", "conversion successful"),
@@ -201,7 +214,7 @@ def test_the_local_lab_is_one_release_with_its_own_configmap_and_images(tmp_path
     with LocalLab(tmp_path / "two", timings) as lab:
         assert lab.release.version == "2.2.0"
         cart = lab.cluster.get("deployments", "cart")["spec"]["template"]["spec"]["containers"][0]["image"]
-        assert releases.from_image(cart) is releases.get("2.2.0") and cart == "ghcr.io/open-telemetry/demo:2.2.0-cart"
+        assert cart == "ghcr.io/open-telemetry/demo:2.2.0-cart" and releases.from_image(cart) is releases.get("2.2.0")
         served = lab.cluster.get("configmaps", "flagd-config")["data"]["demo.flagd.json"]
         assert served == releases.get("2.2.0").flags_json()
         workspace = tmp_path / "two" / "workspace" / "flags.yaml"
@@ -235,3 +248,14 @@ def test_spans_need_the_spans_scope(tenant_sandbox):
     resp = lab.grail.post("/platform/storage/query/v1/query:execute", json={"query": "fetch spans"},
                           headers={"Authorization": "Bearer dt0s16.LOGSONLY"})
     assert resp.status_code == 403 and "storage:spans:read" in resp.text
+
+
+def test_the_tenant_keeps_the_newest_spans_only():
+    from labkit.sandbox.dynatrace.telemetry import MAX_SPANS, Span
+
+    telemetry = Telemetry(Timings.fast(), seed=1)
+    now = telemetry.clock() * 1_000_000
+    telemetry.add_spans([Span(now + i, now + i + 1, "cart", "x", "server", "t" * 32, f"{i:016x}")
+                         for i in range(MAX_SPANS + 10)])
+    kept = telemetry.spans(0, 2**62)
+    assert len(kept) == MAX_SPANS and kept[0].span_id == f"{10:016x}"  # the oldest went first

@@ -36,6 +36,7 @@ class Evaluation:
     error_type: str | None = None  # lowercased OpenFeature ErrorType, None on success
     error_message: str | None = None
     metadata: dict = field(default_factory=dict)
+    grpc_status: int = 0  # how flagd's call ended (0 OK, 3 InvalidArgument, 5 NotFound, 14 Unavailable)
 
     def event(self) -> dict:
         """The attributes TraceEnricherHook writes; null ones are dropped as OTel .NET drops them."""
@@ -66,14 +67,15 @@ class CartFlagClient:
         self._channels: dict = {}  # address -> grpc channel (the connection; no flag values cached)
         self._lock = threading.Lock()
 
-    def evaluate(self, key: str = FLAG) -> Evaluation:
-        """`Get…ValueAsync(key, default)`: flagd's typed answer, or the code default on any error."""
+    def evaluate(self, key: str = FLAG, traceparent: str | None = None) -> Evaluation:
+        """`Get…ValueAsync(key, default)`: flagd's typed answer, or the code default on any error.
+        `traceparent`: the W3C context the cart's instrumented gRPC client sends along."""
         default = self.release.cart_default
         try:
-            value, variant, reason, metadata = self._resolve(key)
+            value, variant, reason, metadata = self._resolve(key, traceparent)
         except FlagdError as exc:
-            return Evaluation(key, self._typed(default), None, "ERROR",
-                              ERROR_TYPES.get(exc.status, "general"), exc.message)
+            return Evaluation(key, self._typed(default), None, "ERROR", ERROR_TYPES.get(exc.status, "general"),
+                              exc.message, grpc_status=grpc.StatusCode[exc.status].value[0])
         if not variant and reason in ("DEFAULT", "DISABLED"):  # RpcResolver: no variant -> code default
             value = default
         return Evaluation(key, self._typed(value), variant or None, reason, metadata=metadata)
@@ -89,7 +91,7 @@ class CartFlagClient:
             channel.close()
 
     # ---- the one call to flagd ------------------------------------------------------------------
-    def _resolve(self, key: str) -> tuple[object, str, str, dict]:
+    def _resolve(self, key: str, traceparent: str | None) -> tuple[object, str, str, dict]:
         """(value, variant, reason, metadata) from flagd:8013 over gRPC (the Service's Ready pod, as
         `flagd:8013` resolves); FlagdError with the gRPC status otherwise."""
         address = self.cluster.flagd_rpc_address()
@@ -99,8 +101,10 @@ class CartFlagClient:
         pb2 = importlib.import_module(f"openfeature.schemas.protobuf.{package}.evaluation_pb2")
         grpc_pb2 = importlib.import_module(f"openfeature.schemas.protobuf.{package}.evaluation_pb2_grpc")
         call = getattr(grpc_pb2.ServiceStub(self._channel(address)), method)
+        request = getattr(pb2, method + "Request")(flag_key=key)  # no evaluation context: the cart sends none
         try:
-            resp = call(getattr(pb2, method + "Request")(flag_key=key), timeout=RPC_TIMEOUT)  # no context
+            resp = call(request, timeout=RPC_TIMEOUT,
+                        metadata=(("traceparent", traceparent),) if traceparent else None)
         except grpc.RpcError as exc:
             raise FlagdError(exc.code().name, exc.details() or exc.code().name) from None
         return resp.value, resp.variant, resp.reason, MessageToDict(resp.metadata)

@@ -123,7 +123,7 @@ class DemoShop:
         span = trace.current
         span.attributes["user.id" if _major(self.release) >= 3 else "app.user.id"] = user_id  # its tag
         trace.event(span, "Empty cart")
-        read = self.flagd.evaluate()
+        read = self._read_flag(trace)
         trace.event(span, EVENT, **read.event())  # TraceEnricherHook, in the SDK's finally
         rate = self.release.failure_rate(read.value)
         self.log(trace, f"EmptyCartAsync called with userId={user_id}")
@@ -137,6 +137,18 @@ class DemoShop:
         with self._lock:
             self._carts.pop(user_id, None)
         return True
+
+    def _read_flag(self, trace: Trace):
+        """The provider's call to flagd:8013, a client span of the cart (its gRPC client is instrumented)."""
+        package, method = self.release.cart_method.rsplit("/", 1)
+        with trace.span("cart", self.release.cart_method, "client", **{
+                "rpc.system": "grpc", "rpc.service": package, "rpc.method": method,
+                "server.address": "flagd", "server.port": 8013}) as call:
+            read = self.flagd.evaluate(traceparent=trace.traceparent(call))
+            call.attributes["rpc.grpc.status_code"] = read.grpc_status
+            if read.grpc_status:
+                call.status = "error"
+        return read
 
     # ----- the background shopper -----------------------------------------------------------
     def shop_once(self) -> None:
@@ -302,7 +314,8 @@ def _checkout(shop: DemoShop, req: Request) -> Response:
     user = body.get("userId") if isinstance(body, dict) else None
     currency = body.get("userCurrency", "USD") if isinstance(body, dict) else "USD"
     if not isinstance(user, str) or not user or currency not in CURRENCIES:
-        return _error(400, 'expected {"userId": str, "userCurrency": one of ' + ", ".join(sorted(CURRENCIES)) + "}")
+        return _error(400, 'expected {"userId": str, "userCurrency": one of '
+                      + ", ".join(sorted(CURRENCIES)) + "}")
     return json_response({"orderId": place_order(shop, user, currency), "userId": user})
 
 

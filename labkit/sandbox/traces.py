@@ -80,6 +80,10 @@ class Trace:
             with self.span(service, name, "server", **attrs) as server:
                 yield server
 
+    def traceparent(self, span: Span) -> str:
+        """The W3C trace context an instrumented client sends from `span`."""
+        return f"00-{span.trace_id}-{span.span_id}-01"
+
     def event(self, span: Span, name: str, **attributes) -> None:
         span.events.append({"span_event.name": name, "timestamp": self.now_ns(), **attributes})
 

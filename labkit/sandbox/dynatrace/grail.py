@@ -56,14 +56,14 @@ def _problem_record(p: Problem) -> dict:
 
 def _span_record(s: Span, telemetry) -> dict:
     """A span as `fetch spans` returns it (OTel attributes flat, its events as span.events)."""
+    entity = telemetry.entities.get(s.service)
     record = {
         "start_time": iso_ns(s.start_ns), "end_time": iso_ns(s.end_ns), "_ms": s.time,
         "duration": s.end_ns - s.start_ns, "trace.id": s.trace_id, "span.id": s.span_id,
         "span.parent_id": s.parent_id, "span.name": s.name, "span.kind": s.kind,
         "span.status_code": s.status, "service.name": s.service,
-        "dt.entity.service": telemetry.entities[s.service].entity_id if s.service in telemetry.entities else None,
-        "k8s.cluster.name": telemetry.cluster_name, "k8s.namespace.name": "default",
-        "otel.scope.name": s.service, **s.attributes,
+        "dt.entity.service": entity.entity_id if entity else None,
+        "k8s.cluster.name": telemetry.cluster_name, "k8s.namespace.name": "default", **s.attributes,
         "span.events": [{**ev, "timestamp": iso_ns(ev["timestamp"])} for ev in s.events],
     }
     if s.kind == "server":  # Dynatrace's request fields: a server span is a request
