@@ -8,7 +8,7 @@ rendered when the object has one, and only when it is an http(s) URL.
 from __future__ import annotations
 
 import html
-import math
+import re
 from datetime import datetime, timezone
 
 _BOX = ("border:1px solid #d0d7de;border-left:4px solid {accent};border-radius:6px;padding:8px 12px;"
@@ -17,8 +17,14 @@ _OK, _BAD, _INFO = "#1b7f3b", "#b00020", "#1f6feb"
 _ROW = '<tr><th style="text-align:left;padding:1px 12px 1px 0;font-weight:600">{}</th><td>{}</td></tr>'
 
 
+class Html(str):
+    """Markup made here (a link, a styled value): inserted as is, never escaped again."""
+
+
 def _e(value) -> str:
     """Text as element content (quotes stay readable; attributes go through _attr)."""
+    if isinstance(value, Html):
+        return value
     return html.escape("" if value is None else str(value), quote=False)
 
 
@@ -26,19 +32,30 @@ def _attr(value) -> str:
     return html.escape(str(value), quote=True)
 
 
-def when(value: datetime | None) -> str:
-    """'14:03:07 UTC', how cards and one-line texts give a time."""
-    if value is None:
-        return "-"
+def when(value: datetime | None, missing: str = "-") -> str:
+    """'14:03:07 UTC', how cards and one-line texts give a time; `missing` for None or NaT."""
+    if value is None or value != value:  # NaT is not equal to itself
+        return missing
     value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc).strftime("%H:%M:%S UTC")
 
 
+def _is_url(url) -> bool:
+    return isinstance(url, str) and url.startswith(("https://", "http://"))
+
+
 def _link(url) -> str:
-    if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+    if not _is_url(url):
         return ""
     return (f'<div style="margin-top:4px"><a href="{_attr(url)}" target="_blank" rel="noopener">'
             "open in Dynatrace ↗</a></div>")
+
+
+def anchor(text, url) -> Html:
+    """`text` linked to `url` (a new tab), or just the text when there is no http(s) URL."""
+    if not _is_url(url):
+        return Html(_e(text))
+    return Html(f'<a href="{_attr(url)}" target="_blank" rel="noopener">{_e(text)}</a>')
 
 
 def card(kind: str, title: str, rows=(), *, ok: bool | None = None, note: str = "", link=None) -> str:
@@ -53,7 +70,7 @@ def card(kind: str, title: str, rows=(), *, ok: bool | None = None, note: str = 
 
 def grid(kind: str, title: str, headers, rows, *, ok: bool | None = None, note: str = "", link=None) -> str:
     """A titled box with a small table (a header row, then rows of plain text)."""
-    cell = 'style="text-align:left;padding:1px 12px 1px 0;vertical-align:top"'
+    cell = 'style="text-align:left;padding:1px 12px 1px 0;vertical-align:top;white-space:pre-wrap"'
     head = "".join(f"<th {cell}>{_e(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td {cell}>{_e(v)}</td>" for v in row) + "</tr>" for row in rows)
     accent = _INFO if ok is None else _OK if ok else _BAD
@@ -115,7 +132,7 @@ def preflight(checks) -> str:
 
 
 def timeline(t) -> str:
-    rows = [(when(s.time), s.kind, s.detail) for s in t.steps]
+    rows = [(when(s.time), s.kind, s.detail) for s in t.in_order()]
     if not rows:
         return card("timeline", f"Timeline of run {t.run_id}", note="nothing happened yet in this run")
     return grid("timeline", f"Timeline of run {t.run_id}", ["time", "step", "detail"], rows)
@@ -139,13 +156,101 @@ def trace_logs(logs) -> str:
     if not len(logs.frame):
         return card("trace-logs", f"No logs of {logs.trace_id or 'a failed trace'}", ok=False,
                     note=logs.why, link=getattr(logs, "link", None))
-    rows = [(when(r.timestamp) if r.timestamp == r.timestamp else "-", _text(r.loglevel), _text(r.service), _text(r.content)[:300])
-            for r in logs.frame.itertuples()]
+    rows = [(when(r.get("timestamp"), "—"), _text(r.get("loglevel")), _text(r.get("service")),
+             _log_text(r)) for r in _records(logs.frame)]
     return grid("trace-logs", f"All {len(rows)} logs of trace {logs.trace_id}, oldest first",
                 ["time", "level", "service", "content"], rows, link=getattr(logs, "link", None))
 
 
+# --- the lab's tables (DataFrames shown as cards; rows read by column name) -----------------------
+_MAX_ROWS = 25
+
+
+def _records(frame) -> list[dict]:
+    return frame.to_dict("records") if frame is not None and len(frame) else []
+
+
+def _shown(kind: str, title: str, headers, rows: list, frame, *, empty: str, note: str = "",
+           ok: bool | None = None) -> str:
+    """A table card of at most _MAX_ROWS rows, saying when it shows part; `empty` when none."""
+    link = getattr(frame, "attrs", {}).get("link")
+    if not rows:
+        return card(kind, title, note=empty, link=link)
+    more = f"the first {_MAX_ROWS} of {len(rows)} rows shown. " if len(rows) > _MAX_ROWS else ""
+    return grid(kind, title, headers, rows[:_MAX_ROWS], ok=ok, note=(more + note).strip(), link=link)
+
+
+def _log_text(r: dict) -> str:
+    """A log's content whole (the key phrase is never cut), with its status code when it has one."""
+    detail = _text(r.get("detail"))
+    content = _text(r.get("content"))
+    code = _text(r.get("statuscode"))
+    text = content if not detail or detail in content else f"{content}\ndetail: {detail}"
+    return f"[{code}] {text}" if code else text
+
+
+_MD_LINK = re.compile(r"\[([^\]]+)\]\((https?://[^)\s]+)\)")
+
+
+def markdown(text) -> Html:
+    """A problem description's markdown as HTML: its links clickable, headings bold, the rest text."""
+    lines = []
+    for line in _text(text).strip().splitlines():
+        heading = line.startswith("#")
+        parts, at = [], 0
+        for m in _MD_LINK.finditer(line):
+            parts += [_e(line[at:m.start()]), anchor(m.group(1), m.group(2))]
+            at = m.end()
+        body = "".join(parts) + _e(line[at:])
+        lines.append(f"<b>{body.lstrip('#').strip()}</b>" if heading else body)
+    return Html("<br>".join(lines))
+
+
+def problems(frame) -> str:
+    rows = [(anchor(_text(r.get("display_id")) or "problem", r.get("link")), _text(r.get("title")),
+             _text(r.get("status")), when(r.get("start"), "—"), when(r.get("end"), "open"),
+             _text(r.get("affected")), markdown(r.get("description")))
+            for r in _records(frame)]
+    n = len(rows)
+    return _shown("problems", f"{n} problem{'s' if n != 1 else ''}", ["problem", "title", "status",
+                  "started", "ended", "affected", "description"], rows, frame, ok=not n or None,
+                  empty="No problems in this timeframe: Davis opens one a few minutes after the "
+                        "error logs start (01's wait_for_problem).")
+
+
+def change_events(frame) -> str:
+    rows = []
+    for r in _records(frame):
+        old, new = _text(r.get("old")), _text(r.get("new"))
+        change = f"{_text(r.get('flag'))}: {old} → {new}" if old else f"{_text(r.get('flag'))} → {new}"
+        rows.append((when(r.get("timestamp"), "—"), anchor(change, r.get("link")), _text(r.get("title")),
+                     _text(r.get("status")), _text(r.get("run_id"))))
+    return _shown("change-events", f"{len(rows)} change event{'s' if len(rows) != 1 else ''}, oldest first",
+                  ["time", "change", "title", "status", "run"], rows, frame,
+                  empty="No change events in this timeframe: 01's inform_dynatrace() sends one.")
+
+
+def error_logs(frame) -> str:
+    rows = [(when(r.get("timestamp"), "—"), _text(r.get("loglevel")) or _text(r.get("status")),
+             _text(r.get("service")), _log_text(r), _text(r.get("trace_id")))
+            for r in _records(frame)]
+    return _shown("logs", f"{len(rows)} log line{'s' if len(rows) != 1 else ''}",
+                  ["time", "level", "service", "content", "trace_id"], rows, frame,
+                  empty="No logs in this timeframe.")
+
+
+def flags(frame) -> str:
+    rows = [(_text(r.get("flag")), _text(r.get("default")), _text(r.get("variants")),
+             _text(r.get("description"))) for r in _records(frame)]
+    return _shown("flags", f"{len(rows)} flags in the ConfigMap", ["flag", "default", "variants",
+                  "description"], rows, frame, empty="The flag file has no flags.")
+
+
 def _text(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
+    """A value as text; None, NaN and NaT as nothing (never the word 'NaT')."""
+    try:
+        if value is None or value != value:
+            return ""
+    except (TypeError, ValueError):  # an array-like compares elementwise
+        pass
     return str(value)

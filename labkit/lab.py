@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
 
 from labkit import cards, releases
 from labkit import settings as names
-from labkit.cluster import DEFAULT_RESTART, RESTARTS
+from labkit.cluster import DEFAULT_RESTART, RESTARTS, Served
 from labkit.errors import BadInput, LabError, Unreachable
 from labkit.flags import format_value
 from labkit.progress import Progress, quiet
@@ -93,6 +93,85 @@ class TraceLogs:
 
     def _repr_html_(self) -> str:
         return cards.trace_logs(self)
+
+
+@dataclass
+class NothingSent:
+    """An announcement of a change already made (or already announced): no event, no step."""
+
+    flag: str
+    variant: str
+    why: str  # the sentence: "cartFailure is already on, nothing sent"
+    ok = True
+    sent = False
+
+    def __repr__(self) -> str:
+        return self.why
+
+    def _repr_html_(self) -> str:
+        return cards.card("change-event", self.why, ok=True)
+
+
+@dataclass(frozen=True)
+class AlreadyServed(Served):
+    """change_flag's answer when the change was already made: flagd serves it on every pod, so
+    nothing was sent, changed or restarted."""
+
+    already = True
+
+    @classmethod
+    def of(cls, served: Served) -> "AlreadyServed":
+        return cls(**{f.name: getattr(served, f.name) for f in fields(served)})
+
+    def __repr__(self) -> str:
+        cart = f"; {self.cart}" if getattr(self, "cart", None) else ""
+        return f"{self.key} is already {self.variant}, nothing sent (flagd serves it{cart})"
+
+    def _repr_html_(self) -> str:
+        return cards.card("served", f"{self.key} is already {self.variant}, nothing sent",
+                          [("flagd serves", self.variant), ("reason", self.reason)], ok=True,
+                          note="no change event, no ConfigMap edit, no restart: the change was made before")
+
+
+@dataclass
+class Trace:
+    """One failed trace's spans as a waterfall (the lab's "open with Distributed traces"), or why
+    there is none."""
+
+    trace_id: str | None
+    spans: object  # a pandas DataFrame (labkit.dynatrace span frame)
+    why: str = ""
+    local: bool = False
+
+    @property
+    def link(self) -> str | None:
+        return getattr(self.spans, "attrs", {}).get("link")
+
+    @property
+    def figure(self):
+        from labkit import waterfall
+
+        return waterfall.figure(self.spans, self.trace_id or "", local=self.local)
+
+    def __repr__(self) -> str:
+        if not len(self.spans):
+            return f"no spans of {self.trace_id or 'a failed trace'}: {self.why}"
+        failed = [f"{r.service} {r.name}" for r in self.spans.itertuples() if r.failed]
+        return (f"trace {self.trace_id}: {len(self.spans)} spans"
+                + (f", failed: {', '.join(failed)}" if failed else ""))
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        if not len(self.spans):
+            return {"text/html": cards.card("trace", f"No spans of {self.trace_id or 'a failed trace'}",
+                                            ok=False, note=self.why, link=self.link),
+                    "text/plain": repr(self)}
+        import json
+
+        figure = self.figure
+        bundle = dict(figure._repr_mimebundle_(include=include, exclude=exclude) or {})
+        if not bundle:  # no renderer here (a script, a test): the plotly mimetype a notebook draws
+            bundle = {"application/vnd.plotly.v1+json": {**json.loads(figure.to_json()), "config": {}}}
+        return {**bundle, "text/plain": repr(self)}
 
 
 class Lab:
@@ -211,14 +290,14 @@ class Lab:
 
     # --- the change ---------------------------------------------------------------------------
     def flags(self):
-        """The live flags as a table: key, variants, default, what flagd serves."""
-        import pandas as pd
+        """The live flags as a table: key, variants, default, description."""
+        from labkit import tables
 
         rows = []
         for f in self.cluster.flag_file().flags:
             rows.append({"flag": f.key, "variants": ", ".join(f"{k}={v}" for k, v in f.variants.items()),
                          "default": f.default_variant, "description": f.description})
-        return pd.DataFrame(rows)
+        return tables.Flags(rows, columns=["flag", "variants", "default", "description"])
 
     def variants(self, flag: str = names.FLAG) -> list[str]:
         return list(self.cluster.flag_file().variants(flag))
@@ -293,10 +372,18 @@ class Lab:
 
     def inform_dynatrace(self, variant: str, flag: str = names.FLAG, service: str = names.SERVICE,
                          old: str | None = None):
-        """Step 1: the change event, sent before the change as the lab page says."""
+        """Step 1: the change event, sent before the change as the lab page says. A change already
+        made (the ConfigMap says `variant`) or already announced sends nothing and records nothing."""
         # An unknown flag or variant is refused here, before any event is sent.
         change = self.cluster.flag_file().set_default_variant(flag, variant)
-        return self._announce(flag, change.old_variant if old is None else old, variant, service)
+        if change.old_variant == variant:
+            return NothingSent(flag, variant, f"{flag} is already {variant}, nothing sent")
+        old = change.old_variant if old is None else old
+        if self._event_pending(flag, old, variant):
+            sent = self.timeline.last(EVENT_SENT)
+            return NothingSent(flag, variant, f"Dynatrace already knows {flag}: {old} → {variant} "
+                                              f"(event sent {cards.when(sent.time)}), nothing sent")
+        return self._announce(flag, old, variant, service)
 
     def _announce(self, flag: str, old: str, variant: str, service: str):
         event = self.dynatrace.send_change_event(service, flag, variant, old=old,
@@ -305,9 +392,10 @@ class Lab:
         return event
 
     def make_change(self, variant: str, flag: str = names.FLAG):
-        """Step 2: the ConfigMap edit, that flag's defaultVariant only."""
+        """Step 2: the ConfigMap edit, that flag's defaultVariant only (no step when it already says so)."""
         change = self.cluster.set_default_variant(flag, variant)
-        self.timeline.add(FLAG_APPLIED, flag=flag, old=change.old_variant, new=change.new_variant)
+        if change.old_variant != change.new_variant:
+            self.timeline.add(FLAG_APPLIED, flag=flag, old=change.old_variant, new=change.new_variant)
         return change
 
     def restart_flagd(self, progress: Progress | None = None, timeout: float = 180,
@@ -339,9 +427,12 @@ class Lab:
         if old == variant:
             served = self.cluster.serving_everywhere(flag, variant)
             if served is not None:
-                report(f"{flag} is already {variant} and flagd serves it", 1.0)  # no event, no restart
-                return self._with_cart(served, flag)
-        if send_event and self._event_pending(flag, old, variant):
+                report(f"{flag} is already {variant}, nothing sent", 1.0)  # no event, no restart
+                return AlreadyServed.of(self._with_cart(served, flag))
+        rollback = old != variant and variant == self._before_run(flag)
+        if old == variant:  # the ConfigMap says it already; only the restart is missing
+            report(f"{flag} is already {variant} in the ConfigMap; restarting flagd so it serves it", 0.05)
+        elif send_event and self._event_pending(flag, old, variant):
             report(f"Dynatrace already knows: {flag} {old} → {variant} (event sent before)", 0.05)
         elif send_event:
             report(f"Telling Dynatrace: {flag} {old} → {variant}", 0.05)
@@ -352,6 +443,8 @@ class Lab:
                            how=restart)
         report("Asking flagd what it serves", 0.92)
         served = self._with_cart(self.prove_served(variant, flag), flag)
+        if rollback:  # back to what it was before this run changed it: the cycle's end
+            self.timeline.add(ROLLED_BACK, flag=flag, new=served.variant)
         report(f"flagd serves {flag} = {served.variant}" + (f"; {served.cart}" if served.cart else ""), 1.0)
         for listener in self._listeners:
             listener(flag, served)
@@ -369,7 +462,7 @@ class Lab:
         """Add → view → empty the cart; only DELETE /api/cart exercises EmptyCart."""
         result = self.shop.run(seconds=seconds, rate=rate, progress=progress, stop=stop,
                                until_failures=until_failures)
-        if result.first_failure_at and not self.timeline.last(FIRST_FAILURE):
+        if result.first_failure_at and not self.timeline.in_cycle(FIRST_FAILURE):
             self.timeline.add(FIRST_FAILURE, note=result.summary(), at=result.first_failure_at)
         return result
 
@@ -386,18 +479,24 @@ class Lab:
 
     def wait_for_error_logs(self, timeout: float = 300, service: str = names.SERVICE,
                             progress: Progress | None = None):
-        logs = self.dynatrace.wait_for_error_logs(service, since=self._since_change(timedelta(minutes=30)),
-                                                  timeout=timeout, progress=progress)
-        if not self.timeline.last(ERROR_LOGS) and len(logs):
+        from labkit import tables
+
+        logs = tables.shown_as(tables.Logs, self.dynatrace.wait_for_error_logs(
+            service, since=self._since_change(timedelta(minutes=30)), timeout=timeout, progress=progress))
+        if not self.timeline.in_cycle(ERROR_LOGS) and len(logs):
             self.timeline.add(ERROR_LOGS, note=f"{len(logs)} error logs", at=logs["timestamp"].min())
         return logs
 
     def wait_for_problem(self, timeout: float = 600, service: str = names.SERVICE,
                          progress: Progress | None = None):
-        found = self.dynatrace.wait_for_problem(service, since=self._since_change(timedelta(hours=1)),
-                                                timeout=timeout, progress=progress)
-        if not self.timeline.last(PROBLEM_OPENED) and len(found):
-            first = found.sort_values("start").iloc[0]
+        from labkit import tables
+
+        found = tables.shown_as(tables.Problems, self.dynatrace.wait_for_problem(
+            service, since=self._since_change(timedelta(hours=1)), timeout=timeout, progress=progress))
+        start = self.timeline.cycle_start()
+        fresh = found if start is None else found[found["start"] >= start]  # this cycle's problem
+        if not self.timeline.in_cycle(PROBLEM_OPENED) and len(fresh):
+            first = fresh.sort_values("start").iloc[0]
             self.timeline.add(PROBLEM_OPENED, note=f"{first['display_id']}: {first['title']}",
                               at=first["start"])
         return found
@@ -407,32 +506,93 @@ class Lab:
         return self.dynatrace.failed_requests(service, since=since or self.since(), resolution=resolution)
 
     def problems(self, service: str = names.SERVICE, since: datetime | str = "now-1d"):
-        return self.dynatrace.problems(service, since=since)
+        from labkit import tables
+
+        found = self.dynatrace.problems(service, since=since)
+        found["description"] = found["problem_id"].map(self._descriptions(found["problem_id"]))
+        return tables.shown_as(tables.Problems, found)
+
+    def _descriptions(self, problem_ids) -> dict[str, str]:
+        """The problems' descriptions (with the runbook link) where Grail can tell; none without a
+        platform token or when the query fails (the problems themselves still show)."""
+        if not len(problem_ids) or not self.settings.platform_token:
+            return {}
+        try:
+            return self.dynatrace.problem_descriptions(list(problem_ids))
+        except LabError:
+            return {}
 
     def error_logs(self, service: str = names.SERVICE, since="now-1h", limit: int = 100):
-        return self.dynatrace.error_logs(service, since=since, limit=limit)
+        from labkit import tables
+
+        return tables.shown_as(tables.Logs, self.dynatrace.error_logs(service, since=since, limit=limit))
 
     def trace_logs(self, trace_id: str | None = None, service: str = names.SERVICE, since="now-1h"):
-        """All logs of one trace, oldest first; by default the trace of `service`'s newest error log.
-        An empty result says why (no error logs yet, or none of that trace) instead of failing."""
-        import pandas as pd
+        """All logs of one trace, oldest first; by default the failed trace failed_trace() draws (one
+        checkout took part in, else the newest error log's). An empty result says why (no error logs
+        yet, or none of that trace) instead of failing."""
+        from labkit import tables
 
         if trace_id is None:
-            errors = self.error_logs(service, since=since, limit=20)
-            with_trace = errors[errors["trace_id"].fillna("").astype(str) != ""] if len(errors) else errors
-            if not len(with_trace):
+            trace_id = self._failed_trace_id(service, since)
+            if trace_id is None:
                 why = (f"no error logs of {service!r} {_ago(since)} carry a trace id, so there is no "
                        "failed trace to follow: introduce the change and send traffic first "
                        "(01-introduce-change), then run this again")
-                return TraceLogs(None, pd.DataFrame(columns=errors.columns), why)
-            trace_id = str(with_trace.iloc[0]["trace_id"])
+                return TraceLogs(None, tables.Logs(columns=["timestamp", "loglevel", "content"]), why)
         logs = self.dynatrace.logs_for_trace(trace_id)
         why = "" if len(logs) else (f"Dynatrace has no logs of trace {trace_id} in the last day; logs "
                                     "arrive a little after the request: run this again in a minute")
-        return TraceLogs(trace_id, logs, why)
+        return TraceLogs(trace_id, logs, why, link=self.dynatrace.trace_link(trace_id))
+
+    def _failed_trace_id(self, service: str, since) -> str | None:
+        """The trace of one of `service`'s newest error logs: one that checkout took part in (the
+        review page's trace: an order placed, then EmptyCart failed), else the newest."""
+        errors = self.error_logs(service, since=since, limit=20)
+        ids = [str(t) for t in errors["trace_id"].fillna("") if str(t)] if len(errors) else []
+        if not ids:
+            return None
+        try:
+            through = self.dynatrace.traces_through(ids, "checkout")
+        except LabError:  # no spans to ask: the newest error log's trace
+            through = set()
+        return next((t for t in ids if t in through), ids[0])
+
+    def failed_trace(self, trace_id: str | None = None, service: str = names.SERVICE, since="now-1h"):
+        """The spans of one failed trace as a waterfall (checkout → … → EmptyCart); by default the
+        trace of `service`'s newest error log. An empty result says why instead of failing."""
+        import pandas as pd
+
+        if trace_id is None:
+            trace_id = self._failed_trace_id(service, since)
+            if trace_id is None:
+                return Trace(None, pd.DataFrame(columns=["start", "failed"]),
+                             f"no error logs of {service!r} {_ago(since)} carry a trace id: introduce "
+                             "the change and send traffic first (01-introduce-change)", self.local)
+        try:
+            spans = self.dynatrace.trace_spans(trace_id)
+        except LabError as exc:  # no platform token, or a tenant (or local lab) without spans
+            return Trace(trace_id, pd.DataFrame(columns=["start", "failed"]), str(exc), self.local)
+        why = "" if len(spans) else (f"Dynatrace has no spans of trace {trace_id} in the last day yet: "
+                                     "spans arrive a little after the request; run this again in a minute")
+        return Trace(trace_id, spans, why, self.local)
+
+    def runbook(self, service: str = names.SERVICE):
+        """The Ops runbook the problem's description links, with its two charts (the error trend of
+        the last 30 min; changes and problems of the last day on one chart)."""
+        from labkit import runbook
+
+        problems = self.problems(service, since="now-1d")
+        linked = [(runbook.runbook_link(r["description"]), r) for _, r in problems.iterrows()]
+        link, row = next(((url, r) for url, r in linked if url), (None, None))
+        named = f"{row['display_id']} {row['title']}" if row is not None else ""
+        return runbook.Runbook(link, named, self.failed_requests(service, since="now-30m"),
+                               self.change_events(service, since="now-1d"), problems, service)
 
     def change_events(self, service: str = names.SERVICE, since="now-2h"):
-        return self.dynatrace.change_events(service, since=since)
+        from labkit import tables
+
+        return tables.shown_as(tables.ChangeEvents, self.dynatrace.change_events(service, since=since))
 
     def chart(self, service: str = names.SERVICE, since: datetime | str | None = None, *,
               errors: list | None = None):
@@ -471,9 +631,8 @@ class Lab:
         if target is None:
             raise LabError(f"No earlier value of {flag!r} is known in this run; "
                            f"choose one of {', '.join(self.variants(flag))} with change_flag().")
-        served = self.change_flag(target, flag, service, progress=progress, restart=restart)
-        self.timeline.add(ROLLED_BACK, flag=flag, new=served.variant)
-        return served
+        # change_flag records the rollback (and nothing at all when it was rolled back already)
+        return self.change_flag(target, flag, service, progress=progress, restart=restart)
 
     def _before_run(self, flag: str) -> str | None:
         """The variant `flag` had before this run first changed it (since its last roll-back)."""
@@ -524,4 +683,7 @@ def connect(settings: Settings | None = None, *, state_dir: str | Path | None = 
                           "and no local lab is running. Start one with: python -m labkit sandbox")
     if choice.local_lab is not None:
         atexit.register(choice.close)
+    from labkit.kernel import install_hooks
+
+    install_hooks()  # in a kernel: labkit errors as sentences (also where PYTHONSTARTUP was not set)
     return Lab(choice.settings, local_lab=choice.local_lab)

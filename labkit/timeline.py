@@ -29,6 +29,11 @@ ROLLED_BACK = "rolled back"
 # Kinds that name a change of one flag (old → new).
 CHANGES = (EVENT_SENT, FLAG_APPLIED)
 
+# At one timestamp, cause before effect: the change, flagd serving it, the request that failed, its
+# error log, the problem.
+CAUSAL_RANK = {EVENT_SENT: 0, FLAG_APPLIED: 1, FLAGD_RESTARTED: 2, FLAGD_SERVING: 3, ROLLED_BACK: 4,
+               FIRST_FAILURE: 5, ERROR_LOGS: 6, PROBLEM_OPENED: 7}
+
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
@@ -136,6 +141,24 @@ class Timeline:
         return next((s for s in reversed(self.steps)
                      if s.kind == kind and (flag is None or s.flag == flag)), None)
 
+    def cycle_start(self) -> datetime | None:
+        """When the current cycle began: the last change applied (a change and its rollback each
+        start one), or None before any change of this run."""
+        change = self.last(FLAG_APPLIED)
+        return change.time if change else None
+
+    def in_cycle(self, kind: str) -> Step | None:
+        """The step of `kind` in the current cycle, if it happened yet (e.g. this change's first
+        failure, not the previous change's)."""
+        start = self.cycle_start()
+        step = self.last(kind)
+        return step if step is not None and (start is None or step.time >= start) else None
+
+    def in_order(self) -> list[Step]:
+        """The steps by time, cause before effect at equal times (a step added later may have
+        happened earlier: the first failure, the problem's start)."""
+        return sorted(self.steps, key=lambda s: (s.time, CAUSAL_RANK.get(s.kind, len(CAUSAL_RANK))))
+
     def clear(self) -> None:
         """A new run: no steps, a new run id (a facilitator's reset between groups)."""
         self._run_id, self._steps = secrets.token_hex(4), []
@@ -179,7 +202,7 @@ class Timeline:
     def frame(self):
         import pandas as pd
 
-        steps = self.steps
+        steps = self.in_order()
         return pd.DataFrame(
             {"time": pd.to_datetime([s.time for s in steps], utc=True),
              "step": [s.kind for s in steps], "flag": [s.flag for s in steps],

@@ -286,6 +286,11 @@ class FlagSwitch(_Displayable):
                                           send_event=self.send_event, restart=self.restart.value)
             self.result = served
             got = getattr(served, "variant", variant)
+            if getattr(served, "already", False):  # made before: no event, no edit, no restart
+                said = f"{self.flag} is already {got}, nothing sent"
+                self.progress.done(said)
+                self.status.value = f'<span style="color:{_GREEN}">✔ {html.escape(said)}</span>'
+                return served
             self.progress.done(f"flagd serves {self.flag} = {got}")
             read = getattr(served, "cart", None)
             if getattr(read, "falls_back", False):  # every pod serves it, yet the cart cannot read it
@@ -297,16 +302,46 @@ class FlagSwitch(_Displayable):
                                  f"<b>{html.escape(str(got))}</b>, and flagd serves it"
                                  + (f"; {html.escape(str(read))}" if read is not None else "") + "</span>")
             return served
+        except KeyboardInterrupt:  # Ctrl-C / the stop button mid-change: say where things are
+            self.progress.fail("interrupted")
+            said = self._after_interrupt(variant)
+            self._show_error(LabError(said))
+            if self._thread is None:  # a cell's own call: it stops, with a sentence, not a traceback
+                raise LabError(said) from None
+            return None
         except Exception as exc:
             self.progress.fail("the change did not complete")
             self._show_error(exc)
             return None
         finally:
             try:
-                self.refresh()
+                if self.progress.message != "interrupted":  # just re-read after an interrupt
+                    self.refresh()
             finally:
                 self._set_busy(False)
                 self._busy = False
+
+    def _after_interrupt(self, variant) -> str:
+        """Re-read what flagd serves once it answers again (a restart cut short may still be starting
+        pods) and say it as a sentence."""
+        served = self._reread()
+        now = getattr(served, "variant", None)
+        where = (f"flagd serves {self.flag} = {now} now" if now is not None else
+                 "no flagd pod answers yet (a restart was under way); the label above updates when one does")
+        return (f"Interrupted while changing {self.flag} to {variant}: {where}. Press Apply (or run the "
+                "cell again) to finish the change: it picks up where this one stopped.")
+
+    def _reread(self, timeout: float = 15.0):
+        """refresh() until flagd names a variant or `timeout` s pass (a second interrupt stops it)."""
+        deadline = time.monotonic() + timeout
+        served = self.refresh()
+        try:
+            while getattr(served, "variant", None) is None and time.monotonic() < deadline:
+                time.sleep(0.25)
+                served = self.refresh()
+        except KeyboardInterrupt:
+            pass
+        return served
 
     def wait(self, timeout: float | None = None):
         """Wait for a change started by the button (or apply(wait=False)); returns the result."""

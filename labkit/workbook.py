@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from labkit.errors import LabError
+from labkit.kernel import KERNEL_STARTUP
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -54,7 +55,8 @@ def lab_environment(timings=None, say=print, state_dir=None):
     new_dir = state_dir or tempfile.mkdtemp(prefix="labkit-local-lab-")
     with which_lab(timings=timings, new_state_dir=new_dir) as choice:
         say(choice.describe())
-        yield choice.env
+        startup = {} if os.environ.get("PYTHONSTARTUP") else {"PYTHONSTARTUP": str(KERNEL_STARTUP)}
+        yield {**choice.env, **startup}
 
 
 def run_notebook(path: Path, out_dir: Path, env: dict, timeout: float = 900) -> Path:

@@ -101,3 +101,78 @@ def test_cards_import_no_pandas_or_plotly():
 
 def test_when_reads_utc():
     assert cards.when(AT) == "14:03:07 UTC" and cards.when(None) == "-"
+
+
+# --- the lab's tables: problems, change events, logs and flags as cards ---------------------------
+REDIS = ("Can't access cart storage. System.ApplicationException: Wasn't able to connect to redis \n"
+         "  at cart.cartstore.ValkeyCartStore.EmptyCartAsync(String userId) in "
+         "/usr/src/app/src/cartstore/ValkeyCartStore.cs:line 177")
+
+
+def test_problems_show_open_not_nat_and_a_clickable_link():
+    from labkit import tables
+
+    frame = pd.DataFrame({"display_id": ["P-01"], "title": ["Redis connection errors"], "status": ["OPEN"],
+                          "severity": ["ERROR"], "start": pd.to_datetime([AT], utc=True),
+                          "end": pd.to_datetime([None], utc=True), "affected": ["cart"], "root_cause": ["cart"],
+                          "link": ["https://abc.apps.dynatrace.com/ui/apps/dynatrace.davis.problems/problem/-1_2V2"],
+                          "problem_id": ["-1_2V2"]})
+    page = tables.shown_as(tables.Problems, frame)._repr_html_()
+    assert "NaT" not in page and ">open<" in page and "14:03:07 UTC" in page
+    assert '<a href="https://abc.apps.dynatrace.com/ui/apps/dynatrace.davis.problems/problem/-1_2V2"' in page
+    assert ">P-01</a>" in page and "Redis connection errors" in page
+    with pd.option_context("display.width", 400, "display.max_columns", 20):
+        text = repr(tables.shown_as(tables.Problems, frame))  # as text (a terminal, GitHub)
+    assert "NaT" not in text and " open " in text and "P-01" in text
+
+
+def test_change_events_link_each_change():
+    from labkit import tables
+
+    frame = pd.DataFrame({"timestamp": pd.to_datetime([AT], utc=True), "title": ["feature flag changed"],
+                          "flag": ["cartFailure"], "old": [None], "new": ["on"], "run_id": ["ab12"],
+                          "event_id": ["1_2"], "status": ["CLOSED"], "link": ["https://x.apps.dynatrace.com/ui/e"]})
+    page = tables.shown_as(tables.ChangeEvents, frame)._repr_html_()
+    assert '<a href="https://x.apps.dynatrace.com/ui/e"' in page and "cartFailure → on</a>" in page
+    assert "None" not in page and "nan" not in page.lower().replace("nan-", "")
+
+
+def test_a_log_shows_its_key_phrase_whole_and_its_status_code():
+    from labkit import tables
+
+    frame = pd.DataFrame({"timestamp": pd.to_datetime([AT], utc=True), "loglevel": ["ERROR"], "status": ["ERROR"],
+                          "content": [REDIS], "trace_id": ["a" * 32], "span_id": ["b" * 16], "service": ["cart"],
+                          "statuscode": ["FailedPrecondition"], "detail": [REDIS]})
+    page = tables.shown_as(tables.Logs, frame.head())._repr_html_()
+    assert "Wasn&#x27;t able to connect to redis" in page or "Wasn't able to connect to redis" in page
+    assert "ValkeyCartStore.cs:line 177" in page and "[FailedPrecondition]" in page
+
+
+def test_at_one_timestamp_the_cause_comes_first():
+    from labkit.dynatrace._frames import log_frame
+    from labkit.timeline import ERROR_LOGS, FIRST_FAILURE, FLAG_APPLIED, PROBLEM_OPENED
+
+    same = "2026-11-26T14:03:07.000000000Z"
+    rows = [{"timestamp": same, "loglevel": "ERROR", "content": REDIS, "span_id": "cart1"},
+            {"timestamp": same, "loglevel": "INFO", "content": "EmptyCartAsync called", "span_id": "cart1"},
+            {"timestamp": same, "loglevel": "INFO", "content": "order placed", "span_id": "checkout1"}]
+    oldest_first = log_frame(rows, newest_first=False)
+    assert list(oldest_first["content"]) == ["EmptyCartAsync called", REDIS, "order placed"]
+    assert list(log_frame(rows, newest_first=True)["content"]) == ["order placed", REDIS, "EmptyCartAsync called"]
+    assert str(oldest_first["timestamp"].dt.tz) == "UTC"
+    t = Timeline()
+    for kind in (PROBLEM_OPENED, ERROR_LOGS, FIRST_FAILURE, FLAG_APPLIED):  # added effect first
+        t.add(kind, at=AT)
+    assert [s.kind for s in t.in_order()] == [FLAG_APPLIED, FIRST_FAILURE, ERROR_LOGS, PROBLEM_OPENED]
+    page = t._repr_html_()
+    assert page.index("flag applied") < page.index("first failure") < page.index("problem opened")
+
+
+def test_flags_show_as_a_card_with_each_default():
+    from labkit import tables
+
+    flags = tables.Flags([{"flag": "cartFailure", "variants": "on=True, off=False", "default": "off",
+                           "description": "Fail cart service"}], columns=["flag", "variants", "default", "description"])
+    page = flags._repr_html_()
+    assert 'class="labkit-card labkit-card-flags"' in page and "cartFailure" in page and "on=True, off=False" in page
+    assert isinstance(flags[flags["default"] == "off"], tables.Flags)  # a filtered table stays a card

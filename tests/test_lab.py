@@ -79,3 +79,132 @@ def test_trace_logs_explain_an_empty_result_instead_of_failing(lab_env):
         assert len(unknown) == 0 and "no logs of trace " + "0" * 32 in unknown.why
     finally:
         lab.close()
+
+
+def test_the_twin_of_a_rollback_done_by_the_switch_records_nothing(lab_env, lab_on):
+    """03: Apply with off on the switch rolls back (one "rolled back" step); roll_back() after it
+    finds nothing to do and records no second rollback."""
+    lab = labkit.connect()
+    lab.timeline.clear()
+    try:
+        lab.change_flag(lab_on, send_event=False)
+        lab.change_flag("off", send_event=False)  # the switch in 03
+        rolled = [s for s in lab.timeline.steps if s.kind == "rolled back"]
+        assert [s.new for s in rolled] == ["off"]
+        steps = len(lab.timeline.steps)
+        served = lab.roll_back()  # the unattended twin
+        assert served.variant == "off" and "already off, nothing sent" in repr(served)
+        assert len(lab.timeline.steps) == steps
+    finally:
+        lab.close()
+
+
+def _until_no_open_problem(lab, timeout=30):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while len(lab.dynatrace.problems("cart", status="open")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+def test_every_cycle_gets_its_own_first_failure_error_logs_and_problem(lab_env, lab_on):
+    lab = labkit.connect()
+    lab.timeline.clear()
+    try:
+        for cycle in (1, 2):
+            lab.change_flag(lab_on, send_event=False)
+            lab.generate_traffic(seconds=30, rate=40, until_failures=6)
+            lab.wait_for_error_logs(timeout=30)
+            lab.wait_for_problem(timeout=60)
+            lab.change_flag("off", send_event=False)
+            _until_no_open_problem(lab)  # Davis closes it once the errors stop
+        kinds = [s.kind for s in lab.timeline.steps]
+        for kind in ("first failure seen by the shop", "error logs seen", "problem opened", "rolled back"):
+            assert kinds.count(kind) == 2, (kind, kinds)
+        changes = [s.time for s in lab.timeline.steps if s.kind == "flag applied" and s.new == lab_on]
+        second = [s for s in lab.timeline.steps if s.kind == "first failure seen by the shop"][1]
+        assert second.time >= changes[1]
+    finally:
+        if lab.served("cartFailure").variant != "off":
+            lab.change_flag("off", send_event=False)
+        lab.close()
+
+
+def test_the_problem_links_the_runbook_from_the_carts_support_info(lab_env, lab_on):
+    """02 to the end of the review page: the cart pod's annotations (the lab's values), the problem's
+    description with the runbook link, and the runbook page running its queries."""
+    import re
+
+    import httpx
+    from kubernetes import client, config
+
+    lab = labkit.connect()
+    lab.timeline.clear()
+    try:
+        config.load_kube_config(config_file=lab_env["KUBECONFIG"])
+        deployment = client.AppsV1Api().read_namespaced_deployment("cart", "default")
+        notes = deployment.spec.template.metadata.annotations
+        assert {k: notes[k] for k in ("ownedBy", "product", "costCentre", "environment")} == {
+            "ownedBy": "teamA", "product": "otel-demo-app", "costCentre": "centre1", "environment": "production"}
+        assert "[Ops runbook](" in notes["supportInfo"] and "PLACEHOLDER" not in notes["supportInfo"]
+
+        lab.change_flag(lab_on, send_event=True)
+        lab.generate_traffic(seconds=30, rate=40, until_failures=5)
+        lab.wait_for_problem(timeout=60)
+        page = lab.problems()._repr_html_()
+        runbook = re.search(r'<a href="([^"]+/ui/document/[^"]+)"[^>]*>Ops runbook</a>', page)
+        assert runbook, page
+        problem_page = httpx.get(lab.problems().iloc[0]["link"], timeout=10).text
+        assert "<h2>Description</h2>" in problem_page and f"<a href='{runbook.group(1)}'>Ops runbook</a>" in problem_page
+        shown = httpx.get(runbook.group(1), timeout=10)
+        assert shown.status_code == 200 and "Contact list" in shown.text
+        assert "Cart Service Failure Rate" in shown.text and "cartFailure" in shown.text
+        assert "Redis connection errors" in shown.text
+        log = lab.error_logs().iloc[0]
+        assert log["statuscode"] == "FailedPrecondition" and "Wasn't able to connect to redis" in log["content"]
+
+        book = lab.runbook()
+        assert book.link == runbook.group(1) and "Redis connection errors" in book.problem
+        assert 'href="' + runbook.group(1) + '"' in book._repr_html_()
+        assert sum(book.error_trend.data[0].y) >= 5
+        drawn = book.changes_and_problems.layout.meta["labkit"]
+        assert f"cartFailure = {lab_on}" in drawn["changes"] and drawn["problems"] == ["Redis connection errors"]
+    finally:
+        if lab.served("cartFailure").variant != "off":
+            lab.change_flag("off", send_event=False)
+        lab.close()
+
+
+def test_the_failed_trace_is_a_waterfall_or_says_why(lab_env, lab_on):
+    lab = labkit.connect()
+    lab.timeline.clear()
+    try:
+        none = lab.failed_trace(service="no-such-service")
+        assert none.trace_id is None and "01-introduce-change" in repr(none)
+        assert "labkit-card" in none._repr_mimebundle_()["text/html"]
+        lab.change_flag(lab_on, send_event=False)
+        lab.generate_traffic(seconds=30, rate=40, until_failures=3)
+        lab.wait_for_error_logs(timeout=30)
+        logs = lab.trace_logs()
+        assert "/ui/intent/dynatrace.distributedtracing/view-trace#" in logs.link
+        assert 'href="' + logs.link.replace('"', "&quot;") + '"' in logs._repr_html_()
+        import httpx
+
+        opened = httpx.get(logs.link, timeout=10)
+        assert opened.status_code == 200 and "Distributed traces app" in opened.text
+        for n in range(100):  # the load generator's checkouts: EmptyCart fails inside PlaceOrder
+            httpx.post(lab_env["FRONTEND_URL"] + "/api/checkout", json={"userId": f"buyer-{n}",
+                                                                      "userCurrency": "USD"}, timeout=10)
+        trace = lab.failed_trace()  # prefers a trace checkout took part in, as the review page shows
+        drawn = trace.figure.layout.meta["labkit"]
+        labels = drawn["labels"]
+        order = labels.index("checkout · oteldemo.CheckoutService/PlaceOrder")
+        empty = labels.index("cart · oteldemo.CartService/EmptyCart")
+        assert order < empty and any(label.startswith("currency ·") for label in labels[order:empty])
+        assert drawn["failed"][-1] == "cart · oteldemo.CartService/EmptyCart"
+        assert "application/vnd.plotly.v1+json" in trace._repr_mimebundle_()
+        assert "EmptyCart" in repr(trace) and "/view-trace#" in trace.link
+    finally:
+        if lab.served("cartFailure").variant != "off":
+            lab.change_flag("off", send_event=False)
+        lab.close()

@@ -112,6 +112,29 @@ def test_review_problem_shows_logs_trace_and_change(executed):
     assert chart["layout"]["meta"]["labkit"]["step_markers"] >= 3, "01's steps are not on 02's chart"
 
 
+def test_review_problem_follows_the_page_to_its_end(executed):
+    """Clickable problem and event links, the runbook link from the problem's description, the log's
+    key phrase and status detail, the trace as a waterfall, the runbook's two charts, no NaT."""
+    book = executed["02-review-problem"]
+    problems = "".join(_outputs(book, "text/html", 'problems = lab.problems("cart")'))
+    assert '<a href="' in problems and "/ui/apps/dynatrace.davis.problems/problem/" in problems
+    assert re.search(r'<a href="[^"]+/ui/document/[^"]+"[^>]*>Ops runbook</a>', problems), problems[:2000]
+    logs = "".join(_outputs(book, "text/html", 'logs = lab.error_logs("cart")'))
+    assert "t able to connect to redis" in logs and "FailedPrecondition" in logs
+    events = "".join(_outputs(book, "text/html", 'lab.change_events("cart")'))
+    assert '<a href="' in events and "cartFailure" in events
+    assert "Ops runbook" in "".join(_outputs(book, "text/html", 'runbook = lab.runbook("cart")'))
+    trend = _outputs(book, "application/vnd.plotly.v1+json", "runbook.error_trend")[0]
+    assert sum(y for y in trend["data"][0]["y"] if y) >= 1
+    both = _outputs(book, "application/vnd.plotly.v1+json", "runbook.changes_and_problems")[0]
+    assert both["layout"]["meta"]["labkit"]["problems"] == ["Redis connection errors"]
+    waterfall = _outputs(book, "application/vnd.plotly.v1+json", "lab.failed_trace(")[0]
+    assert waterfall["layout"]["meta"]["labkit"]["failed"][-1] == "cart · oteldemo.CartService/EmptyCart"
+    for name, one in executed.items():
+        for text in _outputs(one, "text/html"):
+            assert "NaT" not in text, f"{name}: NaT shown: {text[:300]}"
+
+
 def test_roll_back_recovers(executed):
     book = executed["03-roll-back"]
     assert "off" in _find(book, "served = lab.roll_back")

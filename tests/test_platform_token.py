@@ -79,8 +79,9 @@ def test_the_local_lab_serves_the_classic_api_on_the_platform_path(local_lab, li
     api_token = httpx.get(url + "/problems", headers={"Authorization": f"Api-Token {local_lab.api_token}"})
     assert api_token.status_code == 401 and "Bearer" in api_token.json()["error"]["message"]
     missing = httpx.get(url + "/problems", headers={"Authorization": f"Bearer {limited}"})
-    assert missing.status_code == 403
-    assert missing.json()["error"]["details"]["missingScopes"] == ["environment-api:problems:read"]
+    assert missing.status_code == 403  # the classic envelope, as a real tenant answered (answers §2)
+    assert missing.json() == {"error": {"code": 403, "message": "OAuth token is missing required scope. "
+                                                                "Use one of: [environment-api:problems:read]"}}
 
 
 def test_get_one_event_and_the_time_rule(local_lab, platform_only):
@@ -403,3 +404,106 @@ def test_the_workbook_runs_with_a_platform_token_alone(kernel_env, tmp_path):
     assert '"output_type": "error"' not in text
     assert "Redis connection errors" in text and "Can't access cart storage" in text
     assert lab.api_token not in text and lab.platform_token not in text
+
+
+# ---------------------------------------------------------------- a real tenant's answers (dynatrace-answers.md)
+
+
+@pytest.fixture
+def scoped(local_lab):
+    """Make a platform token with exactly the given scopes (removed after the test)."""
+    made = []
+
+    def make(*scopes):
+        token = make_token("dt0s16")
+        local_lab.tenant.platform_tokens.add(token, set(scopes))
+        made.append(token)
+        return token
+
+    yield make
+    for token in made:
+        local_lab.tenant.platform_tokens.discard(token)
+
+
+def test_event_ingest_takes_any_of_the_sdks_three_scopes_and_labkit_asks_for_storage_events_write(
+        local_lab, platform_only, scoped):
+    for scope in ("storage:events:write", "openpipeline:events.davis:ingest", "environment-api:events:write"):
+        checks = preflight(dict(platform_only, DT_PLATFORM_TOKEN=scoped(scope, "environment-api:entities:read")))
+        assert checks["send the change event"][0], (scope, checks)
+    ok, detail = preflight(dict(platform_only, DT_PLATFORM_TOKEN=scoped("storage:buckets:read")))["send the change event"]
+    assert not ok and "lacks storage:events:write (or one of " in detail, detail
+
+
+def test_a_grail_table_the_token_may_not_read_is_not_authorized_for_table(local_lab, platform_only, scoped):
+    token = scoped("storage:buckets:read", "storage:events:read")  # events, but not logs
+    raw = httpx.post(local_lab.env["DT_URL"] + "/platform/storage/query/v1/query:execute",
+                     json={"query": "fetch logs | limit 1"}, headers={"Authorization": f"Bearer {token}"})
+    error = raw.json()["error"]
+    assert raw.status_code == 403 and error["message"] == "NOT_AUTHORIZED_FOR_TABLE"
+    assert error["details"]["errorType"] == "NOT_AUTHORIZED_FOR_TABLE" and error["details"]["arguments"] == ["logs"]
+    assert "missingScopes" not in error["details"]
+    with client(dict(platform_only, DT_PLATFORM_TOKEN=token)) as dt, pytest.raises(Forbidden) as err:
+        dt.error_logs("cart", since="now-5m")
+    assert "may not read the Grail table logs" in str(err.value)
+    with client(dict(platform_only, DT_PLATFORM_TOKEN=token)) as dt, pytest.raises(Forbidden) as err:
+        dt.dql("fetch logs | limit 1")
+    text = str(err.value)
+    assert "may not read the Grail table logs" in text and "storage:logs:read and storage:buckets:read" in text
+
+
+def test_classic_log_search_on_grail_needs_both_storage_scopes(local_lab, scoped):
+    url = local_lab.env["DT_URL"] + "/api/v2/logs/search"
+    half = httpx.get(url, params={"limit": 1}, headers={"Authorization": f"Bearer {scoped('storage:logs:read')}"})
+    assert half.status_code == 403 and "storage:buckets:read" in half.text
+    both = scoped("storage:logs:read", "storage:buckets:read")
+    assert httpx.get(url, params={"limit": 1}, headers={"Authorization": f"Bearer {both}"}).status_code == 200
+
+
+def test_the_observed_403_shapes_name_what_to_add(grail):
+    dt, mock = grail
+    mock.post(EXECUTE).respond(403, json={"error": {
+        "code": 403, "message": "NOT_AUTHORIZED_FOR_TABLE",
+        "details": {"exceptionType": "DQL-AUTHORIZATION", "errorType": "NOT_AUTHORIZED_FOR_TABLE",
+                    "errorMessage": "Insufficient permission to access table (user.events).",
+                    "arguments": ["user.events"]}}})
+    with pytest.raises(Forbidden) as err:
+        dt.dql("fetch user.events | limit 1")
+    assert "may not read the Grail table user.events" in str(err.value) and "policy" in str(err.value)
+    mock.get(f"{PLATFORM}{CLASSIC_ON_PLATFORM}/entities").respond(403, json={"error": {
+        "code": 403, "message": "OAuth token is missing required scope. Use one of: [environment-api:entities:read]"}})
+    with pytest.raises(Forbidden) as err:
+        dt.find_service("cart")
+    assert err.value.missing_scopes == ["environment-api:entities:read"] and "DT_PLATFORM_TOKEN" in str(err.value)
+
+
+def test_an_api_tokens_403_with_display_names_names_the_scope():
+    from labkit.dynatrace._http import scopes_in_message
+
+    assert scopes_in_message("Token is missing required scope. Use one of: CaptureRequestData "
+                             "(Capture request data)") == ["CaptureRequestData"]
+    assert scopes_in_message("Token is missing required scope. Use one of: ExternalSyntheticIntegration") == [
+        "ExternalSyntheticIntegration"]
+    assert scopes_in_message("OAuth token is missing required scope. Use one of: [a:b:read, c:d:write]") == [
+        "a:b:read", "c:d:write"]
+
+
+def test_links_use_the_formats_a_tenant_opens():
+    from labkit.dynatrace._links import logs_link, service_link
+
+    assert service_link(PLATFORM, "SERVICE-1").endswith("/explorer?detailsId=SERVICE-1&sidebarOpen=false")
+    link = logs_link(PLATFORM, 'fetch logs, from: now()-1h | filter status == "ERROR"')
+    assert link.startswith(f"{PLATFORM}/ui/apps/dynatrace.logs/intent/view_query#%7B%22dt.query%22")
+    assert "+" not in link and "%20" in link  # spaces as %20 (a + stays a plus: PARSE_ERROR)
+
+
+def test_a_change_event_in_grail_has_the_davis_fields(local_lab, platform_only):
+    with client(platform_only) as dt:
+        run_id = uuid.uuid4().hex[:12]
+        dt.send_change_event("cart", "cartFailure", "on", old="off", run_id=run_id)
+        records = dt.dql(f'fetch events | filter labkit.run_id == "{run_id}"')
+    record = records[0]
+    assert record["event.type"] == "CUSTOM_CONFIGURATION" and record["event.name"] == "feature flag changed"
+    assert record["event.kind"] == "DAVIS_EVENT" and record["event.provider"] == "EVENTS_REST_API_INGEST"
+    assert record["dt.entity.service.name"] == "cart" and record["dt.source_entity"].startswith("SERVICE-")
+    assert record["feature_flag.key"] == "cartFailure" and record["defaultValue"] == "on"
+    assert record["dt.davis.is_rootcause_relevant"] is True and "dt.event.is_rootcause_relevant" not in record

@@ -62,3 +62,20 @@ def test_the_run_id_handed_out_before_the_first_step_stays_the_runs(tmp_path):
     run = tl.run_id  # e.g. put on the change event before its step is added
     tl.add(EVENT_SENT, flag="cartFailure", old="off", new="on")
     assert Timeline(tmp_path / "runs" / "timeline.jsonl").run_id == run == tl.run_id
+
+
+def test_each_cycle_looks_up_its_own_steps():
+    from labkit.timeline import FIRST_FAILURE, ROLLED_BACK
+
+    tl = Timeline()
+    t = lambda m: datetime(2026, 12, 1, 10, m, tzinfo=timezone.utc)  # noqa: E731
+    assert tl.cycle_start() is None and tl.in_cycle(FIRST_FAILURE) is None
+    tl.add(FLAG_APPLIED, flag="cartFailure", old="off", new="on", at=t(0))
+    tl.add(FIRST_FAILURE, at=t(1))
+    assert tl.in_cycle(FIRST_FAILURE).time == t(1)
+    tl.add(FLAG_APPLIED, flag="cartFailure", old="on", new="off", at=t(5))
+    tl.add(ROLLED_BACK, flag="cartFailure", new="off", at=t(5))
+    tl.add(FLAG_APPLIED, flag="cartFailure", old="off", new="on", at=t(10))
+    assert tl.cycle_start() == t(10) and tl.in_cycle(FIRST_FAILURE) is None  # the second change's own
+    tl.add(FIRST_FAILURE, at=t(11))
+    assert tl.in_cycle(FIRST_FAILURE).time == t(11)

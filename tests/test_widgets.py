@@ -289,3 +289,57 @@ def test_flag_switch_does_not_send_a_second_event_after_inform_dynatrace(real_la
     sent = [s for s in real_lab.timeline.steps if s.kind == labmod.EVENT_SENT]
     assert [s.detail for s in sent] == [f"cartFailure: {before} → {target}",
                                         f"cartFailure: {target} → {before}"]
+
+
+def test_a_change_already_made_sends_nothing_and_records_nothing(real_lab, lab_on):
+    """Running 01 again with the flag already on: no "on → on" event, no step, and the switch says so."""
+    before = real_lab.served("cartFailure").variant
+    target = lab_on if before != lab_on else "off"
+    switch = widgets.FlagSwitch(real_lab, "cartFailure")
+    assert switch.apply(target) is not None, switch.status.value
+    steps = len(real_lab.timeline.steps)
+    events = len(real_lab.change_events("cart", since="now-10m"))
+
+    again = real_lab.inform_dynatrace(target, "cartFailure")
+    assert repr(again) == f"cartFailure is already {target}, nothing sent" and "nothing sent" in again._repr_html_()
+    served = switch.apply(target)
+    assert served.variant == target and served.already
+    assert switch.status.value.count(f"cartFailure is already {target}, nothing sent") == 1
+    assert len(real_lab.timeline.steps) == steps
+    assert len(real_lab.change_events("cart", since="now-10m")) == events
+
+
+def test_announcing_twice_sends_one_event(real_lab, lab_on):
+    before = real_lab.served("cartFailure").variant
+    target = lab_on if before != lab_on else "off"
+    first = real_lab.inform_dynatrace(target, "cartFailure")
+    second = real_lab.inform_dynatrace(target, "cartFailure")
+    assert first.ok and "already knows" in repr(second) and "nothing sent" in repr(second)
+    assert [s.kind for s in real_lab.timeline.steps] == [labmod.EVENT_SENT]
+
+
+def test_an_interrupt_mid_restart_rereads_the_truth_and_says_it_in_a_sentence(real_lab, lab_on, monkeypatch):
+    """Ctrl-C while flagd restarts (the lab page's scale to 0): the switch re-reads what flagd
+    serves once it answers again, and a cell's own call stops with one sentence."""
+    before = real_lab.served("cartFailure").variant
+    target = lab_on if before != lab_on else "off"
+    restart = real_lab.cluster.restart_flagd
+
+    def interrupted(*args, progress=None, **kwargs):
+        def report(message, fraction=None):
+            if "ready" in message:  # past the scale-down: pods are coming back
+                raise KeyboardInterrupt
+        return restart(*args, progress=report, **kwargs)
+
+    monkeypatch.setattr(real_lab.cluster, "restart_flagd", interrupted)
+    switch = widgets.FlagSwitch(real_lab, "cartFailure", restart="scale")
+    with pytest.raises(labmod.LabError) as stopped:
+        switch.apply(target)
+    said = str(stopped.value)
+    assert said.startswith(f"Interrupted while changing cartFailure to {target}: flagd serves cartFailure = ")
+    assert "Traceback" not in switch.status.value and "Interrupted while changing" in switch.status.value
+    truth = real_lab.served("cartFailure").variant
+    assert switch.served_text == f"flagd serves: {truth}" and "unknown" not in switch.served_text
+    assert not switch.running and not switch.apply_button.disabled
+    monkeypatch.setattr(real_lab.cluster, "restart_flagd", restart)
+    assert switch.apply(target).variant == target  # Apply again finishes it

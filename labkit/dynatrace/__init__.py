@@ -24,11 +24,11 @@ import httpx
 
 from labkit.dynatrace._access import Access, access
 from labkit.dynatrace._frames import (change_event_frame, classic_log_row, evaluation_frame, failure_frame,
-                                      grail_log_row, log_frame, metric_series, problem_frame)
+                                      grail_log_row, log_frame, metric_series, problem_frame, span_frame)
 from labkit.dynatrace._grail import run_dql
 from labkit.dynatrace._http import (GRAIL_LOG_SCOPES, PLATFORM_SCOPES, Http, json_object,
                                     maybe_recorded_message, platform_token_message)
-from labkit.dynatrace._links import logs_link, notebook_link, problem_link, service_link
+from labkit.dynatrace._links import logs_link, notebook_link, problem_link, service_link, trace_link
 from labkit.dynatrace._http import parse_retry_after as _parse_retry_after  # noqa: F401 (tests use it)
 from labkit.dynatrace._query import (as_datetime, as_str, dql_from, dql_string, quote_selector_value,
                                      service_selector, time_param, utc_ms)
@@ -372,6 +372,41 @@ class Dynatrace:
         frame = problem_frame(items)
         # the link beside what a person reads; the internal id stays the last column
         frame.insert(len(frame.columns) - 1, "link", [problem_link(self.ui, p) for p in frame["problem_id"]])
+        return frame
+
+    def problem_descriptions(self, problem_ids) -> dict[str, str]:
+        """Each problem's description (markdown; the lab's carries the affected pod's supportInfo
+        with the runbook link), from Grail's dt.davis.problems: {problem id: description}."""
+        ids = [str(i) for i in problem_ids if isinstance(i, str) and i]
+        if not ids:
+            return {}
+        match = " or ".join(f"event.id == {dql_string(i)}" for i in ids[:50])
+        records = self.dql(f"fetch dt.davis.problems, from: {dql_from('now-7d')} | filter {match}"
+                           " | fields event.id, event.description", max_records=200)
+        return {str(r.get("event.id")): str(r.get("event.description") or "") for r in records}
+
+    def trace_link(self, trace_id: str) -> str:
+        """The trace in the tenant's Distributed traces app."""
+        return trace_link(self.ui, trace_id)
+
+    def traces_through(self, trace_ids, service: str, since="now-1d") -> set[str]:
+        """Which of `trace_ids` `service` took part in (a span of it in the trace)."""
+        ids = [t for t in trace_ids if isinstance(t, str) and re.fullmatch(r"[0-9a-fA-F]{16,32}", t)][:20]
+        if not ids:
+            return set()
+        match = " or ".join(f"trace.id == {dql_string(t)}" for t in ids)
+        query = (f"fetch spans, from: {dql_from(since)} | filter service.name == {dql_string(service)}"
+                 f" and ({match}) | fields trace.id | limit 1000")
+        return {str(r.get("trace.id")) for r in self.dql(query, max_records=1000)}
+
+    def trace_spans(self, trace_id: str, since="now-1d", limit: int = 1000) -> "pd.DataFrame":
+        """The spans of one trace (Grail `fetch spans`; a platform token), by start time."""
+        if not isinstance(trace_id, str) or not re.fullmatch(r"[0-9a-fA-F]{16,32}", trace_id):
+            raise BadInput(f"{trace_id!r} is not a trace id (32 hex digits, as in a log's trace_id).")
+        query = (f"fetch spans, from: {dql_from(since)} | filter trace.id == {dql_string(trace_id)}"
+                 f" | sort start_time asc | limit {int(limit)}")
+        frame = span_frame(self.dql(query, max_records=limit))
+        frame.attrs["link"] = trace_link(self.ui, trace_id)
         return frame
 
     # ---- logs

@@ -2,7 +2,8 @@
 
 An API token says its scopes (POST /api/v2/apiTokens/lookup). A platform token does not, so each
 step is probed with a call that changes nothing: a read of one item, the change event POSTed with
-an empty body (allowed: a 400 for the missing fields; not allowed: a 403 naming the scope) and
+a body no tenant accepts, an unknown eventType (allowed: a 400 for it, and nothing is created; not
+allowed: a 403 naming the scope; dynatrace-answers.md §3) and
 `fetch logs | limit 1` on Grail. A 403 names the missing scopes from `details.missingScopes`.
 """
 from __future__ import annotations
@@ -20,7 +21,8 @@ if TYPE_CHECKING:  # pragma: no cover
 _RECENT = {"from": "now-5m"}
 # (lab step, classic scope, method, path, params, body): each probe reads at most one item
 STEPS = [
-    ("send the change event", "events.ingest", "POST", "/api/v2/events/ingest", None, {}),
+    ("send the change event", "events.ingest", "POST", "/api/v2/events/ingest", None,
+     {"eventType": "LABKIT_PREFLIGHT_PROBE", "title": "labkit preflight: never stored"}),
     ("read change events", "events.read", "GET", "/api/v2/events", {"pageSize": 1, **_RECENT}, None),
     ("read failed requests", "metrics.read", "GET", "/api/v2/metrics/query",
      {"metricSelector": "builtin:service.request.count", "resolution": "Inf", **_RECENT}, None),
@@ -78,7 +80,7 @@ def _probe(dt: "Dynatrace", item: str, scope: str, method: str, path: str, param
     try:
         dt._http.request("classic", method, path, params=params, body=body, scope=scope,
                          what=f"to check that the platform token may {item}", idempotent=False)
-    except BadInput as exc:  # the empty event body: allowed, refused only for its missing fields
+    except BadInput as exc:  # the probe's event: allowed, refused only for its unknown eventType
         if method != "POST":
             return Access(item, False, str(exc))
     except Forbidden as exc:
@@ -92,6 +94,9 @@ def _lacks(var: str, exc: Forbidden, scope: str) -> str:
     missing = getattr(exc, "missing_scopes", None) or [scope]
     if "(401)" in str(exc):
         return str(exc)
+    if scope in missing and len(missing) > 1:  # "Use one of: [...]": name the one to add first
+        others = ", ".join(m for m in missing if m != scope)
+        return f"{var} lacks {scope} (or one of {others}): add it in {_PLATFORM_PAGE}"
     return f"{var} lacks {', '.join(missing)}: add it in {_PLATFORM_PAGE}"
 
 

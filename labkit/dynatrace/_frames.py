@@ -159,6 +159,8 @@ def grail_log_row(rec: dict) -> dict:
         "trace_id": _first(rec.get("trace_id") or rec.get("trace.id")),
         "span_id": _first(rec.get("span_id") or rec.get("span.id")),
         "service": _first(rec.get("service.name") or rec.get("dt.entity.service.name")),
+        "statuscode": _first(rec.get("statuscode")),
+        "detail": _first(rec.get("detail")),
     }
 
 
@@ -173,6 +175,8 @@ def classic_log_row(rec: dict) -> dict:
         "trace_id": col("trace_id") or col("trace.id"),
         "span_id": col("span_id") or col("span.id"),
         "service": col("service.name"),
+        "statuscode": col("statuscode"),
+        "detail": col("detail"),
     }
 
 
@@ -190,13 +194,88 @@ def _one_utc(value):
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
+# Within one span, what was called is logged before what went wrong.
+_LEVEL_RANK = {"TRACE": 0, "DEBUG": 1, "INFO": 2, "NOTICE": 2, "WARN": 3, "WARNING": 3}
+
+
+def _cause_rank(row) -> int:
+    level = str(row.get("loglevel") or row.get("status") or "").upper()
+    return _LEVEL_RANK.get(level, 4)  # ERROR and the other error levels last
+
+
+def _cause_first(rows: list[dict]) -> list[dict]:
+    """Rows by time (ties in the source's order), then, among one span's lines of one timestamp,
+    its error lines after the others, in the places that span's lines had: a request's "called"
+    line before its error, while other spans' lines keep the order the tenant gave them."""
+    out = list(rows)
+    start = 0
+    while start < len(rows):
+        end = start
+        while end < len(rows) and rows[end]["timestamp"] == rows[start]["timestamp"]:
+            end += 1
+        spans: dict = {}
+        for k in range(start, end):
+            spans.setdefault(rows[k].get("span_id"), []).append(k)
+        for places in spans.values():
+            for place, k in zip(places, sorted(places, key=lambda k: (_cause_rank(rows[k]), k))):
+                out[place] = rows[k]
+        start = end
+    return out
+
+
 def log_frame(rows: list[dict], newest_first: bool) -> "pd.DataFrame":
+    """Log rows by time, cause before effect at equal timestamps (reversed, newest first)."""
     import pandas as pd
 
-    columns = ["timestamp", "loglevel", "status", "content", "trace_id", "span_id", "service"]
+    columns = ["timestamp", "loglevel", "status", "content", "trace_id", "span_id", "service",
+               "statuscode", "detail"]
     frame = pd.DataFrame.from_records(rows, columns=columns)
     frame["timestamp"] = pd.to_datetime([_one_utc(v) for v in frame["timestamp"]], utc=True)
-    return frame.sort_values("timestamp", ascending=not newest_first, kind="stable").reset_index(drop=True)
+    ordered = _cause_first(frame.sort_values("timestamp", kind="stable").to_dict("records"))
+    frame = pd.DataFrame.from_records(ordered[::-1] if newest_first else ordered, columns=columns)
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
+    return frame.reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- spans
+
+
+def _span_time(value):
+    """A span's start_time/end_time: ISO text, or nanoseconds since the epoch (as a number or text)."""
+    import pandas as pd
+
+    if isinstance(value, (int, float)) or (isinstance(value, str) and value.strip().isdigit()):
+        return pd.Timestamp(int(value), unit="ns", tz="UTC")
+    return _one_utc(value)
+
+
+def span_frame(records: list[dict]) -> "pd.DataFrame":
+    """Grail span records (fetch spans) as rows by start time: start, end, duration_ms, span_id,
+    parent_id, name, kind, service, failed, status_code."""
+    import pandas as pd
+
+    rows = []
+    for r in records:
+        start, end = _span_time(r.get("start_time")), _span_time(r.get("end_time"))
+        duration = pd.to_numeric(r.get("duration"), errors="coerce")
+        if duration != duration and start is not pd.NaT and end is not pd.NaT:
+            duration = (end - start).value
+        if end is pd.NaT and start is not pd.NaT and duration == duration:
+            end = start + pd.Timedelta(int(duration), unit="ns")
+        rows.append({"start": start, "end": end,
+                     "duration_ms": float(duration) / 1e6 if duration == duration else float("nan"),
+                     "span_id": _first(r.get("span.id")), "parent_id": _first(r.get("span.parent_id")),
+                     "name": r.get("span.name"), "kind": r.get("span.kind"),
+                     "service": _first(r.get("service.name")),
+                     "failed": str(r.get("request.is_failed")).lower() == "true"
+                     or str(r.get("span.status_code")).lower() == "error",
+                     "status_code": r.get("span.status_code")})
+    columns = ["start", "end", "duration_ms", "span_id", "parent_id", "name", "kind", "service", "failed",
+               "status_code"]
+    frame = pd.DataFrame.from_records(rows, columns=columns)
+    frame["start"] = pd.to_datetime(frame["start"], utc=True)
+    frame["end"] = pd.to_datetime(frame["end"], utc=True)
+    return frame.sort_values("start", kind="stable").reset_index(drop=True)
 
 
 def evaluation_frame(records: list[dict]) -> "pd.DataFrame":

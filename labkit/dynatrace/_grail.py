@@ -29,14 +29,14 @@ def grail_scope(query: str) -> str:
     q = query.lstrip().lower()
     if q.startswith("fetch logs"):
         return "storage:logs:read and storage:buckets:read"
+    if q.startswith("timeseries"):  # the metric table is bucketed too (dynatrace-answers.md §1)
+        return "storage:metrics:read and storage:buckets:read"
     if q.startswith("fetch spans"):
         return "storage:spans:read and storage:buckets:read"
-    if q.startswith("timeseries"):
-        return "storage:metrics:read"
     if q.startswith("fetch events") or q.startswith("fetch dt.davis"):
         return "storage:events:read and storage:buckets:read"
-    if q.startswith("fetch spans"):
-        return "storage:spans:read and storage:buckets:read"
+    if q.startswith("fetch dt.entity"):
+        return "storage:entities:read"
     return "storage:buckets:read"
 
 

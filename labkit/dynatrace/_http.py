@@ -41,12 +41,16 @@ log = logging.getLogger(__name__)
 GRAIL_LOG_SCOPES = ("storage:logs:read", "storage:buckets:read")
 #: Where a platform token reaches the classic Environment API v2, and the scopes it needs there.
 PLATFORM_CLASSIC = "/platform/classic/environment-api/v2"
-PLATFORM_SCOPES = {"events.ingest": "environment-api:events:write",
+# (dynatrace-answers.md §1, the SDK's "Required scope" per method.) Event ingest takes any one of
+# openpipeline:events.davis:ingest, storage:events:write, environment-api:events:write: labkit asks
+# for storage:events:write, the one known to work on platform tokens. Classic log search on a Grail
+# tenant takes storage:logs:read and storage:buckets:read.
+PLATFORM_SCOPES = {"events.ingest": "storage:events:write",
                    "events.read": "environment-api:events:read",
                    "metrics.read": "environment-api:metrics:read",
                    "problems.read": "environment-api:problems:read",
                    "entities.read": "environment-api:entities:read",
-                   "logs.read": "storage:logs:read"}
+                   "logs.read": "storage:logs:read and storage:buckets:read"}
 _API, _PLATFORM = "DT_API_TOKEN", "DT_PLATFORM_TOKEN"
 
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -55,6 +59,7 @@ _MAX_RETRY_AFTER = 30.0  # s: never sleep longer than this on one Retry-After
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _SCOPE_RE = re.compile(r"\b(?:[a-zA-Z]+(?:\.[a-zA-Z]+)*\.(?:read|write|ingest)|"
                        r"(?:storage|environment-api):[a-z.-]+:[a-z]+)\b")
+_USE_ONE_OF = re.compile(r"Use one of:\s*\[?([^\]]+)\]?")
 _EXC_KINDS = {
     httpx.ConnectError: "connection refused or host not found",
     httpx.ConnectTimeout: "connect timeout",
@@ -268,6 +273,8 @@ class Http:
         err = error_body(resp)
         message = self.scrub(err.message)
         detail = f": {message}" if message else ""
+        if status == 403 and err.error_type == "NOT_AUTHORIZED_FOR_TABLE":
+            return _table_error(err, what, to)
         if status in (401, 403):
             return _token_error(status, message, detail, what=what, to=to, missing=err.missing)
         if status == 404:
@@ -299,12 +306,36 @@ _WHERE = {_API: "Access tokens (API tokens)",
           _PLATFORM: "Account Management > Identity & access > Platform tokens"}
 
 
+def scopes_in_message(message: str) -> list[str]:
+    """The scopes a 403 message names (dynatrace-answers.md §2): "Use one of: [a, b]" or "Use one
+    of: a (Display name)", the display names dropped; else scope-shaped words anywhere in it."""
+    m = _USE_ONE_OF.search(message)
+    if m:
+        named = [re.sub(r"\s*\(.*?\)\s*$", "", part).strip() for part in m.group(1).split(",")]
+        return [n for n in named if n]
+    return _SCOPE_RE.findall(message)
+
+
+def _table_error(err: "ErrorBody", what: str, to: Route) -> Forbidden:
+    """403 NOT_AUTHORIZED_FOR_TABLE: the query reads a Grail table the token (or its user) may not."""
+    table = err.arguments[0] if err.arguments else "of this query"
+    exc = Forbidden(
+        f"The token in {to.var} may not read the Grail table {table} ({req(what)}: 403 "
+        f"NOT_AUTHORIZED_FOR_TABLE). It needs {to.scope}, and its user a policy that allows the "
+        f"table. Add the scopes to the token ({_WHERE[to.var]}) or ask an admin for the policy.")
+    exc.missing_scopes = [s.strip() for s in to.scope.split(" and ")]
+    exc.variable = to.var
+    return exc
+
+
 def _token_error(status: int, message: str, detail: str, *, what: str, to: Route,
                  missing: list[str]) -> Forbidden:
     """401/403 naming the variable and the scopes: the body's missingScopes, else scope names in
     its message, else the scope of the endpoint."""
-    named = missing or _SCOPE_RE.findall(message)
+    named = missing or scopes_in_message(message)
     scopes = list(dict.fromkeys(named)) or [to.scope]
+    expired = (" (a platform token that has expired is refused with 403 too: check its expiry date)"
+               if to.var == _PLATFORM and not named else "")
     if status == 401:
         exc = Forbidden(
             f"Dynatrace rejected the token (401) for {req(what)}{detail}. Check {to.var}: it may be "
@@ -313,7 +344,7 @@ def _token_error(status: int, message: str, detail: str, *, what: str, to: Route
         exc = Forbidden(
             f"The token in {to.var} is not allowed {what} (403): it needs the scope "
             f"{', '.join(scopes)}{detail}. Add the scope to the token ({_WHERE[to.var]}) or use "
-            "a token that has it.")
+            f"a token that has it{expired}.")
     exc.missing_scopes = scopes  # for the preflight
     exc.variable = to.var
     return exc
@@ -396,6 +427,8 @@ class ErrorBody:
     violations: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     retry_after: float | None = None
+    error_type: str = ""  # details.errorType, e.g. NOT_AUTHORIZED_FOR_TABLE
+    arguments: list[str] = field(default_factory=list)  # details.arguments (the table's name)
 
 
 def error_body(resp: httpx.Response) -> ErrorBody:
@@ -415,7 +448,11 @@ def error_body(resp: httpx.Response) -> ErrorBody:
     retry = err.get("retryAfterSeconds", details.get("retryAfterSeconds"))
     retry_after = float(retry) if isinstance(retry, (int, float)) and not isinstance(retry, bool) \
         and retry >= 0 else None
-    return ErrorBody(message, violations, missing, retry_after)
+    kind = str(details.get("errorType") or "")
+    if not kind and err.get("message") == "NOT_AUTHORIZED_FOR_TABLE":
+        kind = "NOT_AUTHORIZED_FOR_TABLE"
+    arguments = [str(a) for a in details.get("arguments") or [] if isinstance(details.get("arguments"), list)]
+    return ErrorBody(message, violations, missing, retry_after, kind, arguments)
 
 
 def error_envelope(body: Any) -> tuple[str, list[str]]:

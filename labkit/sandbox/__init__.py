@@ -85,6 +85,7 @@ class LocalLab:
                  flags_yaml: str | None = None, release: str | None = None):
         from labkit import releases
         from labkit.sandbox import dynatrace, kube, shop
+        from labkit.sandbox.kube import workloads
         from labkit.sandbox.http import LabServer
 
         self.state_dir = Path(state_dir)
@@ -101,12 +102,7 @@ class LocalLab:
         self.restored_flags = isinstance(saved, dict) and isinstance(saved.get("data"), dict)
         if self.restored_flags:
             flags_yaml = json.dumps(saved)  # JSON is YAML: the ConfigMap as it was last written
-        # As the chart installs it: the release's own flag file (the lab page's is applied later, by hand).
-        self.cluster = kube.LocalCluster(self.timings, flags_yaml or self.release.configmap_yaml(),
-                                         demo_version=self.release.version)
-        self.cluster.on_configmap_change = self._keep_flags
         self.telemetry = dynatrace.Telemetry(self.timings)
-        self.shop = shop.DemoShop(self.cluster, self.telemetry, self.timings, self.release)
         self.tenant = dynatrace.Tenant(self.telemetry, self.timings, {
             self.api_token: dynatrace.READ_AND_INGEST_SCOPES,
             self.ingest_token: dynatrace.LAB_INGEST_SCOPES,
@@ -123,9 +119,16 @@ class LocalLab:
                     pass  # taken by now: a new free port (lab.env is rewritten at start)
             return LabServer(app)
 
+        self.tenant_server = server(dynatrace.app(self.tenant), "tenant")
+        # The cart's pod annotations name the runbook on this tenant, as the lab's setup fills them in.
+        # As the chart installs it: the release's own flag file (the lab page's is applied later, by hand).
+        self.cluster = kube.LocalCluster(self.timings, flags_yaml or self.release.configmap_yaml(),
+                                         demo_version=self.release.version, apps_url=self.tenant_server.url)
+        self.cluster.on_configmap_change = self._keep_flags
+        self.telemetry.cart_annotations = workloads.cart_annotations(self.tenant_server.url)
+        self.shop = shop.DemoShop(self.cluster, self.telemetry, self.timings, self.release)
         self.kube_server = server(kube.app(self.cluster), "kube")
         self.frontend_server = server(shop.app(self.shop), "frontend")
-        self.tenant_server = server(dynatrace.app(self.tenant), "tenant")
         self.cluster.register_service("frontend-proxy", 8080, self.frontend_server.app)
 
     def start(self) -> "LocalLab":

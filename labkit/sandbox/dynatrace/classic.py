@@ -562,8 +562,8 @@ GRAIL_LOGS = ("This environment keeps its logs in Grail: log search needs a plat
 
 
 def search_logs(tenant: Tenant, req: Request) -> Response:
-    if bearer(req) and not req.path.startswith(PLATFORM_CLASSIC):
-        tenant.authorize_platform(req, ["storage:logs:read"])
+    if bearer(req) and not req.path.startswith(PLATFORM_CLASSIC):  # Grail log storage: both scopes
+        tenant.authorize_platform(req, ["storage:logs:read", "storage:buckets:read"])
     elif tenant.authorize(req, "logs.read") is not None:  # an API token: Grail log storage says no
         raise EnvironmentApiError(403, GRAIL_LOGS)
     params = req.query

@@ -14,7 +14,7 @@ from labkit.sandbox.dynatrace.dql import DqlError, DqlQuery, apply_stages, parse
 from labkit.sandbox.dynatrace.errors import EnvironmentApiError, PlatformError
 from labkit.sandbox.dynatrace.series import merged_minutes, parse_resolution, series_values
 from labkit.sandbox.dynatrace.telemetry import Event, MonitoredEntity, Problem, Span
-from labkit.sandbox.dynatrace.tenant import GrailJob, Tenant
+from labkit.sandbox.dynatrace.tenant import GrailJob, Tenant, bearer
 from labkit.sandbox.dynatrace.times import HOUR_MS, MINUTE_MS, iso, iso_ns, parse_time
 from labkit.sandbox.http import Request, Response, json_response
 
@@ -27,11 +27,15 @@ def _event_record(e: Event, now: int) -> dict:
         "event.provider": "EVENTS_REST_API_INGEST", "event.start": iso(e.start),
         "event.end": iso(e.end), "event.status": "ACTIVE" if e.end > now else "CLOSED",
         "dt.event.correlation_id": e.correlation_id, "affected_entity_ids": [e.entity.entity_id],
+        "dt.source_entity": e.entity.entity_id,
     }
     if e.entity.type == "SERVICE":
         record.update({"dt.entity.service": e.entity.entity_id,
                        "dt.entity.service.name": e.entity.name})
     for key, value in e.properties.items():
+        if key.startswith("dt.event."):  # Davis records carry dt.davis.*, booleans as booleans (§5)
+            key = "dt.davis." + key[len("dt.event."):]
+            value = {"true": True, "false": False}.get(value, value)
         record.setdefault(key, value)
     return record
 
@@ -45,8 +49,8 @@ def _problem_record(p: Problem) -> dict:
         "affected_entity_ids": [p.entity.entity_id], "affected_entity_types": ["dt.entity.service"],
         "root_cause_entity_id": p.entity.entity_id, "root_cause_entity_name": p.entity.name,
         "dt.entity.service": [p.entity.entity_id], "dt.davis.is_duplicate": False,
-        "maintenance.is_under_maintenance": False, "event.description": (
-            f"{p.error_count} error logs: Wasn't able to connect to redis"),
+        "maintenance.is_under_maintenance": False,
+        "event.description": p.description or f"{p.error_count} error logs: Wasn't able to connect to redis",
     }
 
 
@@ -85,7 +89,20 @@ GRAIL_SCOPES = {"logs": ("storage:logs:read", "storage:buckets:read"),
                 "events": ("storage:events:read", "storage:buckets:read"),
                 "dt.davis.problems": ("storage:events:read", "storage:buckets:read"),
                 "spans": ("storage:spans:read", "storage:buckets:read"),
-                "timeseries": ("storage:metrics:read",)}
+                "timeseries": ("storage:metrics:read", "storage:buckets:read")}
+
+
+def authorize_table(tenant: Tenant, req: Request, source: str) -> None:
+    """A query on a table the token may not read: Grail's 403 NOT_AUTHORIZED_FOR_TABLE, which names
+    the table in `arguments` and carries no missingScopes (dynatrace-answers.md §2)."""
+    tenant.authorize_platform(req)
+    held = tenant.platform_tokens.scopes(bearer(req))
+    if not set(GRAIL_SCOPES.get(source, ())) <= held:
+        table = "metrics" if source == "timeseries" else source
+        raise PlatformError(403, "NOT_AUTHORIZED_FOR_TABLE", "NOT_AUTHORIZED_FOR_TABLE",
+                            exceptionType="DQL-AUTHORIZATION",
+                            errorMessage=f"Insufficient permission to access table ({table}).",
+                            arguments=[table])
 
 GRAIL_METRICS = {"dt.service.request.count": 0, "dt.service.request.failure_count": 1}
 
@@ -275,7 +292,7 @@ def grail_execute(tenant: Tenant, req: Request) -> Response:
         query = parse_dql(body["query"])
     except DqlError as err:
         return _dql_error(err, body["query"])
-    tenant.authorize_platform(req, GRAIL_SCOPES[query.source])
+    authorize_table(tenant, req, query.source)
     frame = query_frame(query, body, tenant.telemetry.clock())
     wait_ms = _int_param(body.get("requestTimeoutMilliseconds"), "requestTimeoutMilliseconds",
                          1000)

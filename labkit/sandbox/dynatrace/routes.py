@@ -42,8 +42,11 @@ UI = Router([
     Route("/ui/apps/dynatrace.davis.problems/problem/{problemId}", ui.problem_page),
     Route("/ui/apps/dynatrace.services/explorer", ui.service_page),
     Route("/ui/apps/dynatrace.logs", ui.query_page),
+    Route("/ui/apps/dynatrace.logs/intent/view_query", ui.query_page),
     Route("/ui/intent/dynatrace.notebooks/view-query", ui.query_page),
     Route("/ui/local-lab/query", ui.run_query, ("POST",)),
+    Route("/ui/document/{documentId}", ui.runbook_page),
+    Route("/ui/intent/dynatrace.distributedtracing/view-trace", ui.trace_page),
 ], ui.PageError, name="the local lab's pages")
 
 CLASSIC = Router([

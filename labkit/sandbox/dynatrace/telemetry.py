@@ -123,6 +123,7 @@ class Problem:
     end: int = -1  # -1 while open, as the classic API shows it
     title: str = PROBLEM_TITLE
     event_ids: list[str] = field(default_factory=list)
+    description: str = ""  # markdown: the affected pod's supportInfo (with the runbook link)
 
     @property
     def open(self) -> bool:
@@ -147,6 +148,9 @@ class Telemetry:
         self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self._problems: list[Problem] = []
         self._display_seq = itertools.count(1)
+        # The cart pod's annotations (the lab's values): owner and cost on its logs, supportInfo the
+        # description of the problem its logs open (the lab's pipeline puts it there).
+        self.cart_annotations: dict[str, str] = {}
         self._log_seq = itertools.count()  # orders log lines written in the same millisecond
         now = self.clock()
         seed_start = now - int(timings.seed_hours * 3600_000)
@@ -228,8 +232,9 @@ class Telemetry:
             "k8s.container.name": service, "log.source": "otel", "event.type": "LOG",
         }
         if service == CART:  # otel-demo-values.yaml annotates only the cart's pod
-            entry.update({"dt.owner": "team-cart", "dt.cost.product": "otel-demo",
-                          "dt.cost.costcenter": "engineering"})
+            entry.update({"dt.owner": self.cart_annotations.get("ownedBy", "teamA"),
+                          "dt.cost.product": self.cart_annotations.get("product", "otel-demo-app"),
+                          "dt.cost.costcenter": self.cart_annotations.get("costCentre", "centre1")})
         return entry
 
     def log_info(self, service: str, content: str, trace_id: str, span_id: str, pod: str,
@@ -279,7 +284,8 @@ class Telemetry:
                 seq = next(self._display_seq)
                 problem_id = f"-{self._rng.getrandbits(62)}_{fresh[0]}V2"
                 self._problems.append(Problem(problem_id, f"P-{seq:02d}", fresh[0],
-                                              self.entities[CART], t, len(fresh)))
+                                              self.entities[CART], t, len(fresh),
+                                              description=self.cart_annotations.get("supportInfo", "")))
 
     def _close_quiet(self, now: int) -> None:
         quiet = int(self.timings.problem_quiet * 1000)

@@ -24,18 +24,21 @@ LAB_INGEST_SCOPES = frozenset({
     "logs.ingest", "metrics.ingest", "openTelemetryTrace.ingest", "events.ingest"})
 # A platform token's scopes (fidelity.md): the classic API under /platform/classic/... and Grail.
 PLATFORM_SCOPES = frozenset({
-    "environment-api:events:write", "environment-api:events:read", "environment-api:metrics:read",
+    "environment-api:events:write", "storage:events:write", "environment-api:events:read",
+    "environment-api:metrics:read",
     "environment-api:problems:read", "environment-api:entities:read", "storage:logs:read",
     "storage:spans:read", "storage:buckets:read", "storage:events:read", "storage:metrics:read",
     "storage:entities:read"})
-# The classic scope of a handler -> the platform scopes that grant it there (any one of them).
+# The classic scope of a handler -> what a platform token needs there (the SDK's "Required scope"
+# per method, dynatrace-answers.md §1): each entry one need, as the scopes that grant it (any one).
 CLASSIC_ON_PLATFORM = {
-    "events.ingest": ("environment-api:events:write", "storage:events:write"),
-    "events.read": ("environment-api:events:read",),
-    "metrics.read": ("environment-api:metrics:read",),
-    "problems.read": ("environment-api:problems:read",),
-    "entities.read": ("environment-api:entities:read",),
-    "logs.read": ("storage:logs:read",)}
+    "events.ingest": [("openpipeline:events.davis:ingest", "storage:events:write",
+                       "environment-api:events:write")],
+    "events.read": [("environment-api:events:read",)],
+    "metrics.read": [("environment-api:metrics:read",)],
+    "problems.read": [("environment-api:problems:read",)],
+    "entities.read": [("environment-api:entities:read",)],
+    "logs.read": [("storage:logs:read",), ("storage:buckets:read",)]}  # on a Grail tenant: both
 PLATFORM_CLASSIC = "/platform/classic/environment-api/v2"
 
 
@@ -136,7 +139,7 @@ class Tenant:
     def authorize(self, req: Request, scope: str | None) -> TokenInfo | None:
         """The API token of a classic call; under /platform/classic/ the platform token instead."""
         if req.path.startswith(PLATFORM_CLASSIC + "/"):
-            self.authorize_platform(req, [CLASSIC_ON_PLATFORM[scope]] if scope else [])
+            self.authorize_classic_platform(req, CLASSIC_ON_PLATFORM[scope] if scope else [])
             return None
         token = _api_token(req)
         if not token:
@@ -148,6 +151,17 @@ class Tenant:
             raise EnvironmentApiError(403, f"Token is missing required scope. Use one of: {scope}")
         info.last_used = self.telemetry.clock()
         return info
+
+    def authorize_classic_platform(self, req: Request, needs) -> None:
+        """A platform token on the classic API's platform path: a scope it lacks is refused in the
+        classic envelope, "OAuth token is missing required scope. Use one of: [...]", without
+        details.missingScopes (as a real tenant answered, dynatrace-answers.md §2)."""
+        self.authorize_platform(req)
+        held = self.platform_tokens.scopes(bearer(req))
+        for need in needs:
+            if not held.intersection(need):
+                raise EnvironmentApiError(403, "OAuth token is missing required scope. Use one of: "
+                                               f"[{', '.join(need)}]")
 
     def authorize_platform(self, req: Request, needs=()) -> None:
         """A valid Bearer platform token holding, for each entry of `needs`, one of its scopes

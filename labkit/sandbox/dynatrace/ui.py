@@ -9,6 +9,7 @@ page stands for a screen the user is signed in to).
 from __future__ import annotations
 
 import html
+import re
 from urllib.parse import quote
 
 from labkit.sandbox.dynatrace.dql import DqlError, parse_dql
@@ -16,7 +17,7 @@ from labkit.sandbox.dynatrace.grail import execute_dql, query_frame
 from labkit.sandbox.dynatrace.errors import PlatformError
 from labkit.sandbox.dynatrace.telemetry import MonitoredEntity, Problem
 from labkit.sandbox.dynatrace.tenant import GrailJob, Tenant
-from labkit.sandbox.dynatrace.times import MINUTE_MS, iso_ms
+from labkit.sandbox.dynatrace.times import MINUTE_MS, iso_ms, parse_time
 from labkit.sandbox.http import HttpError, Request, Response, json_response
 
 HTML = "text/html; charset=utf-8"
@@ -74,9 +75,19 @@ def problem_page(tenant: Tenant, req: Request, problemId: str) -> Response:  # n
     changes = [(_when(e.start), html.escape(e.event_type), html.escape(e.title),
                 html.escape(", ".join(f"{k}={v}" for k, v in sorted(e.properties.items()))))
                for e in tenant.telemetry.change_evidence(found)]
-    body = (table([(k, v) for k, v in facts], ("", "")) + "<h2>Root cause evidence: changes "
+    body = (table([(k, v) for k, v in facts], ("", "")) + _description(found.description)
+            + "<h2>Root cause evidence: changes "
             "shortly before</h2>" + table(changes, ("time", "type", "title", "properties")))
     return page(f"{found.display_id}: {found.title}", "Problems app", body)
+
+
+def _description(markdown: str) -> str:
+    """The problem's description (the pod's supportInfo markdown): its links clickable."""
+    if not markdown:
+        return ""
+    text = html.escape(markdown.strip())
+    text = re.sub(r"\[([^\]]+)\]\((https?://[^)\s]+)\)", r"<a href='\2'>\1</a>", text)
+    return f"<h2>Description</h2><p>{'<br>'.join(text.splitlines())}</p>"
 
 
 # ----- the Services app: one service -------------------------------------------------------------
@@ -159,3 +170,65 @@ def run_query(tenant: Tenant, req: Request) -> Response:
     keys = list(dict.fromkeys(k for r in records for k in r))
     columns = [k for k in _FIRST if k in keys] + [k for k in keys if k not in _FIRST][:6]
     return json_response({"records": records, "columns": columns, "local_lab": True})
+
+
+# ----- the runbook: the notebook the problem's description links (the lab's "Redis Troubleshooting")
+RUNBOOK_CONTACTS = (
+    "Redis is a key service which also impacts downstream partner services. Follow this checklist "
+    "NOW: raise a Major Incident; notify the on-call incident commander; also contact John Smith "
+    "(john.smith@example.com) and Susanne Barker (susanne.b@partner.com). If the problem and "
+    "solution is not apparent, raise an issue with teamA.")
+# The runbook's two charts as queries (the service is `cart` in the lab's demo release).
+RUNBOOK_QUERIES = (
+    ("Cart Service Failure Rate", 'timeseries failed = sum(dt.service.request.failure_count), '
+                                  'filter: dt.service.name == "cart", interval: 1m, from: now()-30m'),
+    ("Configuration changes", 'fetch events, from: now()-24h | filter event.type == "CUSTOM_CONFIGURATION" '
+                              'and dt.entity.service.name == "cart" | fields timestamp, '
+                              'feature_flag.key, defaultValue | sort timestamp asc'),
+    ("Problems relating to them", 'fetch dt.davis.problems, from: now()-24h | filter matchesPhrase('
+                                  'event.name, "redis") | fields timestamp, display_id, event.name, '
+                                  'event.status | sort timestamp asc'),
+)
+
+
+def _runbook_section(tenant: Tenant, title: str, text: str) -> str:
+    now = tenant.telemetry.clock()
+    query = parse_dql(text)
+    result = execute_dql(tenant, GrailJob(query, query_frame(query, {}, now), 0.0, 1000))
+    records = result["records"]
+    if query.source == "timeseries":  # one row per minute: the trend as a table
+        rows = []
+        for r in records:
+            start = parse_time(r["timeframe"]["start"], now)
+            step = int(r["interval"]) // 1_000_000
+            rows += [(iso_ms(start + i * step), "-" if v is None else f"{v:g}")
+                     for i, v in enumerate(r.get("failed") or [])]
+        body = table(rows[-30:], ("minute", "failed requests"))
+    else:
+        cols = [c for c in dict.fromkeys(k for r in records for k in r)]
+        body = table([tuple(html.escape(str(r.get(c, ""))) for c in cols) for r in records], tuple(cols))
+    return f"<h2>{html.escape(title)}</h2><pre>{html.escape(text)}</pre>{body}"
+
+
+def runbook_page(tenant: Tenant, req: Request, documentId: str) -> Response:  # noqa: N803
+    """The Ops runbook: its contact list, then its queries run now (the failure trend; changes and
+    problems, which the tenant's notebook draws on one chart)."""
+    from labkit.sandbox.kube.workloads import RUNBOOK_ID
+
+    if documentId != RUNBOOK_ID:
+        raise PageError(404, f"The local lab knows no document {documentId}; its runbook is {RUNBOOK_ID}.")
+    body = (f"<h2>Contact list</h2><p>{html.escape(RUNBOOK_CONTACTS)}</p>"
+            + "".join(_runbook_section(tenant, title, text) for title, text in RUNBOOK_QUERIES))
+    return page("Redis Troubleshooting (Ops runbook)", "Notebooks app (the uploaded runbook)", body)
+
+
+# ----- the Distributed traces app: one trace (its id travels in the fragment, like a query) ------
+_TRACE_QUERY = ("const query = state.trace_id ? 'fetch spans | filter trace.id == \"' + "
+                "String(state.trace_id).replace(/[^0-9a-fA-F]/g, '') + '\" | sort start_time asc' : '';")
+
+
+def trace_page(tenant: Tenant, req: Request) -> Response:
+    """The spans of the trace a view-trace link names, run as `fetch spans` through the query page."""
+    script = _SCRIPT.replace(
+        "const query = state['dt.query'] || (((state.data || {}).queryConfig) || {}).query;", _TRACE_QUERY)
+    return page("Distributed trace", "Distributed traces app (one trace)", script)

@@ -57,6 +57,25 @@ CHATTER = {
 }
 SERVICE_IPS = {name: f"10.96.{100 + i}.{10 + i}" for i, name in enumerate(sorted(COMPONENTS))}
 
+# The lab's otel-demo-values.yaml gives the cart pod these annotations; its setup fills the two
+# placeholders with the tenant's apps URL and the id of the runbook notebook it uploads.
+APPS_URL, DOCUMENT_ID = "FULL_APPS_URL_PLACEHOLDER", "DOCUMENT_ID_PLACEHOLDER"
+RUNBOOK_ID = "6b1d5c3e-7f0a-4e2b-9c8d-2a4f6e8b0c1d"  # the local lab's copy of "Redis Troubleshooting"
+CART_ANNOTATIONS = {
+    "ownedBy": "teamA", "product": "otel-demo-app", "costCentre": "centre1", "environment": "production",
+    "supportInfo": ("## Cart Service Issues Support Information\n"
+                    "If cart service is having issues, please contact the owner\n"
+                    f"and review the [Ops runbook]({APPS_URL}/ui/document/{DOCUMENT_ID})\n"),
+}
+
+
+def cart_annotations(apps_url: str | None = None) -> dict:
+    """The cart's pod annotations, the placeholders filled as the lab's setup does (when known)."""
+    if not apps_url:
+        return dict(CART_ANNOTATIONS)
+    info = CART_ANNOTATIONS["supportInfo"].replace(APPS_URL, apps_url.rstrip("/")).replace(DOCUMENT_ID, RUNBOOK_ID)
+    return {**CART_ANNOTATIONS, "supportInfo": info}
+
 
 def image(name: str, version: str = releases.DEFAULT) -> str:
     return "valkey/valkey:8.0.2-alpine" if name == "valkey-cart" else IMAGE.format(version=version, name=name)
@@ -66,14 +85,17 @@ def labels(name: str) -> dict:
     return {"opentelemetry.io/name": name, "app.kubernetes.io/name": name, "app.kubernetes.io/component": name}
 
 
-def template(name: str, version: str = releases.DEFAULT) -> dict:
+def template(name: str, version: str = releases.DEFAULT, apps_url: str | None = None) -> dict:
     ports, memory, _ = COMPONENTS[name]
     container = {"name": name, "image": image(name, version), "imagePullPolicy": "IfNotPresent",
                  "ports": [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in ports],
                  "env": [{"name": "OTEL_SERVICE_NAME", "value": name}],
                  "resources": {"limits": {"memory": memory}},
                  "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File"}
-    return {"metadata": {"labels": labels(name)},
+    metadata = {"labels": labels(name)}
+    if name == "cart":
+        metadata["annotations"] = cart_annotations(apps_url)
+    return {"metadata": metadata,
             "spec": {"serviceAccountName": "my-otel-demo", "restartPolicy": "Always",
                      "terminationGracePeriodSeconds": 30, "dnsPolicy": "ClusterFirst",
                      "schedulerName": "default-scheduler", "securityContext": {}, "containers": [container]}}
@@ -95,11 +117,11 @@ def deployment(name: str, tmpl: dict) -> dict:
     }
 
 
-def objects(version: str = releases.DEFAULT) -> list[tuple[str, dict]]:
+def objects(version: str = releases.DEFAULT, apps_url: str | None = None) -> list[tuple[str, dict]]:
     """The demo release's Deployments and Services (not flagd's: seed.py has those)."""
     out: list[tuple[str, dict]] = []
     for name, (ports, _, _) in sorted(COMPONENTS.items()):
-        out.append(("deployments", deployment(name, template(name, version))))
+        out.append(("deployments", deployment(name, template(name, version, apps_url))))
         if ports:
             out.append(("services", service(name, ports, SERVICE_IPS[name])))
     return out
