@@ -101,10 +101,7 @@ def shop_result(result) -> str:
 
 
 def verdict(v) -> str:
-    note = ""
-    if v.before_requests or v.after_requests:
-        note = (f"before: {v.before_failed} failed of {v.before_requests} requests; "
-                f"after: {v.after_failed} failed of {v.after_requests}")
+    note = v.how if (v.before_requests or v.after_requests) else ""
     return card("verdict", v.text, ok=not v.rose, note=note, link=getattr(v, "link", None))
 
 

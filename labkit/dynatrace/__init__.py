@@ -24,7 +24,7 @@ import httpx
 
 from labkit.dynatrace._access import Access, access
 from labkit.dynatrace._frames import (change_event_frame, classic_log_row, failure_frame, grail_log_row,
-                                      log_frame, metric_series, problem_frame)
+                                      log_frame, metric_series, problem_frame, slot_ms)
 from labkit.dynatrace._grail import run_dql
 from labkit.dynatrace._http import (GRAIL_LOG_SCOPES, PLATFORM_SCOPES, Http, json_object,
                                     maybe_recorded_message, platform_token_message)
@@ -326,15 +326,17 @@ class Dynatrace:
                         until=None) -> "pd.DataFrame":
         """Failed and total requests of `service` per slot, and the failure rate.
 
-        Columns: timestamp (UTC, the END of each slot, as Dynatrace labels it), failed, requests
-        (int64), failure_rate (failed / requests as a 0..1 float). Unified-service keys first
+        Columns: timestamp (UTC, the START of each slot: the minute it covers; Dynatrace labels a
+        slot by its end), failed, requests (int64), failure_rate (failed / requests as a 0..1
+        float), partial (True for the slot still running: its counts are so far). Unified-service keys first
         (OTel services), the OneAgent keys when those are empty. A slot with no data point (null)
         counted nothing, so it becomes 0 for both counts; failure_rate is NaN where requests == 0
         (undefined, not 0 %).
         """
         selector = service_selector(service)
         what = f"to read failed requests of service {service!r}"
-        series = None
+        series, body = None, {}
+        asked_at = int(time.time() * 1000)  # before asking: a slot ending later was still running
         for keys in (UNIFIED_KEYS, ONEAGENT_KEYS):
             metric_selector = ",".join(f"{k}:splitBy():value:default(0)" for k in keys)
             params = {"metricSelector": metric_selector, "entitySelector": selector,
@@ -345,7 +347,8 @@ class Dynatrace:
             series = metric_series(body, keys)
             if series[0] is not None or series[1] is not None:
                 break
-        return failure_frame(*series)
+        stamps = next((s[0] for s in series if s is not None), None)
+        return failure_frame(*series, slot=slot_ms(body, resolution, stamps), now_ms=asked_at)
 
     # ---- problems
 
