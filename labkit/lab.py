@@ -363,13 +363,20 @@ class Lab:
 
         return charts.failures_figure(
             part(self.failed_requests), events=part(self.change_events), problems=part(self.problems),
-            timeline=self.timeline, service=service, local=self.local)
+            timeline=self.timeline, service=service, local=self.local,
+            logs=self._change_minute_logs(service))
 
     def verdict(self, service: str = names.SERVICE, flag: str = names.FLAG):
-        """Failure rate before the change against after flagd served the new value."""
+        """Failure rate before the change against after it (the chart's subtitle says the same)."""
         from labkit import verdict
 
-        return verdict.compare(self.failed_requests(service, self.since()), self.timeline, flag=flag)
+        return verdict.compare(self.failed_requests(service, self.since()), self.timeline, flag=flag,
+                               logs=self._change_minute_logs(service, flag))
+
+    def _change_minute_logs(self, service: str, flag: str = names.FLAG):
+        from labkit import verdict
+
+        return verdict.change_minute_logs(self.dynatrace, self.timeline, service, flag)
 
     # --- roll back and reset --------------------------------------------------------------------
     def roll_back(self, flag: str = names.FLAG, service: str = names.SERVICE,

@@ -7,8 +7,9 @@ these, so they cannot disagree.
 
 Times are the data's own: per-call records (spans: timestamp, failed) are counted by their
 timestamps; per-minute slots (timestamp = the minute's start) count whole where they lie on one
-side, and the minute of the change is split by time (its requests in proportion to the seconds on
-each side, its failures by the timestamps of its error logs when they are given).
+side, and the minute of the change is split at the change: its failures by the timestamps of its
+error logs when they are given (else by time), its other requests in proportion to the seconds on
+each side.
 """
 from __future__ import annotations
 
@@ -105,9 +106,9 @@ def count(frame, start, end, logs=None) -> Count:
     """Failures and requests in [start, end) (end None: up to the newest data).
 
     `frame` is per call (timestamp, failed: bool; e.g. spans) or per slot (timestamp = slot start,
-    failed, requests). A slot that straddles a bound is split by time: its requests in proportion
-    to the seconds inside, its failures by the timestamps of `logs` (one error log per failed call)
-    in that slot when there are any, else in proportion too.
+    failed, requests). A slot that straddles a bound is split: its failures by the timestamps of
+    `logs` (one error log per failed call) in that slot when there are any, else by time; its other
+    requests in proportion to the seconds inside.
     """
     import pandas as pd
 
@@ -127,10 +128,11 @@ def count(frame, start, end, logs=None) -> Count:
         share = max(pd.Timedelta(0), min(end, e) - max(start, s)) / slot
         if share <= 0:
             continue
-        total += r * share
         in_slot = log_ts[(log_ts >= s) & (log_ts < e)] if log_ts is not None and share < 1 else ()
-        failed += f * (((in_slot >= start) & (in_slot < end)).sum() / len(in_slot) if len(in_slot) else share)
-    return Count(int(round(failed)), int(round(total)))
+        f_in = f * (((in_slot >= start) & (in_slot < end)).sum() / len(in_slot) if len(in_slot) else share)
+        failed += f_in
+        total += f_in + (r - f) * share  # the failures where they happened, the rest by time
+    return Count(int(failed + 0.5), int(total + 0.5))  # half up: 4.5 failures read as 5
 
 
 def _slot(frame, ts):
@@ -164,8 +166,8 @@ def straddled(frame, w: Windows) -> str:
     s = cut[0]
     before = (w.change_at - s).total_seconds()
     after = (s + slot - w.change_at).total_seconds()
-    return (f"the minute {s:%H:%M} is split at the change: {before:.0f} s before, {after:.0f} s after "
-            "(requests by time, failures by their error logs' timestamps)")
+    return (f"the minute {s:%H:%M} is split at the change ({before:.0f} s before, {after:.0f} s after): "
+            "its failures by their error logs' timestamps, its other requests by time")
 
 
 # --- the verdict --------------------------------------------------------------------------------
@@ -244,3 +246,19 @@ def compare(failed, timeline: Timeline | None, flag: str = "cartFailure", window
     text, rose = _sentence(b, a, unit, rate_name, w, min_requests)
     return Verdict(b.rate, a.rate, b.total, a.total, text, rose, w.label, b.failed, a.failed, unit,
                    "" if per_call else straddled(failed, w))
+
+
+def change_minute_logs(dt, timeline: Timeline | None, service: str = "cart", flag: str = "cartFailure"):
+    """Error logs from the start of the minute of the last change of `flag` (their timestamps place
+    that minute's failures before or after it) read through `dt` (a labkit.dynatrace.Dynatrace);
+    None when there is no change or the logs cannot be read (then that minute is split by time)."""
+    from labkit.errors import LabError
+
+    w = windows(timeline, flag)
+    if w is None:
+        return None
+    try:
+        return dt.error_logs(service, since=w.change_at.floor("min").tz_localize("UTC").to_pydatetime(),
+                             limit=1000)
+    except LabError:  # e.g. a token without log access: the verdict still stands, split by time
+        return None

@@ -1,44 +1,61 @@
-"""The before/after verdict: what the failure rate did around the last change of a flag."""
+"""The before/after verdict: what the failure rate did around the last change of a flag.
+
+Frames follow Dynatrace.failed_requests: a row per minute, stamped by the minute's START."""
 from __future__ import annotations
 
 from datetime import timedelta
 
+import pandas as pd
+
 from labkit import timeline as labmod
 from labkit.timeline import Timeline
-from labkit.verdict import compare
+from labkit.verdict import Count, compare, count, rise_text, windows
 from test_charts import T0, change_timeline, events_frame, failed_frame
 
 
-def test_verdict_rose():
-    failed = failed_frame([(m, 0 if m <= 11 else 5, 50) for m in range(1, 18)])
+def logs_at(*seconds_after_t0):
+    """Error logs (one per failed EmptyCart) at T0 + s seconds."""
+    return pd.DataFrame({"timestamp": pd.to_datetime([T0 + timedelta(seconds=s) for s in seconds_after_t0],
+                                                     utc=True)})
+
+
+def test_a_rise_is_always_shown_the_same_way():
+    assert rise_text(Count(0, 40), Count(5, 51), "EmptyCart calls") == (
+        "0.0 % → 9.8 % (5 of 51 EmptyCart calls failed after the change)")
+
+
+def test_verdict_rose_and_names_the_rate():
+    failed = failed_frame([(m, 0 if m < 10 else 5, 50) for m in range(0, 17)])
     verdict = compare(failed, change_timeline())
     assert verdict.rose
-    assert verdict.text == "failure rate rose from 0.0% to 10.0% after cartFailure: off → on"
-    assert verdict.before_requests == 250 and verdict.after_requests == 250
+    assert verdict.text == ("failure rate of all cart requests rose: 0.0 % → 10.0 % (35 of 350 cart "
+                            "requests failed after cartFailure: off → on)")
+    assert verdict.before_requests == 250 and verdict.after_requests == 350
     assert str(verdict) == verdict.text and "rose" in verdict._repr_html_()
 
 
-def test_verdict_stayed():
-    failed = failed_frame([(m, 0, 40) for m in range(1, 18)])
+def test_no_failures_on_either_side_is_said_with_the_numbers():
+    failed = failed_frame([(m, 0, 40) for m in range(0, 17)])
     verdict = compare(failed, change_timeline())
     assert not verdict.rose
-    assert verdict.text == "failure rate stayed at 0.0% after cartFailure: off → on"
+    assert verdict.text == ("no cart requests failed before or after cartFailure: off → on: "
+                            "0.0 % → 0.0 % (0 of 280 cart requests failed after cartFailure: off → on)")
 
 
 def test_verdict_fell_after_rollback():
     tl = change_timeline()
     tl.add(labmod.FLAG_APPLIED, flag="cartFailure", old="on", new="off", at=T0 + timedelta(minutes=20))
-    tl.add(labmod.FLAGD_SERVING, flag="cartFailure", new="off", note="False", at=T0 + timedelta(minutes=21))
-    failed = failed_frame([(m, 4 if 11 < m <= 21 else 0, 40) for m in range(1, 28)])
+    tl.add(labmod.FLAGD_SERVING, flag="cartFailure", new="off", note="False", at=T0 + timedelta(minutes=20.5))
+    failed = failed_frame([(m, 4 if 10 <= m < 20 else 0, 40) for m in range(0, 27)])
     verdict = compare(failed, tl)
     assert not verdict.rose
-    assert verdict.text == "failure rate fell from 10.0% to 0.0% after cartFailure: on → off"
+    assert verdict.text.startswith("failure rate of all cart requests fell: 10.0 % → 0.0 % (0 of 280")
 
 
 def test_verdict_not_enough_traffic_after():
-    failed = failed_frame([(m, 0, 40 if m <= 11 else 0) for m in range(1, 14)])
+    failed = failed_frame([(m, 0, 40 if m < 10 else 0) for m in range(0, 13)])
     verdict = compare(failed, change_timeline())
-    assert verdict.text == "not enough traffic after the change yet: run generate_traffic()"
+    assert verdict.text.startswith("not enough traffic after cartFailure: off → on yet (0 cart requests")
     assert not verdict.rose and verdict.after_requests == 0
 
 
@@ -48,15 +65,15 @@ def test_verdict_without_a_change():
 
 
 def test_verdict_from_change_events_when_timeline_is_empty():
-    failed = failed_frame([(m, 0 if m <= 10 else 2, 20) for m in range(1, 16)])
+    failed = failed_frame([(m, 0 if m < 10 else 2, 20) for m in range(0, 15)])
     verdict = compare(failed, None, events=events_frame((10, "off", "on")))
-    assert verdict.rose and verdict.text.endswith("after cartFailure: off → on")
+    assert verdict.rose and verdict.text.endswith("after cartFailure: off → on)")
 
 
 def test_verdict_judges_the_asked_flag_not_a_later_change_of_another():
     tl = change_timeline()
     tl.add(labmod.FLAG_APPLIED, flag="adFailure", old="off", new="on", at=T0 + timedelta(minutes=14))
-    failed = failed_frame([(m, 0 if m <= 11 else 5, 50) for m in range(1, 18)])
+    failed = failed_frame([(m, 0 if m < 10 else 5, 50) for m in range(0, 17)])
     verdict = compare(failed, tl, flag="cartFailure")
     assert verdict.change == "cartFailure: off → on" and verdict.rose
 
@@ -71,13 +88,75 @@ def test_imports_no_plotting():
 
 
 def test_before_does_not_reach_back_into_an_earlier_state_of_the_flag():
-    # on at 2, served off again at 6 (a rollback: 2..6 failed), on again at 12: "before" is 7..12 only
+    # on at 2, served off again at 6 (a rollback: minutes 2..5 failed), on again at 9
     tl = Timeline()
     tl.add(labmod.FLAGD_SERVING, flag="cartFailure", new="on", at=T0 + timedelta(minutes=2))
     tl.add(labmod.FLAGD_SERVING, flag="cartFailure", new="off", at=T0 + timedelta(minutes=6))
-    tl.add(labmod.FLAG_APPLIED, flag="cartFailure", old="off", new="on", at=T0 + timedelta(minutes=12))
-    tl.add(labmod.FLAGD_SERVING, flag="cartFailure", new="on", at=T0 + timedelta(minutes=12.5))
-    failed = failed_frame([(m, 4 if 2 < m <= 6 or m > 13 else 0, 40) for m in range(1, 19)])
+    tl.add(labmod.FLAG_APPLIED, flag="cartFailure", old="off", new="on", at=T0 + timedelta(minutes=9))
+    tl.add(labmod.FLAGD_SERVING, flag="cartFailure", new="on", at=T0 + timedelta(minutes=9.5))
+    failed = failed_frame([(m, 4 if 2 <= m < 6 or m >= 9 else 0, 40) for m in range(0, 18)])
     verdict = compare(failed, tl)
-    assert verdict.before_failed == 0 and verdict.before_requests == 200  # minutes 8..12
-    assert verdict.rose and verdict.text.startswith("failure rate rose from 0.0% to 10.0%")
+    assert verdict.before_failed == 0 and verdict.before_requests == 120  # minutes 6..8, not 4..8
+    assert verdict.rose and "rose: 0.0 % → 10.0 %" in verdict.text
+
+
+# --- the reported bug: failures in the minute of the change vanished -----------------------------
+def burst_in_the_minute_of_the_change(next_minute_requests: int):
+    """Change at 10:10:40 (served 10:10:45); 10:10 had 4 calm requests before it and 6 after,
+    5 of which failed at 10:10:50..54; the next minute 10:11 has `next_minute_requests` calm ones."""
+    tl = change_timeline(applied_min=10 + 40 / 60, serving_min=10.75)
+    rows = [(m, 0, 10) for m in range(6, 10)] + [(10, 5, 10)]
+    rows += [(11, 0, next_minute_requests)] if next_minute_requests else []
+    logs = logs_at(*(600 + s for s in (50, 51, 52, 53, 54)))
+    return failed_frame(rows), tl, logs
+
+
+def test_failures_in_the_minute_of_the_change_count_after_it_also_once_the_next_minute_has_traffic():
+    for next_minute in (0, 5, 30):
+        failed, tl, logs = burst_in_the_minute_of_the_change(next_minute)
+        verdict = compare(failed, tl, logs=logs)
+        # the 5 failures happened after the change: never "stayed", never lost to the next minute
+        assert verdict.after_failed == 5 and verdict.before_failed == 0, next_minute
+        assert verdict.rose and "stayed" not in verdict.text and "no traffic" not in verdict.text
+        # 10:10's 5 other requests split by time: 40 s before (3), 20 s after (2)
+        assert verdict.after_requests == 5 + 2 + next_minute
+        assert verdict.before_requests == 40 + 3  # the window starts 10:05:40: 10:06..10:09 whole
+        assert "the minute 10:10 is split at the change (40 s before, 20 s after)" in verdict.how
+
+
+def test_without_logs_the_minute_of_the_change_is_split_by_time():
+    failed, tl, _ = burst_in_the_minute_of_the_change(5)
+    verdict = compare(failed, tl)
+    assert verdict.after_failed == 2 and verdict.before_failed == 3  # 5 x 20/60 s, 5 x 40/60 s
+    assert verdict.after_requests == 3 + 5 and verdict.before_requests == 40 + 7
+
+
+def test_per_call_records_are_counted_by_their_own_times():
+    # spans of EmptyCart: exact times, no minute to split
+    calls = pd.DataFrame({"timestamp": pd.to_datetime(
+        [T0 + timedelta(seconds=s) for s in (580, 590, 630, 645, 650, 651, 652, 700)], utc=True),
+        "failed": [False, False, False, False, True, True, True, False]})
+    tl = change_timeline(applied_min=10 + 40 / 60, serving_min=10.75)
+    verdict = compare(calls, tl, unit="EmptyCart calls", min_requests=1)
+    assert (verdict.before_failed, verdict.before_requests) == (0, 3)
+    assert (verdict.after_failed, verdict.after_requests) == (3, 5)
+    assert verdict.text == ("failure rate of EmptyCart calls rose: 0.0 % → 60.0 % (3 of 5 EmptyCart "
+                            "calls failed after cartFailure: off → on)")
+
+
+def test_no_traffic_before_is_said_only_when_there_was_none():
+    failed = failed_frame([(m, 0 if m < 10 else 2, 0 if m < 10 else 20) for m in range(0, 15)])
+    verdict = compare(failed, change_timeline())
+    assert verdict.text.startswith("failure rate of all cart requests is 10.0 % (10 of 100 cart requests "
+                                   "failed after cartFailure: off → on); no cart requests in the 5 min")
+    failed = failed_frame([(m, 0 if m < 10 else 2, 1 if m == 7 else 0 if m < 10 else 20) for m in range(0, 15)])
+    assert "no cart requests in" not in compare(failed, change_timeline()).text
+
+
+def test_windows_and_count_are_the_one_definition():
+    w = windows(change_timeline(applied_min=10.5, serving_min=11))
+    assert w.before == (pd.Timestamp(T0).tz_localize(None) + timedelta(minutes=5.5),
+                        pd.Timestamp(T0).tz_localize(None) + timedelta(minutes=10.5))
+    assert w.after[1] is None  # up to the newest data
+    failed = failed_frame([(m, 1, 10) for m in range(0, 15)])
+    assert count(failed, *w.after) == Count(5, 45)  # 10:10 half (0.5 + 4.5) + 4 whole minutes
