@@ -160,3 +160,97 @@ def test_windows_and_count_are_the_one_definition():
     assert w.after[1] is None  # up to the newest data
     failed = failed_frame([(m, 1, 10) for m in range(0, 15)])
     assert count(failed, *w.after) == Count(5, 45)  # 10:10 half (0.5 + 4.5) + 4 whole minutes
+
+
+# --- every view agrees, over the local tenant's real API ---------------------------------------
+def test_verdict_chart_failures_and_error_logs_agree_after_a_burst(tenant_sandbox, tmp_path, monkeypatch,
+                                                                    capsys):
+    """A change at hh:mm:40, a burst of 5 failing EmptyCart calls 10 s later, then calm traffic in
+    the next minute: the verdict, the chart's subtitle, `labkit failures`, `labkit logs` and the
+    error logs all count the same 5 failures after the change."""
+    from labkit import charts, cli, verdict
+    from labkit.dynatrace import Dynatrace
+    from labkit.settings import Settings, TIMELINE_FILE
+
+    box = tenant_sandbox()
+    tel = box.telemetry
+    now = pd.Timestamp.now(tz="UTC")
+    base = now.floor("min") - timedelta(minutes=3)
+    at = lambda seconds: int((base + timedelta(seconds=seconds)).timestamp() * 1000)  # noqa: E731
+    tl = Timeline(tmp_path / TIMELINE_FILE)
+    tl.add(labmod.EVENT_SENT, flag="cartFailure", old="off", new="on", at=base + timedelta(seconds=39))
+    tl.add(labmod.FLAG_APPLIED, flag="cartFailure", old="off", new="on", at=base + timedelta(seconds=40))
+    tl.add(labmod.FLAGD_SERVING, flag="cartFailure", new="on", at=base + timedelta(seconds=45))
+    clock = tel.clock
+    for s in (50, 51, 52, 53, 54):  # the burst: failed EmptyCart spans and their redis error logs
+        tel.clock = lambda s=s: at(s)
+        rec = tel.record("cart", "EmptyCart", True, at=at(s))
+        tel.log_cart_redis_error(rec.trace_id, rec.span_id, "pod-1")
+    tel.clock = clock
+    tel.record("cart", "EmptyCart", False, at=at(55))
+    for s in range(65, 70):  # the next minute: calm traffic
+        tel.record("cart", "GetCart", False, at=at(s))
+
+    monkeypatch.chdir(tmp_path)
+    env = {"DT_URL": box.tenant_server.url, "DT_API_TOKEN": box.api_token,
+           "DT_PLATFORM_TOKEN": box.platform_token, "LABKIT_LOCAL_LAB": "1",
+           "LABKIT_STATE_DIR": str(tmp_path)}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    with Dynatrace(Settings.load(dotenv=None)) as dt:
+        frame = dt.failed_requests("cart", since=(base - timedelta(minutes=6)).to_pydatetime())
+        logs = dt.error_logs("cart", since=(base - timedelta(minutes=6)).to_pydatetime())
+        judged = compare(frame, tl, logs=verdict.change_minute_logs(dt, tl))
+        fig = charts.failures_figure(frame, timeline=tl, logs=verdict.change_minute_logs(dt, tl))
+
+    minute = frame[frame["timestamp"] == base]
+    assert int(minute["failed"].iloc[0]) == 5  # the burst shows in the minute it happened
+    assert judged.after_failed == 5 and judged.before_failed == 0 and judged.rose
+    assert int((logs["timestamp"] >= base + timedelta(seconds=40)).sum()) == 5
+    assert int(frame.loc[frame["timestamp"] >= base, "failed"].sum()) == 5
+    assert fig.layout.title.subtitle.text == judged.text
+    assert f"(5 of {judged.after_requests} cart requests failed after cartFailure: off → on)" in judged.text
+
+    assert cli.main(["failures", "cart", "--since", "10m"]) == 0
+    printed = capsys.readouterr().out
+    assert f"verdict: {judged.text}" in printed
+    row = next(line for line in printed.splitlines() if line.startswith(f"{base:%Y-%m-%d %H:%M}"))
+    assert row.split()[3] == "5"  # MINUTE (2 words), REQUESTS, FAILED
+    assert cli.main(["logs", "cart", "--since", "10m", "--limit", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "3 of 5 error logs in the last 10m (the newest), --limit to see more" in printed
+    assert "5 of them since cartFailure: off → on at" in printed
+
+
+# --- the terminal's progress line ---------------------------------------------------------------
+class _Term:
+    def __init__(self, tty):
+        self.text, self._tty = "", tty
+
+    def isatty(self):
+        return self._tty
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+def test_progress_is_one_line_on_a_terminal_and_a_few_plain_lines_elsewhere():
+    from labkit.progress import printer, settle
+
+    tty, pipe = _Term(True), _Term(False)
+    for stream in (tty, pipe):
+        with printer(stream=stream) as progress:
+            for i in range(120):  # what a one-minute shop reports
+                progress(f"{i} sessions, {i * 3} operations, 0 failed", i / 120)
+    assert "\n" not in tty.text and tty.text.endswith("\r\x1b[K")  # rewritten in place, cleared
+    assert tty.text.count("\r") == 121
+    assert 5 <= pipe.text.count("\n") <= 13 and "\r" not in pipe.text
+    # a line still being rewritten is ended before anything else is printed
+    tty2 = _Term(True)
+    printer(stream=tty2)("waiting for flagd", 0.5)
+    settle()
+    assert tty2.text.endswith("waiting for flagd\x1b[K\n")
