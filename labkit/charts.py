@@ -269,7 +269,7 @@ def _badges(empty: bool, local: bool) -> list[dict]:
 
 def _layout(service: str, subtitle: str, shapes: list, annotations: list, meta: dict,
             rows_above: int, lines_below: int) -> dict:
-    top = 78 + 17 * rows_above
+    top = (78 if subtitle else 56) + 17 * rows_above
     bottom = 84 + LINE_PX * lines_below
     return dict(
         title=dict(text=f"{service}: failed requests per minute", y=1.0, yanchor="top", yref="container",
@@ -327,7 +327,8 @@ def failures_figure(failed, events=None, problems=None, timeline: Timeline | Non
     below = sum(len(lines) for _, lines in named)
     shapes = change_shapes + step_shapes + problem_shapes
     annotations = (change_notes + problem_notes + _caption(named, 80) + _badges(not rows, local))
-    judged = verdict.compare(failed, timeline, flag=flag, events=events, logs=logs) if changes else None
+    judged = (verdict.compare(failed, timeline, flag=flag, events=events, logs=logs)
+              if verdict.windows(timeline, flag, events) is not None else None)
     meta = {"service": service, "local": bool(local), "slots": len(rows), "empty": not rows,
             "partial": sum(bool(r.get("partial")) for r in rows),
             "change_markers": len(changes), "change_labels": [label for _, label in changes],

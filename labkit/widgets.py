@@ -334,18 +334,20 @@ class LiveChart(_Displayable):
             self.widget = None
             return
         import ipywidgets as w
-        import plotly.graph_objects as go
 
-        figure.update_layout(autosize=True)  # no fixed width: as wide as the cell, like the static one
-        self.figure = go.FigureWidget(figure)
-        self.figure._config = {**(self.figure._config or {}), "responsive": True}
+        # Drawn by the notebook's own plotly renderer inside an Output widget, as the static chart
+        # is: as wide as the cell (a FigureWidget is drawn before it is attached, so at 700 px).
+        self.figure = figure
+        self.output = w.Output(layout=w.Layout(width="100%"))
+        self.output.add_class("labkit-live-figure")
+        self._draw(figure)
         self.stop_button = w.Button(description="Stop", icon="stop", button_style="warning",
                                     tooltip="stop refreshing this chart")
         self.stop_button.add_class("labkit-stop")
         self.stop_button.on_click(lambda _b: self.stop() if self.running else self.start())
         self.status = w.HTML("")
         self.status.add_class("labkit-status")
-        self.widget = w.VBox([self.figure, w.HBox([self.stop_button, self.status])],
+        self.widget = w.VBox([self.output, w.HBox([self.stop_button, self.status])],
                              layout=w.Layout(width="100%"))
         self.widget.add_class("labkit-live-chart")
         self._show_status()
@@ -372,22 +374,16 @@ class LiveChart(_Displayable):
                 self.error = exc
                 fresh = None
             if fresh is not None:
-                if self.static:
-                    self.figure = fresh
-                else:
-                    self._redraw(fresh)
+                self.figure = fresh
+                if not self.static:
+                    self._draw(fresh)
                 self.updates += 1
             self._show_status()
 
-    def _redraw(self, fresh) -> None:
-        """The widget's traces and layout replaced by the fresh figure's (its width left alone)."""
-        layout = fresh.layout.to_plotly_json()
-        layout.pop("width", None)
-        with self.figure.batch_update():
-            for mine, new in zip(self.figure.data, fresh.data):
-                mine.update(new.to_plotly_json(), overwrite=True)
-            self.figure.update_layout(layout, overwrite=True)
-            self.figure.layout.autosize = True
+    def _draw(self, figure) -> None:
+        """Show `figure` in the widget: one output replaced in one message, so nothing flickers."""
+        self.output.outputs = ({"output_type": "display_data", "metadata": {},
+                                "data": _plotly_bundle(figure)},)
 
     def _show_status(self, note: str = "") -> None:
         if self.static:
@@ -444,6 +440,17 @@ class LiveChart(_Displayable):
         if self.static:
             return _figure_bundle(self.figure, include, exclude)
         return super()._repr_mimebundle_(include=include, exclude=exclude)
+
+
+def _plotly_bundle(figure) -> dict:
+    """The figure as JSON in plotly's mimetype (what JupyterLab's and VS Code's renderers draw,
+    responsive to the cell's width), with a line of text for everything else."""
+    import json
+
+    meta = (figure.layout.meta or {}).get("labkit", {}) if figure.layout.meta else {}
+    return {"application/vnd.plotly.v1+json": {**json.loads(figure.to_json()), "config": {"responsive": True}},
+            "text/plain": f"<{figure.layout.title.text or 'chart'}: {meta.get('slots', 0)} slots, "
+                          f"{meta.get('change_markers', 0)} change markers>"}
 
 
 def _figure_bundle(figure, include=None, exclude=None) -> dict:
