@@ -89,10 +89,8 @@ def restart(result) -> str:
 
 
 def shop_result(result) -> str:
-    empties = result.by_operation.get("empty", 0)
-    failed_empties = result.failures_by_operation.get("empty", 0)
     rows = [("took", f"{result.seconds:.1f} s ({result.ops_per_second:.0f} operations/s)"),
-            ("cart empties failed", f"{failed_empties} of {empties}" if empties else None),
+            ("EmptyCart calls", getattr(result, "empties_text", "") or None),
             ("first failure", when(result.first_failure_at) if result.first_failure_at else None),
             ("interrupted", "yes" if result.interrupted else None)]
     title = f"Cart traffic: {result.sessions} sessions, {result.operations} operations, {result.failure_count} failed"
