@@ -285,7 +285,7 @@ def _layout(service: str, subtitle: str, shapes: list, annotations: list, meta: 
 
 def failures_figure(failed, events=None, problems=None, timeline: Timeline | None = None,
                     service: str = "cart", local: bool = False, widget: bool = False, logs=None,
-                    flag: str = "cartFailure"):
+                    flag: str = "cartFailure", judged=None):
     """Failed requests of `service` per minute (bars) and the failure rate in % (line, right axis).
 
     - `failed`: DataFrame timestamp (UTC slot start: the minute it covers), failed, requests,
@@ -298,8 +298,9 @@ def failures_figure(failed, events=None, problems=None, timeline: Timeline | Non
       new value, first failure, rolled back. When `events` is empty the timeline's "event sent" steps
       stand in as change markers.
     - `local`: adds a "local lab" badge so no one mistakes sandbox data for a tenant.
-    - `logs`: error logs, so the verdict under the title places the change minute's failures as
-      lab.verdict() does (the subtitle IS the verdict's sentence for the last change of `flag`).
+    - `judged`: the verdict to show under the title (lab.verdict()'s, so both say the same);
+      without it the verdict of `failed` for the last change of `flag` (`logs`, error logs, place
+      the failures of the minute of the change).
 
     Labels never overlap: change labels take rows above the plot (short tags C1.. with a key under
     the chart when they would not fit), problem titles likewise inside the plot, and the steps,
@@ -327,13 +328,13 @@ def failures_figure(failed, events=None, problems=None, timeline: Timeline | Non
     below = sum(len(lines) for _, lines in named)
     shapes = change_shapes + step_shapes + problem_shapes
     annotations = (change_notes + problem_notes + _caption(named, 80) + _badges(not rows, local))
-    judged = (verdict.compare(failed, timeline, flag=flag, events=events, logs=logs)
-              if verdict.windows(timeline, flag, events) is not None else None)
+    if judged is None and verdict.windows(timeline, flag, events) is not None:
+        judged = verdict.compare(failed, timeline, flag=flag, events=events, logs=logs)
     meta = {"service": service, "local": bool(local), "slots": len(rows), "empty": not rows,
             "partial": sum(bool(r.get("partial")) for r in rows),
             "change_markers": len(changes), "change_labels": [label for _, label in changes],
             "step_markers": len(steps), "problems": len(problem_shapes),
-            "verdict": judged.text if judged else ""}
+            "verdict": judged.text if judged is not None and judged.change else ""}
     fig = go.Figure(_traces(go, rows, slot))
     fig.update_layout(**_layout(service, meta["verdict"], shapes, annotations, meta, rows_above, below))
     if not rows and not shapes:

@@ -403,8 +403,8 @@ def cmd_failures(args) -> int:
     with dynatrace(args) as dt:
         df = dt.failed_requests(args.service, since=since, resolution=args.resolution)
         link = _service_link(dt, args.service)
-        judged = (verdict.compare(df, timeline, logs=verdict.change_minute_logs(dt, timeline, args.service))
-                  if timeline is not None and verdict.windows(timeline) is not None else None)
+        judged = (verdict.judge(dt, timeline, df, args.service)
+                  if verdict.windows(timeline) is not None else None)
     shown = df.tail(args.limit)
     rows = [[f"{r.timestamp:%Y-%m-%d %H:%M}", str(r.requests) + (" (so far)" if r.partial else ""),
              str(r.failed), verdict.pct(r.failure_rate)] for r in shown.itertuples()]

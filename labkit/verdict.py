@@ -248,6 +248,26 @@ def compare(failed, timeline: Timeline | None, flag: str = "cartFailure", window
                    "" if per_call else straddled(failed, w))
 
 
+def judge(dt, timeline: Timeline | None, failed, service: str = "cart", flag: str = "cartFailure",
+          operation: str = "EmptyCart", events=None) -> Verdict:
+    """The verdict every view shows: from the calls' own times where the tenant has them (Grail's
+    spans of `operation`: "EmptyCart calls"), else from `failed`'s minutes (all requests of
+    `service`), the minute of the change placed by its error logs."""
+    from labkit.errors import LabError
+
+    w = windows(timeline, flag, events)
+    if w is None:
+        return compare(failed, timeline, flag, events=events)
+    try:
+        calls = dt.calls(service, operation, since=w.before[0].tz_localize("UTC").to_pydatetime())
+    except LabError:  # no spans on this tenant or token: the metrics' minutes
+        calls = None
+    if calls is not None and len(calls):
+        return compare(calls, timeline, flag, events=events, unit=f"{operation} calls")
+    return compare(failed, timeline, flag, events=events, unit=f"{service} requests",
+                   logs=change_minute_logs(dt, timeline, service, flag))
+
+
 def change_minute_logs(dt, timeline: Timeline | None, service: str = "cart", flag: str = "cartFailure"):
     """Error logs from the start of the minute of the last change of `flag` (their timestamps place
     that minute's failures before or after it) read through `dt` (a labkit.dynatrace.Dynatrace);

@@ -201,7 +201,7 @@ def test_verdict_chart_failures_and_error_logs_agree_after_a_burst(tenant_sandbo
     with Dynatrace(Settings.load(dotenv=None)) as dt:
         frame = dt.failed_requests("cart", since=(base - timedelta(minutes=6)).to_pydatetime())
         logs = dt.error_logs("cart", since=(base - timedelta(minutes=6)).to_pydatetime())
-        judged = compare(frame, tl, logs=verdict.change_minute_logs(dt, tl))
+        judged = verdict.judge(dt, tl, frame)  # what lab.verdict(), lab.chart() and the CLI call
         fig = charts.failures_figure(frame, timeline=tl, logs=verdict.change_minute_logs(dt, tl))
 
     minute = frame[frame["timestamp"] == base]
@@ -209,7 +209,7 @@ def test_verdict_chart_failures_and_error_logs_agree_after_a_burst(tenant_sandbo
     assert judged.after_failed == 5 and judged.before_failed == 0 and judged.rose
     assert int((logs["timestamp"] >= base + timedelta(seconds=40)).sum()) == 5
     assert int(frame.loc[frame["timestamp"] >= base, "failed"].sum()) == 5
-    assert fig.layout.title.subtitle.text == judged.text
+    assert fig.layout.title.subtitle.text == judged.text  # the chart's own count says the same
     assert f"(5 of {judged.after_requests} cart requests failed after cartFailure: off → on)" in judged.text
 
     assert cli.main(["failures", "cart", "--since", "10m"]) == 0
@@ -254,3 +254,37 @@ def test_progress_is_one_line_on_a_terminal_and_a_few_plain_lines_elsewhere():
     printer(stream=tty2)("waiting for flagd", 0.5)
     settle()
     assert tty2.text.endswith("waiting for flagd\x1b[K\n")
+
+
+def test_the_verdict_uses_the_calls_own_times_where_the_tenant_has_spans():
+    """Grail's spans of EmptyCart (start_time in ns, as Grail gives it) are counted call by call."""
+    from labkit.dynatrace._frames import call_frame
+    from labkit.errors import Forbidden
+    from labkit.verdict import judge
+
+    ns = lambda s: int((pd.Timestamp(T0) + timedelta(seconds=s)).value)  # noqa: E731
+    spans = [{"start_time": ns(s), "request.is_failed": f}
+             for s, f in ((590, False), (630, False), (650, True), (651, True), (652, False))]
+    spans.append({"start_time": (pd.Timestamp(T0) + timedelta(seconds=655)).isoformat(), "request.is_failed": True})
+
+    class Tenant:  # the two reads judge() makes, answering as a tenant with and without spans
+        def __init__(self, calls):
+            self._calls, self.asked = calls, []
+
+        def calls(self, service, operation, since):
+            self.asked.append((service, operation, since))
+            if self._calls is None:
+                raise Forbidden("no storage:spans:read")
+            return self._calls
+
+        def error_logs(self, service, since, limit):
+            return logs_at(650, 651, 655)
+
+    tl = change_timeline(applied_min=10 + 40 / 60, serving_min=10.75)
+    with_spans = Tenant(call_frame(spans))
+    verdict = judge(with_spans, tl, failed_frame([(10, 3, 6)]))
+    assert verdict.unit == "EmptyCart calls" and (verdict.after_failed, verdict.after_requests) == (3, 4)
+    assert "failure rate of EmptyCart calls rose: 0.0 % → 75.0 % (3 of 4 EmptyCart calls" in verdict.text
+    assert with_spans.asked[0][:2] == ("cart", "EmptyCart")
+    without = judge(Tenant(None), tl, failed_frame([(10, 3, 6)]))
+    assert without.unit == "cart requests" and without.after_failed == 3  # placed by the logs

@@ -90,8 +90,10 @@ class RecordedLab:
                              "flag": ["cartFailure"], "old": ["off"], "new": ["on"], "run_id": ["r"],
                              "event_id": ["e1"], "status": ["OK"]})
 
-    def _change_minute_logs(self, service="cart", flag="cartFailure"):
-        return None  # no error logs recorded: the minute of the change is split by time
+    def _judge(self, service, failed, flag="cartFailure"):
+        from labkit import verdict  # no spans or logs recorded: the minutes, split by time
+
+        return verdict.compare(failed, self.timeline, flag)
 
     def problems(self, service="cart", since=None):
         if self.fail_problems:

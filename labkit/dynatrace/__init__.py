@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import httpx
 
 from labkit.dynatrace._access import Access, access
-from labkit.dynatrace._frames import (change_event_frame, classic_log_row, failure_frame, grail_log_row,
+from labkit.dynatrace._frames import (call_frame, change_event_frame, classic_log_row, failure_frame, grail_log_row,
                                       log_frame, metric_series, problem_frame, slot_ms)
 from labkit.dynatrace._grail import run_dql
 from labkit.dynatrace._http import (GRAIL_LOG_SCOPES, PLATFORM_SCOPES, Http, json_object,
@@ -349,6 +349,16 @@ class Dynatrace:
                 break
         stamps = next((s[0] for s in series if s is not None), None)
         return failure_frame(*series, slot=slot_ms(body, resolution, stamps), now_ms=asked_at)
+
+    def calls(self, service: str, operation: str, since="now-1h", limit: int = 100_000) -> "pd.DataFrame":
+        """The server calls of `operation` (e.g. EmptyCart) on `service`, each at its own time, from
+        Grail's spans (platform token with storage:spans:read), oldest first. Columns: timestamp
+        (the span's start, UTC), failed (request.is_failed). The demo names the span
+        oteldemo.CartService/EmptyCart, so the name is matched at its end."""
+        query = (f"fetch spans, from: {dql_from(since)} | filter service.name == {dql_string(service)}"
+                 f' and endsWith(span.name, {dql_string(operation)}) and span.kind == "server"'
+                 f" | fields start_time, request.is_failed | sort start_time asc | limit {int(limit)}")
+        return call_frame(self.dql(query, max_records=limit))
 
     # ---- problems
 

@@ -106,6 +106,25 @@ def failure_frame(failed, requests, slot: int = 60_000, now_ms: int | None = Non
     return frame
 
 
+def call_frame(records: list[dict]) -> "pd.DataFrame":
+    """Spans as calls, oldest first: timestamp (the span's start, UTC; ISO or epoch ns as Grail
+    gives it), failed (request.is_failed)."""
+    import pandas as pd
+
+    stamps = [_span_time(r.get("start_time")) for r in records]
+    failed = [bool(_first(r.get("request.is_failed"))) for r in records]
+    frame = pd.DataFrame({"timestamp": pd.to_datetime(stamps, utc=True), "failed": failed})
+    return frame.dropna(subset=["timestamp"]).sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+
+def _span_time(value):
+    import pandas as pd
+
+    if isinstance(value, (int, float)) or (isinstance(value, str) and value.strip().isdigit()):
+        return pd.Timestamp(int(value), unit="ns", tz="UTC")  # Grail's span times are ns
+    return _one_utc(value)
+
+
 # --------------------------------------------------------------------------- events and problems
 
 
