@@ -101,14 +101,14 @@ def _hover(r, slot: timedelta) -> str:
 
 
 def _traces(go, rows: list[dict], slot: timedelta) -> list:
-    """Failed requests per minute (bars over the minute they cover; the running minute hollow) and
-    the failure rate in % (line, right axis; to the running minute dotted). Always four traces, so a
-    live chart can refill them."""
+    """Failed requests per minute (bars over the minute they cover; the running minute a hollow
+    bar of its failures so far) and the failure rate in % of the finished minutes (line, right
+    axis: a minute still running is no drop to 0 %). Always three traces, so a live chart can
+    refill them."""
     done = [r for r in rows if not r.get("partial")]
     running = [r for r in rows if r.get("partial")]
     mid = lambda r: _utc(r.get("timestamp")) + slot / 2  # noqa: E731 - the bar spans its minute
     width = slot.total_seconds() * 1000 * 0.85
-    link = done[-1:] + running if running else []
     return [
         go.Bar(x=[mid(r) for r in done], y=[int(r.get("failed") or 0) for r in done],
                hovertext=[_hover(r, slot) for r in done], hoverinfo="text", width=width,
@@ -122,12 +122,15 @@ def _traces(go, rows: list[dict], slot: timedelta) -> list:
                    yaxis="y2", mode="lines+markers", line=dict(color=RATE_COLOR, width=2),
                    marker=dict(size=4), connectgaps=False,
                    hovertext=[f"{_hover(r, slot)}: {_rate(r) or 0:.1f} %" for r in done], hoverinfo="text"),
-        go.Scatter(x=[mid(r) for r in link], y=[_rate(r) for r in link], name="rate so far",
-                   yaxis="y2", mode="lines+markers", showlegend=False,
-                   line=dict(color=RATE_COLOR, width=1.5, dash="dot"),
-                   marker=dict(size=7, symbol="circle-open"), connectgaps=True,
-                   hovertext=[f"{_hover(r, slot)}: {_rate(r) or 0:.1f} %" for r in link], hoverinfo="text"),
     ]
+
+
+def _running_marks(rows: list[dict], slot: timedelta) -> list[dict]:
+    """A dashed outline over the minute still running, so it reads as unfinished at any count."""
+    return [dict(type="rect", name="partial", xref="x", yref="paper", x0=_utc(r.get("timestamp")),
+                 x1=_utc(r.get("timestamp")) + slot, y0=0, y1=1, fillcolor="rgba(0,0,0,0)",
+                 line=dict(color=STEP_COLOR, width=1, dash="dash"), layer="below")
+            for r in rows if r.get("partial")]
 
 
 def _changes(events, timeline) -> list[tuple[datetime, str]]:
@@ -289,8 +292,8 @@ def failures_figure(failed, events=None, problems=None, timeline: Timeline | Non
     """Failed requests of `service` per minute (bars) and the failure rate in % (line, right axis).
 
     - `failed`: DataFrame timestamp (UTC slot start: the minute it covers), failed, requests,
-      failure_rate (0..1, NaN when there were no requests), partial (the running minute: drawn
-      hollow, its rate dotted, never as a drop);
+      failure_rate (0..1, NaN when there were no requests), partial (the running minute: a
+      dashed box and a hollow bar of its failures so far, no rate point, so never a drop);
     - `events`: change events (timestamp, flag, old, new, ...): a dashed marker each, labelled
       "cartFailure: off → on";
     - `problems`: (display_id, title, start, end NaT while open): a shaded span each;
@@ -322,11 +325,12 @@ def failures_figure(failed, events=None, problems=None, timeline: Timeline | Non
     change_shapes, change_notes, change_key, rows_above = _change_marks(changes, lo, span)
     step_shapes, step_key = _step_marks(steps)
     problem_shapes, problem_notes, problem_key = _problem_marks(problems, lo, span)
-    partial = ["hollow bar: the minute still running, counted so far"] if any(r.get("partial") for r in rows) else []
+    partial = (["dashed box, hollow bar: the minute still running, its failures so far (no rate yet)"]
+               if any(r.get("partial") for r in rows) else [])
     named = [("change-key", change_key), ("problem-key", problem_key), ("step", step_key),
              ("partial", partial)]
     below = sum(len(lines) for _, lines in named)
-    shapes = change_shapes + step_shapes + problem_shapes
+    shapes = change_shapes + step_shapes + problem_shapes + _running_marks(rows, slot)
     annotations = (change_notes + problem_notes + _caption(named, 80) + _badges(not rows, local))
     if judged is None and verdict.windows(timeline, flag, events) is not None:
         judged = verdict.compare(failed, timeline, flag=flag, events=events, logs=logs)

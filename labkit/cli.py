@@ -416,7 +416,9 @@ def cmd_failures(args) -> int:
     total = verdict.Count(int(df["failed"].sum()), int(df["requests"].sum()))
     out(f"{args.service}: {verdict.share_text(total, f'{args.service} requests', f'in the last {args.since}')}")
     if judged is not None:
-        out(f"verdict: {judged.text}" + (f" ({judged.how})" if judged.how else ""))
+        out(f"verdict: {judged.text}")
+        if judged.how:
+            out(f"  ({judged.how})")
     if link:
         out(f"the {args.service} service in Dynatrace: {link}")
     return 0

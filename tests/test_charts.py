@@ -70,7 +70,7 @@ def test_figure_shows_bars_rate_change_marker_steps_and_problem():
     failed = failed_frame([(m, 0 if m <= 11 else 3, 30) for m in range(1, 21)])
     fig = charts.failures_figure(failed, events=events_frame((10, "off", "on")),
                                  problems=problems_frame(14, 19), timeline=change_timeline())
-    bars, so_far, rate, _ = fig.data
+    bars, so_far, rate = fig.data
     assert bars.type == "bar" and len(bars.x) == 20 and list(bars.y)[-1] == 3 and not so_far.x
     assert rate.yaxis == "y2" and rate.y[-1] == pytest.approx(10.0)
     assert fig.layout.title.text == "cart: failed requests per minute"
@@ -126,7 +126,7 @@ def test_empty_data_says_no_data_yet():
         (note,) = annotations(fig, "no-data")
         assert "no data yet" in note.text
         assert fig.layout.meta["labkit"]["empty"] is True
-        assert len(fig.data) == 4  # same traces, so a live chart can fill them in later
+        assert len(fig.data) == 3  # same traces, so a live chart can fill them in later
 
 
 def test_timeline_event_stands_in_when_dynatrace_has_no_change_events_yet():
@@ -162,13 +162,14 @@ def test_import_is_cheap():
 def test_the_running_minute_is_hollow_and_so_far_never_a_drop_to_zero():
     failed = failed_frame([(m, 3, 30) for m in range(1, 10)] + [(10, 0, 2)], partial_last=True)
     fig = charts.failures_figure(failed)
-    bars, so_far, rate, rate_so_far = fig.data
+    bars, so_far, rate = fig.data
     assert len(bars.x) == 9 and list(so_far.y) == [0]          # not among the finished minutes
     assert "so far" in so_far.hovertext[0] and so_far.marker.pattern.shape == "/"
-    assert 0.0 not in list(rate.y)                              # the line never drops to 0 %
-    assert rate_so_far.line.dash == "dot" and len(rate_so_far.x) == 2  # dotted from the last minute
+    assert len(rate.x) == 9 and 0.0 not in list(rate.y)        # the line never drops to 0 %
+    (box,) = shapes(fig, "partial")                             # the running minute, dashed
+    assert box.line.dash == "dash" and pd.Timestamp(box.x0) == pd.Timestamp(T0 + timedelta(minutes=10)).tz_localize(None)
     assert [a.text for a in annotations(fig, "partial")] == [
-        "hollow bar: the minute still running, counted so far"]
+        "dashed box, hollow bar: the minute still running, its failures so far (no rate yet)"]
     assert fig.layout.meta["labkit"]["partial"] == 1
 
 
