@@ -187,12 +187,6 @@ class Verdict:
     unit: str = ""  # what was counted: "EmptyCart calls" or "cart requests"
     how: str = ""   # how the minute of the change was counted, when it mattered
 
-    @property
-    def rise(self) -> str:
-        """'0.0 % → 9.8 % (5 of 51 EmptyCart calls failed after the change)'."""
-        return rise_text(Count(self.before_failed, self.before_requests),
-                         Count(self.after_failed, self.after_requests), self.unit)
-
     def __str__(self) -> str:
         return self.text
 

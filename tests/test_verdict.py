@@ -217,6 +217,9 @@ def test_verdict_chart_failures_and_error_logs_agree_after_a_burst(tenant_sandbo
     assert f"verdict: {judged.text}" in printed
     row = next(line for line in printed.splitlines() if line.startswith(f"{base:%Y-%m-%d %H:%M}"))
     assert row.split()[3] == "5"  # MINUTE (2 words), REQUESTS, FAILED
+    assert cli.main(["failures", "cart", "--since", "10m", "--limit", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "3 of 11 minutes (the newest), --limit to see more" in printed  # 10 whole + the running one
     assert cli.main(["logs", "cart", "--since", "10m", "--limit", "3"]) == 0
     printed = capsys.readouterr().out
     assert "3 of 5 error logs in the last 10m (the newest), --limit to see more" in printed
