@@ -202,14 +202,16 @@ def test_verdict_chart_failures_and_error_logs_agree_after_a_burst(tenant_sandbo
         frame = dt.failed_requests("cart", since=(base - timedelta(minutes=6)).to_pydatetime())
         logs = dt.error_logs("cart", since=(base - timedelta(minutes=6)).to_pydatetime())
         judged = verdict.judge(dt, tl, frame)  # what lab.verdict(), lab.chart() and the CLI call
-        fig = charts.failures_figure(frame, timeline=tl, logs=verdict.change_minute_logs(dt, tl))
+        fig = charts.failures_figure(frame, timeline=tl, judged=judged)  # as lab.chart() draws it
 
     minute = frame[frame["timestamp"] == base]
     assert int(minute["failed"].iloc[0]) == 5  # the burst shows in the minute it happened
     assert judged.after_failed == 5 and judged.before_failed == 0 and judged.rose
     assert int((logs["timestamp"] >= base + timedelta(seconds=40)).sum()) == 5
     assert int(frame.loc[frame["timestamp"] >= base, "failed"].sum()) == 5
-    assert fig.layout.title.subtitle.text == judged.text  # the chart's own count says the same
+    assert fig.layout.title.subtitle.text == judged.text
+    bars = dict(zip(fig.data[0].x, fig.data[0].y))  # the chart's bar over the minute of the burst
+    assert bars[(base + timedelta(seconds=30)).tz_localize(None).to_pydatetime()] == 5
     # the unit is "cart requests" (minutes) today; "EmptyCart calls" once the local tenant has spans
     assert judged.unit in ("cart requests", "EmptyCart calls")
     assert f"(5 of {judged.after_requests} {judged.unit} failed after cartFailure: off → on)" in judged.text
