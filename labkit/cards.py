@@ -106,10 +106,8 @@ def restart(result) -> str:
 
 
 def shop_result(result) -> str:
-    empties = result.by_operation.get("empty", 0)
-    failed_empties = result.failures_by_operation.get("empty", 0)
     rows = [("took", f"{result.seconds:.1f} s ({result.ops_per_second:.0f} operations/s)"),
-            ("cart empties failed", f"{failed_empties} of {empties}" if empties else None),
+            ("EmptyCart calls", getattr(result, "empties_text", "") or None),
             ("first failure", when(result.first_failure_at) if result.first_failure_at else None),
             ("interrupted", "yes" if result.interrupted else None)]
     title = f"Cart traffic: {result.sessions} sessions, {result.operations} operations, {result.failure_count} failed"
@@ -118,10 +116,7 @@ def shop_result(result) -> str:
 
 
 def verdict(v) -> str:
-    note = ""
-    if v.before_requests or v.after_requests:
-        note = (f"before: {v.before_failed} failed of {v.before_requests} requests; "
-                f"after: {v.after_failed} failed of {v.after_requests}")
+    note = v.how if (v.before_requests or v.after_requests) else ""
     return card("verdict", v.text, ok=not v.rose, note=note, link=getattr(v, "link", None))
 
 

@@ -10,6 +10,7 @@ import html
 import math
 from datetime import datetime, timedelta, timezone
 
+from labkit import verdict
 from labkit.timeline import (EVENT_SENT, FIRST_FAILURE, FLAG_APPLIED, FLAGD_SERVING, ROLLED_BACK,
                              Timeline, _text, change_label)
 
@@ -69,6 +70,13 @@ def _line(name: str, when, color: str, width: int, dash: str) -> dict:
 
 
 # --- the figure --------------------------------------------------------------------------------
+PLOT_PX = 330          # height of the plot area; the figure grows by what sits above and below it
+NOMINAL_PX = 760       # the narrowest plot width a notebook gives it: labels must fit in this
+CHAR_PX = 7            # an average character at 12 px
+LINE_PX = 15           # one caption line under the chart (11 px text)
+CAPTION_CHARS = 125    # a caption line longer than this wraps
+
+
 def _rate(row) -> float | None:
     rate = row.get("failure_rate")
     if rate is None or (isinstance(rate, float) and math.isnan(rate)):
@@ -76,19 +84,53 @@ def _rate(row) -> float | None:
     return round(float(rate) * 100, 2)
 
 
-def _traces(go, rows: list[dict]) -> list:
-    """Failed requests per slot (bars) and the failure rate in % (line, right axis)."""
-    xs = [_utc(r.get("timestamp")) for r in rows]
+def _slot(failed) -> timedelta:
+    import pandas as pd
+
+    slot = getattr(failed, "attrs", {}).get("slot") if failed is not None else None
+    if slot is None and failed is not None and len(failed) > 1:
+        slot = pd.to_datetime(failed["timestamp"], utc=True).diff().median()
+    return pd.Timedelta(slot).to_pytimedelta() if slot is not None and slot == slot else timedelta(minutes=1)
+
+
+def _hover(r, slot: timedelta) -> str:
+    start = _utc(r.get("timestamp"))
+    so_far = " so far (the minute is still running)" if r.get("partial") else ""
+    return (f"{start:%H:%M}–{start + slot:%H:%M} UTC: {int(r.get('failed') or 0)} failed of "
+            f"{int(r.get('requests') or 0)} requests{so_far}")
+
+
+def _traces(go, rows: list[dict], slot: timedelta) -> list:
+    """Failed requests per minute (bars over the minute they cover; the running minute a hollow
+    bar of its failures so far) and the failure rate in % of the finished minutes (line, right
+    axis: a minute still running is no drop to 0 %). Always three traces, so a live chart can
+    refill them."""
+    done = [r for r in rows if not r.get("partial")]
+    running = [r for r in rows if r.get("partial")]
+    mid = lambda r: _utc(r.get("timestamp")) + slot / 2  # noqa: E731 - the bar spans its minute
+    width = slot.total_seconds() * 1000 * 0.85
     return [
-        go.Bar(x=xs, y=[int(r.get("failed") or 0) for r in rows],
-               customdata=[int(r.get("requests") or 0) for r in rows], name="failed requests",
-               marker_color=BAR_COLOR,
-               hovertemplate="%{x|%H:%M:%S} UTC<br>%{y} failed of %{customdata} requests<extra></extra>"),
-        go.Scatter(x=xs, y=[_rate(r) for r in rows], name="failure rate %", yaxis="y2",
-                   mode="lines+markers", line=dict(color=RATE_COLOR, width=2), marker=dict(size=4),
-                   connectgaps=False,
-                   hovertemplate="%{x|%H:%M:%S} UTC<br>%{y:.1f}% failed<extra></extra>"),
+        go.Bar(x=[mid(r) for r in done], y=[int(r.get("failed") or 0) for r in done],
+               hovertext=[_hover(r, slot) for r in done], hoverinfo="text", width=width,
+               name="failed requests", marker_color=BAR_COLOR),
+        go.Bar(x=[mid(r) for r in running], y=[int(r.get("failed") or 0) for r in running],
+               hovertext=[_hover(r, slot) for r in running], hoverinfo="text", width=width,
+               name="this minute so far", showlegend=bool(running),
+               marker=dict(color="rgba(214,39,40,0.12)", line=dict(color=BAR_COLOR, width=1.5),
+                           pattern=dict(shape="/", fgcolor=BAR_COLOR, size=6))),
+        go.Scatter(x=[mid(r) for r in done], y=[_rate(r) for r in done], name="failure rate %",
+                   yaxis="y2", mode="lines+markers", line=dict(color=RATE_COLOR, width=2),
+                   marker=dict(size=4), connectgaps=False,
+                   hovertext=[f"{_hover(r, slot)}: {_rate(r) or 0:.1f} %" for r in done], hoverinfo="text"),
     ]
+
+
+def _running_marks(rows: list[dict], slot: timedelta) -> list[dict]:
+    """A dashed outline over the minute still running, so it reads as unfinished at any count."""
+    return [dict(type="rect", name="partial", xref="x", yref="paper", x0=_utc(r.get("timestamp")),
+                 x1=_utc(r.get("timestamp")) + slot, y0=0, y1=1, fillcolor="rgba(0,0,0,0)",
+                 line=dict(color=STEP_COLOR, width=1, dash="dash"), layer="below")
+            for r in rows if r.get("partial")]
 
 
 def _changes(events, timeline) -> list[tuple[datetime, str]]:
@@ -106,54 +148,113 @@ def _changes(events, timeline) -> list[tuple[datetime, str]]:
     return sorted(changes, key=lambda c: c[0])
 
 
-def _change_marks(changes, xs) -> tuple[list, list]:
-    """A dashed line and a label per change; labels stay on the chart and stack when close."""
-    known = [x for x in xs if x is not None] + [w for w, _ in changes]
-    span = (max(known) - min(known)) if known else timedelta(0)
-    middle = min(known) + span / 2 if known else None
-    shapes, annotations, previous, row = [], [], None, 0
-    for when, label in changes:
-        side = "right" if middle is not None and when > middle else "left"
-        # Changes close together (a flip and its rollback) stack their labels instead of overlapping.
-        row = (row + 1) % 3 if previous is not None and when - previous < span / 8 else 0
-        previous = when
-        shapes.append(_line("change", when, CHANGE_COLOR, 2, "dash"))
-        annotations.append(dict(name="change", x=when, xref="x", y=1.0 + 0.07 * row, yref="paper",
-                                yanchor="bottom", xanchor=side, text=html.escape(label), showarrow=False,
-                                font=dict(color=CHANGE_COLOR, size=12)))
-    return shapes, annotations
+def _px(when: datetime, lo: datetime, span: timedelta) -> float:
+    return (when - lo) / span * NOMINAL_PX if span else 0.0
 
 
-def _step_marks(steps) -> tuple[list, list]:
-    """Thin dotted lines, named in one caption under the chart (steps seconds apart would otherwise
+def _place(xs_px: list[float], widths: list[float]) -> list[tuple[int, str]]:
+    """(row, xanchor) per label so that labels in one row never overlap: a label reads rightwards
+    from its marker, or leftwards where it would run off the plot's right edge."""
+    taken: list[list[tuple[float, float]]] = []
+    out = []
+    for x, w in zip(xs_px, widths):
+        side = "right" if x + w > NOMINAL_PX else "left"
+        span = (x - w, x) if side == "right" else (x, x + w)
+        row = next((i for i, spans in enumerate(taken)
+                    if all(span[1] + 8 < a or b + 8 < span[0] for a, b in spans)), len(taken))
+        if row == len(taken):
+            taken.append([])
+        taken[row].append(span)
+        out.append((row, side))
+    return out
+
+
+def _change_marks(changes, lo: datetime, span: timedelta) -> tuple[list, list, list[str], int]:
+    """A dashed line per change, labelled above the plot. Full labels when each fits on one row
+    (at most two rows); else short tags C1, C2, ... and their key in the caption under the chart.
+    Returns (shapes, annotations, caption lines, rows used above the plot)."""
+    if not changes:
+        return [], [], [], 0
+    xs = [_px(w, lo, span) for w, _ in changes]
+    full = [len(label) * CHAR_PX for _, label in changes]
+    places = _place(xs, full)
+    crowded = max(row for row, _ in places) > 1
+    texts = [f"C{i}" for i in range(1, len(changes) + 1)] if crowded else [label for _, label in changes]
+    if crowded:
+        places = _place(xs, [len(t) * CHAR_PX for t in texts])
+    shapes = [_line("change", when, CHANGE_COLOR, 2, "dash") for when, _ in changes]
+    annotations = [dict(name="change", x=when, xref="x", y=1.0, yref="paper", yanchor="bottom",
+                        xanchor=side, yshift=4 + 17 * row, text=html.escape(text), showarrow=False,
+                        font=dict(color=CHANGE_COLOR, size=12))
+                   for (when, _), text, (row, side) in zip(changes, texts, places)]
+    key = [] if not crowded else _wrap("changes (dashed): " + " · ".join(
+        f"{tag} {when:%H:%M:%S} {label}" for tag, (when, label) in zip(texts, changes)))
+    return shapes, annotations, key, max(row for row, _ in places) + 1
+
+
+def _step_marks(steps) -> tuple[list, list[str]]:
+    """Thin dotted lines, named in the caption under the chart (steps seconds apart would otherwise
     pile their labels on top of each other)."""
     shapes = [_line("step", _utc(s.time), STEP_COLOR, 1, "dot") for s in steps]
     if not steps:
         return shapes, []
-    caption = "dotted: " + " · ".join(f"{_step_label(s)} {_utc(s.time):%H:%M:%S}" for s in steps[-6:])
-    return shapes, [dict(name="step", x=0, xref="paper", y=-0.3, yref="paper", xanchor="left",
-                         yanchor="top", text=html.escape(caption), showarrow=False, align="left",
-                         font=dict(color=STEP_COLOR, size=10))]
+    return shapes, _wrap("dotted: " + " · ".join(f"{_step_label(s)} {_utc(s.time):%H:%M:%S}"
+                                                 for s in steps[-6:]))
 
 
-def _problem_marks(problems) -> tuple[list, list]:
-    """A shaded span per problem, from its start to its end (or now while open)."""
-    shapes, annotations = [], []
+def _problem_marks(problems, lo: datetime, span: timedelta) -> tuple[list, list, list[str]]:
+    """A shaded span per problem, from its start to its end (or now while open), tagged inside at
+    the top: the whole title where it fits, else its id, with the titles in the caption."""
+    shapes, found = [], []
     for r in _rows(problems):
         start = _utc(r.get("start"))
         if start is None:
             continue
         end = _utc(r.get("end"))
-        label = f"{_text(r.get('display_id'), '')} {_text(r.get('title'), 'problem')}".strip()
-        label += " (open)" if end is None else ""
+        did = _text(r.get("display_id"), "")
+        label = f"{did} {_text(r.get('title'), 'problem')}".strip() + (" (open)" if end is None else "")
+        tag = (did or "problem") + (" (open)" if end is None else "")
         shapes.append(dict(type="rect", name="problem", xref="x", yref="paper", x0=start,
                            x1=end or _utc(datetime.now(timezone.utc)), y0=0, y1=1,
                            fillcolor=PROBLEM_COLOR, opacity=0.15, layer="below", line=dict(width=0)))
-        annotations.append(dict(name="problem", x=start, xref="x", y=1.0, yref="paper",
-                                yanchor="top", xanchor="left", text=html.escape(label),
-                                showarrow=False, font=dict(color="#a0522d", size=11),
-                                bgcolor="rgba(255,243,224,0.85)"))
-    return shapes, annotations
+        found.append((start, end, label, tag))
+    found.sort(key=lambda f: f[0])
+    xs = [_px(s, lo, span) if lo is not None else 0.0 for s, *_ in found]
+    crowded = max((row for row, _ in _place(xs, [len(f[2]) * CHAR_PX for f in found])), default=0) > 0
+    texts = [tag if crowded else label for _, _, label, tag in found]
+    places = _place(xs, [len(t) * CHAR_PX for t in texts])
+    annotations = [dict(name="problem", x=start, xref="x", y=1.0, yref="paper", yanchor="top",
+                        xanchor=side, yshift=-2 - 17 * row, text=html.escape(text), showarrow=False,
+                        font=dict(color="#a0522d", size=11), bgcolor="rgba(255,243,224,0.85)")
+                   for (start, *_), text, (row, side) in zip(found, texts, places)]
+    key = [] if not crowded else _wrap("problems (shaded): " + " · ".join(
+        f"{label} from {start:%H:%M}" + (f" to {end:%H:%M}" if end else "") for start, end, label, _ in found))
+    return shapes, annotations, key
+
+
+def _wrap(text: str) -> list[str]:
+    """A caption as lines of at most CAPTION_CHARS, broken at ' · '."""
+    lines, line = [], ""
+    for part in text.split(" · "):
+        if line and len(line) + 3 + len(part) > CAPTION_CHARS:
+            lines.append(line)
+            line = "   " + part
+        else:
+            line = f"{line} · {part}" if line else part
+    return lines + [line] if line else lines
+
+
+def _caption(named_lines: list[tuple[str, list[str]]], top_px: int) -> list[dict]:
+    """Caption lines under the plot area (below the axis and the legend), one annotation a block."""
+    out, shift = [], top_px
+    for name, lines in named_lines:
+        if not lines:
+            continue
+        out.append(dict(name=name, x=0, xref="paper", y=0, yref="paper", xanchor="left",
+                        yanchor="top", yshift=-shift, text="<br>".join(html.escape(x) for x in lines),
+                        showarrow=False, align="left", font=dict(color=STEP_COLOR, size=11)))
+        shift += LINE_PX * len(lines)
+    return out
 
 
 def _badges(empty: bool, local: bool) -> list[dict]:
@@ -161,32 +262,38 @@ def _badges(empty: bool, local: bool) -> list[dict]:
     if empty:
         out.append(dict(name="no-data", text=NO_DATA, x=0.5, y=0.5, xref="paper", yref="paper",
                         showarrow=False, font=dict(size=16, color="#777")))
-    if local:
-        out.append(dict(name="local-lab", text=LOCAL_BADGE, x=1.0, y=-0.18, xref="paper",
+    if local:  # on the legend's row, at the right
+        out.append(dict(name="local-lab", text=LOCAL_BADGE, x=1.0, y=0, xref="paper", yshift=-52,
                         yref="paper", xanchor="right", yanchor="top", showarrow=False,
                         bgcolor="#fff3cd", bordercolor="#d39e00", borderwidth=1,
                         font=dict(size=11, color="#7a5b00")))
     return out
 
 
-def _layout(service: str, shapes: list, annotations: list, meta: dict) -> dict:
+def _layout(service: str, subtitle: str, shapes: list, annotations: list, meta: dict,
+            rows_above: int, lines_below: int) -> dict:
+    top = (78 if subtitle else 56) + 17 * rows_above
+    bottom = 84 + LINE_PX * lines_below
     return dict(
-        title=dict(text=f"{service}: failed requests"),
-        xaxis=dict(title=dict(text="time (UTC)"), type="date"),
+        title=dict(text=f"{service}: failed requests per minute", y=1.0, yanchor="top", yref="container",
+                   pad=dict(t=10), subtitle=dict(text=html.escape(subtitle))),
+        xaxis=dict(title=dict(text="time (UTC)", standoff=6), type="date"),
         yaxis=dict(title=dict(text="failed requests"), rangemode="tozero"),
         yaxis2=dict(title=dict(text="failure rate"), overlaying="y", side="right",
                     rangemode="tozero", showgrid=False, tickmode="auto", ticksuffix="%"),
-        legend=dict(orientation="h", yanchor="top", y=-0.18, x=0),
-        margin=dict(t=90, r=70, b=110), bargap=0.15, shapes=shapes, annotations=annotations,
-        meta={"labkit": meta})
+        legend=dict(orientation="h", yanchor="top", y=-52 / PLOT_PX, x=0),
+        height=top + PLOT_PX + bottom, margin=dict(t=top, r=70, b=bottom), bargap=0.15,
+        shapes=shapes, annotations=annotations, meta={"labkit": meta})
 
 
 def failures_figure(failed, events=None, problems=None, timeline: Timeline | None = None,
-                    service: str = "cart", local: bool = False, widget: bool = False):
-    """Failed requests of `service` per slot (bars) and the failure rate in % (line, right axis).
+                    service: str = "cart", local: bool = False, widget: bool = False, logs=None,
+                    flag: str = "cartFailure", judged=None):
+    """Failed requests of `service` per minute (bars) and the failure rate in % (line, right axis).
 
-    - `failed`: DataFrame timestamp (UTC slot end), failed, requests, failure_rate (0..1, NaN when
-      there were no requests);
+    - `failed`: DataFrame timestamp (UTC slot start: the minute it covers), failed, requests,
+      failure_rate (0..1, NaN when there were no requests), partial (the running minute: a
+      dashed box and a hollow bar of its failures so far, no rate point, so never a drop);
     - `events`: change events (timestamp, flag, old, new, ...): a dashed marker each, labelled
       "cartFailure: off → on";
     - `problems`: (display_id, title, start, end NaT while open): a shaded span each;
@@ -194,24 +301,46 @@ def failures_figure(failed, events=None, problems=None, timeline: Timeline | Non
       new value, first failure, rolled back. When `events` is empty the timeline's "event sent" steps
       stand in as change markers.
     - `local`: adds a "local lab" badge so no one mistakes sandbox data for a tenant.
+    - `judged`: the verdict to show under the title (lab.verdict()'s, so both say the same);
+      without it the verdict of `failed` for the last change of `flag` (`logs`, error logs, place
+      the failures of the minute of the change).
+
+    Labels never overlap: change labels take rows above the plot (short tags C1.. with a key under
+    the chart when they would not fit), problem titles likewise inside the plot, and the steps,
+    keys and badges sit under the axis and the legend.
 
     Returns a go.Figure (a go.FigureWidget when widget=True). layout.meta["labkit"] counts what was
-    drawn (change_markers, step_markers, problems, slots, empty, local) for tests and tools.
+    drawn (change_markers, step_markers, problems, slots, partial, empty, local, verdict).
     """
     import plotly.graph_objects as go
 
     rows = _rows(failed)
+    slot = _slot(failed)
     changes = _changes(events, timeline)
     steps = [s for s in _steps(timeline) if s.kind in STEP_LABELS and _utc(s.time) is not None]
-    marks = [_change_marks(changes, [_utc(r.get("timestamp")) for r in rows]), _step_marks(steps),
-             _problem_marks(problems)]
-    shapes = [s for part, _ in marks for s in part]
-    annotations = [a for _, part in marks for a in part] + _badges(not rows, local)
+    known = ([_utc(r.get("timestamp")) for r in rows] + [_utc(r.get("timestamp")) + slot for r in rows[-1:]]
+             + [w for w, _ in changes] + [_utc(s.time) for s in steps]
+             + [t for r in _rows(problems) for t in (_utc(r.get("start")),) if t is not None])
+    lo, span = (min(known), max(known) - min(known)) if known else (None, timedelta(0))
+    change_shapes, change_notes, change_key, rows_above = _change_marks(changes, lo, span)
+    step_shapes, step_key = _step_marks(steps)
+    problem_shapes, problem_notes, problem_key = _problem_marks(problems, lo, span)
+    partial = (["dashed box, hollow bar: the minute still running, its failures so far (no rate yet)"]
+               if any(r.get("partial") for r in rows) else [])
+    named = [("change-key", change_key), ("problem-key", problem_key), ("step", step_key),
+             ("partial", partial)]
+    below = sum(len(lines) for _, lines in named)
+    shapes = change_shapes + step_shapes + problem_shapes + _running_marks(rows, slot)
+    annotations = (change_notes + problem_notes + _caption(named, 80) + _badges(not rows, local))
+    if judged is None and verdict.windows(timeline, flag, events) is not None:
+        judged = verdict.compare(failed, timeline, flag=flag, events=events, logs=logs)
     meta = {"service": service, "local": bool(local), "slots": len(rows), "empty": not rows,
+            "partial": sum(bool(r.get("partial")) for r in rows),
             "change_markers": len(changes), "change_labels": [label for _, label in changes],
-            "step_markers": len(steps), "problems": len(marks[2][0])}
-    fig = go.Figure(_traces(go, rows))
-    fig.update_layout(**_layout(service, shapes, annotations, meta))
+            "step_markers": len(steps), "problems": len(problem_shapes),
+            "verdict": judged.text if judged is not None and judged.change else ""}
+    fig = go.Figure(_traces(go, rows, slot))
+    fig.update_layout(**_layout(service, meta["verdict"], shapes, annotations, meta, rows_above, below))
     if not rows and not shapes:
         now = _utc(datetime.now(timezone.utc))
         fig.update_xaxes(range=[now - timedelta(minutes=30), now])

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from labkit.errors import BadInput, LabError
-from labkit.progress import printer
+from labkit.progress import printer, settle
 from labkit.settings import FLAG
 
 
@@ -42,10 +42,12 @@ def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser],
 
 # ---- shared helpers for handlers -------------------------------------------------------------------
 def out(*parts) -> None:
+    settle()  # a progress line still being rewritten ends first
     print(*parts, flush=True)
 
 
 def err(*parts) -> None:
+    settle()
     print(*parts, file=sys.stderr, flush=True)
 
 
@@ -451,20 +453,60 @@ def _since(value: str) -> str:
     return f"now-{value}"
 
 
+def _limit_arg(p: argparse.ArgumentParser, default: int, what: str) -> None:
+    p.add_argument("--limit", type=int, default=default, help=f"show at most this many {what} (default {default})")
+
+
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= 1000:
+        raise BadInput(f"--limit must be between 1 and 1000; got {limit}.")
+
+
+def _shown(shown: int, total: int, what: str, capped: bool = False) -> None:
+    """'20 of 35 error logs (the newest), --limit to see more' when a listing shows part."""
+    if shown < total:
+        out(f"{shown} of {'at least ' if capped else ''}{total} {what}, --limit to see more")
+
+
+def _run_timeline(args):
+    """The run's timeline (what the notebooks and `labkit set` record), or None when there is none."""
+    from labkit.timeline import Timeline
+
+    path = settings(args).timeline_path()
+    return Timeline(path) if path.is_file() else None
+
+
 @command("failures", "the service's failed requests per minute, from Dynatrace",
          lambda p: (_since_args(p, "30m"), p.add_argument("--resolution", default="1m",
-                                                            help="slot size: 1m, 5m, 1h (default 1m)")))
+                                                            help="slot size: 1m, 5m, 1h (default 1m)"),
+                    _limit_arg(p, 30, "minutes (the newest)")))
 def cmd_failures(args) -> int:
+    from labkit import verdict
+
     if not re.match(r"^\d{1,4}[mhdw]$", args.resolution):
         raise BadInput(f"--resolution {args.resolution[:40]!r} must be a number and a unit: 1m, 5m, 1h or 1d.")
+    _check_limit(args.limit)
     since = _since(args.since)
+    timeline = _run_timeline(args)
     with dynatrace(args) as dt:
         df = dt.failed_requests(args.service, since=since, resolution=args.resolution)
         link = _service_link(dt, args.service)
-    df = df.assign(failure_rate=(df["failure_rate"] * 100).round(1).astype(str) + "%")
-    _frame(df, ["timestamp", "requests", "failed", "failure_rate"], f"no requests of {args.service} yet")
-    total, failed = int(df["requests"].sum()), int(df["failed"].sum())
-    out(f"{args.service}: {failed} of {total} requests failed in the last {args.since}")
+        judged = (verdict.judge(dt, timeline, df, args.service)
+                  if verdict.windows(timeline) is not None else None)
+    shown = df.tail(args.limit)
+    rows = [[f"{r.timestamp:%Y-%m-%d %H:%M}", str(r.requests) + (" (so far)" if r.partial else ""),
+             str(r.failed), verdict.pct(r.failure_rate)] for r in shown.itertuples()]
+    if rows:  # each row is the minute it covers (Dynatrace stamps a slot by its end)
+        out(table(rows, ["MINUTE (UTC)", "REQUESTS", "FAILED", "RATE"]))
+    else:
+        out(f"no requests of {args.service} yet")
+    _shown(len(shown), len(df), "minutes (the newest)")
+    total = verdict.Count(int(df["failed"].sum()), int(df["requests"].sum()))
+    out(f"{args.service}: {verdict.share_text(total, f'{args.service} requests', f'in the last {args.since}')}")
+    if judged is not None:
+        out(f"verdict: {judged.text}")
+        if judged.how:
+            out(f"  ({judged.how})")
     if link:
         out(f"the {args.service} service in Dynatrace: {link}")
     return 0
@@ -479,29 +521,40 @@ def _service_link(dt, service: str) -> str | None:
     return entity.link if entity else None
 
 
-@command("problems", "problems affecting the service", lambda p: _since_args(p, "1d"))
+@command("problems", "problems affecting the service",
+         lambda p: (_since_args(p, "1d"), _limit_arg(p, 20, "problems (the newest)")))
 def cmd_problems(args) -> int:
+    _check_limit(args.limit)
     with dynatrace(args) as dt:
         df = dt.problems(args.service, since=_since(args.since))
-    _frame(df, ["display_id", "status", "title", "start", "end", "affected"],
+    shown = df.head(args.limit)
+    _frame(shown, ["display_id", "status", "title", "start", "end", "affected"],
            f"no problems on {args.service} in the last {args.since}")
-    for display_id, link in zip(df["display_id"], df["link"]):
+    _shown(len(shown), len(df), "problems (the newest)")
+    for display_id, link in zip(shown["display_id"], shown["link"]):  # links last: they are long
         out(f"  {display_id}: {link}")
     return 0
 
 
 @command("logs", "the service's error logs (status ERROR; Grail with DT_PLATFORM_TOKEN)",
-         lambda p: (_since_args(p, "1h"), p.add_argument("--limit", type=int, default=20)))
+         lambda p: (_since_args(p, "1h"), _limit_arg(p, 20, "error logs (the newest)")))
 def cmd_logs(args) -> int:
-    if not 1 <= args.limit <= 1000:
-        raise BadInput("--limit must be between 1 and 1000.")
-    with dynatrace(args) as dt:
-        df = dt.error_logs(args.service, since=_since(args.since), limit=args.limit)
+    from labkit import verdict
+
+    _check_limit(args.limit)
+    with dynatrace(args) as dt:  # up to 1000 read, so the listing can say how many there are
+        df = dt.error_logs(args.service, since=_since(args.since), limit=1000)
     link = df.attrs.get("link")
-    if len(df):  # one line per log: the first line of the message says what failed
-        df = df.assign(content=df["content"].str.split("\n").str[0].str.strip())
-    _frame(df, ["timestamp", "loglevel", "trace_id", "content"], f"no error logs of {args.service} "
+    shown = df.head(args.limit)
+    if len(shown):  # one line per log: the first line of the message says what failed
+        shown = shown.assign(content=shown["content"].str.split("\n").str[0].str.strip())
+    _frame(shown, ["timestamp", "loglevel", "trace_id", "content"], f"no error logs of {args.service} "
            f"in the last {args.since}")
+    _shown(len(shown), len(df), f"error logs in the last {args.since} (the newest)", capped=len(df) >= 1000)
+    w = verdict.windows(_run_timeline(args))
+    if w is not None and len(df):  # one error log per failed EmptyCart: the verdict's failures
+        after = int((df["timestamp"].dt.tz_localize(None) >= w.change_at).sum())
+        out(f"{after} of them since {w.label} at {w.change_at:%H:%M:%S} UTC")
     if link:
         out(f"in the Logs app: {link}")
     return 0
@@ -518,7 +571,8 @@ def cmd_shop(args) -> int:
 
     if not 0 < args.minutes <= 60:
         raise BadInput("--minutes must be more than 0 and at most 60.")
-    result = Shop(settings(args)).run(seconds=args.minutes * 60, rate=args.rate, progress=printer())
+    with printer() as progress:  # one line rewritten in place on a terminal
+        result = Shop(settings(args)).run(seconds=args.minutes * 60, rate=args.rate, progress=progress)
     out(result.summary())
     for note in result.notes:
         err(f"note: {note}")

@@ -613,15 +613,20 @@ class Lab:
                 errors.append(exc)
                 return None
 
+        failed = part(self.failed_requests)
         return charts.failures_figure(
-            part(self.failed_requests), events=part(self.change_events), problems=part(self.problems),
-            timeline=self.timeline, service=service, local=self.local)
+            failed, events=part(self.change_events), problems=part(self.problems),
+            timeline=self.timeline, service=service, local=self.local,
+            judged=part(lambda s, _since: self._judge(s, failed)))
 
     def verdict(self, service: str = names.SERVICE, flag: str = names.FLAG):
-        """Failure rate before the change against after flagd served the new value."""
+        """Failure rate before the change against after it (the chart's subtitle says the same)."""
+        return self._judge(service, self.failed_requests(service, self.since()), flag)
+
+    def _judge(self, service: str, failed, flag: str = names.FLAG):
         from labkit import verdict
 
-        return verdict.compare(self.failed_requests(service, self.since()), self.timeline, flag=flag)
+        return verdict.judge(self.dynatrace, self.timeline, failed, service, flag)
 
     # --- roll back and reset --------------------------------------------------------------------
     def roll_back(self, flag: str = names.FLAG, service: str = names.SERVICE,

@@ -27,6 +27,7 @@ from labkit import cards
 from labkit.errors import BadInput
 from labkit.progress import Progress
 from labkit.settings import DEFAULT_FRONTEND_URL, Settings
+from labkit.verdict import Count, share_text
 
 FALLBACK_PRODUCT = "OLJCESPC7Z"  # the demo catalogue's first product
 PORT_FORWARD_HINT = ("run `kubectl -n default port-forward svc/frontend-proxy 8080:8080` in another "
@@ -73,13 +74,18 @@ class ShopResult:
         return bool(self.failures) and self.failure_count == self.operations and all(
             f.status is None for f in self.failures)
 
+    @property
+    def empties_text(self) -> str:
+        """'9.8 % (5 of 51 EmptyCart calls failed)', as the verdict shows a rate; "" without any."""
+        total = self.by_operation.get("empty", 0)
+        failed = self.failures_by_operation.get("empty", 0)
+        return share_text(Count(failed, total), "EmptyCart calls") if total else ""
+
     def summary(self) -> str:
-        empties = self.by_operation.get("empty", 0)
-        failed_empties = self.failures_by_operation.get("empty", 0)
         text = (f"{self.sessions} sessions, {self.operations} operations in {self.seconds:.1f} s "
                 f"({self.ops_per_second:.0f}/s), {self.failure_count} failed")
-        if empties:
-            text += f" ({failed_empties} of {empties} cart empties)"
+        if self.empties_text:
+            text += f"; EmptyCart: {self.empties_text}"
         if self.first_failure_at:
             text += f", first failure at {self.first_failure_at:%H:%M:%S} UTC"
         if self.interrupted:

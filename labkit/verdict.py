@@ -1,4 +1,16 @@
-"""Before/after: the failure rate around the last change of a flag, as a sentence (no plotting)."""
+"""Before/after: the failure rate around the last change of a flag, as a sentence (no plotting).
+
+The one definition every view uses: `windows()` says what "before" and "after" a change are,
+`count()` counts failures and requests in such a window, `rise_text()` / `share_text()` print a
+rate. The verdict, the chart's caption, `labkit failures`, `labkit logs` and the traffic card call
+these, so they cannot disagree.
+
+Times are the data's own: per-call records (spans: timestamp, failed) are counted by their
+timestamps; per-minute slots (timestamp = the minute's start) count whole where they lie on one
+side, and the minute of the change is split at the change: its failures by the timestamps of its
+error logs when they are given (else by time), its other requests in proportion to the seconds on
+each side.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,46 +20,55 @@ from labkit import cards
 from labkit.timeline import EVENT_SENT, FLAG_APPLIED, FLAGD_SERVING, Timeline, change_label
 
 NAN = float("nan")
+WINDOW = timedelta(minutes=5)
 
 
-@dataclass
-class Verdict:
-    """The failure rate before the change against after flagd served the new value."""
+# --- the definition ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Count:
+    """Failures of `total` requests (or calls) in one window."""
 
-    before_rate: float
-    after_rate: float
-    before_requests: int
-    after_requests: int
-    text: str
-    rose: bool
-    change: str = ""
-    before_failed: int = 0
-    after_failed: int = 0
+    failed: int
+    total: int
 
-    def __str__(self) -> str:
-        return self.text
-
-    def __repr__(self) -> str:
-        return f"verdict: {self.text}"
-
-    def _repr_html_(self) -> str:
-        return cards.verdict(self)
+    @property
+    def rate(self) -> float:
+        return self.failed / self.total if self.total else NAN
 
 
-def _pct(rate: float) -> str:
-    return f"{rate * 100:.1f}%"
+def pct(rate: float) -> str:
+    """'9.8 %', how every view prints a failure rate ('-' when there was nothing to count)."""
+    return "-" if rate != rate else f"{rate * 100:.1f} %"
 
 
-def _minutes(window: timedelta) -> str:
-    return f"{window.total_seconds() / 60:g} min"
+def share_text(c: Count, unit: str, when: str = "") -> str:
+    """'9.8 % (5 of 51 EmptyCart calls failed after the change)': one rate, with its counts."""
+    return f"{pct(c.rate)} ({c.failed} of {c.total} {unit} failed{' ' + when if when else ''})"
+
+
+def rise_text(before: Count, after: Count, unit: str, when: str = "after the change") -> str:
+    """'0.0 % → 9.8 % (5 of 51 EmptyCart calls failed after the change)': how a rise (or fall) is
+    always shown."""
+    return f"{pct(before.rate)} → {share_text(after, unit, when)}"
+
+
+@dataclass(frozen=True)
+class Windows:
+    """The change being judged and the two windows around it (naive UTC timestamps)."""
+
+    label: str            # "cartFailure: off → on"
+    change_at: object     # when the flag was applied
+    served_at: object     # when flagd first served the new value
+    before: tuple         # [start, end)
+    after: tuple          # [start, None): from the change on, up to the newest data
 
 
 def _naive(value):
-    """A naive UTC pandas Timestamp (the frame's slots are compared in naive UTC)."""
+    """A naive UTC pandas Timestamp (the windows are compared in naive UTC)."""
     import pandas as pd
 
     ts = pd.Timestamp(value)
-    return ts.tz_localize(None) if ts.tzinfo is None else ts.tz_convert("UTC").tz_localize(None)
+    return ts if ts.tzinfo is None else ts.tz_convert("UTC").tz_localize(None)
 
 
 def _the_change(timeline: Timeline | None, flag: str, events):
@@ -65,85 +86,193 @@ def _the_change(timeline: Timeline | None, flag: str, events):
     return None, flag
 
 
-def _old_served_since(timeline: Timeline | None, flag: str, change_at):
-    """When flagd began serving the value this change replaced (the last serving step of `flag`
-    before the change), or None: "before" must not reach back into an earlier state of the flag."""
-    earlier = [s for s in (timeline.steps if timeline is not None else [])
-               if s.kind == FLAGD_SERVING and s.flag == flag and _naive(s.time) < change_at]
-    return _naive(earlier[-1].time) if earlier else None
+def windows(timeline: Timeline | None, flag: str = "cartFailure", events=None,
+            window: timedelta = WINDOW) -> Windows | None:
+    """Before = the `window` up to the change (not reaching back past when flagd began serving the
+    value it replaced); after = from the change on (a failure right of the chart's change marker is
+    after it, also one while flagd was restarting). None: no change of `flag` yet."""
+    change_at, label = _the_change(timeline, flag, events)
+    if change_at is None:
+        return None
+    steps = [s for s in (timeline.steps if timeline is not None else []) if s.kind == FLAGD_SERVING]
+    earlier = [_naive(s.time) for s in steps if s.flag == flag and _naive(s.time) < change_at]
+    later = [_naive(s.time) for s in steps if s.flag in (flag, None) and _naive(s.time) >= change_at]
+    start = max(change_at - window, earlier[-1]) if earlier else change_at - window
+    served_at = later[0] if later else change_at
+    return Windows(label, change_at, served_at, (start, change_at), (change_at, None))
 
 
-def _served_at(timeline: Timeline | None, flag: str, change_at):
-    """When flagd first served a value of `flag` at or after the change (else the change itself)."""
-    for step in (timeline.steps if timeline is not None else []):
-        if step.kind == FLAGD_SERVING and step.flag in (flag, None) and _naive(step.time) >= change_at:
-            return _naive(step.time)
-    return change_at
+def count(frame, start, end, logs=None) -> Count:
+    """Failures and requests in [start, end) (end None: up to the newest data).
 
-
-def _totals(part) -> tuple[int, int]:
-    if not len(part):
-        return 0, 0
-    return int(part["failed"].fillna(0).sum()), int(part["requests"].fillna(0).sum())
-
-
-def _windows(frame, change_at, served_at, window: timedelta, min_requests: int, old_since=None):
-    """(before, after, note): slots ending in (change - window, change] (whole slots after the old
-    value began to be served, when the timeline knows), and whole slots after flagd served the new
-    value up to `window` later (timestamps are slot ends; a slot that started before the change
-    mixes both sides, so it counts only when there is nothing else yet)."""
-    import pandas as pd
-
-    if not len(frame):
-        return frame, frame, ""
-    ts = pd.to_datetime(frame["timestamp"], utc=True).dt.tz_localize(None)
-    slot = ts.diff().median() if len(ts) > 1 else pd.Timedelta(minutes=1)
-    slot = slot if slot == slot else pd.Timedelta(minutes=1)  # NaT when the diffs are undefined
-    start = change_at - window if old_since is None else max(change_at - window, old_since + slot)
-    before = frame[((ts > start) & (ts <= change_at)).to_numpy()]
-    after = frame[((ts - slot >= served_at) & (ts <= served_at + window)).to_numpy()]
-    if _totals(after)[1] >= min_requests:
-        return before, after, ""
-    after = frame[((ts > served_at) & (ts <= served_at + window)).to_numpy()]
-    return before, after, " (includes the minute of the change)"
-
-
-def _sentence(b_rate: float, a_rate: float, b_req: int, a_req: int, after_what: str,
-              window: timedelta, min_requests: int) -> tuple[str, bool]:
-    if a_req < min_requests:
-        return "not enough traffic after the change yet: run generate_traffic()", False
-    if not b_req:
-        return (f"failure rate is {_pct(a_rate)} {after_what} "
-                f"(no traffic in the {_minutes(window)} before it to compare with)"), False
-    if a_rate - b_rate > 0.005:
-        return f"failure rate rose from {_pct(b_rate)} to {_pct(a_rate)} {after_what}", True
-    if b_rate - a_rate > 0.005:
-        return f"failure rate fell from {_pct(b_rate)} to {_pct(a_rate)} {after_what}", False
-    if _pct(b_rate) == _pct(a_rate):
-        return f"failure rate stayed at {_pct(a_rate)} {after_what}", False
-    return (f"failure rate stayed about the same ({_pct(b_rate)} before, {_pct(a_rate)} after) "
-            f"{after_what}"), False
-
-
-def compare(failed, timeline: Timeline | None, flag: str = "cartFailure",
-            window: timedelta = timedelta(minutes=5), events=None, min_requests: int = 5) -> Verdict:
-    """Judge the last change of `flag`: the failure rate in `window` before it against after it.
-
-    The change is the timeline's "flag applied" step for `flag` (else its "event sent", else the last
-    change event of that flag in `events`); "after" starts when flagd served the new value. With
-    fewer than `min_requests` requests after, it says to generate traffic.
+    `frame` is per call (timestamp, failed: bool; e.g. spans) or per slot (timestamp = slot start,
+    failed, requests). A slot that straddles a bound is split: its failures by the timestamps of
+    `logs` (one error log per failed call) in that slot when there are any, else by time; its other
+    requests in proportion to the seconds inside.
     """
     import pandas as pd
 
-    change_at, label = _the_change(timeline, flag, events)
-    if change_at is None:
+    if frame is None or not len(frame):
+        return Count(0, 0)
+    start = _naive(start)
+    end = pd.Timestamp.max if end is None else _naive(end)
+    ts = pd.to_datetime(frame["timestamp"], utc=True).dt.tz_localize(None)
+    if "requests" not in frame:  # one row per call
+        inside = ((ts >= start) & (ts < end)).to_numpy()
+        return Count(int(frame["failed"].to_numpy()[inside].astype(bool).sum()), int(inside.sum()))
+    slot = _slot(frame, ts)
+    log_ts = _log_times(logs)
+    failed = total = 0.0
+    for s, f, r in zip(ts, frame["failed"].fillna(0), frame["requests"].fillna(0)):
+        e = s + slot
+        share = max(pd.Timedelta(0), min(end, e) - max(start, s)) / slot
+        if share <= 0:
+            continue
+        in_slot = log_ts[(log_ts >= s) & (log_ts < e)] if log_ts is not None and share < 1 else ()
+        f_in = f * (((in_slot >= start) & (in_slot < end)).sum() / len(in_slot) if len(in_slot) else share)
+        failed += f_in
+        total += f_in + (r - f) * share  # the failures where they happened, the rest by time
+    return Count(int(failed + 0.5), int(total + 0.5))  # half up: 4.5 failures read as 5
+
+
+def _slot(frame, ts):
+    import pandas as pd
+
+    slot = frame.attrs.get("slot")
+    if slot is None:
+        slot = ts.diff().median() if len(ts) > 1 else pd.Timedelta(minutes=1)
+    return slot if slot == slot and slot > pd.Timedelta(0) else pd.Timedelta(minutes=1)
+
+
+def _log_times(logs):
+    import pandas as pd
+
+    if logs is None or not len(logs):
+        return None
+    return pd.DatetimeIndex(pd.to_datetime(logs["timestamp"], utc=True)).tz_localize(None)
+
+
+def straddled(frame, w: Windows) -> str:
+    """How the minute of the change was counted, for the verdict's note ("" when no slot straddles)."""
+    import pandas as pd
+
+    if frame is None or not len(frame) or "requests" not in frame:
+        return ""
+    ts = pd.to_datetime(frame["timestamp"], utc=True).dt.tz_localize(None)
+    slot = _slot(frame, ts)
+    cut = [s for s in ts if s < w.change_at < s + slot]
+    if not cut:
+        return ""
+    s = cut[0]
+    before = (w.change_at - s).total_seconds()
+    after = (s + slot - w.change_at).total_seconds()
+    return (f"the minute {s:%H:%M} is split at the change ({before:.0f} s before, {after:.0f} s after): "
+            "its failures by their error logs' timestamps, its other requests by time")
+
+
+# --- the verdict --------------------------------------------------------------------------------
+@dataclass
+class Verdict:
+    """The failure rate before the change against after flagd served the new value."""
+
+    before_rate: float
+    after_rate: float
+    before_requests: int
+    after_requests: int
+    text: str
+    rose: bool
+    change: str = ""
+    before_failed: int = 0
+    after_failed: int = 0
+    unit: str = ""  # what was counted: "EmptyCart calls" or "cart requests"
+    how: str = ""   # how the minute of the change was counted, when it mattered
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"verdict: {self.text}"
+
+    def _repr_html_(self) -> str:
+        return cards.verdict(self)
+
+
+def _minutes(window: timedelta) -> str:
+    return f"{window.total_seconds() / 60:g} min"
+
+
+def _sentence(b: Count, a: Count, unit: str, rate_name: str, w: Windows, min_requests: int
+              ) -> tuple[str, bool]:
+    after = f"after {w.label}"
+    if a.total < min_requests and not a.failed:
+        return (f"not enough traffic {after} yet ({a.total} {unit} since {w.change_at:%H:%M:%S} "
+                "UTC): run generate_traffic()"), False
+    if not b.total:
+        return (f"{rate_name} is {share_text(a, unit, after)}; no {unit} in the "
+                f"{_minutes(w.before[1] - w.before[0])} before the change to compare with"), False
+    rise = rise_text(b, a, unit, after)
+    if not b.failed and not a.failed:
+        return f"no {unit} failed before or {after}: {rise}", False
+    if a.rate - b.rate > 0.005 or (a.failed and not b.failed):
+        return f"{rate_name} rose: {rise}", True
+    if b.rate - a.rate > 0.005:
+        return f"{rate_name} fell: {rise}", False
+    return f"{rate_name} about the same: {rise}", False
+
+
+def compare(failed, timeline: Timeline | None, flag: str = "cartFailure", window: timedelta = WINDOW,
+            events=None, min_requests: int = 5, logs=None, unit: str | None = None) -> Verdict:
+    """Judge the last change of `flag`: the failure rate in `window` before it against after it.
+
+    `failed` is per call (spans of one operation: timestamp, failed; `unit` e.g. "EmptyCart calls")
+    or per minute (Dynatrace.failed_requests: all requests of the service; unit "cart requests").
+    `logs` (error logs, one per failed call) place the failures of the minute of the change. With
+    fewer than `min_requests` requests after and no failure, it says to generate traffic.
+    """
+    per_call = failed is not None and "requests" not in failed
+    unit = unit or ("calls" if per_call else "cart requests")
+    rate_name = f"failure rate of {unit}" if per_call else f"failure rate of all {unit}"
+    w = windows(timeline, flag, events, window)
+    if w is None:
         return Verdict(NAN, NAN, 0, 0, f"no change of {flag} in this run yet: apply one with the "
-                       "flag switch or lab.change_flag()", False)
-    frame = failed if failed is not None else pd.DataFrame(columns=["timestamp", "failed", "requests"])
-    before, after, note = _windows(frame, change_at, _served_at(timeline, flag, change_at), window,
-                                   min_requests, _old_served_since(timeline, flag, change_at))
-    (b_failed, b_req), (a_failed, a_req) = _totals(before), _totals(after)
-    b_rate = b_failed / b_req if b_req else NAN
-    a_rate = a_failed / a_req if a_req else NAN
-    text, rose = _sentence(b_rate, a_rate, b_req, a_req, f"after {label}{note}", window, min_requests)
-    return Verdict(b_rate, a_rate, b_req, a_req, text, rose, label, b_failed, a_failed)
+                       "flag switch or lab.change_flag()", False, unit=unit)
+    b, a = count(failed, *w.before, logs=logs), count(failed, *w.after, logs=logs)
+    text, rose = _sentence(b, a, unit, rate_name, w, min_requests)
+    return Verdict(b.rate, a.rate, b.total, a.total, text, rose, w.label, b.failed, a.failed, unit,
+                   "" if per_call else straddled(failed, w))
+
+
+def judge(dt, timeline: Timeline | None, failed, service: str = "cart", flag: str = "cartFailure",
+          operation: str = "EmptyCart", events=None) -> Verdict:
+    """The verdict every view shows: from the calls' own times where the tenant has them (Grail's
+    spans of `operation`: "EmptyCart calls"), else from `failed`'s minutes (all requests of
+    `service`), the minute of the change placed by its error logs."""
+    from labkit.errors import LabError
+
+    w = windows(timeline, flag, events)
+    if w is None:
+        return compare(failed, timeline, flag, events=events)
+    try:
+        calls = dt.calls(service, operation, since=w.before[0].tz_localize("UTC").to_pydatetime())
+    except LabError:  # no spans on this tenant or token: the metrics' minutes
+        calls = None
+    if calls is not None and len(calls):
+        return compare(calls, timeline, flag, events=events, unit=f"{operation} calls")
+    return compare(failed, timeline, flag, events=events, unit=f"{service} requests",
+                   logs=change_minute_logs(dt, timeline, service, flag))
+
+
+def change_minute_logs(dt, timeline: Timeline | None, service: str = "cart", flag: str = "cartFailure"):
+    """Error logs from the start of the minute of the last change of `flag` (their timestamps place
+    that minute's failures before or after it) read through `dt` (a labkit.dynatrace.Dynatrace);
+    None when there is no change or the logs cannot be read (then that minute is split by time)."""
+    from labkit.errors import LabError
+
+    w = windows(timeline, flag)
+    if w is None:
+        return None
+    try:
+        return dt.error_logs(service, since=w.change_at.floor("min").tz_localize("UTC").to_pydatetime(),
+                             limit=1000)
+    except LabError:  # e.g. a token without log access: the verdict still stands, split by time
+        return None

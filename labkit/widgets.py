@@ -364,11 +364,13 @@ def static_charts() -> bool:
 
 
 class LiveChart(_Displayable):
-    """The failures chart, refreshed every `every` seconds in a background thread, with a Stop button.
+    """The failures chart, refreshed every `every` seconds in a background thread, with a Stop
+    button that turns into Start (a stopped chart goes on where it was).
 
     Where widgets cannot render (see `static_charts()`, or static=True) it is drawn once as a static
     figure instead. The refresh thread is a daemon and stops itself after `max_duration` seconds.
-    Errors while refreshing are shown under the chart; the last good figure stays.
+    Errors while refreshing are shown under the chart; the last good figure stays. The widget takes
+    the notebook's full width, as the static chart does.
     """
 
     def __init__(self, lab, service: str = SERVICE, every: float = 5.0, since=None,
@@ -388,16 +390,21 @@ class LiveChart(_Displayable):
             self.widget = None
             return
         import ipywidgets as w
-        import plotly.graph_objects as go
 
-        self.figure = go.FigureWidget(figure)
+        # Drawn by the notebook's own plotly renderer inside an Output widget, as the static chart
+        # is: as wide as the cell (a FigureWidget is drawn before it is attached, so at 700 px).
+        self.figure = figure
+        self.output = w.Output(layout=w.Layout(width="100%"))
+        self.output.add_class("labkit-live-figure")
+        self._draw(figure)
         self.stop_button = w.Button(description="Stop", icon="stop", button_style="warning",
                                     tooltip="stop refreshing this chart")
         self.stop_button.add_class("labkit-stop")
-        self.stop_button.on_click(lambda _b: self.stop())
+        self.stop_button.on_click(lambda _b: self.stop() if self.running else self.start())
         self.status = w.HTML("")
         self.status.add_class("labkit-status")
-        self.widget = w.VBox([self.figure, w.HBox([self.stop_button, self.status])])
+        self.widget = w.VBox([self.output, w.HBox([self.stop_button, self.status])],
+                             layout=w.Layout(width="100%"))
         self.widget.add_class("labkit-live-chart")
         self._show_status()
         if start:
@@ -423,33 +430,29 @@ class LiveChart(_Displayable):
                 self.error = exc
                 fresh = None
             if fresh is not None:
-                if self.static:
-                    self.figure = fresh
-                else:
-                    with self.figure.batch_update():
-                        for mine, new in zip(self.figure.data, fresh.data):
-                            mine.x, mine.y = new.x, new.y
-                            if getattr(new, "customdata", None) is not None:
-                                mine.customdata = new.customdata
-                        self.figure.layout.shapes = fresh.layout.shapes
-                        self.figure.layout.annotations = fresh.layout.annotations
-                        self.figure.layout.meta = fresh.layout.meta
-                        self.figure.layout.title = fresh.layout.title
-                        self.figure.layout.xaxis = fresh.layout.xaxis
-                        self.figure.layout.yaxis = fresh.layout.yaxis
-                        self.figure.layout.yaxis2 = fresh.layout.yaxis2
+                self.figure = fresh
+                if not self.static:
+                    self._draw(fresh)
                 self.updates += 1
             self._show_status()
+
+    def _draw(self, figure) -> None:
+        """Show `figure` in the widget: one output replaced in one message, so nothing flickers."""
+        self.output.outputs = ({"output_type": "display_data", "metadata": {},
+                                "data": _plotly_bundle(figure)},)
 
     def _show_status(self, note: str = "") -> None:
         if self.static:
             return
+        running = self.running
+        self.stop_button.description, self.stop_button.icon = ("Stop", "stop") if running else ("Start", "play")
+        self.stop_button.tooltip = "stop refreshing this chart" if running else "refresh this chart again"
         if self.error is not None:
             self.status.value = (f'<span style="color:{_RED}">✘ {html.escape(_error_text(self.error))}'
                                  "</span>")
             return
         stamp = time.strftime("%H:%M:%S", time.gmtime())
-        state = note or (f"live, every {self.every:g} s" if self.running else "not refreshing")
+        state = note or (f"live, every {self.every:g} s" if running else "not refreshing")
         self.status.value = f"<small>{html.escape(state)}; updated {stamp} UTC</small>"
 
     # -- the thread ---
@@ -458,31 +461,32 @@ class LiveChart(_Displayable):
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
+        """Refresh (again) every `every` seconds, also after Stop or after max_duration ran out."""
         if self.static or self.running:
             return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="labkit-live-chart")
+        self._stop = stop = threading.Event()  # each run its own: an old loop never sees a new start
+        self._thread = threading.Thread(target=self._loop, args=(stop,), daemon=True,
+                                        name="labkit-live-chart")
         self._thread.start()
-        self.stop_button.disabled = False
         self._show_status()
 
-    def _loop(self) -> None:
+    def _loop(self, stop: threading.Event) -> None:
         deadline = time.monotonic() + self.max_duration
-        note = "stopped"
-        while not self._stop.wait(self.every):
+        note = "stopped; Start refreshes again"
+        while not stop.wait(self.every):
             if time.monotonic() >= deadline:
-                note = f"stopped after {self.max_duration / 60:g} min; run the cell again to go on"
+                note = f"stopped after {self.max_duration / 60:g} min; Start refreshes again"
                 break
             self.refresh()
-        self._thread = None
+        if self._thread is threading.current_thread():
+            self._thread = None
         try:
-            self.stop_button.disabled = True
+            self._show_status(note)
         except Exception:
             pass
-        self._show_status(note)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop refreshing (the chart stays as it is)."""
+        """Stop refreshing (the chart stays as it is; start() or the Start button goes on)."""
         self._stop.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -492,6 +496,17 @@ class LiveChart(_Displayable):
         if self.static:
             return _figure_bundle(self.figure, include, exclude)
         return super()._repr_mimebundle_(include=include, exclude=exclude)
+
+
+def _plotly_bundle(figure) -> dict:
+    """The figure as JSON in plotly's mimetype (what JupyterLab's and VS Code's renderers draw,
+    responsive to the cell's width), with a line of text for everything else."""
+    import json
+
+    meta = (figure.layout.meta or {}).get("labkit", {}) if figure.layout.meta else {}
+    return {"application/vnd.plotly.v1+json": {**json.loads(figure.to_json()), "config": {"responsive": True}},
+            "text/plain": f"<{figure.layout.title.text or 'chart'}: {meta.get('slots', 0)} slots, "
+                          f"{meta.get('change_markers', 0)} change markers>"}
 
 
 def _figure_bundle(figure, include=None, exclude=None) -> dict:

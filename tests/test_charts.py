@@ -15,14 +15,16 @@ from labkit.timeline import Timeline
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=timezone.utc)
 
 
-def failed_frame(rows):
-    """rows: (minute offset from T0, failed, requests) -> the dynatrace.failed_requests shape."""
+def failed_frame(rows, partial_last=False):
+    """rows: (minute offset from T0, failed, requests) -> the dynatrace.failed_requests shape: the
+    minute T0+m covers [T0+m, T0+m+1); with partial_last the last minute is still running."""
     ts = pd.to_datetime([T0 + timedelta(minutes=m) for m, _, _ in rows], utc=True)
     failed = [f for _, f, _ in rows]
     requests = [r for _, _, r in rows]
     rate = [f / r if r else np.nan for _, f, r in rows]
+    partial = [partial_last and i == len(rows) - 1 for i in range(len(rows))]
     return pd.DataFrame({"timestamp": ts, "failed": failed, "requests": requests,
-                         "failure_rate": rate})
+                         "failure_rate": rate, "partial": partial})
 
 
 def events_frame(*changes):
@@ -68,10 +70,15 @@ def test_figure_shows_bars_rate_change_marker_steps_and_problem():
     failed = failed_frame([(m, 0 if m <= 11 else 3, 30) for m in range(1, 21)])
     fig = charts.failures_figure(failed, events=events_frame((10, "off", "on")),
                                  problems=problems_frame(14, 19), timeline=change_timeline())
-    bars, rate = fig.data
-    assert bars.type == "bar" and len(bars.x) == 20 and list(bars.y)[-1] == 3
+    bars, so_far, rate = fig.data
+    assert bars.type == "bar" and len(bars.x) == 20 and list(bars.y)[-1] == 3 and not so_far.x
     assert rate.yaxis == "y2" and rate.y[-1] == pytest.approx(10.0)
-    assert fig.layout.title.text == "cart: failed requests"
+    assert fig.layout.title.text == "cart: failed requests per minute"
+    # the subtitle is the verdict's own sentence
+    assert fig.layout.title.subtitle.text == fig.layout.meta["labkit"]["verdict"]
+    # after = from the change at 10:10 on: minutes 10..20, 27 of 330 requests failed
+    assert fig.layout.title.subtitle.text == ("failure rate of all cart requests rose: 0.0 % → 8.2 % "
+                                              "(27 of 330 cart requests failed after cartFailure: off → on)")
     change = annotations(fig, "change")
     assert [a.text for a in change] == ["cartFailure: off → on"]
     assert shapes(fig, "change")[0].line.dash == "dash"
@@ -92,7 +99,9 @@ def test_x_axis_is_utc_even_for_other_timezones():
     failed = failed_frame([(1, 0, 10)])
     failed["timestamp"] = failed["timestamp"].dt.tz_convert("Europe/Vienna")
     fig = charts.failures_figure(failed)
-    assert pd.Timestamp(fig.data[0].x[0]) == pd.Timestamp(T0 + timedelta(minutes=1)).tz_localize(None)
+    # the bar stands over the minute it covers: 10:01:00-10:02:00, centred at 10:01:30 UTC
+    assert pd.Timestamp(fig.data[0].x[0]) == pd.Timestamp(T0 + timedelta(minutes=1.5)).tz_localize(None)
+    assert fig.data[0].hovertext[0].startswith("10:01–10:02 UTC: 0 failed of 10 requests")
     assert "UTC" in fig.layout.xaxis.title.text
 
 
@@ -117,7 +126,7 @@ def test_empty_data_says_no_data_yet():
         (note,) = annotations(fig, "no-data")
         assert "no data yet" in note.text
         assert fig.layout.meta["labkit"]["empty"] is True
-        assert len(fig.data) == 2  # same traces, so a live chart can fill them in later
+        assert len(fig.data) == 3  # same traces, so a live chart can fill them in later
 
 
 def test_timeline_event_stands_in_when_dynatrace_has_no_change_events_yet():
@@ -147,3 +156,62 @@ def test_import_is_cheap():
     code = "import sys, labkit.charts; print(any(m.startswith(('plotly', 'pandas')) for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# --- the running minute and legibility -----------------------------------------------------------
+def test_the_running_minute_is_hollow_and_so_far_never_a_drop_to_zero():
+    failed = failed_frame([(m, 3, 30) for m in range(1, 10)] + [(10, 0, 2)], partial_last=True)
+    fig = charts.failures_figure(failed)
+    bars, so_far, rate = fig.data
+    assert len(bars.x) == 9 and list(so_far.y) == [0]          # not among the finished minutes
+    assert "so far" in so_far.hovertext[0] and so_far.marker.pattern.shape == "/"
+    assert len(rate.x) == 9 and 0.0 not in list(rate.y)        # the line never drops to 0 %
+    (box,) = shapes(fig, "partial")                             # the running minute, dashed
+    assert box.line.dash == "dash" and pd.Timestamp(box.x0) == pd.Timestamp(T0 + timedelta(minutes=10)).tz_localize(None)
+    assert [a.text for a in annotations(fig, "partial")] == [
+        "dashed box, hollow bar: the minute still running, its failures so far (no rate yet)"]
+    assert fig.layout.meta["labkit"]["partial"] == 1
+
+
+def _boxes(fig, name, px_per_minute):
+    """(left, right, row) in px of each label called `name` (the figure's own estimate of width)."""
+    out = []
+    for a in annotations(fig, name):
+        x = (pd.Timestamp(a.x) - pd.Timestamp(T0).tz_localize(None)) / timedelta(minutes=1) * px_per_minute
+        w = len(a.text) * charts.CHAR_PX
+        left = x - w if a.xanchor == "right" else x
+        out.append((left, left + w, a.yshift))
+    return out
+
+
+def _overlaps(boxes):
+    return [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:]
+            if a[2] == b[2] and not (a[1] + 4 < b[0] or b[1] + 4 < a[0])]
+
+
+def test_three_close_changes_and_two_problems_stay_legible():
+    """A flip, its rollback and a flip again minutes apart, two problems: no label lies on another;
+    crowded labels become tags with their key under the chart; nothing under the chart overlaps."""
+    failed = failed_frame([(m, 3 if 10 <= m < 14 or m >= 16 else 0, 30) for m in range(0, 31)])
+    events = events_frame((9.8, "off", "on"), (13.9, "on", "off"), (15.7, "off", "on"))
+    tl = change_timeline(15.7, 16.1)
+    problems = pd.concat([problems_frame(11, 15), problems_frame(17)], ignore_index=True)
+    problems.loc[1, "display_id"] = "P-2611002"
+    fig = charts.failures_figure(failed, events=events, problems=problems, timeline=tl, local=True)
+    per_minute = charts.NOMINAL_PX / 31
+    for name in ("change", "problem"):
+        assert not _overlaps(_boxes(fig, name, per_minute)), name
+    # three full labels within 6 minutes do not fit in two rows: tags, and their key under the chart
+    assert [a.text for a in annotations(fig, "change")] == ["C1", "C2", "C3"]
+    (key,) = annotations(fig, "change-key")
+    assert "C2 10:13:54 cartFailure: on → off" in key.text
+    assert [a.text.split(" ")[0] for a in annotations(fig, "problem")] == ["P-2611001", "P-2611002"]
+    # under the plot: legend row (with the badge at the right), then caption blocks one under another
+    below = sorted((-a.yshift, a.name, a.text.count("<br>") + 1) for a in fig.layout.annotations
+                   if a.yref == "paper" and a.y == 0)
+    for (top, name, lines), (next_top, _, _) in zip(below, below[1:]):
+        assert next_top >= top + (lines if name != "local-lab" else 1) * charts.LINE_PX - 1, below
+    # all of it inside the figure: the bottom margin holds the last caption line
+    last_top, _, lines = below[-1]
+    assert last_top + lines * charts.LINE_PX <= fig.layout.margin.b
+    assert fig.layout.margin.t >= 78 + 17 * (max(a.yshift for a in annotations(fig, "change")) // 17)

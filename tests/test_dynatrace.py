@@ -235,8 +235,14 @@ def test_error_log_frame_columns(dt):
 
 def test_failed_requests_frame(dt):
     frame = dt.failed_requests("cart", since="now-1h")
-    assert list(frame.columns) == ["timestamp", "failed", "requests", "failure_rate"]
+    assert list(frame.columns) == ["timestamp", "failed", "requests", "failure_rate", "partial"]
     assert str(frame["timestamp"].dt.tz) == "UTC"
+    # each row is the minute it covers (the API stamps the slot's end), only the running one partial
+    import pandas as pd
+
+    last, now = frame.iloc[-1], pd.Timestamp.now(tz="UTC")
+    assert last["timestamp"] <= now < last["timestamp"] + pd.Timedelta(minutes=1, seconds=5)
+    assert last["partial"] and not frame["partial"].iloc[:-1].any()
     assert frame["failed"].dtype == "int64" and frame["requests"].dtype == "int64"
     assert frame["failure_rate"].dtype == "float64"
     assert frame["timestamp"].is_monotonic_increasing

@@ -60,7 +60,9 @@ def test_failures_are_seen_and_timed_when_the_cart_fails(shop, cart_flag):
     assert "redis" in first.detail
     assert first.timestamp.tzinfo is not None and first.timestamp.timestamp() >= before - 1
     assert result.first_failure_at == first.timestamp
-    assert f"{result.sessions} of {result.sessions} cart empties" in result.summary()
+    n = result.sessions  # the rate as the verdict and the chart print one
+    assert f"; EmptyCart: 100.0 % ({n} of {n} EmptyCart calls failed)" in result.summary()
+    assert f"100.0 % ({n} of {n} EmptyCart calls failed)" in result._repr_html_()
 
 
 def test_the_releases_on_fails_some_empties(shop, cart_flag, local_lab):

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import httpx
 
 from labkit.dynatrace._access import Access, access
-from labkit.dynatrace._frames import (change_event_frame, classic_log_row, evaluation_frame, failure_frame,
-                                      grail_log_row, log_frame, metric_series, problem_frame, span_frame)
+from labkit.dynatrace._frames import (call_frame, change_event_frame, classic_log_row, evaluation_frame,
+                                      failure_frame, grail_log_row, log_frame, metric_series, problem_frame,
+                                      slot_ms, span_frame)
 from labkit.dynatrace._grail import run_dql
 from labkit.dynatrace._http import (GRAIL_LOG_SCOPES, PLATFORM_SCOPES, Http, json_object,
                                     maybe_recorded_message, platform_token_message)
@@ -326,15 +327,17 @@ class Dynatrace:
                         until=None) -> "pd.DataFrame":
         """Failed and total requests of `service` per slot, and the failure rate.
 
-        Columns: timestamp (UTC, the END of each slot, as Dynatrace labels it), failed, requests
-        (int64), failure_rate (failed / requests as a 0..1 float). Unified-service keys first
+        Columns: timestamp (UTC, the START of each slot: the minute it covers; Dynatrace labels a
+        slot by its end), failed, requests (int64), failure_rate (failed / requests as a 0..1
+        float), partial (True for the slot still running: its counts are so far). Unified-service keys first
         (OTel services), the OneAgent keys when those are empty. A slot with no data point (null)
         counted nothing, so it becomes 0 for both counts; failure_rate is NaN where requests == 0
         (undefined, not 0 %).
         """
         selector = service_selector(service)
         what = f"to read failed requests of service {service!r}"
-        series = None
+        series, body = None, {}
+        asked_at = int(time.time() * 1000)  # before asking: a slot ending later was still running
         for keys in (UNIFIED_KEYS, ONEAGENT_KEYS):
             metric_selector = ",".join(f"{k}:splitBy():value:default(0)" for k in keys)
             params = {"metricSelector": metric_selector, "entitySelector": selector,
@@ -345,7 +348,18 @@ class Dynatrace:
             series = metric_series(body, keys)
             if series[0] is not None or series[1] is not None:
                 break
-        return failure_frame(*series)
+        stamps = next((s[0] for s in series if s is not None), None)
+        return failure_frame(*series, slot=slot_ms(body, resolution, stamps), now_ms=asked_at)
+
+    def calls(self, service: str, operation: str, since="now-1h", limit: int = 100_000) -> "pd.DataFrame":
+        """The server calls of `operation` (e.g. EmptyCart) on `service`, each at its own time, from
+        Grail's spans (platform token with storage:spans:read), oldest first. Columns: timestamp
+        (the span's start, UTC), failed (request.is_failed). The demo names the span
+        oteldemo.CartService/EmptyCart, so the name is matched at its end."""
+        query = (f"fetch spans, from: {dql_from(since)} | filter service.name == {dql_string(service)}"
+                 f' and endsWith(span.name, {dql_string(operation)}) and span.kind == "server"'
+                 f" | fields start_time, request.is_failed | sort start_time asc | limit {int(limit)}")
+        return call_frame(self.dql(query, max_records=limit))
 
     # ---- problems
 

@@ -49,7 +49,32 @@ def metric_series(body: dict, keys: tuple[str, str]):
     return found[0], found[1]
 
 
-def failure_frame(failed, requests) -> "pd.DataFrame":
+def slot_ms(body: dict, asked: str, timestamps) -> int:
+    """The length of one slot in ms: the resolution the answer reports (the server may choose a
+    coarser one than asked), else the spacing of the timestamps, else what was asked, else 1 min."""
+    import numpy as np
+
+    for text in (body.get("resolution"), asked):
+        ms = _span_ms(text)
+        if ms:
+            return ms
+    if timestamps is not None and len(timestamps) > 1:
+        return int(np.median(np.diff(np.sort(timestamps))))
+    return 60_000
+
+
+def _span_ms(text) -> int | None:
+    import re
+
+    m = re.fullmatch(r"(\d+)([mhdw])", str(text or ""))
+    return int(m.group(1)) * {"m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}[m.group(2)] if m else None
+
+
+def failure_frame(failed, requests, slot: int = 60_000, now_ms: int | None = None) -> "pd.DataFrame":
+    """One row per slot: timestamp = the slot's START (the minute it covers; Dynatrace stamps a slot
+    by its end, converted here once so every view prints the same minute), failed, requests,
+    failure_rate (NaN without requests) and partial (the slot had not ended at `now_ms`: its counts
+    are "so far", not a drop)."""
     import numpy as np
     import pandas as pd
 
@@ -70,12 +95,34 @@ def failure_frame(failed, requests) -> "pd.DataFrame":
     r = aligned(requests)
     with np.errstate(divide="ignore", invalid="ignore"):
         rate = np.where(r > 0, f / np.where(r > 0, r, 1), np.nan)
-    return pd.DataFrame({
-        "timestamp": pd.to_datetime(ts, unit="ms", utc=True),
+    frame = pd.DataFrame({
+        "timestamp": pd.to_datetime(ts - slot, unit="ms", utc=True),
         "failed": f,
         "requests": r,
         "failure_rate": rate.astype("float64"),
+        "partial": (ts > now_ms) if now_ms is not None else np.zeros(len(ts), dtype=bool),
     })
+    frame.attrs["slot"] = pd.Timedelta(milliseconds=slot)
+    return frame
+
+
+def call_frame(records: list[dict]) -> "pd.DataFrame":
+    """Spans as calls, oldest first: timestamp (the span's start, UTC; ISO or epoch ns as Grail
+    gives it), failed (request.is_failed)."""
+    import pandas as pd
+
+    stamps = [_span_time(r.get("start_time")) for r in records]
+    failed = [bool(_first(r.get("request.is_failed"))) for r in records]
+    frame = pd.DataFrame({"timestamp": pd.to_datetime(stamps, utc=True), "failed": failed})
+    return frame.dropna(subset=["timestamp"]).sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+
+def _span_time(value):
+    import pandas as pd
+
+    if isinstance(value, (int, float)) or (isinstance(value, str) and value.strip().isdigit()):
+        return pd.Timestamp(int(value), unit="ns", tz="UTC")  # Grail's span times are ns
+    return _one_utc(value)
 
 
 # --------------------------------------------------------------------------- events and problems
