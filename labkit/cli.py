@@ -110,13 +110,15 @@ def cmd_sandbox(args) -> int:
     def on_signal(signum, frame):
         stop.set()
 
+    lab = new_local_lab(state_dir)  # a lab already running there: StateDirBusy says so, nothing touched
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous[sig] = signal.signal(sig, on_signal)
-    lab = new_local_lab(state_dir)
     try:
         lab.start()
         if not stop.is_set():
             out(f"local lab ready: source {state_dir / 'lab.env'}")
+            if lab.archive_note:
+                out(f"  {lab.archive_note}")
             if lab.restored_flags:
                 out(f"  flags restored from {state_dir / 'flagd-config.json'} (delete it to start from "
                     "the lab's flags.yaml)")

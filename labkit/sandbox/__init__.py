@@ -83,10 +83,21 @@ class LocalLab:
 
     def __init__(self, state_dir: str | Path, timings: Timings | None = None,
                  flags_yaml: str | None = None):
+        from labkit.sandbox import state
+
+        self.state_dir = Path(state_dir)
+        self._owner = state.Ownership(self.state_dir)  # or StateDirBusy: one lab per state dir
+        self.archived_timeline: Path | None = None
+        try:
+            self._build(timings, flags_yaml)
+        except BaseException:
+            self._owner.release()
+            raise
+
+    def _build(self, timings: Timings | None, flags_yaml: str | None) -> None:
         from labkit.sandbox import dynatrace, kube, shop
         from labkit.sandbox.http import LabServer
 
-        self.state_dir = Path(state_dir)
         self.timings = timings or Timings.from_env()
         # A lab.env still here is from a local lab that was killed: keep its tokens (and below its
         # ports and flags), so the terminals and kernels that sourced it keep working after a restart.
@@ -124,6 +135,10 @@ class LocalLab:
         self.cluster.register_service("frontend-proxy", 8080, self.frontend_server.app)
 
     def start(self) -> "LocalLab":
+        from labkit.sandbox import state
+
+        # The tenant starts anew (seeded, in memory): so does the run it is the record of.
+        self.archived_timeline = state.archive_timeline(self.state_dir)
         for server in (self.kube_server, self.frontend_server, self.tenant_server):
             server.start()
         self.cluster.start()
@@ -149,8 +164,10 @@ class LocalLab:
         self.cluster.stop()
         for server in (self.kube_server, self.frontend_server, self.tenant_server):
             server.stop()
-        for name in ("lab.env", "kubeconfig"):
-            (self.state_dir / name).unlink(missing_ok=True)
+        if self._owner.held:  # ours to remove: no other lab ran on this state dir meanwhile
+            for name in ("lab.env", "kubeconfig"):
+                (self.state_dir / name).unlink(missing_ok=True)
+        self._owner.release()
 
     def _keep_flags(self, configmap: dict | None) -> None:
         """After every write of the flag ConfigMap: keep it in the state dir (deleted: forget it)."""
@@ -170,6 +187,14 @@ class LocalLab:
 
     def __exit__(self, *exc):
         self.stop()
+
+    @property
+    def archive_note(self) -> str | None:
+        """One line on the earlier run's timeline set aside at start (None when there was none)."""
+        if self.archived_timeline is None:
+            return None
+        return (f"new run: the last start's timeline (its tenant data is gone) is kept as "
+                f"{self.archived_timeline}")
 
     @property
     def kubeconfig_path(self) -> Path:
