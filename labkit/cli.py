@@ -456,12 +456,17 @@ def cmd_check(args) -> int:
 
 
 # ---- the workbook -----------------------------------------------------------------------------------
+def _lab_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, default=None, help="JupyterLab's port (default 8888, else a free one)")
+    p.add_argument("--no-browser", action="store_true", help="only print the URL; open no browser")
+
+
 @command("lab", "open the workbook in JupyterLab (starting the local lab when nothing is configured)",
-         lambda p: p.add_argument("--port", type=int, default=None))
+         _lab_args)
 def cmd_lab(args) -> int:
     from labkit.workbook import open_jupyterlab
 
-    return open_jupyterlab(port=args.port)
+    return open_jupyterlab(port=args.port, open_browser=not args.no_browser)
 
 
 @command("workshop", "run every notebook headless on the lab; write executed notebooks and HTML",
