@@ -62,3 +62,19 @@ def test_the_run_id_handed_out_before_the_first_step_stays_the_runs(tmp_path):
     run = tl.run_id  # e.g. put on the change event before its step is added
     tl.add(EVENT_SENT, flag="cartFailure", old="off", new="on")
     assert Timeline(tmp_path / "runs" / "timeline.jsonl").run_id == run == tl.run_id
+
+
+def test_a_kernel_sees_the_run_end_when_a_new_local_lab_sets_its_file_aside(tmp_path):
+    """A restarted local lab archives timeline.jsonl (its tenant forgot the markers): a kernel that
+    read the old run shows none of its steps and a new run id, not markers the tenant has dropped."""
+    path = tmp_path / "timeline.jsonl"
+    kernel = Timeline(path)
+    kernel.add(FLAG_APPLIED, flag="cartFailure", old="off", new="on")
+    old_run = kernel.run_id
+    assert len(kernel.steps) == 1
+
+    path.rename(tmp_path / "timeline-20260101T000000Z.jsonl")  # what LocalLab.start() does
+
+    assert kernel.steps == [] and kernel.run_id != old_run
+    kernel.add(EVENT_SENT, flag="cartFailure", old="off", new="on")
+    assert [s.kind for s in Timeline(path).steps] == [EVENT_SENT]
