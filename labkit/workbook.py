@@ -164,8 +164,10 @@ def _await_jupyter(proc: subprocess.Popen, url: str, token: str, log_path: Path,
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            tail = _tail(log_path)
+            hint = "\nIts port is taken: pass another with --port." if "is not available" in tail else ""
             raise LabError(f"JupyterLab exited ({proc.returncode}) before it was ready; its log, "
-                           f"{log_path}, ends with:\n{_tail(log_path)}")
+                           f"{log_path}, ends with:\n{tail}{hint}")
         try:
             if httpx.get(f"{url}/api/status", params={"token": token}, timeout=2).status_code == 200:
                 return
@@ -176,7 +178,7 @@ def _await_jupyter(proc: subprocess.Popen, url: str, token: str, log_path: Path,
     raise LabError(f"JupyterLab did not answer within {timeout:.0f} s; see its log: {log_path}")
 
 
-def _tail(path: Path, lines: int = 15) -> str:
+def _tail(path: Path, lines: int = 4) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
