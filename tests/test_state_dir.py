@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,6 +51,16 @@ def _sandbox(state: Path) -> subprocess.Popen:
     raise AssertionError(f"sandbox exited {proc.returncode}: {''.join(lines)}{proc.stderr.read()}")
 
 
+def _kubectl_works(env_file: Path) -> None:
+    """`source lab.env; kubectl get pods` shows flagd Running (skipped where there is no kubectl)."""
+    if shutil.which("kubectl") is None:
+        return
+    env = {**_env(), **read_dotenv(env_file), "HOME": str(env_file.parent)}
+    pods = subprocess.run(["kubectl", "get", "pods", "-l", "opentelemetry.io/name=flagd"], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert pods.returncode == 0 and "Running" in pods.stdout, pods.stderr
+
+
 def _stop(proc: subprocess.Popen, sig=signal.SIGINT) -> int:
     if proc.poll() is None:
         proc.send_signal(sig)
@@ -77,6 +88,7 @@ def test_a_second_sandbox_refuses_and_the_first_keeps_working(first, tmp_path):
     assert env_file.read_text() == before and (state / "kubeconfig").is_file()
     flags = _labkit("flags", env=_env(**read_dotenv(env_file)))  # a terminal that sourced lab.env
     assert flags.returncode == 0 and "cartFailure" in flags.stdout, flags.stderr
+    _kubectl_works(env_file)
 
 
 def test_ctrl_c_in_an_attached_kernel_leaves_the_running_lab_alone(first, tmp_path):
@@ -94,6 +106,7 @@ def test_ctrl_c_in_an_attached_kernel_leaves_the_running_lab_alone(first, tmp_pa
     problems = _labkit("failures", "cart", env=_env(**read_dotenv(state / "lab.env")))
     assert problems.returncode == 0, problems.stderr
     assert owner(state)["pid"] == first.pid
+    _kubectl_works(state / "lab.env")
 
 
 def test_ctrl_c_stops_the_owner_and_frees_the_state_dir(tmp_path):
