@@ -157,3 +157,15 @@ def test_a_new_start_begins_a_new_run_and_says_where_the_old_one_is(tmp_path):
         assert f"is kept as {kept[0]}" in proc.ready_text
     finally:
         _stop(proc)
+
+
+def test_a_lab_that_failed_to_start_leaves_the_state_dir_free(tmp_path):
+    try:
+        LocalLab(tmp_path, Timings.fast(), flags_yaml="kind: [unclosed")
+    except Exception:
+        pass
+    else:
+        raise AssertionError("a flags.yaml that is not YAML should stop the local lab")
+    assert owner(tmp_path) is None
+    with LocalLab(tmp_path, Timings.fast()):
+        assert owner(tmp_path)["pid"] == os.getpid()

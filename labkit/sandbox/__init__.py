@@ -83,21 +83,13 @@ class LocalLab:
 
     def __init__(self, state_dir: str | Path, timings: Timings | None = None,
                  flags_yaml: str | None = None):
-        from labkit.sandbox import state
-
-        self.state_dir = Path(state_dir)
-        self._owner = state.Ownership(self.state_dir)  # or StateDirBusy: one lab per state dir
-        self.archived_timeline: Path | None = None
-        try:
-            self._build(timings, flags_yaml)
-        except BaseException:
-            self._owner.release()
-            raise
-
-    def _build(self, timings: Timings | None, flags_yaml: str | None) -> None:
-        from labkit.sandbox import dynatrace, kube, shop
+        from labkit.sandbox import dynatrace, kube, shop, state
         from labkit.sandbox.http import LabServer
 
+        self.state_dir = Path(state_dir)
+        # One lab per state dir (else StateDirBusy); held until stop(), or until this object or process is gone.
+        self._owner = state.Ownership(self.state_dir)
+        self.archived_timeline: Path | None = None
         self.timings = timings or Timings.from_env()
         # A lab.env still here is from a local lab that was killed: keep its tokens (and below its
         # ports and flags), so the terminals and kernels that sourced it keep working after a restart.

@@ -14,6 +14,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 from labkit.errors import LabError
 from labkit.settings import TIMELINE_FILE
@@ -33,37 +34,39 @@ class StateDirBusy(LabError):
 
 
 class Ownership:
-    """This process's hold on a state dir: taken at once or StateDirBusy, released by release()."""
+    """This process's hold on a state dir: taken at once or StateDirBusy; given up by release(), or
+    when the object is collected (a LocalLab whose construction failed) or the process ends."""
 
     def __init__(self, state_dir: Path):
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         path = self.state_dir / LOCK
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        lock = open(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+b")  # closing it drops the flock
         for attempt in range(3):  # owner()'s brief shared lock can meet ours: try again shortly
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if attempt == 2:
-                    os.close(fd)
+                    lock.close()
                     raise StateDirBusy(self.state_dir, owner(self.state_dir) or {}) from None
                 time.sleep(0.05)
-        self._fd: int | None = fd
+        self._lock: BinaryIO | None = lock
         since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "since": since}).encode(), 0)
+        lock.truncate(0)
+        lock.write(json.dumps({"pid": os.getpid(), "since": since}).encode())
+        lock.flush()
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return self._lock is not None
 
     def release(self) -> None:
         """Give the state dir up (the lock file stays: an unlocked one means nobody runs here)."""
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            os.close(self._fd)  # closing drops the flock
-            self._fd = None
+        if self._lock is not None:
+            self._lock.truncate(0)
+            self._lock.close()
+            self._lock = None
 
 
 def owner(state_dir: Path) -> dict | None:
