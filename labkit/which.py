@@ -29,8 +29,9 @@ class Choice:
     def describe(self) -> str:
         if self.how == "started":
             lab = self.local_lab
+            note = f"\n{lab.archive_note}" if lab.archive_note else ""
             return (f"Started the local lab (Kubernetes {lab.kube_server.url}, "
-                    f"Dynatrace {lab.tenant_server.url})") + (f"\n{lab.archive_note}" if lab.archive_note else "")
+                    f"Dynatrace {lab.tenant_server.url}){note}")
         if self.how == "attached":
             return f"Attaching to the running local lab at {self.settings.dt_url}"
         return f"Using {self.settings.where()}"

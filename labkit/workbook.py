@@ -219,7 +219,7 @@ def open_jupyterlab(port: int | None = None, extra: list[str] | None = None,
         # The default state dir: terminals (`python -m labkit flags`, kubectl) attach to this lab too.
         with lab_environment(state_dir=state_dir) as choice:
             state_dir.mkdir(parents=True, exist_ok=True)
-            log_path = state_dir / "jupyterlab.log"
+            log_path = state_dir / f"jupyterlab-{port}.log"  # one per server: a second one's is its own
             # JUPYTER_TOKEN, not an argument: `ps` shows arguments to every user of the machine.
             # stdin not a terminal: Ctrl-C stops JupyterLab at once instead of asking "Shutdown?".
             with open(log_path, "wb") as log:  # this run's log

@@ -78,8 +78,9 @@ def test_jupyterlab_opens_on_00_with_the_url_last_and_its_log_in_the_state_dir(t
     assert nb["name"] == "00-setup.ipynb" and nb["path"] == "00-setup.ipynb"  # the workbook copy
     assert sorted(p.name for p in (tmp_path / "workbook").glob("*.ipynb")) == sorted(
         p.name for p in NOTEBOOKS.glob("*.ipynb"))
-    log = (state / "jupyterlab.log").read_text()
-    assert "Jupyter Server" in log and f"{state / 'jupyterlab.log'}" in "\n".join(first.lines)
+    port = URL.match(first.lines[-1]).group(2)
+    log = (state / f"jupyterlab-{port}.log").read_text()
+    assert "Jupyter Server" in log and f"{state / f'jupyterlab-{port}.log'}" in "\n".join(first.lines)
 
     rest, err = first.ctrl_c()
     assert rest.strip() == ""  # the URL stays the last thing the terminal shows
