@@ -87,7 +87,7 @@ class LocalLab:
         from labkit.sandbox.http import LabServer
 
         self.state_dir = Path(state_dir)
-        # One lab per state dir (else StateDirBusy); held until stop(), or until this object or process is gone.
+        # One lab per state dir (else StateDirBusy); held until stop() or until this object is gone.
         self._owner = state.Ownership(self.state_dir)
         self.archived_timeline: Path | None = None
         self.timings = timings or Timings.from_env()

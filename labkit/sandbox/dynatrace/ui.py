@@ -116,7 +116,8 @@ def problem_page(tenant: Tenant, req: Request, problemId: str) -> Response:  # n
         raise PageError(404, f"The local lab knows no problem {problemId}.")
     facts = [("status", status_word(found.open)), ("started", _when(found.start)),
              ("ended", _when(found.end)), ("affected service", _service_link(found.entity)),
-             ("error logs", str(found.error_count)), ("problem id", f"<span class='id'>{html.escape(found.problem_id)}</span>")]
+             ("error logs", str(found.error_count)),
+             ("problem id", f"<span class='id'>{html.escape(found.problem_id)}</span>")]
     changes = _event_rows(tenant.telemetry.change_evidence(found), tenant.telemetry.clock())
     body = (table([(k, v) for k, v in facts], ("", "")) + "<h2>Root cause evidence: changes "
             "shortly before</h2>" + table(changes, EVENT_HEADER))
@@ -135,7 +136,8 @@ def service_page(tenant: Tenant, req: Request) -> Response:
     failed = sum(m[1] for m in minutes if m)
     problems = [(_problem_link(p), status_word(p.open), _when(p.start))
                 for p in tenant.telemetry.problems() if p.entity.entity_id == entity.entity_id]
-    events = _event_rows([e for e in tenant.telemetry.events() if e.entity.entity_id == entity.entity_id], now)
+    events = _event_rows([e for e in tenant.telemetry.events()
+                          if e.entity.entity_id == entity.entity_id], now)
     facts = [("entity id", html.escape(entity.entity_id)), ("last seen", _when(entity.last_seen)),
              ("requests, last 30 min", str(requests)), ("failed, last 30 min", str(failed))]
     body = (table(facts, ("", "")) + "<h2>Problems</h2>" + table(problems[::-1], (
