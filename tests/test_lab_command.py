@@ -93,6 +93,10 @@ def test_a_second_labkit_lab_attaches_and_its_ctrl_c_leaves_the_first_working(te
     env_file = tmp_path / "state" / "lab.env"
     before = env_file.read_text()
 
+    sandbox = subprocess.run([sys.executable, "-m", "labkit", "sandbox"], capture_output=True, text=True,
+                             env=_env(tmp_path, {}), timeout=60)  # the case: beside a labkit lab
+    assert sandbox.returncode == 1 and f"already runs on {tmp_path / 'state'} (pid {first.proc.pid}," \
+        in sandbox.stderr, sandbox.stderr
     second = terminals()
     assert second.lines[0].startswith("Attaching to the running local lab")
     assert "Ctrl-C stops JupyterLab." in "\n".join(second.lines)  # not "and the local lab": not its
