@@ -185,6 +185,17 @@ def _tail(path: Path, lines: int = 4) -> str:
         return "(no log)"
 
 
+def _stop_jupyter(proc: subprocess.Popen, log_path: Path, grace: float = 30) -> int:
+    """SIGTERM (it shuts its kernels down), then SIGKILL if it is still there after `grace` seconds."""
+    proc.terminate()
+    try:
+        return proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        print(f"JupyterLab did not stop within {grace:.0f} s and was killed; its log: {log_path}")
+        return proc.wait()
+
+
 def open_jupyterlab(port: int | None = None, extra: list[str] | None = None,
                     open_browser: bool = True) -> int:
     """JupyterLab on the attendee's workbook copies, open on 00-setup, its kernels pointed at the lab;
@@ -236,7 +247,6 @@ def open_jupyterlab(port: int | None = None, extra: list[str] | None = None,
                       flush=True)
                 return proc.wait()
             except KeyboardInterrupt:
-                proc.terminate()
-                return proc.wait(timeout=15)
+                return _stop_jupyter(proc, log_path)
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -49,7 +49,7 @@ class Terminal:
 
     def ctrl_c(self) -> tuple[str, str]:
         os.killpg(self.proc.pid, signal.SIGINT)
-        rest, err = self.proc.communicate(timeout=30)
+        rest, err = self.proc.communicate(timeout=60)  # JupyterLab gets 30 s to stop, then is killed
         return rest, err
 
 
