@@ -128,14 +128,16 @@ def cmd_sandbox(args) -> int:
     def on_signal(signum, frame):
         stop.set()
 
+    _choose_release(args)
+    lab = new_local_lab(state_dir)  # a lab already running there: StateDirBusy says so, nothing touched
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous[sig] = signal.signal(sig, on_signal)
-    _choose_release(args)
-    lab = new_local_lab(state_dir)
     try:
         lab.start()
         if not stop.is_set():
             out(f"local lab ready: source {state_dir / 'lab.env'}")
+            if lab.archive_note:
+                out(f"  {lab.archive_note}")
             if lab.restored_flags:
                 out(f"  flags restored from {state_dir / 'flagd-config.json'} (delete it to start from "
                     f"demo {lab.release.version}'s own flags)")
@@ -596,13 +598,18 @@ def cmd_check(args) -> int:
 
 
 # ---- the workbook -----------------------------------------------------------------------------------
+def _lab_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, default=None, help="JupyterLab's port (default 8888, else a free one)")
+    p.add_argument("--no-browser", action="store_true", help="only print the URL; open no browser")
+
+
 @command("lab", "open the workbook in JupyterLab (starting the local lab when nothing is configured)",
-         lambda p: (p.add_argument("--port", type=int, default=None), _release_arg(p)))
+         lambda p: (_lab_args(p), _release_arg(p)))
 def cmd_lab(args) -> int:
     from labkit.workbook import open_jupyterlab
 
     _choose_release(args)
-    return open_jupyterlab(port=args.port)
+    return open_jupyterlab(port=args.port, open_browser=not args.no_browser)
 
 
 @command("workshop", "run every notebook headless on the lab; write executed notebooks and HTML",

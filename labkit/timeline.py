@@ -192,6 +192,8 @@ class Timeline:
                 return
             lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:
+            if self._seen is not None:  # it was there: set aside by a new local lab, or deleted
+                self._seen, self._steps, self._run_id = None, [], secrets.token_hex(4)
             return  # not written yet: the run starts with the first step
         self._seen = (st.st_ino, st.st_size, st.st_mtime_ns)
         loaded = [_load(line) for line in lines]

@@ -29,8 +29,9 @@ class Choice:
     def describe(self) -> str:
         if self.how == "started":
             lab = self.local_lab
+            note = f"\n{lab.archive_note}" if lab.archive_note else ""
             return (f"Started the local lab (Kubernetes {lab.kube_server.url}, "
-                    f"Dynatrace {lab.tenant_server.url})")
+                    f"Dynatrace {lab.tenant_server.url}){note}")
         if self.how == "attached":
             return f"Attaching to the running local lab at {self.settings.dt_url}"
         return f"Using {self.settings.where()}"
@@ -96,8 +97,29 @@ def which_lab(settings: Settings | None = None, *, state_dir: str | Path | None 
         return Choice(_settings_for(env), "attached", env)
     if not start:
         return Choice(settings, "none")
-    local = new_local_lab(new_state_dir or state_dir, timings).start()
+    from labkit.sandbox.state import StateDirBusy
+
+    try:
+        local = new_local_lab(new_state_dir or state_dir, timings).start()
+    except StateDirBusy as busy:  # its owner is still starting (no lab.env yet) or busy: wait for it
+        env = _await_running(busy.state_dir)
+        if env is None:
+            raise
+        return Choice(_settings_for(env), "attached", env)
     return Choice(_settings_for(local.env), "started", local.env, local)
+
+
+def _await_running(state_dir: Path, timeout: float = 15.0) -> dict[str, str] | None:
+    """The variables of the lab that owns state_dir once it answers; None if it does not in time."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        env = running_local_lab(state_dir)
+        if env:
+            return env
+        time.sleep(0.2)  # a start takes a few seconds; poll its lab.env and tenant like a terminal would
+    return None
 
 
 def _settings_for(env: dict[str, str]) -> Settings:

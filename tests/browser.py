@@ -42,7 +42,7 @@ def missing() -> str | None:
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        return "playwright is not installed: .venv/bin/pip install -r requirements.txt"
+        return "playwright is not installed: .venv/bin/pip install -r tests/requirements.txt"
     return None
 
 

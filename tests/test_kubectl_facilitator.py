@@ -99,6 +99,29 @@ def test_log_follow_streams_new_lines_and_a_waiting_container_is_400(lab):
 
 # ------------------------------------------------------------------------------- events, rollouts
 @needs_kubectl
+def test_right_after_the_start_events_and_describe_are_not_empty(tmp_path):
+    """A fresh cluster (its own, before any test changed it): what the install recorded."""
+    sandbox = KubeSandbox(tmp_path).start()
+    try:
+        env = dict(os.environ, KUBECONFIG=str(sandbox.kubeconfig), HOME=str(tmp_path))
+        kubectl = lambda *a: subprocess.run([KUBECTL, *a], env=env, capture_output=True, text=True,  # noqa: E731
+                                            timeout=20)
+        events = kubectl("get", "events")
+        assert events.returncode == 0 and "No resources found" not in events.stdout + events.stderr
+        for words in ("ScalingReplicaSet", "Scaled up replica set flagd-", "SuccessfulCreate",
+                      "Successfully assigned default/flagd-", 'Container image "ghcr.io/open-feature/flagd'):
+            assert words in events.stdout, words
+        pod = kubectl("get", "pods", "-l", "opentelemetry.io/name=flagd", "-o", "name").stdout.split()[0]
+        described = kubectl("describe", pod).stdout
+        block = described.split("Events:", 1)[1]
+        assert "<none>" not in block
+        reasons = [line.split()[1] for line in block.splitlines()[3:] if line.strip()]
+        assert reasons == ["Scheduled"] + ["Pulled", "Created", "Started"] * 2, block  # init, then flagd
+    finally:
+        sandbox.stop()
+
+
+@needs_kubectl
 def test_rollout_writes_events_and_replicasets_history_and_undo(lab):
     assert lab("rollout", "restart", "deploy/flagd").returncode == 0
     assert lab("rollout", "status", "deploy/flagd", "--timeout=20s").returncode == 0

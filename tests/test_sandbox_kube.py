@@ -366,3 +366,28 @@ def test_error_statuses(lab):
     assert call("GET", "/openapi/v2")[0] == 404
     status, table = call("GET", "/api/v1/namespaces/default/pods")
     assert status == 200 and table["kind"] == "PodList"
+
+
+def test_a_fresh_cluster_has_the_events_of_its_start(lab):
+    """`kubectl get events` and `describe pod` right after the start: what a fresh install recorded."""
+    _, _, api = lab
+    events = core(api).list_namespaced_event(NS).items
+    reasons: dict[tuple[str, str], set[str]] = {}
+    for e in events:
+        reasons.setdefault((e.involved_object.kind, e.involved_object.name), set()).add(e.reason)
+    for d in apps(api).list_namespaced_deployment(NS).items:
+        assert "ScalingReplicaSet" in reasons[("Deployment", d.metadata.name)], d.metadata.name
+    for rs in apps(api).list_namespaced_replica_set(NS).items:
+        assert "SuccessfulCreate" in reasons[("ReplicaSet", rs.metadata.name)], rs.metadata.name
+    pods = core(api).list_namespaced_pod(NS).items
+    assert len(pods) > 1
+    for p in pods:
+        assert {"Scheduled", "Pulled", "Created", "Started"} <= reasons[("Pod", p.metadata.name)], p.metadata.name
+    flagd = core(api).list_namespaced_pod(NS, label_selector=SELECTOR).items[0]
+    # what `kubectl describe pod` asks for its Events: block
+    own = core(api).list_namespaced_event(NS, field_selector=(
+        f"involvedObject.name={flagd.metadata.name},involvedObject.namespace={NS},"
+        f"involvedObject.uid={flagd.metadata.uid}")).items
+    assert [e.message for e in own if e.reason == "Started"] == [
+        "Started container init-config", "Started container flagd"]
+    assert own[0].reason == "Scheduled" and own[0].source.component == "default-scheduler"

@@ -79,3 +79,19 @@ def test_each_cycle_looks_up_its_own_steps():
     assert tl.cycle_start() == t(10) and tl.in_cycle(FIRST_FAILURE) is None  # the second change's own
     tl.add(FIRST_FAILURE, at=t(11))
     assert tl.in_cycle(FIRST_FAILURE).time == t(11)
+
+
+def test_a_kernel_sees_the_run_end_when_a_new_local_lab_sets_its_file_aside(tmp_path):
+    """A restarted local lab archives timeline.jsonl (its tenant forgot the markers): a kernel that
+    read the old run shows none of its steps and a new run id, not markers the tenant has dropped."""
+    path = tmp_path / "timeline.jsonl"
+    kernel = Timeline(path)
+    kernel.add(FLAG_APPLIED, flag="cartFailure", old="off", new="on")
+    old_run = kernel.run_id
+    assert len(kernel.steps) == 1
+
+    path.rename(tmp_path / "timeline-20260101T000000Z.jsonl")  # what LocalLab.start() does
+
+    assert kernel.steps == [] and kernel.run_id != old_run
+    kernel.add(EVENT_SENT, flag="cartFailure", old="off", new="on")
+    assert [s.kind for s in Timeline(path).steps] == [EVENT_SENT]

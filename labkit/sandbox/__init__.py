@@ -84,11 +84,14 @@ class LocalLab:
     def __init__(self, state_dir: str | Path, timings: Timings | None = None,
                  flags_yaml: str | None = None, release: str | None = None):
         from labkit import releases
-        from labkit.sandbox import dynatrace, kube, shop
+        from labkit.sandbox import dynatrace, kube, shop, state
         from labkit.sandbox.kube import workloads
         from labkit.sandbox.http import LabServer
 
         self.state_dir = Path(state_dir)
+        # One lab per state dir (else StateDirBusy); held until stop() or until this object is gone.
+        self._owner = state.Ownership(self.state_dir)
+        self.archived_timeline: Path | None = None
         self.timings = timings or Timings.from_env()
         # The demo release imitated (its cart, images and ConfigMap): argument, else LABKIT_DEMO_RELEASE.
         self.release = releases.get(release or os.environ.get("LABKIT_DEMO_RELEASE"))
@@ -132,6 +135,10 @@ class LocalLab:
         self.cluster.register_service("frontend-proxy", 8080, self.frontend_server.app)
 
     def start(self) -> "LocalLab":
+        from labkit.sandbox import state
+
+        # The tenant starts anew (seeded, in memory): so does the run it is the record of.
+        self.archived_timeline = state.archive_timeline(self.state_dir)
         for server in (self.kube_server, self.frontend_server, self.tenant_server):
             server.start()
         self.cluster.start()
@@ -157,8 +164,10 @@ class LocalLab:
         self.cluster.stop()
         for server in (self.kube_server, self.frontend_server, self.tenant_server):
             server.stop()
-        for name in ("lab.env", "kubeconfig"):
-            (self.state_dir / name).unlink(missing_ok=True)
+        if self._owner.held:  # ours to remove: no other lab ran on this state dir meanwhile
+            for name in ("lab.env", "kubeconfig"):
+                (self.state_dir / name).unlink(missing_ok=True)
+        self._owner.release()
 
     def _keep_flags(self, configmap: dict | None) -> None:
         """After every write of the flag ConfigMap: keep it in the state dir (deleted: forget it)."""
@@ -178,6 +187,14 @@ class LocalLab:
 
     def __exit__(self, *exc):
         self.stop()
+
+    @property
+    def archive_note(self) -> str | None:
+        """One line on the earlier run's timeline set aside at start (None when there was none)."""
+        if self.archived_timeline is None:
+            return None
+        return (f"new run: the last start's timeline (its tenant data is gone) is kept as "
+                f"{self.archived_timeline}")
 
     @property
     def kubeconfig_path(self) -> Path:

@@ -15,7 +15,7 @@ from urllib.parse import quote
 from labkit.sandbox.dynatrace.dql import DqlError, parse_dql
 from labkit.sandbox.dynatrace.grail import execute_dql, query_frame
 from labkit.sandbox.dynatrace.errors import PlatformError
-from labkit.sandbox.dynatrace.telemetry import MonitoredEntity, Problem
+from labkit.sandbox.dynatrace.telemetry import Event, MonitoredEntity, Problem
 from labkit.sandbox.dynatrace.tenant import GrailJob, Tenant
 from labkit.sandbox.dynatrace.times import MINUTE_MS, iso_ms, parse_time
 from labkit.sandbox.http import HttpError, Request, Response, json_response
@@ -27,11 +27,19 @@ PROBLEM_PATH = "/ui/apps/dynatrace.davis.problems/problem/"
 SERVICE_PATH = "/ui/apps/dynatrace.services/explorer?detailsId="
 
 
+# Fits a 1400 px window: tables wrap long values (ids, stack traces) instead of widening the page.
+STYLE = ("body{font-family:sans-serif;margin:1.5em;max-width:84em}"
+         ".lab{background:#fff3cd;padding:.5em 1em;border:1px solid #e0c36a}"
+         "table{border-collapse:collapse;max-width:100%}"
+         "td,th{padding:.25em .6em;text-align:left;vertical-align:top;overflow-wrap:break-word}"
+         "th{border-bottom:1px solid #bbb;white-space:nowrap}.when,.flag{white-space:nowrap}"
+         ".id{overflow-wrap:anywhere;min-width:8em}.more{color:#666;font-size:.85em}"
+         "pre{white-space:pre-wrap;overflow-wrap:anywhere}")
+
+
 def page(title: str, app: str, body: str, status: int = 200) -> Response:
     text = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)} "
-            "(local lab)</title><style>body{font-family:sans-serif;margin:2em;max-width:70em}"
-            ".lab{background:#fff3cd;padding:.5em 1em;border:1px solid #e0c36a}"
-            "td,th{padding:.2em .6em;text-align:left;vertical-align:top}</style></head><body>"
+            f"(local lab)</title><style>{STYLE}</style></head><body>"
             f"<p class='lab'>{html.escape(BANNER.format(app=app))}</p>"
             f"<h1>{html.escape(title)}</h1>{body}</body></html>")
     return Response(status, text, HTML)
@@ -46,13 +54,51 @@ class PageError(HttpError):
 
 
 def table(rows: list[tuple], header: tuple) -> str:
+    """Rows of HTML cells under a header (none when every header cell is empty: a list of facts)."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>" if rows else "<p>none</p>"
+    head = f"<tr>{head}</tr>" if any(header) else ""
+    return f"<table>{head}{body}</table>" if rows else "<p>none</p>"
 
 
 def _when(ms: int) -> str:
-    return "-" if ms is None or ms < 0 else iso_ms(ms)
+    """'2026-12-02 17:10:14.715 UTC' in a cell that does not wrap."""
+    if ms is None or ms < 0:
+        return "-"
+    return f"<span class='when'>{iso_ms(ms).replace('T', ' ').rstrip('Z')} UTC</span>"
+
+
+def status_word(active: bool) -> str:
+    """The Problems app's words for a problem's (and Grail's event.status) ACTIVE / CLOSED."""
+    return "Active" if active else "Closed"
+
+
+# A change event's properties that name the change (labkit.dynatrace sends them; the lab's notebook
+# charts `by:{feature_flag.key, defaultValue}`); the rest are shown smaller beside them.
+CHANGE_KEYS = ("feature_flag.key", "previousValue", "defaultValue")
+
+
+def _change(e: Event) -> str:
+    """'cartFailure: off → on' for a flag change event, else what it names."""
+    p = e.properties
+    flag = p.get("feature_flag.key")
+    if not flag:
+        return "-"
+    old, new = p.get("previousValue"), p.get("defaultValue", "?")
+    text = html.escape(f"{flag}: {old} → {new}" if old else f"{flag} → {new}")
+    return f"<span class='flag'>{text}</span>"
+
+
+def _event_rows(events: list[Event], now: int) -> list[tuple]:
+    rows = []
+    for e in events:
+        rest = ", ".join(f"{k}={v}" for k, v in sorted(e.properties.items()) if k not in CHANGE_KEYS)
+        rows.append((_when(e.start), html.escape(e.event_type), html.escape(e.title), _change(e),
+                     status_word(e.end > now), f"<span class='more'>{html.escape(rest)}</span>"))
+    return rows
+
+
+EVENT_HEADER = ("time", "type", "title", "flag changed", "status", "other properties")
 
 
 def _service_link(entity: MonitoredEntity) -> str:
@@ -69,15 +115,13 @@ def problem_page(tenant: Tenant, req: Request, problemId: str) -> Response:  # n
     found = next((p for p in tenant.telemetry.problems() if p.problem_id == problemId), None)
     if found is None:
         raise PageError(404, f"The local lab knows no problem {problemId}.")
-    facts = [("status", "OPEN" if found.open else "CLOSED"), ("started", _when(found.start)),
+    facts = [("status", status_word(found.open)), ("started", _when(found.start)),
              ("ended", _when(found.end)), ("affected service", _service_link(found.entity)),
-             ("error logs", str(found.error_count)), ("problem id", html.escape(found.problem_id))]
-    changes = [(_when(e.start), html.escape(e.event_type), html.escape(e.title),
-                html.escape(", ".join(f"{k}={v}" for k, v in sorted(e.properties.items()))))
-               for e in tenant.telemetry.change_evidence(found)]
+             ("error logs", str(found.error_count)),
+             ("problem id", f"<span class='id'>{html.escape(found.problem_id)}</span>")]
+    changes = _event_rows(tenant.telemetry.change_evidence(found), tenant.telemetry.clock())
     body = (table([(k, v) for k, v in facts], ("", "")) + _description(found.description)
-            + "<h2>Root cause evidence: changes "
-            "shortly before</h2>" + table(changes, ("time", "type", "title", "properties")))
+            + "<h2>Root cause evidence: changes shortly before</h2>" + table(changes, EVENT_HEADER))
     return page(f"{found.display_id}: {found.title}", "Problems app", body)
 
 
@@ -100,21 +144,20 @@ def service_page(tenant: Tenant, req: Request) -> Response:
     minutes = tenant.telemetry.minute_counts(entity.name, now // MINUTE_MS - 30, now // MINUTE_MS + 1)
     requests = sum(m[0] for m in minutes if m)
     failed = sum(m[1] for m in minutes if m)
-    problems = [(_problem_link(p), "OPEN" if p.open else "CLOSED", _when(p.start))
+    problems = [(_problem_link(p), status_word(p.open), _when(p.start))
                 for p in tenant.telemetry.problems() if p.entity.entity_id == entity.entity_id]
-    events = [(_when(e.start), html.escape(e.event_type), html.escape(e.title),
-               html.escape(", ".join(f"{k}={v}" for k, v in sorted(e.properties.items()))))
-              for e in tenant.telemetry.events() if e.entity.entity_id == entity.entity_id]
+    events = _event_rows([e for e in tenant.telemetry.events()
+                          if e.entity.entity_id == entity.entity_id], now)
     facts = [("entity id", html.escape(entity.entity_id)), ("last seen", _when(entity.last_seen)),
              ("requests, last 30 min", str(requests)), ("failed, last 30 min", str(failed))]
     body = (table(facts, ("", "")) + "<h2>Problems</h2>" + table(problems[::-1], (
         "problem", "status", "started")) + "<h2>Events</h2>" + table(events[::-1], (
-            "time", "type", "title", "properties")))
+            EVENT_HEADER)))
     return page(f"Service {entity.name}", "Services app", body)
 
 
 # ----- the Logs app and a Notebook: the query travels in the fragment ----------------------------
-_SCRIPT = """<pre id=q></pre><p id=n></p><table id=t></table><script>
+_SCRIPT = r"""<pre id=q></pre><p id=n></p><table id=t></table><script>
 (async () => {
   const say = (t) => { document.getElementById('n').textContent = t; };
   let state = {};
@@ -132,9 +175,15 @@ _SCRIPT = """<pre id=q></pre><p id=n></p><table id=t></table><script>
   say(rows.length + ' record(s)');
   if (!rows.length) return;
   const cols = body.columns;
+  const iso = /^(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d(\.\d{3})?)\d*Z$/;
+  const text = (c) => { if (c == null) return '';
+    const m = typeof c === 'string' && c.match(iso);  // a Notebook shows times, not ns strings
+    return m ? m[1] + ' ' + m[2] + ' UTC' : (typeof c === 'object' ? JSON.stringify(c) : String(c)); };
   const line = (cells, tag) => { const tr = table.insertRow();
-    cells.forEach((c) => { const td = document.createElement(tag);
-      td.textContent = c == null ? '' : String(c); tr.appendChild(td); }); };
+    cells.forEach((c) => { const td = document.createElement(tag); td.textContent = text(c);
+      if (iso.test(String(c))) td.className = 'when';
+      else if (/\S{24}/.test(td.textContent)) td.className = 'id';  // ids and paths may break anywhere
+      tr.appendChild(td); }); };
   line(cols, 'th');
   rows.forEach((r) => line(cols.map((c) => r[c]), 'td'));
 })();
@@ -147,7 +196,10 @@ def query_page(tenant: Tenant, req: Request) -> Response:
     return page(title, app, _SCRIPT)
 
 
-_FIRST = ("timestamp", "status", "loglevel", "event.type", "event.name", "display_id", "content")
+# The columns a page shows first (a change event's flag among them), then others up to MAX_COLUMNS.
+_FIRST = ("timestamp", "status", "loglevel", "event.type", "event.name", "feature_flag.key",
+          "previousValue", "defaultValue", "event.status", "display_id", "content", "trace_id")
+MAX_COLUMNS = 9
 
 
 def run_query(tenant: Tenant, req: Request) -> Response:
@@ -168,7 +220,7 @@ def run_query(tenant: Tenant, req: Request) -> Response:
     result = execute_dql(tenant, GrailJob(query, (start, end), 0.0, 1000))
     records = result["records"]
     keys = list(dict.fromkeys(k for r in records for k in r))
-    columns = [k for k in _FIRST if k in keys] + [k for k in keys if k not in _FIRST][:6]
+    columns = ([k for k in _FIRST if k in keys] + [k for k in keys if k not in _FIRST])[:MAX_COLUMNS]
     return json_response({"records": records, "columns": columns, "local_lab": True})
 
 

@@ -63,15 +63,13 @@ class LocalCluster(Rollouts, Endpoints, Store):
         self._services: dict[tuple[str, int], App] = {}
         self._thread: threading.Thread | None = None
         self.logs = Logs(self._cond)
-        self._recording = False  # the cluster as you sat down at it: its past events have expired
         with self._cond:
             for resource, obj in initial_objects(flags_yaml_text, demo, demo_version, apps_url):
                 self._write(resource, obj, "ADDED")
             self._control()  # every workload's first pod: started at once, Ready
             for pod in list(self._objects["pods"].values()):
                 self._start_pod(pod["metadata"]["name"], pod["metadata"]["uid"])
-            self._control()
-            self._recording = True
+            self._control()  # a fresh cluster: its start is on record (events) like any later change
             self._schedule(CHATTER_SECONDS, self._chatter)
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -118,8 +116,6 @@ class LocalCluster(Rollouts, Endpoints, Store):
     def _record(self, obj: dict, reason: str, message: str, type_: str = "Normal",
                 field_path: str | None = None, component: str | None = None) -> None:
         """Write an Event about obj, or count a repeat of the same one (client-go's recorder)."""
-        if not self._recording:
-            return
         ev = events.core_event(obj, reason, message, now_rfc3339(), type_, field_path, component)
         for old in self._objects["events"].values():
             if events.same(old, ev):

@@ -1,12 +1,23 @@
 """Events as the controllers and the kubelet write them (core v1), and their events.k8s.io/v1 view."""
 from __future__ import annotations
 
-import secrets
+import time
 
 from labkit.sandbox.kube.discovery import NODE, NS
 
 MAX_EVENTS = 600  # a real cluster drops them after an hour; here the oldest go first
 COMPONENTS = {"Pod": "kubelet", "ReplicaSet": "replicaset-controller", "Deployment": "deployment-controller"}
+
+
+_last_stamp = 0
+
+
+def _stamp() -> int:
+    """client-go names an Event <object>.<UnixNano in hex>: names sort in the order they happened
+    (each one later than the last, even within one clock tick)."""
+    global _last_stamp
+    _last_stamp = max(time.time_ns(), _last_stamp + 1)
+    return _last_stamp
 
 
 def involved(obj: dict, field_path: str | None = None) -> dict:
@@ -25,7 +36,7 @@ def core_event(obj: dict, reason: str, message: str, now: str, type_: str = "Nor
     source = {"component": component}
     if component == "kubelet":
         source["host"] = NODE
-    return {"metadata": {"name": f"{obj['metadata']['name']}.{secrets.token_hex(8)}", "namespace": NS},
+    return {"metadata": {"name": f"{obj['metadata']['name']}.{_stamp():x}", "namespace": NS},
             "involvedObject": involved(obj, field_path), "reason": reason, "message": message,
             "source": source, "firstTimestamp": now, "lastTimestamp": now, "count": 1, "type": type_,
             "eventTime": None, "reportingComponent": component,
