@@ -5,6 +5,7 @@ nothing configured, the tests). labkit's other modules reach it over HTTP like a
 """
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -66,12 +67,14 @@ def make_token(prefix: str = "dt0c01") -> str:
     return f"{prefix}.{part(24)}.{part(64)}"
 
 
-def kubeconfig_text(server_url: str) -> str:
-    """A kubeconfig for a local lab's Kubernetes API (plain http on loopback; kubectl sends no token)."""
+def kubeconfig_text(server_url: str, token: str = "local-lab", ca_pem: bytes | None = None) -> str:
+    """A kubeconfig for a local lab's Kubernetes API. Over https it carries the lab's CA as
+    `certificate-authority-data` (as kind's does), so kubectl checks the server and sends the token."""
+    ca = f"    certificate-authority-data: {base64.b64encode(ca_pem).decode()}\n" if ca_pem else ""
     return (
         "apiVersion: v1\nkind: Config\n"
-        f"clusters:\n- name: labkit-local\n  cluster:\n    server: {server_url}\n"
-        "users:\n- name: labkit-local\n  user:\n    token: local-lab\n"
+        f"clusters:\n- name: labkit-local\n  cluster:\n{ca}    server: {server_url}\n"
+        f"users:\n- name: labkit-local\n  user:\n    token: {token}\n"
         "contexts:\n- name: labkit-local\n  context:\n    cluster: labkit-local\n"
         "    user: labkit-local\n    namespace: default\n"
         "current-context: labkit-local\n"
@@ -85,6 +88,7 @@ class LocalLab:
                  flags_yaml: str | None = None):
         from labkit.sandbox import dynatrace, kube, shop
         from labkit.sandbox.http import LabServer
+        from labkit.sandbox.tls import lab_certificates
 
         self.state_dir = Path(state_dir)
         self.timings = timings or Timings.from_env()
@@ -100,6 +104,9 @@ class LocalLab:
             flags_yaml = json.dumps(saved)  # JSON is YAML: the ConfigMap as it was last written
         self.cluster = kube.LocalCluster(self.timings, flags_yaml or SHARED_FLAGS.read_text())
         self.cluster.on_configmap_change = self._keep_flags
+        # The Kubernetes API over TLS with the lab's own CA and token: no one else on the machine gets in.
+        self.certificates = lab_certificates(self.state_dir)
+        self.cluster.token, self.cluster.token_required = self.certificates.token, True
         self.telemetry = dynatrace.Telemetry(self.timings)
         self.shop = shop.DemoShop(self.cluster.flagd_value, self.telemetry, self.timings)
         self.tenant = dynatrace.Tenant(self.telemetry, self.timings, {
@@ -109,16 +116,16 @@ class LocalLab:
         ports = _read_json(self.state_dir / PORTS)
         ports = ports if isinstance(ports, dict) else {}
 
-        def server(app, name: str) -> LabServer:
+        def server(app, name: str, tls=None) -> LabServer:
             port = ports.get(name)
             if isinstance(port, int) and 1024 <= port <= 65535:
                 try:
-                    return LabServer(app, port=port)
+                    return LabServer(app, port=port, tls=tls)
                 except OSError:
                     pass  # taken by now: a new free port (lab.env is rewritten at start)
-            return LabServer(app)
+            return LabServer(app, tls=tls)
 
-        self.kube_server = server(kube.app(self.cluster), "kube")
+        self.kube_server = server(kube.app(self.cluster), "kube", self.certificates.server_context())
         self.frontend_server = server(shop.app(self.shop), "frontend")
         self.tenant_server = server(dynatrace.app(self.tenant), "tenant")
         self.cluster.register_service("frontend-proxy", 8080, self.frontend_server.app)
@@ -133,6 +140,7 @@ class LocalLab:
         _write_atomic(self.state_dir / PORTS, json.dumps({
             name: server.server_address[1] for name, server in (
                 ("kube", self.kube_server), ("frontend", self.frontend_server), ("tenant", self.tenant_server))}))
+        self.kubeconfig_path.touch(mode=0o600)  # it holds the API's token
         self.kubeconfig_path.write_text(self.kubeconfig())
         workspace = self.state_dir / WORKSPACE
         workspace.mkdir(exist_ok=True)
@@ -190,7 +198,7 @@ class LocalLab:
         }
 
     def kubeconfig(self) -> str:
-        return kubeconfig_text(self.kube_server.url)
+        return kubeconfig_text(self.kube_server.url, self.certificates.token, self.certificates.ca_pem)
 
 
 def _read_json(path: Path):

@@ -1,0 +1,59 @@
+"""A seat's kernels report their timeline steps, and a heartbeat, to the facilitator's board.
+
+Installed by the seat's IPython startup (seats.STARTUP) when the seat's server runs under the hub:
+it posts with the hub's own credentials (the server's JUPYTERHUB_API_TOKEN, which the board checks
+with the hub), from a background thread, so a slow or absent board never slows a cell.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+
+from labkit import timeline
+
+HEARTBEAT = float(os.environ.get("LABKIT_BOARD_HEARTBEAT", "20"))  # s between "still here" reports
+_installed: list = []
+
+
+class Reporter:
+    def __init__(self, board_url: str, seat: str, token: str):
+        self.url = board_url.rstrip("/") + f"/api/seats/{seat}/steps"
+        self.headers = {"Authorization": f"token {token}"}
+        self.outbox: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="labkit-board-report", daemon=True)
+        self.thread.start()
+
+    def __call__(self, step) -> None:
+        if step is None:
+            self.outbox.put({"cleared": True})
+        else:
+            self.outbox.put({"step": {"kind": step.kind, "time": step.time.isoformat(), "flag": step.flag,
+                                      "old": step.old, "new": step.new, "detail": step.detail}})
+
+    def _run(self) -> None:
+        import httpx
+
+        with httpx.Client(timeout=5) as client:
+            while True:
+                try:
+                    body = self.outbox.get(timeout=HEARTBEAT)
+                except queue.Empty:
+                    body = {"heartbeat": True}
+                try:
+                    client.post(self.url, json=body, headers=self.headers)
+                except httpx.HTTPError:
+                    pass  # the board is down or restarting: it shows this seat as silent meanwhile
+
+
+def install(environ=None) -> Reporter | None:
+    """Report this kernel's steps to the board, when it runs in a room's seat; once per process."""
+    env = os.environ if environ is None else environ
+    board, seat, token = env.get("LABKIT_BOARD_URL"), env.get("JUPYTERHUB_USER"), env.get("JUPYTERHUB_API_TOKEN")
+    if not (board and seat and token) or _installed:
+        return _installed[0] if _installed else None
+    reporter = Reporter(board, seat, token)
+    timeline.HOOKS.append(reporter)
+    _installed.append(reporter)
+    reporter.outbox.put({"heartbeat": True})  # the kernel is up: the seat is here
+    return reporter
