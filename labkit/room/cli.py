@@ -18,6 +18,8 @@ def _room_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shared-tenant", action="store_true",
                    help="every seat's lab sends to ONE local tenant (seats kept apart by their cluster name)")
     p.add_argument("--cull-after", type=int, default=3600, help="stop a seat's server idle this many s")
+    p.add_argument("--silent-after", type=float, default=90.0,
+                   help="the board shows a running seat that has not reported for this many s as silent")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +58,7 @@ def start_room(args):
     if tenant is not None:
         env.update(tenant.seat_env())
     config = HubConfig(room, port=args.port, proxy=proxy_command(room.folder), cull_timeout=args.cull_after,
-                       passed_env=env)
+                       silent_after=args.silent_after, passed_env=env)
     try:
         hub = Hub(config).start()
     except BaseException:

@@ -23,6 +23,7 @@ from labkit.errors import LabError, Unreachable
 from labkit.room.seats import BOARD, FACILITATOR, Room
 
 PROXY = "configurable-http-proxy"
+REPO = Path(__file__).resolve().parents[2]
 SEAT_KEYS = ("LABKIT_STATE_DIR", "LABKIT_CLUSTER_NAME", "LABKIT_BOARD_URL")
 
 
@@ -36,7 +37,8 @@ def proxy_command(folder: Path, install: bool = True) -> str:
     """configurable-http-proxy from PATH or the room's own node_modules; installed there from npm
     the first time (nothing global)."""
     local = folder / "node_modules" / ".bin" / PROXY
-    found = shutil.which(PROXY) or (str(local) if local.exists() else None)
+    repo = REPO / ".room" / "node_modules" / ".bin" / PROXY  # where .ci/run and the README put it
+    found = shutil.which(PROXY) or next((str(p) for p in (local, repo) if p.exists()), None)
     if found or not install:
         return found or str(local)
     npm = shutil.which("npm")

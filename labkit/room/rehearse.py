@@ -40,6 +40,7 @@ class SeatResult:
     peak_mb: float = 0.0
     error: str | None = None
     control_failures: int = 0
+    notebook_cells: int = 0  # how many of `cells` are 01's own (a control seat adds its shopping)
 
     @property
     def failed(self) -> bool:
@@ -99,6 +100,9 @@ def run_seat(hub_url: str, seat: str, password: str, notebook: str, changes: boo
         if not changes:
             first_change = next((i for i, c in enumerate(cells) if any(k in c for k in CHANGE_CALLS)), len(cells))
             cells = cells[:first_change] + list(CONTROL_CELLS)
+            result.notebook_cells = first_change
+        else:
+            result.notebook_cells = len(cells)
         for code in cells:
             ran = kernel.run(code)
             result.cells.append(ran)
@@ -181,7 +185,7 @@ def report(results: list[SeatResult], watch: MemoryWatch, everyone_ready: float,
         if not r.changes:
             lines.append(f"    control shop saw {r.control_failures} failures")
         lines += [f"    board disagrees: {d}" for d in found.get(r.seat, [])]
-    times = [c.seconds for r in results for c in r.cells]
+    times = [c.seconds for r in results for c in r.cells[:r.notebook_cells]]  # 01's cells, not the control's
     peaks = [r.peak_mb for r in results]
     totals = {
         "seats": len(results),
