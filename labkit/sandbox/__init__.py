@@ -13,6 +13,10 @@ import secrets
 import string
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from labkit.sandbox.shared import SharedTenant
 
 SHARED_FLAGS = Path(__file__).with_name("flags.yaml")
 FLAGS_COPY = "flagd-config.json"  # the ConfigMap as last written, so a restarted local lab keeps it
@@ -82,19 +86,28 @@ def kubeconfig_text(server_url: str, token: str = "local-lab", ca_pem: bytes | N
 
 
 class LocalLab:
-    """All of the local lab in this process, on free loopback ports, until stop()."""
+    """All of the local lab in this process, on free loopback ports, until stop().
+
+    `cluster_name` is the k8s.cluster.name its data carries (default: $LABKIT_CLUSTER_NAME, else
+    the one it had, else labkit-local). With `tenant` (a SharedTenant) its shop's data goes to
+    that tenant, beside other labs' (seats of a workshop), instead of a tenant of its own."""
 
     def __init__(self, state_dir: str | Path, timings: Timings | None = None,
-                 flags_yaml: str | None = None):
+                 flags_yaml: str | None = None, cluster_name: str | None = None,
+                 tenant: "SharedTenant | None" = None):
         from labkit.sandbox import dynatrace, kube, shop
         from labkit.sandbox.http import LabServer
         from labkit.sandbox.tls import lab_certificates
+        from labkit.settings import cluster_name as checked_cluster_name
 
         self.state_dir = Path(state_dir)
         self.timings = timings or Timings.from_env()
         # A lab.env still here is from a local lab that was killed: keep its tokens (and below its
         # ports and flags), so the terminals and kernels that sourced it keep working after a restart.
         previous = _previous_env(self.state_dir / "lab.env")
+        self.cluster_name = checked_cluster_name(
+            cluster_name or os.environ.get("LABKIT_CLUSTER_NAME") or previous.get("LABKIT_CLUSTER_NAME")
+        ) or dynatrace.DEFAULT_CLUSTER
         self.api_token = previous.get("DT_API_TOKEN") or make_token()
         self.ingest_token = make_token()  # the lab's own token: ingest scopes only
         self.platform_token = previous.get("DT_PLATFORM_TOKEN") or make_token("dt0s16")
@@ -107,12 +120,18 @@ class LocalLab:
         # The Kubernetes API over TLS with the lab's own CA and token: no one else on the machine gets in.
         self.certificates = lab_certificates(self.state_dir)
         self.cluster.token, self.cluster.token_required = self.certificates.token, True
-        self.telemetry = dynatrace.Telemetry(self.timings)
-        self.shop = shop.DemoShop(self.cluster.flagd_value, self.telemetry, self.timings)
-        self.tenant = dynatrace.Tenant(self.telemetry, self.timings, {
-            self.api_token: dynatrace.READ_AND_INGEST_SCOPES,
-            self.ingest_token: dynatrace.LAB_INGEST_SCOPES,
-        }, platform_tokens={self.platform_token})
+        self.shared = tenant
+        if tenant is None:
+            self.telemetry = dynatrace.Telemetry(self.timings, cluster=self.cluster_name)
+            self.tenant = dynatrace.Tenant(self.telemetry, self.timings, {})
+        else:
+            self.telemetry, self.tenant = tenant.telemetry, tenant.tenant
+        self.tenant.add_token(self.api_token, dynatrace.READ_AND_INGEST_SCOPES)
+        self.tenant.add_token(self.ingest_token, dynatrace.LAB_INGEST_SCOPES)
+        self.tenant.platform_tokens.add(self.platform_token)
+        # the lab's collector: what the shop writes carries this lab's k8s.cluster.name
+        self.shop = shop.DemoShop(self.cluster.flagd_value,
+                                  dynatrace.Collector(self.telemetry, self.cluster_name), self.timings)
         ports = _read_json(self.state_dir / PORTS)
         ports = ports if isinstance(ports, dict) else {}
 
@@ -127,19 +146,24 @@ class LocalLab:
 
         self.kube_server = server(kube.app(self.cluster), "kube", self.certificates.server_context())
         self.frontend_server = server(shop.app(self.shop), "frontend")
-        self.tenant_server = server(dynatrace.app(self.tenant), "tenant")
+        self.tenant_server = server(dynatrace.app(self.tenant), "tenant") if tenant is None else tenant.server
         self.cluster.register_service("frontend-proxy", 8080, self.frontend_server.app)
 
+    def _servers(self) -> dict:
+        """This lab's own servers by name (a shared tenant's server is not one of them)."""
+        own = {"kube": self.kube_server, "frontend": self.frontend_server}
+        return own if self.shared else {**own, "tenant": self.tenant_server}
+
     def start(self) -> "LocalLab":
-        for server in (self.kube_server, self.frontend_server, self.tenant_server):
+        for server in self._servers().values():
             server.start()
         self.cluster.start()
         self.shop.start()
-        self.tenant.start()
+        if not self.shared:
+            self.tenant.start()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         _write_atomic(self.state_dir / PORTS, json.dumps({
-            name: server.server_address[1] for name, server in (
-                ("kube", self.kube_server), ("frontend", self.frontend_server), ("tenant", self.tenant_server))}))
+            name: server.server_address[1] for name, server in self._servers().items()}))
         self.kubeconfig_path.touch(mode=0o600)  # it holds the API's token
         self.kubeconfig_path.write_text(self.kubeconfig())
         workspace = self.state_dir / WORKSPACE
@@ -153,9 +177,10 @@ class LocalLab:
 
     def stop(self) -> None:
         self.shop.stop()
-        self.tenant.stop()
+        if not self.shared:
+            self.tenant.stop()
         self.cluster.stop()
-        for server in (self.kube_server, self.frontend_server, self.tenant_server):
+        for server in self._servers().values():
             server.stop()
         for name in ("lab.env", "kubeconfig"):
             (self.state_dir / name).unlink(missing_ok=True)
@@ -194,6 +219,7 @@ class LocalLab:
             "FRONTEND_URL": self.frontend_server.url,
             "LABKIT_LOCAL_LAB": "1",
             "LABKIT_STATE_DIR": str(self.state_dir),
+            "LABKIT_CLUSTER_NAME": self.cluster_name,
             "CODESPACE_VSCODE_FOLDER": str(self.state_dir / WORKSPACE),
         }
 
@@ -219,7 +245,25 @@ def _previous_env(path: Path) -> dict[str, str]:
     from labkit.settings import _TOKEN, read_dotenv
 
     env = read_dotenv(path)
-    return {k: v for k, v in env.items() if k in ("DT_API_TOKEN", "DT_PLATFORM_TOKEN") and _TOKEN.match(v)}
+    kept = {k: v for k, v in env.items() if k in ("DT_API_TOKEN", "DT_PLATFORM_TOKEN") and _TOKEN.match(v)}
+    if env.get("LABKIT_CLUSTER_NAME"):
+        kept["LABKIT_CLUSTER_NAME"] = env["LABKIT_CLUSTER_NAME"]
+    return kept
+
+
+def start_shared_tenant(state_dir: str | Path, seats=(), timings: Timings | None = None) -> "SharedTenant":
+    """One local tenant on loopback, started, with a local lab per name in `seats` sending to it
+    (labkit.sandbox.shared); add more with .add_seat(name)."""
+    from labkit.sandbox.shared import SharedTenant
+
+    shared = SharedTenant(state_dir, timings).start()
+    try:
+        for name in seats:
+            shared.add_seat(name)
+    except BaseException:
+        shared.stop()
+        raise
+    return shared
 
 
 def default_state_dir() -> Path:

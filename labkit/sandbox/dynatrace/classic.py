@@ -13,7 +13,7 @@ import secrets
 from typing import Callable
 
 from labkit.sandbox.dynatrace.errors import EnvironmentApiError, bad_param, violation
-from labkit.sandbox.dynatrace.selectors import (ENTITY_DIM, MetricQuery, criteria,
+from labkit.sandbox.dynatrace.selectors import (CLUSTER_DIM, ENTITY_DIM, MetricQuery, criteria,
                                                 parse_entity_selector, parse_metric_selector)
 from labkit.sandbox.dynatrace.series import (aggregate, merged_minutes, parse_resolution,
                                              series_values, slot_bounds)
@@ -255,7 +255,7 @@ def run_metric_query(tenant: Tenant, q: MetricQuery, start: int, end: int, step:
         return result
     services = [e for e in tenant.services()
                 if (allowed_ids is None or e.entity_id in allowed_ids)
-                and (q.filter is None or q.filter({ENTITY_DIM: e.entity_id}))]
+                and (q.filter is None or q.filter({ENTITY_DIM: e.entity_id, CLUSTER_DIM: e.cluster}))]
     merged = q.split == []
     groups = [(None, services)] if merged else [(e, [e]) for e in services]
     bounded = allowed_ids is not None or q.filter_ids is not None
@@ -395,7 +395,7 @@ def _problem_json(tenant: Tenant, p: Problem, fields: set[str]) -> dict:
         "affectedEntities": [stub], "impactedEntities": [stub], "rootCauseEntity": stub,
         "managementZones": [], "entityTags": [],
         "problemFilters": [{"id": "c21f969b-5f03-333d-83e0-4f8f136e7682", "name": "Default"}],
-        "k8s.cluster.name": ["obslab"], "k8s.namespace.name": ["default"],
+        "k8s.cluster.name": [p.entity.cluster or ""], "k8s.namespace.name": ["default"],
     }
     if "evidenceDetails" in fields:
         out["evidenceDetails"] = _evidence(tenant, p)

@@ -57,7 +57,7 @@ def merged_minutes(telemetry: Telemetry, services: list[MonitoredEntity], index:
     """Per-minute values of one series (several services summed minute by minute)."""
     merged: list[float | None] = [None] * (last - first)
     for entity in services:
-        for i, slot in enumerate(telemetry.minute_counts(entity.name, first, last)):
+        for i, slot in enumerate(telemetry.minute_counts(entity.entity_id, first, last)):
             if slot is not None:
                 merged[i] = (merged[i] or 0) + slot[index]
     return merged

@@ -4,10 +4,18 @@ The shop writes into it as it serves requests; the tenant reads from it to answe
 lock guards everything, and every method holds it only briefly. Request counts are kept as
 per-service, per-minute counters so a 24-hour chart at 1-minute resolution is a cheap lookup; the
 individual records, logs and events are kept in bounded lists.
+
+One tenant can hold several labs' data (seats on a shared tenant): every record, log, entity and
+problem carries the `k8s.cluster.name` of the lab that produced it, which each lab's `Collector`
+stamps on as the lab's OpenTelemetry collector would. Services are split by cluster as Service
+Detection v2's default rule splits them (k8s.namespace.name + k8s.cluster.uid), so each seat's
+`cart` is its own SERVICE entity, and problems open per entity.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import itertools
 import random
 import threading
@@ -17,6 +25,7 @@ from dataclasses import dataclass, field
 from labkit.sandbox.dynatrace.times import MINUTE_MS, iso, now_ms
 
 CART = "cart"
+DEFAULT_CLUSTER = "labkit-local"  # k8s.cluster.name of a local lab that was given none
 
 # The OpenTelemetry demo's services as they appear in the lab (OTel-only "unified" services).
 SERVICES = ("cart", "frontend", "frontend-proxy", "product-catalog", "checkout", "currency",
@@ -53,9 +62,11 @@ def log_status(level: str) -> str:
     return "INFO" if level in ("INFO", "DEBUG", "TRACE", "NOTICE") else "NONE"
 
 
-def service_id(name: str) -> str:
-    """A stable Dynatrace-shaped id for a service name (same name, same id, every run)."""
-    return "SERVICE-" + hashlib.sha256(name.encode()).hexdigest()[:16].upper()
+def service_id(name: str, cluster: str = DEFAULT_CLUSTER) -> str:
+    """A stable Dynatrace-shaped id for a service of a cluster (same name and cluster, same id,
+    every run); the default cluster keeps the ids a local lab always had."""
+    key = name if cluster == DEFAULT_CLUSTER else f"{name}\x00{cluster}"
+    return "SERVICE-" + hashlib.sha256(key.encode()).hexdigest()[:16].upper()
 
 
 @dataclass
@@ -67,6 +78,7 @@ class RequestRecord:
     duration_ms: float
     trace_id: str
     span_id: str
+    cluster: str = DEFAULT_CLUSTER  # k8s.cluster.name
 
 
 @dataclass
@@ -76,6 +88,7 @@ class MonitoredEntity:
     first_seen: int
     last_seen: int
     type: str = "SERVICE"
+    cluster: str | None = None  # k8s.cluster.name of the workload behind a service
 
     def stub(self) -> dict:
         return {"entityId": {"id": self.entity_id, "type": self.type}, "name": self.name}
@@ -116,27 +129,51 @@ class Problem:
 class Telemetry:
     """Thread-safe store of the local lab's observability data."""
 
-    def __init__(self, timings, seed: int | None = None):
+    def __init__(self, timings, seed: int | None = None, cluster: str | None = DEFAULT_CLUSTER):
         self.timings = timings
         self.clock = now_ms  # tests may replace it
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
-        self._minutes: dict[str, dict[int, list[int]]] = {s: {} for s in SERVICES}
+        self._minutes: dict[str, dict[int, list[int]]] = {}  # entity id -> minute -> [n, failed]
         self._records: deque[RequestRecord] = deque(maxlen=MAX_RECORDS)
         self._info_logs: deque[dict] = deque(maxlen=MAX_INFO_LOGS)
         # Error logs are kept apart so a flood of INFO lines never pushes them out.
         self._error_logs: deque[dict] = deque(maxlen=MAX_ERROR_LOGS)
-        self._recent_errors: deque[int] = deque()  # priority-1 cart error times, for detection
+        # priority-1 cart error times per entity, for detection
+        self._recent_errors: dict[str, deque[int]] = {}
         self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self._problems: list[Problem] = []
         self._display_seq = itertools.count(1)
+        self.entities: dict[tuple[str, str], MonitoredEntity] = {}  # (cluster, service) -> entity
         now = self.clock()
-        seed_start = now - int(timings.seed_hours * 3600_000)
-        self.entities = {name: MonitoredEntity(service_id(name), name, seed_start, now)
-                         for name in SERVICES}
-        self.environment = MonitoredEntity("environment", "environment", seed_start, now,
+        self.environment = MonitoredEntity("environment", "environment",
+                                           now - int(timings.seed_hours * 3600_000), now,
                                            "ENVIRONMENT")
-        self._seed(seed_start, now)
+        if cluster:  # None: a shared tenant, whose labs join as they start
+            self.join(cluster)
+
+    def join(self, cluster: str) -> None:
+        """A lab whose collector starts sending here: its services, with a calm past."""
+        with self._lock:
+            if any(c == cluster for c, _ in self.entities):
+                return
+            now = self.clock()
+            seed_start = now - int(self.timings.seed_hours * 3600_000)
+            for name in SERVICES:
+                self.entities[(cluster, name)] = MonitoredEntity(
+                    service_id(name, cluster), name, seed_start, now, cluster=cluster)
+            self._seed(seed_start, now, cluster)
+
+    def clusters(self) -> list[str]:
+        with self._lock:
+            return sorted({c for c, _ in self.entities})
+
+    def _entity(self, service: str, cluster: str, t: int) -> MonitoredEntity:
+        entity = self.entities.get((cluster, service))
+        if entity is None:
+            entity = self.entities[(cluster, service)] = MonitoredEntity(
+                service_id(service, cluster), service, t, t, cluster=cluster)
+        return entity
 
     # ----- ids ------------------------------------------------------------------------------
     def _hex(self, n: int) -> str:
@@ -147,11 +184,11 @@ class Telemetry:
             return self._hex(32), self._hex(16)
 
     # ----- writing --------------------------------------------------------------------------
-    def _seed(self, start: int, end: int) -> None:
+    def _seed(self, start: int, end: int, cluster: str) -> None:
         """Baseline history so charts have a past: a few calm requests a minute, no failures."""
         for service in SERVICES:
             rate = BASELINE_PER_MINUTE.get(service, DEFAULT_PER_MINUTE)
-            buckets = self._minutes[service]
+            buckets = self._minutes.setdefault(self.entities[(cluster, service)].entity_id, {})
             for minute in range(start // MINUTE_MS, end // MINUTE_MS):
                 n = self._poisson(rate)
                 if n:
@@ -163,7 +200,7 @@ class Telemetry:
             if t < end:
                 trace, span = self._hex(32), self._hex(16)
                 self._info_logs.append(self._cart_log(t, "GetCartAsync called with userId=seed",
-                                                      trace, span, "INFO", "pod-seed"))
+                                                      trace, span, "INFO", "pod-seed", cluster))
 
     def _poisson(self, lam: float) -> int:
         # Knuth's method: fine for the small rates used here.
@@ -175,88 +212,93 @@ class Telemetry:
             k += 1
 
     def record(self, service: str, endpoint: str, failed: bool = False, duration_ms: float = 5.0,
-               trace_id: str | None = None, span_id: str | None = None, at: int | None = None
-               ) -> RequestRecord:
+               trace_id: str | None = None, span_id: str | None = None, at: int | None = None,
+               cluster: str = DEFAULT_CLUSTER) -> RequestRecord:
         """One served request (a span in the real lab)."""
         with self._lock:
             t = self.clock() if at is None else at
             rec = RequestRecord(t, service, endpoint, failed, duration_ms,
-                                trace_id or self._hex(32), span_id or self._hex(16))
-            self._count(service, t, failed)
+                                trace_id or self._hex(32), span_id or self._hex(16), cluster)
+            self._count(service, t, failed, cluster)
             self._records.append(rec)
             return rec
 
-    def _count(self, service: str, t: int, failed: bool) -> None:
-        buckets = self._minutes.setdefault(service, {})
+    def _count(self, service: str, t: int, failed: bool, cluster: str) -> None:
+        entity = self._entity(service, cluster, t)
+        buckets = self._minutes.setdefault(entity.entity_id, {})
         slot = buckets.get(t // MINUTE_MS)
         if slot is None:
             slot = buckets[t // MINUTE_MS] = [0, 0]
         slot[0] += 1
         slot[1] += failed
-        entity = self.entities.get(service)
-        if entity is None:
-            entity = self.entities[service] = MonitoredEntity(service_id(service), service, t, t)
         entity.last_seen = max(entity.last_seen, t)
 
     def _cart_log(self, t: int, content: str, trace_id: str, span_id: str, level: str,
-                  pod: str) -> dict:
+                  pod: str, cluster: str) -> dict:
         """A log line shaped like the lab's cart logs in Grail (OTel + k8s + pod annotations)."""
         return {
             "timestamp": iso(t), "_ms": t, "content": content, "loglevel": level,
             "status": log_status(level),
-            "service.name": CART, "dt.entity.service": self.entities[CART].entity_id,
+            "service.name": CART, "dt.entity.service": self._entity(CART, cluster, t).entity_id,
             "trace_id": trace_id, "span_id": span_id, "host.name": f"cart-{pod}",
+            "k8s.cluster.name": cluster,
             "k8s.namespace.name": "default", "k8s.pod.name": f"cart-{pod}",
             "k8s.container.name": "cart", "dt.owner": "team-cart", "dt.cost.product": "otel-demo",
             "dt.cost.costcenter": "engineering", "log.source": "otel", "event.type": "LOG",
         }
 
-    def log_cart_info(self, content: str, trace_id: str, span_id: str, pod: str) -> None:
+    def log_cart_info(self, content: str, trace_id: str, span_id: str, pod: str,
+                      cluster: str = DEFAULT_CLUSTER) -> None:
         with self._lock:
             self._info_logs.append(self._cart_log(self.clock(), content, trace_id, span_id,
-                                                  "INFO", pod))
+                                                  "INFO", pod, cluster))
 
-    def log_cart(self, level: str, content: str, pod: str = "pod-test") -> dict:
+    def log_cart(self, level: str, content: str, pod: str = "pod-test",
+                 cluster: str = DEFAULT_CLUSTER) -> dict:
         """Any cart log line (tests inject e.g. a CRITICAL one); error ones never open problems."""
         with self._lock:
             entry = self._cart_log(self.clock(), content, self._hex(32), self._hex(16),
-                                   level.upper(), pod)
+                                   level.upper(), pod, cluster)
             (self._error_logs if entry["status"] == "ERROR" else self._info_logs).append(entry)
             return entry
 
-    def log_cart_redis_error(self, trace_id: str, span_id: str, pod: str) -> dict:
+    def log_cart_redis_error(self, trace_id: str, span_id: str, pod: str,
+                             cluster: str = DEFAULT_CLUSTER) -> dict:
         """The EmptyCart failure log; the lab's pipeline marks it for alerting (priority "1")."""
         with self._lock:
             t = self.clock()
-            entry = self._cart_log(t, REDIS_ERROR, trace_id, span_id, "ERROR", pod)
+            entry = self._cart_log(t, REDIS_ERROR, trace_id, span_id, "ERROR", pod, cluster)
             entry.update({"statuscode": "FailedPrecondition", "priority": "1", "alertme": "true",
                           "detail": REDIS_ERROR})
             self._error_logs.append(entry)
-            self._detect(t)
+            self._detect(t, self._entity(CART, cluster, t))
             return entry
 
     # ----- problems -------------------------------------------------------------------------
-    def _detect(self, t: int) -> None:
-        """Open (or extend) the Redis problem when enough priority-1 errors arrive in a window."""
+    def _detect(self, t: int, entity: MonitoredEntity) -> None:
+        """Open (or extend) `entity`'s Redis problem when enough priority-1 errors of it arrive in
+        a window: problems are per entity, as Davis groups them, so one seat's errors never open
+        or extend another seat's problem."""
         window = int(self.timings.problem_window * 1000)
-        errors = self._recent_errors
+        errors = self._recent_errors.setdefault(entity.entity_id, deque())
         errors.append(t)
         while errors and errors[0] < t - window:
             errors.popleft()
         self._close_quiet(t)
-        current = self._problems[-1] if self._problems and self._problems[-1].open else None
+        mine = [p for p in self._problems if p.entity.entity_id == entity.entity_id]
+        current = mine[-1] if mine and mine[-1].open else None
         if current:
             current.last_error = t
             current.error_count += 1
         else:
             # Errors that a closed problem already covered do not count again for a new one.
-            covered = self._problems[-1].last_error if self._problems else None
+            covered = mine[-1].last_error if mine else None
             fresh = [e for e in errors if covered is None or e > covered]
             if len(fresh) >= self.timings.problem_errors:
                 seq = next(self._display_seq)
                 problem_id = f"-{self._rng.getrandbits(62)}_{fresh[0]}V2"
                 self._problems.append(Problem(problem_id, f"P-{seq:02d}", fresh[0],
-                                              self.entities[CART], t, len(fresh)))
+                                              entity, t, len(fresh)))
 
     def _close_quiet(self, now: int) -> None:
         quiet = int(self.timings.problem_quiet * 1000)
@@ -307,11 +349,12 @@ class Telemetry:
                     return e
         return None
 
-    def minute_counts(self, service: str, first_minute: int, last_minute: int
+    def minute_counts(self, entity_id: str, first_minute: int, last_minute: int
                       ) -> list[tuple[int, int] | None]:
-        """[(requests, failures) or None] for each minute in [first, last): None = no data."""
+        """[(requests, failures) or None] of a service entity for each minute in [first, last):
+        None = no data."""
         with self._lock:
-            buckets = self._minutes.get(service, {})
+            buckets = self._minutes.get(entity_id, {})
             out = []
             for m in range(first_minute, last_minute):
                 slot = buckets.get(m)
@@ -326,6 +369,34 @@ class Telemetry:
         rows.sort(key=lambda r: r["_ms"])
         return rows
 
-    def records(self, service: str | None = None) -> list[RequestRecord]:
+    def records(self, service: str | None = None, cluster: str | None = None) -> list[RequestRecord]:
         with self._lock:
-            return [r for r in self._records if service is None or r.service == service]
+            return [r for r in self._records if (service is None or r.service == service)
+                    and (cluster is None or r.cluster == cluster)]
+
+
+class Collector:
+    """One lab's OpenTelemetry collector: what its shop writes reaches the tenant's Telemetry with
+    the lab's `k8s.cluster.name` (as the collector's resource processor adds it). Every write that
+    takes a `cluster` gets this lab's; everything else is the Telemetry's own."""
+
+    def __init__(self, telemetry: Telemetry, cluster: str):
+        self.telemetry, self.cluster = telemetry, cluster
+        telemetry.join(cluster)
+
+    def __getattr__(self, name: str):
+        attr = getattr(self.telemetry, name)
+        if callable(attr) and _takes_cluster(type(self.telemetry), name):
+            return functools.partial(attr, cluster=self.cluster)
+        return attr
+
+    def __repr__(self) -> str:
+        return f"<Collector k8s.cluster.name={self.cluster!r}>"
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_cluster(cls: type, name: str) -> bool:
+    try:
+        return "cluster" in inspect.signature(getattr(cls, name)).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False

@@ -86,7 +86,7 @@ def service_page(tenant: Tenant, req: Request) -> Response:
     if entity is None:
         raise PageError(404, f"The local lab knows no service {entity_id or '(no detailsId)'}.")
     now = tenant.telemetry.clock()
-    minutes = tenant.telemetry.minute_counts(entity.name, now // MINUTE_MS - 30, now // MINUTE_MS + 1)
+    minutes = tenant.telemetry.minute_counts(entity.entity_id, now // MINUTE_MS - 30, now // MINUTE_MS + 1)
     requests = sum(m[0] for m in minutes if m)
     failed = sum(m[1] for m in minutes if m)
     problems = [(_problem_link(p), "OPEN" if p.open else "CLOSED", _when(p.start))
