@@ -8,7 +8,8 @@ examples/service-* and jupyterhub.services.auth are the model).
 
 Each row joins three sources: the hub (is the seat's server running, its last activity), the seat's
 reports (steps, heartbeats), and the seat's lab itself (state.py: flagd's pods, the cart, the
-problem). A seat whose server runs but that has not reported for `silent_after` seconds is silent.
+problem), read by the board where the seats' folders are on its machine (`labkit room`), else as the
+seat's heartbeat reads it in the seat's pod (Zero to JupyterHub). A seat whose server runs but that has not reported for `silent_after` seconds is silent.
 
 Run by the hub as `python -m labkit.room.board ROOM_FOLDER SEATS SILENT_AFTER shared|own`.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +57,8 @@ class Board:
             seen["steps"].append({k: step.get(k) for k in ("kind", "time", "flag", "old", "new", "detail")})
         if body.get("cleared"):
             seen["steps"] = []
+        if isinstance(body.get("state"), dict) and not self.room.state_dir(seat).is_dir():
+            self.live[seat] = body["state"]  # on a cluster the seat's lab is in its pod: its own reading
 
     async def poll_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -63,8 +67,9 @@ class Board:
                 await self._poll_hub()
             except Exception as exc:  # the hub restarting: keep the last view
                 print(f"labkit-board: the hub's API did not answer ({type(exc).__name__})", file=sys.stderr)
-            reads = [loop.run_in_executor(self.pool, read_seat, self.room.state_dir(n)) for n in self.room.names]
-            for name, got in zip(self.room.names, await asyncio.gather(*reads, return_exceptions=True)):
+            local = [n for n in self.room.names if self.room.state_dir(n).is_dir()]
+            reads = [loop.run_in_executor(self.pool, read_seat, self.room.state_dir(n)) for n in local]
+            for name, got in zip(local, await asyncio.gather(*reads, return_exceptions=True)):
                 self.live[name] = got if isinstance(got, dict) else {"lab": "unreadable", "error": repr(got)[:160]}
             await asyncio.sleep(POLL)
 
@@ -200,6 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     app.listen(url.port, url.hostname)
     loop = ioloop.IOLoop.current()
     loop.spawn_callback(board.poll_forever)
+    # the hub stops its services with SIGTERM: end quietly, as a service should
+    signal.signal(signal.SIGTERM, lambda *_: loop.add_callback_from_signal(loop.stop))
     loop.start()
 
 

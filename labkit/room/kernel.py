@@ -87,8 +87,9 @@ class SeatKernel:
 
         url = (self.login.hub_url.replace("http", "ws", 1) + self.base +
                f"api/kernels/{self.kernel_id}/channels?session_id={self.session_id}")
-        return websocket.create_connection(url, header=[f"Authorization: token {self.login.token}"],
-                                           timeout=30)
+        ws = websocket.create_connection(url, header=[f"Authorization: token {self.login.token}"], timeout=30)
+        ws.settimeout(5)  # a cell may run for minutes without a message: recv wakes up to check the deadline
+        return ws
 
     def cells(self) -> list[str]:
         """The notebook's code cells, as the server has the file (the workbook as shipped)."""
@@ -98,6 +99,8 @@ class SeatKernel:
                 for c in r.json()["content"]["cells"] if c["cell_type"] == "code"]
 
     def run(self, code: str, timeout: float = 900) -> CellRun:
+        import websocket
+
         msg_id = uuid.uuid4().hex
         self.ws.send(json.dumps({
             "header": {"msg_id": msg_id, "username": self.login.seat, "session": self.session_id,
@@ -109,7 +112,10 @@ class SeatKernel:
         while not (replied and idle):
             if time.monotonic() - start > timeout:
                 raise Unreachable(f"a cell ran longer than {timeout:.0f} s in {self.login.seat}'s kernel")
-            msg = json.loads(self.ws.recv())
+            try:
+                msg = json.loads(self.ws.recv())
+            except websocket.WebSocketTimeoutException:
+                continue
             if (msg.get("parent_header") or {}).get("msg_id") != msg_id:
                 continue
             kind, content = msg["msg_type"], msg.get("content", {})

@@ -55,6 +55,7 @@ class MemoryWatch:
         self.seats = seats
         self.peak = {s: 0 for s in seats}
         self.room_peak = 0
+        self.shared_peak = 0  # --shared-tenant: every seat's lab in one process
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="room-memory")
 
@@ -68,24 +69,29 @@ class MemoryWatch:
 
     def _run(self) -> None:
         while not self._stop.wait(0.5):
-            seen = self.sample()
+            seen, shared = self.sample()
             for seat, rss in seen.items():
                 self.peak[seat] = max(self.peak[seat], rss)
-            self.room_peak = max(self.room_peak, sum(seen.values()))
+            self.shared_peak = max(self.shared_peak, shared)
+            self.room_peak = max(self.room_peak, sum(seen.values()) + shared)
 
-    def sample(self) -> dict[str, int]:
+    def sample(self) -> tuple[dict[str, int], int]:
         import psutil
 
-        seen = {s: 0 for s in self.seats}
+        seen, shared = {s: 0 for s in self.seats}, 0
         for proc in psutil.process_iter(["pid"]):
             try:
+                command = " ".join(proc.cmdline())
+                if "labkit.sandbox.shared" in command:
+                    shared += proc.memory_info().rss
+                    continue
                 user = proc.environ().get("JUPYTERHUB_USER")
-                if user in seen and "jupyterhub.singleuser" in " ".join(proc.cmdline()):
+                if user in seen and "jupyterhub.singleuser" in command:
                     family = [proc, *proc.children(recursive=True)]
                     seen[user] += sum(p.memory_info().rss for p in family)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
-        return seen
+        return seen, shared
 
 
 def run_seat(hub_url: str, seat: str, password: str, notebook: str, changes: bool) -> SeatResult:
@@ -196,8 +202,11 @@ def report(results: list[SeatResult], watch: MemoryWatch, everyone_ready: float,
         "wall_seconds": round(wall, 1),
         "p95_cell_seconds": round(p95(times), 2),
         "median_cell_seconds": round(statistics.median(times), 2) if times else math.nan,
-        "memory_per_seat_mb": round(statistics.mean(peaks), 1) if peaks else math.nan,
+        # each seat's server and kernels, plus its share of the shared tenant's process (if any)
+        "memory_per_seat_mb": round(statistics.mean(peaks) + watch.shared_peak / MB / len(peaks), 1)
+        if peaks else math.nan,
         "room_peak_mb": round(watch.room_peak / MB, 1),
+        "shared_tenant_peak_mb": round(watch.shared_peak / MB, 1),  # 0 unless --shared-tenant
     }
     lines.append("room: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
     print("\n".join(lines), flush=True)

@@ -31,6 +31,19 @@ class Reporter:
             self.outbox.put({"step": {"kind": step.kind, "time": step.time.isoformat(), "flag": step.flag,
                                       "old": step.old, "new": step.new, "detail": step.detail}})
 
+    @staticmethod
+    def _state() -> dict | None:
+        """The seat's lab as this seat sees it (the board on a cluster cannot read the seat's files)."""
+        state_dir = os.environ.get("LABKIT_STATE_DIR")
+        if not state_dir:
+            return None
+        from labkit.room.state import read_seat
+
+        try:
+            return read_seat(state_dir)
+        except Exception as exc:  # noqa: BLE001 - a heartbeat still goes out
+            return {"lab": "unreadable", "error": type(exc).__name__}
+
     def _run(self) -> None:
         import httpx
 
@@ -39,7 +52,7 @@ class Reporter:
                 try:
                     body = self.outbox.get(timeout=HEARTBEAT)
                 except queue.Empty:
-                    body = {"heartbeat": True}
+                    body = {"heartbeat": True, "state": self._state()}
                 try:
                     client.post(self.url, json=body, headers=self.headers)
                 except httpx.HTTPError:

@@ -34,6 +34,21 @@ except Exception as exc:  # the lab works without the board
 """
 
 
+def fill_home(home: Path) -> Path:
+    """A seat's home: 0700, the workbook's notebooks (kept if the seat has them already), and the
+    IPython startup that reports to the board (also a seat pod's postStart on Zero to JupyterHub)."""
+    home = Path(home)
+    home.mkdir(parents=True, exist_ok=True)
+    os.chmod(home, 0o700)
+    for book in sorted(NOTEBOOKS.glob("*.ipynb")):
+        if not (home / book.name).exists():
+            shutil.copyfile(book, home / book.name)
+    startup = home / ".ipython" / "profile_default" / "startup"
+    startup.mkdir(parents=True, exist_ok=True)
+    (startup / "00-labkit-room.py").write_text(STARTUP)
+    return home
+
+
 def seat_names(count: int) -> list[str]:
     return [f"seat-{k}" for k in range(1, count + 1)]
 
@@ -91,21 +106,23 @@ class Room:
         return made
 
     def make_home(self, seat: str) -> Path:
-        """The seat's home: 0700, the workbook's notebooks (kept if the seat has them already),
-        and the IPython startup that reports to the board."""
-        home = self.home(seat)
-        home.mkdir(parents=True, exist_ok=True)
-        os.chmod(home, 0o700)
-        for book in sorted(NOTEBOOKS.glob("*.ipynb")):
-            if not (home / book.name).exists():
-                shutil.copyfile(book, home / book.name)
-        startup = home / ".ipython" / "profile_default" / "startup"
-        startup.mkdir(parents=True, exist_ok=True)
-        (startup / "00-labkit-room.py").write_text(STARTUP)
-        return home
+        return fill_home(self.home(seat))
 
     def seat_env(self, seat: str, board_url: str) -> dict[str, str]:
         """The variables of one seat's server (and so of its kernels): its own lab and identity."""
         return {"LABKIT_STATE_DIR": str(self.state_dir(seat)),
                 "LABKIT_CLUSTER_NAME": seat,  # the seat's identity on a shared tenant (contract C4)
                 "LABKIT_BOARD_URL": board_url}
+
+
+
+def _home_arg() -> Path:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m labkit.room.seats")
+    parser.add_argument("--home", required=True, help="the seat's home to fill")
+    return Path(parser.parse_args().home)
+
+
+if __name__ == "__main__":  # python -m labkit.room.seats --home /home/jovyan (a seat pod's postStart)
+    fill_home(_home_arg())
