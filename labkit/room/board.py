@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     board = Board(Room(Path(folder), int(seats), tenant == "shared"), float(silent_after), hub_auth)
     app = make_app(board, prefix)
     url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
-    app.listen(url.port, url.hostname)
+    # on this machine the board listens on loopback only; in the hub's pod (url http://hub:8181) on all
+    app.listen(url.port, url.hostname if url.hostname in ("127.0.0.1", "localhost") else "")
     loop = ioloop.IOLoop.current()
     loop.spawn_callback(board.poll_forever)
     # the hub stops its services with SIGTERM: end quietly, as a service should
