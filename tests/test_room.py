@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 pytest.importorskip("jupyterhub", reason="labkit room needs JupyterHub (pip install -r requirements.txt)")
@@ -197,3 +198,67 @@ def test_rehearse_a_small_room_odd_seats_change_even_seats_stay_clean(tmp_path):
     assert result["totals"]["board_disagrees"] == {} and result["totals"]["failed_seats"] == []
     assert "seat-1 (changes cartFailure)" in done.stdout and "room: seats 2" in done.stdout
     assert "room stopped" in done.stdout and "leftover" not in done.stdout
+
+
+# ------------------------------------------------------------------------ a seat's reports, culling
+def test_the_timeline_tells_its_hooks_and_a_failing_hook_stops_nothing(tmp_path):
+    from labkit import timeline
+
+    seen = []
+
+    def broken(step):
+        raise RuntimeError("the board is down")
+
+    timeline.HOOKS[:] = [broken, seen.append]
+    try:
+        run = timeline.Timeline(tmp_path / "timeline.jsonl")
+        step = run.add(timeline.FLAG_APPLIED, flag="cartFailure", old="off", new="on")
+        run.clear()
+    finally:
+        timeline.HOOKS.clear()
+    assert seen == [step, None]  # None: the run was cleared (the board forgets the seat's steps)
+
+
+def test_the_report_hook_installs_only_in_a_seat_of_a_room(monkeypatch):
+    from labkit.room import report
+
+    assert report.install({"LABKIT_BOARD_URL": "http://127.0.0.1:1/services/labkit-board/"}) is None
+    assert report.install({}) is None
+
+
+def test_an_idle_seat_is_culled_and_its_lab_stops_with_it(tmp_path):
+    """jupyterhub-idle-culler, a hub service, stops a seat's server idle past --cull-after; the seat's
+    local lab lived in its kernel, so it stops too (its Kubernetes API no longer answers)."""
+    from labkit.room.kernel import SeatKernel, SeatLogin
+
+    folder, port = tmp_path / ".room", _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "labkit", "room", "--seats", "1", "--port", str(port),
+                             "--dir", str(folder), "--cull-after", "10"], cwd=ROOT, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("Ctrl-C") or proc.poll() is not None:
+                break
+        url = f"http://127.0.0.1:{port}"
+        password = json.loads((folder / "secrets.json").read_text())["passwords"]["seat-1"]
+        seat = SeatLogin(url, "seat-1", password)
+        seat.login()
+        seat.start_server()
+        kernel = SeatKernel(seat, "01-introduce-change.ipynb")
+        assert kernel.run("import labkit\nlab = labkit.connect()", timeout=120).error is None
+        kernel.close()
+        kubeconfig = folder / "seats/seat-1/.labkit/kubeconfig"
+        server = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            servers = seat.client.get("/hub/api/users/seat-1").json().get("servers") or {}
+            if not servers:
+                break
+            time.sleep(1)
+        assert servers == {}, "the culler did not stop the idle seat"
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(server + "/healthz", verify=False, timeout=5)
+        seat.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)

@@ -65,9 +65,12 @@ class HubConfig:
     board_port: int = field(default_factory=free_port)
     proxy: str = PROXY
     cull_timeout: int = 3600       # s a seat's server may sit idle before the culler stops it
-    cull_every: int = 300          # s between the culler's rounds
+    cull_every: int = 0            # s between the culler's rounds (0: a tenth of the timeout, 10 s to 5 min)
     silent_after: float = 90.0     # s without a report after which the board shows a seat as silent
     passed_env: dict[str, str] = field(default_factory=dict)  # LABKIT_* settings every seat gets
+
+    def __post_init__(self):
+        self.cull_every = self.cull_every or max(10, min(300, self.cull_timeout // 10))
 
     @property
     def url(self) -> str:
