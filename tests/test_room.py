@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # browser.py
 pytest.importorskip("jupyterhub", reason="labkit room needs JupyterHub (pip install -r requirements.txt)")
 PROXY = shutil.which("configurable-http-proxy") or ROOT / ".room/node_modules/.bin/configurable-http-proxy"
 pytestmark = pytest.mark.skipif(not Path(PROXY).exists() and not shutil.which("npm"),
@@ -163,6 +164,43 @@ def test_a_seat_reports_its_steps_goes_silent_and_the_facilitator_resets_its_lab
     finally:
         for login in (seat, facilitator, other):
             login.close()
+
+
+def test_the_facilitator_sees_the_board_in_a_browser_and_resets_a_seat(room):
+    """Debian's chromium: the hub's login, then the board's rows, live; "reset lab" on seat-1."""
+    import browser
+
+    if browser.missing():
+        pytest.skip(browser.missing())
+    from playwright.sync_api import sync_playwright
+
+    seat = _login(room, "seat-1")
+    try:
+        seat.start_server()
+        from labkit.room.kernel import SeatKernel
+
+        kernel = SeatKernel(seat, "01-introduce-change.ipynb")
+        assert kernel.run("import labkit\nlab = labkit.connect()\nlab.change_flag('on')", timeout=120).error is None
+        browser.ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        with sync_playwright() as p:
+            chromium = p.chromium.launch(executable_path=browser.CHROMIUM, args=browser.CHROMIUM_ARGS)
+            page = chromium.new_page(viewport={"width": 1400, "height": 420})
+            page.goto(f"{room.url}/services/labkit-board/")
+            page.fill("#username_input", "facilitator")
+            page.fill("#password_input", room.passwords["facilitator"])
+            page.click("#login_submit")
+            row = page.locator("#rows tr", has_text="seat-1")
+            row.filter(has_text=": on").wait_for(timeout=30000)
+            assert "flagd serving the new value" in row.inner_text() or "flag applied" in row.inner_text()
+            page.screenshot(path=str(browser.ARTIFACTS / "room-board.png"))
+            page.on("dialog", lambda d: d.accept())
+            row.locator("button").click()
+            row.filter(has_text=": off").wait_for(timeout=30000)
+            page.screenshot(path=str(browser.ARTIFACTS / "room-board-after-reset.png"))
+            chromium.close()
+        kernel.close()
+    finally:
+        seat.close()
 
 
 def test_ctrl_c_stops_the_hub_every_seat_and_leaves_nothing_running(room):

@@ -102,7 +102,7 @@ class Board:
             "failures_seen": any(k in FAILURE_STEPS for k in kinds),
             "problem": live.get("problem"),
             "rolled_back": "rolled back" in kinds,
-            "lab": live.get("lab", "not read yet"),
+            "lab": live.get("lab", "not started"),
             "last_report": _iso(last),
             "last_activity": user.get("last_activity"),
             "error": live.get("error"),
@@ -139,7 +139,9 @@ class PageHandler(BoardHandler):
     @web.authenticated
     def get(self):
         self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.write(PAGE.replace("{{prefix}}", os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")))
+        # the hub's OAuth cookie counts for the page's own fetches only with this token (HubOAuth's xsrf)
+        page = PAGE.replace("{{prefix}}", os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/"))
+        self.write(page.replace("{{xsrf}}", self.xsrf_token.decode()))
 
 
 class SeatsHandler(BoardHandler):
@@ -222,29 +224,30 @@ th{background:#f3f3f3}.silent,.unreachable{background:#fff1c2}.stopped,.not-star
 <p>Each row is one seat's real state: its server on the hub, the steps its kernels reported, and its own
 lab read every few seconds (every Ready flagd pod, the cart, the problem). A seat whose server runs but that
 stopped reporting shows as <b>silent</b>, not as fine.</p>
-<table><thead><tr><th>seat</th><th>status</th><th>last step</th><th>flagd pods serve</th><th>cart reads</th>
+<table><thead><tr><th>seat</th><th>status</th><th>lab</th><th>last step</th><th>flagd pods serve</th><th>cart reads</th>
 <th>failures seen</th><th>problem</th><th>rolled back</th><th>last activity</th><th></th></tr></thead>
 <tbody id="rows"></tbody></table>
 <p id="when"></p>
 <script>
-const prefix = "{{prefix}}";
-function xsrf(){const m=document.cookie.match(/_xsrf=([^;]+)/);return m?decodeURIComponent(m[1]):"";}
+const prefix = "{{prefix}}", xsrf = "{{xsrf}}";
+function ago(iso){if(!iso)return null;const s=Math.round((Date.now()-Date.parse(iso))/1000);
+  return s<60?s+" s ago":Math.round(s/60)+" min ago";}
 function cell(text,cls){const td=document.createElement("td");td.textContent=text??"—";if(cls)td.className=cls;return td;}
 async function reset(seat){
   if(!confirm("Reset "+seat+"'s lab (every flag off, flagd restarted, timeline cleared)?"))return;
-  const r=await fetch(prefix+"api/seats/"+seat+"/reset",{method:"POST",headers:{"X-XSRFToken":xsrf()}});
+  const r=await fetch(prefix+"api/seats/"+seat+"/reset",{method:"POST",headers:{"X-XSRFToken":xsrf}});
   alert(r.ok?(await r.json()).reset:"reset failed: "+r.status);
 }
 async function refresh(){
-  const r=await fetch(prefix+"api/seats");
+  const r=await fetch(prefix+"api/seats",{headers:{"X-XSRFToken":xsrf}});
   if(!r.ok){document.getElementById("when").textContent="the board's API answered "+r.status;return;}
   const data=await r.json();const body=document.getElementById("rows");body.replaceChildren();
   for(const s of data.seats){
     const tr=document.createElement("tr");tr.className=s.status.replace(/ /g,"-");
     const served=s.flag_served?Object.entries(s.flag_served).map(([p,v])=>p.split("-").pop()+": "+(v??"?")).join(", "):null;
-    tr.append(cell(s.seat),cell(s.status),cell(s.last_step),cell(served),cell(s.cart_reads),
+    tr.append(cell(s.seat),cell(s.status),cell(s.lab),cell(s.last_step),cell(served),cell(s.cart_reads),
       cell(s.failures_seen?"yes":"no",s.failures_seen?"yes":"no"),cell(s.problem,s.problem),
-      cell(s.rolled_back?"yes":"no"),cell(s.last_report||s.last_activity));
+      cell(s.rolled_back?"yes":"no"),cell(ago(s.last_report||s.last_activity)));
     const td=document.createElement("td");const b=document.createElement("button");b.textContent="reset lab";
     b.onclick=()=>reset(s.seat);td.append(b);tr.append(td);body.append(tr);
   }
