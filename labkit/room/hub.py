@@ -160,7 +160,11 @@ class Hub:
         self.proc = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", str(config_path)],
                                      cwd=hub_dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
-        self._wait_ready(timeout)
+        try:
+            self._wait_ready(timeout)
+        except BaseException:  # Ctrl-C while it starts: the hub is in its own session, stop it here
+            self.stop()
+            raise
         return self
 
     def _wait_ready(self, timeout: float) -> None:
@@ -177,7 +181,6 @@ class Hub:
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
-        self.stop()
         raise Unreachable(f"JupyterHub did not answer at {self.config.url} within {timeout:.0f} s: "
                           f"{self.log_tail()} (whole log: {self.log_path})")
 

@@ -30,12 +30,15 @@ class SharedTenant:
                  "--state-dir", str(self.room.shared_dir)],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
-        while not all(self._ready(n) for n in self.room.names):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise Unreachable(f"The shared tenant's seats did not start (see {self.log_path}); "
-                                  "run `labkit room` without --shared-tenant to give each seat its own tenant.")
-            time.sleep(0.3)
+        try:
+            while not all(self._ready(n) for n in self.room.names):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise Unreachable(f"The shared tenant's seats did not start (see {self.log_path}); run "
+                                      "`labkit room` without --shared-tenant to give each seat its own tenant.")
+                time.sleep(0.3)
+        except BaseException:  # a failure or Ctrl-C while the labs start: none is left running
+            self.stop()
+            raise
         return self
 
     def _ready(self, seat: str) -> bool:
