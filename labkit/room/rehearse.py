@@ -51,8 +51,8 @@ class MemoryWatch:
     """Peak resident memory of each seat's processes (its JupyterLab server and its kernels, which
     hold its local lab), sampled every half second while the rehearsal runs."""
 
-    def __init__(self, seats: list[str]):
-        self.seats = seats
+    def __init__(self, seats: list[str], folder: Path):
+        self.seats, self.folder = seats, str(folder)  # only this room's processes (others may run)
         self.peak = {s: 0 for s in seats}
         self.room_peak = 0
         self.shared_peak = 0  # --shared-tenant: every seat's lab in one process
@@ -82,11 +82,13 @@ class MemoryWatch:
         for proc in psutil.process_iter(["pid"]):
             try:
                 command = " ".join(proc.cmdline())
-                if "labkit.sandbox.shared" in command:
+                if "labkit.sandbox.shared" in command and self.folder in command:
                     shared += proc.memory_info().rss
                     continue
-                user = proc.environ().get("JUPYTERHUB_USER")
-                if user in seen and "jupyterhub.singleuser" in command:
+                env = proc.environ()
+                user = env.get("JUPYTERHUB_USER")
+                if (user in seen and "jupyterhub.singleuser" in command
+                        and env.get("LABKIT_STATE_DIR", "").startswith(self.folder)):
                     family = [proc, *proc.children(recursive=True)]
                     seen[user] += sum(p.memory_info().rss for p in family)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
@@ -239,7 +241,7 @@ def rehearse(args) -> int:
     changes = {s: args.change == "all" or int(s.split("-")[1]) % 2 == 1 for s in seats}
     start = time.monotonic()
     try:
-        with MemoryWatch(seats) as watch, ThreadPoolExecutor(max_workers=len(seats)) as pool:
+        with MemoryWatch(seats, room.folder) as watch, ThreadPoolExecutor(max_workers=len(seats)) as pool:
             results = list(pool.map(lambda s: run_seat(hub_url, s, secrets[s], args.notebook, changes[s]), seats))
         wall = time.monotonic() - start
         ready = max((r.ready_seconds for r in results if not math.isnan(r.ready_seconds)), default=math.nan)
