@@ -264,19 +264,20 @@ class Dynatrace:
         """(entity selector, warnings) for the change event: the service by name, or on a shared
         tenant this seat's own entity (never every seat's, unless Grail cannot be asked: then by
         name, with a warning that says so)."""
+        by_name = service_selector(service)  # also refuses an empty name
         if not self.scope:
-            return service_selector(service), self._service_warnings(service)
+            return by_name, self._service_warnings(service)
         try:
             entity = self._service(service)
         except Forbidden as exc:
             _unless_not_allowed(exc)
-            return service_selector(service), [
+            return by_name, [
                 f"could not find the {service!r} of {self.scope.describe()} ({exc}); the event "
                 f"goes to every service named {service!r} on the tenant (on a shared tenant, "
                 "every seat's)"] + self._service_warnings(service)
         if entity is None:
             raise NotFound(
-                f"No entity matched service {service!r} of {self.scope.describe()}: Dynatrace has "
+                f"No entity matched {by_name} of {self.scope.describe()}: Dynatrace has "
                 "no logs of it from that cluster in the last 24 hours, so labkit cannot tell which "
                 "of the tenant's services is yours. Check that your lab's collector sets "
                 f"k8s.cluster.name to {self.scope.cluster!r} (LABKIT_CLUSTER_NAME), send some "
