@@ -140,3 +140,65 @@ def test_cluster_name_from_the_environment_and_the_local_labs_own(tmp_path, monk
         assert {r["k8s.cluster.name"] for r in lab.telemetry.logs(0, 2**62)} == {"labkit-local"}
     with LocalLab(tmp_path / "b", Timings.fast(), cluster_name="seat-9") as lab:
         assert _settings(lab.env).cluster_name == "seat-9"
+
+
+def test_two_failing_seats_each_see_their_own_problem():
+    """Both seats fail: two problems, one per seat's cart; neither seat's errors extend the other's."""
+    from labkit.sandbox.dynatrace import Collector, Telemetry
+
+    timings = Timings.fast()
+    telemetry = Telemetry(timings, cluster=None)
+    one, two = Collector(telemetry, "seat-1"), Collector(telemetry, "seat-2")
+    for _ in range(timings.problem_errors):
+        one.log_cart_redis_error("a" * 32, "b" * 16, "pod")
+    (first,) = telemetry.problems()
+    two.log_cart_redis_error("c" * 32, "d" * 16, "pod")
+    assert len(telemetry.problems()) == 1 and first.error_count == timings.problem_errors
+    for _ in range(timings.problem_errors):
+        two.log_cart_redis_error("c" * 32, "d" * 16, "pod")
+    problems = telemetry.problems()
+    assert [p.entity.cluster for p in problems] == ["seat-1", "seat-2"]
+    assert problems[0].display_id != problems[1].display_id
+    assert {log["k8s.cluster.name"] for log in telemetry.logs(0, 2**62) if log["status"] == "ERROR"} == {
+        "seat-1", "seat-2"}
+
+
+def test_seats_run_from_the_command_line_and_stop_cleanly(tmp_path):
+    """`python -m labkit.sandbox.shared --seats 2`: each seat's lab.env works for the CLI, scoped to
+    that seat; Ctrl-C stops every seat and leaves no lab.env behind."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "LABKIT_POD_START": "0.3", "LABKIT_POD_TERMINATE": "0.3"}
+    env.pop("LABKIT_CLUSTER_NAME", None)
+    proc = subprocess.Popen([sys.executable, "-m", "labkit.sandbox.shared", "--seats", "2",
+                             "--state-dir", str(tmp_path)], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "seats.json").exists() or len(
+                json.loads((tmp_path / "seats.json").read_text())["seats"]) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.2)
+        from labkit.settings import read_dotenv
+
+        seat2 = read_dotenv(tmp_path / "seat-2" / "lab.env")
+        assert seat2["LABKIT_CLUSTER_NAME"] == "seat-2"
+        out = subprocess.run([sys.executable, "-m", "labkit", "failures"], env={**env, **seat2},
+                             cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        from labkit.sandbox.dynatrace import service_id
+
+        assert service_id("cart", "seat-2") in out.stdout  # the link to seat-2's own cart
+        assert service_id("cart", "seat-1") not in out.stdout
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
+    assert not (tmp_path / "seat-1" / "lab.env").exists() and not (tmp_path / "seats.json").exists()
