@@ -214,10 +214,8 @@ class Dynatrace:
         if self.scope:
             try:
                 return self._seat_service(name)
-            except Forbidden as exc:
-                _unless_not_allowed(exc)  # no Grail for this lab: the newest of that name, as
-                #                           without a seat
-
+            except Forbidden as exc:  # no Grail for this lab: the newest of that name, as alone
+                _unless_not_allowed(exc)
         found = self._services(name)
         return found[0] if found else None
 
@@ -297,9 +295,7 @@ class Dynatrace:
     def _require_service(self, name: str) -> Entity:
         entity = self._service(name)
         if entity is None:
-            raise NotFound(
-                f"Dynatrace knows no service named {name!r} seen in the last 3 days. Check the name "
-                "(the lab's is 'cart') and that the demo sends traces to this tenant.")
+            raise _no_service(name)
         return entity
 
     # ---- change events
@@ -426,12 +422,12 @@ class Dynatrace:
         """
         criteria = []
         if service is not None:
-            # every entity of that name: on a shared tenant each seat's; kept to this seat below
-            ids = [e.id for e in self._services(service)] if self.scope else [self._require_service(service).id]
-            if not ids:
-                self._require_service(service)  # NotFound, saying so
+            # on a shared tenant every seat's service of that name (kept to this seat's below)
+            entities = self._services(service) if self.scope else [self._require_service(service)]
+            if not entities:
+                raise _no_service(service)
             criteria.append("affectedEntities(" + ",".join(
-                quote_selector_value(i, always=True) for i in ids) + ")")
+                quote_selector_value(e.id, always=True) for e in entities) + ")")
         if status is not None:
             status = str(status).lower()
             if status not in ("open", "closed"):
@@ -585,6 +581,11 @@ def _run_events_query(service: str, run_id: str, scope: Scope) -> str:
     return scope.dql(f"fetch events | filter event.type == {dql_string(EVENT_TYPE)} and "
                      f"dt.entity.service.name == {dql_string(service)} and labkit.run_id == "
                      f"{dql_string(run_id)} | sort timestamp desc")
+
+
+def _no_service(name: str) -> NotFound:
+    return NotFound(f"Dynatrace knows no service named {name!r} seen in the last 3 days. Check the name "
+                    "(the lab's is 'cart') and that the demo sends traces to this tenant.")
 
 
 def _unless_not_allowed(exc: Forbidden) -> None:
