@@ -112,6 +112,25 @@ def test_the_whole_tenant_unscoped_sees_both_seats(seat1_changed, room):
         assert len(dt.problems()) == 1
 
 
+def test_a_seat_without_grail_is_still_kept_to_itself(seat1_changed, room):
+    """With the API token alone (no platform token, so no Grail to find the seat's own cart), the
+    failed requests come by the metrics' k8s.cluster.name dimension and events and problems by their
+    k8s.cluster.name; a change event can then only go to every cart, and says so."""
+    shared, _ = room
+    for name, failed in (("seat-1", lambda n: n >= 6), ("seat-2", lambda n: n == 0)):
+        env = dict(shared.env(name))
+        env.pop("DT_PLATFORM_TOKEN")
+        with Dynatrace(_settings(env)) as dt:
+            assert dt.scope and failed(dt.failed_requests("cart", since="now-30m")["failed"].sum())
+            assert len(dt.problems("cart")) == (name == "seat-1")
+            assert len(dt.change_events("cart")) == (name == "seat-1")
+    env = dict(shared.env("seat-2"))
+    env.pop("DT_PLATFORM_TOKEN")
+    with Dynatrace(_settings(env)) as dt:
+        event = dt.send_change_event("cart", FLAG, "off", old="off")
+    assert event.report_count == 2 and any("every seat's" in w for w in event.warnings)
+
+
 def test_scope_puts_the_seat_into_every_kind_of_query():
     scope = Scope("seat-1")
     assert scope.dql("fetch logs | limit 5") == 'fetch logs | filter k8s.cluster.name == "seat-1" | limit 5'

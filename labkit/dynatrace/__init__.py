@@ -266,7 +266,7 @@ class Dynatrace:
         if not self.scope:
             return by_name, self._service_warnings(service)
         try:
-            entity = self._service(service)
+            entity = self._seat(service)
         except Forbidden as exc:
             _unless_not_allowed(exc)
             return by_name, [
@@ -284,12 +284,19 @@ class Dynatrace:
 
     def _service(self, name: str) -> Entity | None:
         """find_service with a short cache (the event POST should cost one round trip)."""
+        return self._cached(name, lambda: self.find_service(name))
+
+    def _seat(self, name: str) -> Entity | None:
+        """This seat's own `name` service, cached like _service; Forbidden (403) without Grail."""
+        return self._cached(("seat", name), lambda: self._seat_service(name))
+
+    def _cached(self, key, find: Callable[[], Entity | None]) -> Entity | None:
         now = time.monotonic()
-        hit = self._entity_cache.get(name)
+        hit = self._entity_cache.get(key)
         if hit and now - hit[0] < self.entity_cache_seconds and hit[1] is not None:
             return hit[1]
-        entity = self.find_service(name)
-        self._entity_cache[name] = (now, entity)
+        entity = find()
+        self._entity_cache[key] = (now, entity)
         return entity
 
     def _require_service(self, name: str) -> Entity:
@@ -323,6 +330,7 @@ class Dynatrace:
             cluster=self.scope.cluster))
         if event.report_count == 0:
             self._entity_cache.pop(service, None)
+            self._entity_cache.pop(("seat", service), None)
             note = "".join(f" ({w})" for w in warnings)
             raise LabError(
                 f"No entity matched {selector}: {what} was not recorded{note}. The service was not "
@@ -396,12 +404,11 @@ class Dynatrace:
         counted nothing, so it becomes 0 for both counts; failure_rate is NaN where requests == 0
         (undefined, not 0 %).
         """
-        selector = service_selector(service)
+        selector, only = self._metric_target(service)
         what = f"to read failed requests of service {service!r}"
         series = None
         for keys in (UNIFIED_KEYS, ONEAGENT_KEYS):
-            metric_selector = ",".join(f"{k}{self.scope.metric_filter()}:splitBy():value:default(0)"
-                                       for k in keys)
+            metric_selector = ",".join(f"{k}{only}:splitBy():value:default(0)" for k in keys)
             params = {"metricSelector": metric_selector, "entitySelector": selector,
                       "from": time_param(since), "to": time_param(until, "until"),
                       "resolution": resolution}
@@ -411,6 +418,21 @@ class Dynatrace:
             if series[0] is not None or series[1] is not None:
                 break
         return failure_frame(*series)
+
+    def _metric_target(self, service: str) -> tuple[str, str]:
+        """(entity selector, metric filter) for `service`'s series: by name; on a shared tenant the
+        seat's own entity when Grail can name it (a documented selector), else the metrics'
+        k8s.cluster.name dimension (that the unified service metrics carry it is unconfirmed)."""
+        if not self.scope:
+            return service_selector(service), ""
+        try:
+            entity = self._seat(service)
+        except Forbidden as exc:
+            _unless_not_allowed(exc)
+            entity = None
+        if entity is None:
+            return service_selector(service), self.scope.metric_filter()
+        return f"entityId({quote_selector_value(entity.id, always=True)})", ""
 
     # ---- problems
 
@@ -452,7 +474,10 @@ class Dynatrace:
         for p in items:
             owned = self.scope.owns_problem(p)
             if owned is None and service is not None:
-                seat = seat or self._service(service)
+                try:
+                    seat = seat or self._seat(service)
+                except Forbidden as exc:  # no Grail: a problem without a cluster is nobody's
+                    _unless_not_allowed(exc)
                 affected = [(x.get("entityId") or {}).get("id") for x in p.get("affectedEntities") or []
                             if isinstance(x, dict)]
                 owned = seat is not None and seat.id in affected
