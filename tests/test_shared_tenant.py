@@ -161,6 +161,25 @@ def test_cluster_name_from_the_environment_and_the_local_labs_own(tmp_path, monk
         assert _settings(lab.env).cluster_name == "seat-9"
 
 
+def test_a_removed_seat_stops_and_its_tokens_no_longer_work(tmp_path):
+    import httpx
+
+    timings = Timings.fast()
+    timings.shopper_rate = 0
+    shared = start_shared_tenant(tmp_path, ["seat-1", "seat-2"], timings)
+    try:
+        gone = dict(shared.env("seat-2"))
+        shared.remove_seat("seat-2")
+        assert sorted(shared.seats) == ["seat-1"] and not (tmp_path / "seat-2" / "lab.env").exists()
+        lookup = httpx.post(f"{shared.url}/api/v2/apiTokens/lookup", json={"token": gone["DT_API_TOKEN"]},
+                            headers={"Authorization": f"Api-Token {gone['DT_API_TOKEN']}"})
+        assert lookup.status_code == 401
+        with Dynatrace(_settings(shared.env("seat-1"))) as dt:  # the other seat carries on
+            assert dt.find_service("cart") is not None
+    finally:
+        shared.stop()
+
+
 def test_two_failing_seats_each_see_their_own_problem():
     """Both seats fail: two problems, one per seat's cart; neither seat's errors extend the other's."""
     from labkit.sandbox.dynatrace import Collector, Telemetry

@@ -55,6 +55,19 @@ class SharedTenant:
             self._write_seats()
             return lab
 
+    def remove_seat(self, name: str) -> None:
+        """Stop seat `name`'s lab (culled or done) and revoke its tokens; what it sent stays on the
+        tenant, as a real tenant keeps a cluster's data after the cluster is gone."""
+        with self._lock:
+            lab = self.seats.pop(name, None)
+            if lab is None:
+                return
+            lab.stop()
+            for token in (lab.api_token, lab.ingest_token):
+                self.tenant.tokens.pop(token, None)
+            self.tenant.platform_tokens.discard(lab.platform_token)
+            self._write_seats()
+
     def env(self, name: str) -> dict[str, str]:
         """The variables that point labkit, kubectl and a kernel at seat `name`."""
         return self.seats[name].env
