@@ -9,6 +9,7 @@ from labkit.dynatrace import Dynatrace, Scope
 from labkit.errors import BadInput
 from labkit.lab import Lab
 from labkit.sandbox import LocalLab, Timings, start_shared_tenant
+from labkit.sandbox.dynatrace import service_id
 from labkit.settings import Settings
 
 FLAG = "cartFailure"
@@ -64,6 +65,10 @@ def test_each_seat_has_its_own_identity_and_tokens_on_one_tenant(room):
     carts = {e.entity_id: e.cluster for e in shared.telemetry.entity_list() if e.name == "cart"}
     assert sorted(carts.values()) == ["seat-1", "seat-2"]
     assert labs["seat-1"].dynatrace.find_service("cart").id != labs["seat-2"].dynatrace.find_service("cart").id
+    check = labs["seat-2"].check()
+    assert check.ok, check
+    (seat,) = [c for c in check if "k8s.cluster.name" in c.item]
+    assert "seat-2" in seat.item and service_id("cart", "seat-2") in seat.detail
 
 
 def test_the_change_event_is_the_seats_own(seat1_changed, room):
@@ -127,7 +132,9 @@ def test_a_seat_without_grail_is_still_kept_to_itself(seat1_changed, room):
     env = dict(shared.env("seat-2"))
     env.pop("DT_PLATFORM_TOKEN")
     with Dynatrace(_settings(env)) as dt:
+        seat = dt.access()[-1]
         event = dt.send_change_event("cart", FLAG, "off", old="off")
+    assert not seat.ok and "DT_PLATFORM_TOKEN" in seat.detail and "every 'cart'" in seat.detail
     assert event.report_count == 2 and any("every seat's" in w for w in event.warnings)
 
 
@@ -231,8 +238,6 @@ def test_seats_run_from_the_command_line_and_stop_cleanly(tmp_path):
         out = subprocess.run([sys.executable, "-m", "labkit", "failures"], env={**env, **seat2},
                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
-        from labkit.sandbox.dynatrace import service_id
-
         assert service_id("cart", "seat-2") in out.stdout  # the link to seat-2's own cart
         assert service_id("cart", "seat-1") not in out.stdout
     finally:
