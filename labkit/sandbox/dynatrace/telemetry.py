@@ -164,10 +164,6 @@ class Telemetry:
                     service_id(name, cluster), name, seed_start, now, cluster=cluster)
             self._seed(seed_start, now, cluster)
 
-    def clusters(self) -> list[str]:
-        with self._lock:
-            return sorted({c for c, _ in self.entities})
-
     def _entity(self, service: str, cluster: str, t: int) -> MonitoredEntity:
         entity = self.entities.get((cluster, service))
         if entity is None:
