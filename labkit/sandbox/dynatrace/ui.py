@@ -70,7 +70,7 @@ def problem_page(tenant: Tenant, req: Request, problemId: str) -> Response:  # n
         raise PageError(404, f"The local lab knows no problem {problemId}.")
     facts = [("status", "OPEN" if found.open else "CLOSED"), ("started", _when(found.start)),
              ("ended", _when(found.end)), ("affected service", _service_link(found.entity)),
-             ("k8s.cluster.name", html.escape(found.entity.cluster or "-")),
+             ("k8s.cluster.name", html.escape(", ".join(sorted(found.clusters)) or "-")),
              ("error logs", str(found.error_count)), ("problem id", html.escape(found.problem_id))]
     changes = [(_when(e.start), html.escape(e.event_type), html.escape(e.title),
                 html.escape(", ".join(f"{k}={v}" for k, v in sorted(e.properties.items()))))
