@@ -138,6 +138,35 @@ def test_a_seat_without_grail_is_still_kept_to_itself(seat1_changed, room):
     assert event.report_count == 2 and any("every seat's" in w for w in event.warnings)
 
 
+def test_a_tenant_that_does_not_split_services_by_cluster(tmp_path):
+    """On a tenant older than SaaS 1.317 every seat's cart is ONE entity: seat-2's failures and
+    problems stay clean (the metrics' k8s.cluster.name, the problem's clusters), and seat-1's preflight
+    and change event say that the event lands on everyone's cart and how to turn splitting on."""
+    timings = Timings.fast()
+    timings.shopper_rate = 0
+    shared = start_shared_tenant(tmp_path, ["seat-1", "seat-2"], timings, split_by_cluster=False)
+    labs = {name: Lab(_settings(shared.env(name))) for name in ("seat-1", "seat-2")}
+    try:
+        one, two = labs["seat-1"], labs["seat-2"]
+        assert one.dynatrace.find_service("cart").id == two.dynatrace.find_service("cart").id
+        (seat,) = [c for c in one.check() if "k8s.cluster.name" in c.item]
+        assert not seat.ok and "Split services by k8s cluster and namespace" in seat.detail
+        event = one.dynatrace.send_change_event("cart", FLAG, "on", old="off", run_id=one.timeline.run_id)
+        assert any("does not split services" in w for w in event.warnings)
+        one.cluster.set_default_variant(FLAG, _on_variant(one))
+        one.restart_flagd()
+        assert one.generate_traffic(seconds=20, rate=0, until_failures=6).failure_count >= 6
+        two.generate_traffic(seconds=1, rate=20)
+        assert one.failed_requests()["failed"].sum() >= 6
+        assert two.failed_requests()["failed"].sum() == 0 and two.failed_requests()["requests"].sum() > 0
+        assert len(one.wait_for_problem(timeout=20)) == 1 and len(two.problems()) == 0
+        assert len(two.change_events()) == 0 and len(two.error_logs()) == 0
+    finally:
+        for lab in labs.values():
+            lab.close()
+        shared.stop()
+
+
 def test_scope_puts_the_seat_into_every_kind_of_query():
     scope = Scope("seat-1")
     assert scope.dql("fetch logs | limit 5") == 'fetch logs | filter k8s.cluster.name == "seat-1" | limit 5'

@@ -17,7 +17,7 @@ import logging
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Callable, Iterable
 
@@ -74,6 +74,9 @@ class Entity:
     first_seen: datetime | None = None
     last_seen: datetime | None = None
     link: str | None = None  # the service's screen in the tenant
+    # on a shared tenant: other seats' spans land on this entity too (the tenant does not split
+    # services by cluster), so the entity alone does not keep a seat apart
+    shared: bool = False
 
     def __repr__(self) -> str:
         seen = f", last seen {self.last_seen:%Y-%m-%d %H:%M} UTC" if self.last_seen else ""
@@ -255,8 +258,12 @@ class Dynatrace:
             _unless_not_allowed(exc)
             found = []
         seen = as_datetime(row["timestamp"]) if row.get("timestamp") else None
-        return found[0] if found else Entity(id=value, name=name, last_seen=seen,
-                                             link=service_link(self.ui, value))
+        entity = found[0] if found else Entity(id=value, name=name, last_seen=seen,
+                                               link=service_link(self.ui, value))
+        # not scoped by dql(): the question is whether other clusters' logs land on it
+        others = run_dql(self._http, self.scope.others_query(value), timeout=60.0, progress=None,
+                         max_records=1)
+        return replace(entity, shared=bool(others))
 
     def _event_target(self, service: str) -> tuple[str, list[str]]:
         """(entity selector, warnings) for the change event: the service by name, or on a shared
@@ -273,6 +280,9 @@ class Dynatrace:
                 f"could not find the {service!r} of {self.scope.describe()} ({exc}); the event "
                 f"goes to every service named {service!r} on the tenant (on a shared tenant, "
                 "every seat's)"] + self._service_warnings(service)
+        if entity is not None and entity.shared:
+            return f"entityId({quote_selector_value(entity.id, always=True)})", [_NOT_SPLIT.format(
+                service=service, seat=self.scope.describe())]
         if entity is None:
             raise NotFound(
                 f"No entity matched {by_name} of {self.scope.describe()}: Dynatrace has "
@@ -430,7 +440,7 @@ class Dynatrace:
         except Forbidden as exc:
             _unless_not_allowed(exc)
             entity = None
-        if entity is None:
+        if entity is None or entity.shared:
             return service_selector(service), self.scope.metric_filter()
         return f"entityId({quote_selector_value(entity.id, always=True)})", ""
 
@@ -606,6 +616,12 @@ def _run_events_query(service: str, run_id: str, scope: Scope) -> str:
     return scope.dql(f"fetch events | filter event.type == {dql_string(EVENT_TYPE)} and "
                      f"dt.entity.service.name == {dql_string(service)} and labkit.run_id == "
                      f"{dql_string(run_id)} | sort timestamp desc")
+
+
+_NOT_SPLIT = ("this tenant does not split services by cluster: every seat's {service!r} is one entity, "
+              "so this change shows on it for every seat (Davis may list it under another seat's "
+              "problem). Turn on the built-in rule 'Split services by k8s cluster and namespace' "
+              "(Settings > Services > Service splitting)")
 
 
 def _no_service(name: str) -> NotFound:

@@ -73,6 +73,12 @@ def _seat(dt: "Dynatrace") -> Access:
             f"no logs of {SERVICE!r} with k8s.cluster.name {dt.scope.cluster!r} in the last 24 hours: "
             "check that the lab's collector sets that cluster name (LABKIT_CLUSTER_NAME must match it) "
             "and that the demo runs"))
+    if entity.shared:
+        return Access(item, False, (
+            f"{SERVICE} is {entity.id} for every seat: queries, charts and problems are kept to "
+            "this seat by k8s.cluster.name, but the change event lands on every seat's "
+            f"{SERVICE}. Turn on the built-in rule 'Split services by k8s cluster and namespace' "
+            "(Settings > Services > Service splitting)"))
     return Access(item, True, f"queries, charts, problems and the change event are this seat's own "
                               f"({SERVICE} is {entity.id})")
 

@@ -128,5 +128,11 @@ class Scope:
                         " and isNotNull(dt.entity.service) | sort timestamp desc | limit 1"
                         " | fields dt.entity.service, timestamp")
 
+    def others_query(self, entity_id: str) -> str:
+        """DQL (not to be scoped) for a log of another cluster on this seat's service entity: there
+        is one when the tenant does not split services by cluster."""
+        return (f"fetch logs, from: now()-24h | filter dt.entity.service == {dql_string(entity_id)}"
+                f" and {CLUSTER_FIELD} != {dql_string(self.cluster or '')} | limit 1")
+
     def describe(self) -> str:
         return f"cluster {self.cluster}" if self else "the whole tenant"

@@ -21,13 +21,16 @@ SEATS_FILE = "seats.json"  # name -> state dir, for whoever hands out seats (the
 class SharedTenant:
     """The tenant (Telemetry, Tenant, its loopback server) and the seats that send to it."""
 
-    def __init__(self, state_dir: str | Path, timings: Timings | None = None):
+    def __init__(self, state_dir: str | Path, timings: Timings | None = None,
+                 split_by_cluster: bool = True):
         from labkit.sandbox import dynatrace
         from labkit.sandbox.http import LabServer
 
         self.state_dir = Path(state_dir)
         self.timings = timings or Timings.from_env()
-        self.telemetry = dynatrace.Telemetry(self.timings, cluster=None)
+        # split_by_cluster=False: a tenant older than SaaS 1.317, one `cart` entity for every seat
+        self.telemetry = dynatrace.Telemetry(self.timings, cluster=None,
+                                             split_by_cluster=split_by_cluster)
         self.tenant = dynatrace.Tenant(self.telemetry, self.timings, {})
         self.server = LabServer(dynatrace.app(self.tenant))
         self.seats: dict[str, LocalLab] = {}
