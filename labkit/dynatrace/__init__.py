@@ -17,7 +17,7 @@ import logging
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Callable, Iterable
 
@@ -74,6 +74,9 @@ class Entity:
     first_seen: datetime | None = None
     last_seen: datetime | None = None
     link: str | None = None  # the service's screen in the tenant
+    # on a shared tenant: other seats' spans land on this entity too (the tenant does not split
+    # services by cluster), so the entity alone does not keep a seat apart
+    shared: bool = False
 
     def __repr__(self) -> str:
         seen = f", last seen {self.last_seen:%Y-%m-%d %H:%M} UTC" if self.last_seen else ""
@@ -214,10 +217,8 @@ class Dynatrace:
         if self.scope:
             try:
                 return self._seat_service(name)
-            except Forbidden as exc:
-                _unless_not_allowed(exc)  # no Grail for this lab: the newest of that name, as
-                #                           without a seat
-
+            except Forbidden as exc:  # no Grail for this lab: the newest of that name, as alone
+                _unless_not_allowed(exc)
         found = self._services(name)
         return found[0] if found else None
 
@@ -257,26 +258,34 @@ class Dynatrace:
             _unless_not_allowed(exc)
             found = []
         seen = as_datetime(row["timestamp"]) if row.get("timestamp") else None
-        return found[0] if found else Entity(id=value, name=name, last_seen=seen,
-                                             link=service_link(self.ui, value))
+        entity = found[0] if found else Entity(id=value, name=name, last_seen=seen,
+                                               link=service_link(self.ui, value))
+        # not scoped by dql(): the question is whether other clusters' logs land on it
+        others = run_dql(self._http, self.scope.others_query(value), timeout=60.0, progress=None,
+                         max_records=1)
+        return replace(entity, shared=bool(others))
 
     def _event_target(self, service: str) -> tuple[str, list[str]]:
         """(entity selector, warnings) for the change event: the service by name, or on a shared
         tenant this seat's own entity (never every seat's, unless Grail cannot be asked: then by
         name, with a warning that says so)."""
+        by_name = service_selector(service)  # also refuses an empty name
         if not self.scope:
-            return service_selector(service), self._service_warnings(service)
+            return by_name, self._service_warnings(service)
         try:
-            entity = self._service(service)
+            entity = self._seat(service)
         except Forbidden as exc:
             _unless_not_allowed(exc)
-            return service_selector(service), [
+            return by_name, [
                 f"could not find the {service!r} of {self.scope.describe()} ({exc}); the event "
                 f"goes to every service named {service!r} on the tenant (on a shared tenant, "
                 "every seat's)"] + self._service_warnings(service)
+        if entity is not None and entity.shared:
+            return f"entityId({quote_selector_value(entity.id, always=True)})", [_NOT_SPLIT.format(
+                service=service, seat=self.scope.describe())]
         if entity is None:
             raise NotFound(
-                f"No entity matched service {service!r} of {self.scope.describe()}: Dynatrace has "
+                f"No entity matched {by_name} of {self.scope.describe()}: Dynatrace has "
                 "no logs of it from that cluster in the last 24 hours, so labkit cannot tell which "
                 "of the tenant's services is yours. Check that your lab's collector sets "
                 f"k8s.cluster.name to {self.scope.cluster!r} (LABKIT_CLUSTER_NAME), send some "
@@ -285,20 +294,25 @@ class Dynatrace:
 
     def _service(self, name: str) -> Entity | None:
         """find_service with a short cache (the event POST should cost one round trip)."""
+        return self._cached(name, lambda: self.find_service(name))
+
+    def _seat(self, name: str) -> Entity | None:
+        """This seat's own `name` service, cached like _service; Forbidden (403) without Grail."""
+        return self._cached(("seat", name), lambda: self._seat_service(name))
+
+    def _cached(self, key, find: Callable[[], Entity | None]) -> Entity | None:
         now = time.monotonic()
-        hit = self._entity_cache.get(name)
+        hit = self._entity_cache.get(key)
         if hit and now - hit[0] < self.entity_cache_seconds and hit[1] is not None:
             return hit[1]
-        entity = self.find_service(name)
-        self._entity_cache[name] = (now, entity)
+        entity = find()
+        self._entity_cache[key] = (now, entity)
         return entity
 
     def _require_service(self, name: str) -> Entity:
         entity = self._service(name)
         if entity is None:
-            raise NotFound(
-                f"Dynatrace knows no service named {name!r} seen in the last 3 days. Check the name "
-                "(the lab's is 'cart') and that the demo sends traces to this tenant.")
+            raise _no_service(name)
         return entity
 
     # ---- change events
@@ -326,6 +340,7 @@ class Dynatrace:
             cluster=self.scope.cluster))
         if event.report_count == 0:
             self._entity_cache.pop(service, None)
+            self._entity_cache.pop(("seat", service), None)
             note = "".join(f" ({w})" for w in warnings)
             raise LabError(
                 f"No entity matched {selector}: {what} was not recorded{note}. The service was not "
@@ -399,12 +414,11 @@ class Dynatrace:
         counted nothing, so it becomes 0 for both counts; failure_rate is NaN where requests == 0
         (undefined, not 0 %).
         """
-        selector = service_selector(service)
+        selector, only = self._metric_target(service)
         what = f"to read failed requests of service {service!r}"
         series = None
         for keys in (UNIFIED_KEYS, ONEAGENT_KEYS):
-            metric_selector = ",".join(f"{k}{self.scope.metric_filter()}:splitBy():value:default(0)"
-                                       for k in keys)
+            metric_selector = ",".join(f"{k}{only}:splitBy():value:default(0)" for k in keys)
             params = {"metricSelector": metric_selector, "entitySelector": selector,
                       "from": time_param(since), "to": time_param(until, "until"),
                       "resolution": resolution}
@@ -414,6 +428,21 @@ class Dynatrace:
             if series[0] is not None or series[1] is not None:
                 break
         return failure_frame(*series)
+
+    def _metric_target(self, service: str) -> tuple[str, str]:
+        """(entity selector, metric filter) for `service`'s series: by name; on a shared tenant the
+        seat's own entity when Grail can name it (a documented selector), else the metrics'
+        k8s.cluster.name dimension (that the unified service metrics carry it is unconfirmed)."""
+        if not self.scope:
+            return service_selector(service), ""
+        try:
+            entity = self._seat(service)
+        except Forbidden as exc:
+            _unless_not_allowed(exc)
+            entity = None
+        if entity is None or entity.shared:
+            return service_selector(service), self.scope.metric_filter()
+        return f"entityId({quote_selector_value(entity.id, always=True)})", ""
 
     # ---- problems
 
@@ -425,12 +454,12 @@ class Dynatrace:
         """
         criteria = []
         if service is not None:
-            # every entity of that name: on a shared tenant each seat's; kept to this seat below
-            ids = [e.id for e in self._services(service)] if self.scope else [self._require_service(service).id]
-            if not ids:
-                self._require_service(service)  # NotFound, saying so
+            # on a shared tenant every seat's service of that name (kept to this seat's below)
+            entities = self._services(service) if self.scope else [self._require_service(service)]
+            if not entities:
+                raise _no_service(service)
             criteria.append("affectedEntities(" + ",".join(
-                quote_selector_value(i, always=True) for i in ids) + ")")
+                quote_selector_value(e.id, always=True) for e in entities) + ")")
         if status is not None:
             status = str(status).lower()
             if status not in ("open", "closed"):
@@ -455,7 +484,10 @@ class Dynatrace:
         for p in items:
             owned = self.scope.owns_problem(p)
             if owned is None and service is not None:
-                seat = seat or self._service(service)
+                try:
+                    seat = seat or self._seat(service)
+                except Forbidden as exc:  # no Grail: a problem without a cluster is nobody's
+                    _unless_not_allowed(exc)
                 affected = [(x.get("entityId") or {}).get("id") for x in p.get("affectedEntities") or []
                             if isinstance(x, dict)]
                 owned = seat is not None and seat.id in affected
@@ -584,6 +616,17 @@ def _run_events_query(service: str, run_id: str, scope: Scope) -> str:
     return scope.dql(f"fetch events | filter event.type == {dql_string(EVENT_TYPE)} and "
                      f"dt.entity.service.name == {dql_string(service)} and labkit.run_id == "
                      f"{dql_string(run_id)} | sort timestamp desc")
+
+
+_NOT_SPLIT = ("this tenant does not split services by cluster: every seat's {service!r} is one entity, "
+              "so this change shows on it for every seat (Davis may list it under another seat's "
+              "problem). Turn on the built-in rule 'Split services by k8s cluster and namespace' "
+              "(Settings > Services > Service splitting)")
+
+
+def _no_service(name: str) -> NotFound:
+    return NotFound(f"Dynatrace knows no service named {name!r} seen in the last 3 days. Check the name "
+                    "(the lab's is 'cart') and that the demo sends traces to this tenant.")
 
 
 def _unless_not_allowed(exc: Forbidden) -> None:

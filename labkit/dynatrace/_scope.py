@@ -3,9 +3,10 @@
 On a tenant several labs share (a workshop's), what tells one attendee's data from another's is
 `k8s.cluster.name`, the resource attribute each lab's collector sets. Service Detection v2 splits
 services by cluster (its default rule: k8s.namespace.name + k8s.cluster.uid), so each seat's `cart`
-is its own SERVICE entity with the same name: the classic API is scoped by the seat's entity id
-(found through the seat's own logs), Grail by the attribute. A Scope without a cluster (a lab of
-one's own) changes nothing, as before.
+is its own SERVICE entity with the same name: the change event and the metrics go to the seat's
+entity id (found through the seat's own logs in Grail; without Grail the metrics fall back to their
+k8s.cluster.name dimension), events and problems are kept by their k8s.cluster.name, and Grail
+queries filter on the attribute. A Scope without a cluster (a lab of one's own) changes nothing.
 
 This is the one place the rule lives: `Dynatrace.dql()` passes every query through `Scope.dql`,
 so a query another part of labkit writes is scoped without knowing it.
@@ -126,6 +127,12 @@ class Scope:
         return self.dql(f"fetch logs, from: now()-24h | filter service.name == {dql_string(service)}"
                         " and isNotNull(dt.entity.service) | sort timestamp desc | limit 1"
                         " | fields dt.entity.service, timestamp")
+
+    def others_query(self, entity_id: str) -> str:
+        """DQL (not to be scoped) for a log of another cluster on this seat's service entity: there
+        is one when the tenant does not split services by cluster."""
+        return (f"fetch logs, from: now()-24h | filter dt.entity.service == {dql_string(entity_id)}"
+                f" and {CLUSTER_FIELD} != {dql_string(self.cluster or '')} | limit 1")
 
     def describe(self) -> str:
         return f"cluster {self.cluster}" if self else "the whole tenant"

@@ -251,12 +251,13 @@ def _previous_env(path: Path) -> dict[str, str]:
     return kept
 
 
-def start_shared_tenant(state_dir: str | Path, seats=(), timings: Timings | None = None) -> "SharedTenant":
+def start_shared_tenant(state_dir: str | Path, seats=(), timings: Timings | None = None,
+                        split_by_cluster: bool = True) -> "SharedTenant":
     """One local tenant on loopback, started, with a local lab per name in `seats` sending to it
     (labkit.sandbox.shared); add more with .add_seat(name)."""
     from labkit.sandbox.shared import SharedTenant
 
-    shared = SharedTenant(state_dir, timings).start()
+    shared = SharedTenant(state_dir, timings, split_by_cluster).start()
     try:
         for name in seats:
             shared.add_seat(name)

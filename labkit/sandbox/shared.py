@@ -21,13 +21,16 @@ SEATS_FILE = "seats.json"  # name -> state dir, for whoever hands out seats (the
 class SharedTenant:
     """The tenant (Telemetry, Tenant, its loopback server) and the seats that send to it."""
 
-    def __init__(self, state_dir: str | Path, timings: Timings | None = None):
+    def __init__(self, state_dir: str | Path, timings: Timings | None = None,
+                 split_by_cluster: bool = True):
         from labkit.sandbox import dynatrace
         from labkit.sandbox.http import LabServer
 
         self.state_dir = Path(state_dir)
         self.timings = timings or Timings.from_env()
-        self.telemetry = dynatrace.Telemetry(self.timings, cluster=None)
+        # split_by_cluster=False: a tenant older than SaaS 1.317, one `cart` entity for every seat
+        self.telemetry = dynatrace.Telemetry(self.timings, cluster=None,
+                                             split_by_cluster=split_by_cluster)
         self.tenant = dynatrace.Tenant(self.telemetry, self.timings, {})
         self.server = LabServer(dynatrace.app(self.tenant))
         self.seats: dict[str, LocalLab] = {}
@@ -54,6 +57,19 @@ class SharedTenant:
             self.seats[name] = lab
             self._write_seats()
             return lab
+
+    def remove_seat(self, name: str) -> None:
+        """Stop seat `name`'s lab (culled or done) and revoke its tokens; what it sent stays on the
+        tenant, as a real tenant keeps a cluster's data after the cluster is gone."""
+        with self._lock:
+            lab = self.seats.pop(name, None)
+            if lab is None:
+                return
+            lab.stop()
+            for token in (lab.api_token, lab.ingest_token):
+                self.tenant.tokens.pop(token, None)
+            self.tenant.platform_tokens.discard(lab.platform_token)
+            self._write_seats()
 
     def env(self, name: str) -> dict[str, str]:
         """The variables that point labkit, kubectl and a kernel at seat `name`."""

@@ -8,8 +8,10 @@ individual records, logs and events are kept in bounded lists.
 One tenant can hold several labs' data (seats on a shared tenant): every record, log, entity and
 problem carries the `k8s.cluster.name` of the lab that produced it, which each lab's `Collector`
 stamps on as the lab's OpenTelemetry collector would. Services are split by cluster as Service
-Detection v2's default rule splits them (k8s.namespace.name + k8s.cluster.uid), so each seat's
-`cart` is its own SERVICE entity, and problems open per entity.
+Detection v2's default rule splits them (k8s.namespace.name + k8s.cluster.uid, on tenants since SaaS
+1.317), so each seat's `cart` is its own SERVICE entity, and problems open per entity. With
+split_by_cluster=False the tenant is an older one (split by namespace only): every seat's `cart` is
+ONE entity, its counters still kept per cluster (the metrics' k8s.cluster.name dimension).
 """
 from __future__ import annotations
 
@@ -120,6 +122,7 @@ class Problem:
     end: int = -1  # -1 while open, as the classic API shows it
     title: str = PROBLEM_TITLE
     event_ids: list[str] = field(default_factory=list)
+    clusters: set[str] = field(default_factory=set)  # k8s.cluster.name of the logs behind it
 
     @property
     def open(self) -> bool:
@@ -129,22 +132,27 @@ class Problem:
 class Telemetry:
     """Thread-safe store of the local lab's observability data."""
 
-    def __init__(self, timings, seed: int | None = None, cluster: str | None = DEFAULT_CLUSTER):
+    def __init__(self, timings, seed: int | None = None, cluster: str | None = DEFAULT_CLUSTER,
+                 split_by_cluster: bool = True):
         self.timings = timings
+        self.split_by_cluster = split_by_cluster
         self.clock = now_ms  # tests may replace it
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
-        self._minutes: dict[str, dict[int, list[int]]] = {}  # entity id -> minute -> [n, failed]
+        # (entity id, cluster) -> minute -> [requests, failed]
+        self._minutes: dict[tuple[str, str], dict[int, list[int]]] = {}
         self._records: deque[RequestRecord] = deque(maxlen=MAX_RECORDS)
         self._info_logs: deque[dict] = deque(maxlen=MAX_INFO_LOGS)
         # Error logs are kept apart so a flood of INFO lines never pushes them out.
         self._error_logs: deque[dict] = deque(maxlen=MAX_ERROR_LOGS)
-        # priority-1 cart error times per entity, for detection
-        self._recent_errors: dict[str, deque[int]] = {}
+        # priority-1 cart errors (time, cluster) per entity, for detection
+        self._recent_errors: dict[str, deque[tuple[int, str]]] = {}
         self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self._problems: list[Problem] = []
         self._display_seq = itertools.count(1)
-        self.entities: dict[tuple[str, str], MonitoredEntity] = {}  # (cluster, service) -> entity
+        self.entities: dict[tuple[str | None, str], MonitoredEntity] = {}  # (cluster, service)
+        self._by_id: dict[str, MonitoredEntity] = {}
+        self._joined: set[str] = set()
         now = self.clock()
         self.environment = MonitoredEntity("environment", "environment",
                                            now - int(timings.seed_hours * 3600_000), now,
@@ -155,24 +163,24 @@ class Telemetry:
     def join(self, cluster: str) -> None:
         """A lab whose collector starts sending here: its services, with a calm past."""
         with self._lock:
-            if any(c == cluster for c, _ in self.entities):
+            if cluster in self._joined:
                 return
+            self._joined.add(cluster)
             now = self.clock()
             seed_start = now - int(self.timings.seed_hours * 3600_000)
             for name in SERVICES:
-                self.entities[(cluster, name)] = MonitoredEntity(
-                    service_id(name, cluster), name, seed_start, now, cluster=cluster)
+                self._entity(name, cluster, seed_start).last_seen = now
             self._seed(seed_start, now, cluster)
 
-    def clusters(self) -> list[str]:
-        with self._lock:
-            return sorted({c for c, _ in self.entities})
-
     def _entity(self, service: str, cluster: str, t: int) -> MonitoredEntity:
-        entity = self.entities.get((cluster, service))
+        """The service entity a span of `cluster` lands on: the cluster's own, or on a tenant that
+        does not split by cluster the one shared by every cluster."""
+        own = cluster if self.split_by_cluster else None
+        entity = self.entities.get((own, service))
         if entity is None:
-            entity = self.entities[(cluster, service)] = MonitoredEntity(
-                service_id(service, cluster), service, t, t, cluster=cluster)
+            entity = self.entities[(own, service)] = MonitoredEntity(
+                service_id(service, own or DEFAULT_CLUSTER), service, t, t, cluster=own)
+            self._by_id[entity.entity_id] = entity
         return entity
 
     # ----- ids ------------------------------------------------------------------------------
@@ -188,7 +196,7 @@ class Telemetry:
         """Baseline history so charts have a past: a few calm requests a minute, no failures."""
         for service in SERVICES:
             rate = BASELINE_PER_MINUTE.get(service, DEFAULT_PER_MINUTE)
-            buckets = self._minutes.setdefault(self.entities[(cluster, service)].entity_id, {})
+            buckets = self._minutes.setdefault((self._entity(service, cluster, start).entity_id, cluster), {})
             for minute in range(start // MINUTE_MS, end // MINUTE_MS):
                 n = self._poisson(rate)
                 if n:
@@ -225,7 +233,7 @@ class Telemetry:
 
     def _count(self, service: str, t: int, failed: bool, cluster: str) -> None:
         entity = self._entity(service, cluster, t)
-        buckets = self._minutes.setdefault(entity.entity_id, {})
+        buckets = self._minutes.setdefault((entity.entity_id, cluster), {})
         slot = buckets.get(t // MINUTE_MS)
         if slot is None:
             slot = buckets[t // MINUTE_MS] = [0, 0]
@@ -271,18 +279,18 @@ class Telemetry:
             entry.update({"statuscode": "FailedPrecondition", "priority": "1", "alertme": "true",
                           "detail": REDIS_ERROR})
             self._error_logs.append(entry)
-            self._detect(t, self._entity(CART, cluster, t))
+            self._detect(t, self._entity(CART, cluster, t), cluster)
             return entry
 
     # ----- problems -------------------------------------------------------------------------
-    def _detect(self, t: int, entity: MonitoredEntity) -> None:
+    def _detect(self, t: int, entity: MonitoredEntity, cluster: str) -> None:
         """Open (or extend) `entity`'s Redis problem when enough priority-1 errors of it arrive in
         a window: problems are per entity, as Davis groups them, so one seat's errors never open
         or extend another seat's problem."""
         window = int(self.timings.problem_window * 1000)
         errors = self._recent_errors.setdefault(entity.entity_id, deque())
-        errors.append(t)
-        while errors and errors[0] < t - window:
+        errors.append((t, cluster))
+        while errors and errors[0][0] < t - window:
             errors.popleft()
         self._close_quiet(t)
         mine = [p for p in self._problems if p.entity.entity_id == entity.entity_id]
@@ -290,15 +298,16 @@ class Telemetry:
         if current:
             current.last_error = t
             current.error_count += 1
+            current.clusters.add(cluster)
         else:
             # Errors that a closed problem already covered do not count again for a new one.
             covered = mine[-1].last_error if mine else None
-            fresh = [e for e in errors if covered is None or e > covered]
+            fresh = [(e, c) for e, c in errors if covered is None or e > covered]
             if len(fresh) >= self.timings.problem_errors:
                 seq = next(self._display_seq)
-                problem_id = f"-{self._rng.getrandbits(62)}_{fresh[0]}V2"
-                self._problems.append(Problem(problem_id, f"P-{seq:02d}", fresh[0],
-                                              entity, t, len(fresh)))
+                problem_id = f"-{self._rng.getrandbits(62)}_{fresh[0][0]}V2"
+                self._problems.append(Problem(problem_id, f"P-{seq:02d}", fresh[0][0], entity, t,
+                                              len(fresh), clusters={c for _, c in fresh}))
 
     def _close_quiet(self, now: int) -> None:
         quiet = int(self.timings.problem_quiet * 1000)
@@ -344,21 +353,24 @@ class Telemetry:
 
     def entity_by_id(self, entity_id: str) -> MonitoredEntity | None:
         with self._lock:
-            for e in self.entities.values():
-                if e.entity_id == entity_id:
-                    return e
-        return None
+            return self._by_id.get(entity_id)
 
-    def minute_counts(self, entity_id: str, first_minute: int, last_minute: int
-                      ) -> list[tuple[int, int] | None]:
-        """[(requests, failures) or None] of a service entity for each minute in [first, last):
-        None = no data."""
+    def series(self) -> list[tuple[MonitoredEntity, str]]:
+        """(service entity, k8s.cluster.name) of every request counter: the metrics' dimensions."""
         with self._lock:
-            buckets = self._minutes.get(entity_id, {})
+            return [(self._by_id[eid], cluster) for eid, cluster in self._minutes]
+
+    def minute_counts(self, entity_id: str, first_minute: int, last_minute: int,
+                      cluster: str | None = None) -> list[tuple[int, int] | None]:
+        """[(requests, failures) or None] of a service entity (of one cluster's spans, or all) for
+        each minute in [first, last): None = no data."""
+        with self._lock:
+            parts = [b for (eid, c), b in self._minutes.items()
+                     if eid == entity_id and cluster in (None, c)]
             out = []
             for m in range(first_minute, last_minute):
-                slot = buckets.get(m)
-                out.append((slot[0], slot[1]) if slot else None)
+                slots = [b[m] for b in parts if m in b]
+                out.append((sum(x[0] for x in slots), sum(x[1] for x in slots)) if slots else None)
             return out
 
     def logs(self, start: int, end: int) -> list[dict]:

@@ -70,6 +70,7 @@ def problem_page(tenant: Tenant, req: Request, problemId: str) -> Response:  # n
         raise PageError(404, f"The local lab knows no problem {problemId}.")
     facts = [("status", "OPEN" if found.open else "CLOSED"), ("started", _when(found.start)),
              ("ended", _when(found.end)), ("affected service", _service_link(found.entity)),
+             ("k8s.cluster.name", html.escape(", ".join(sorted(found.clusters)) or "-")),
              ("error logs", str(found.error_count)), ("problem id", html.escape(found.problem_id))]
     changes = [(_when(e.start), html.escape(e.event_type), html.escape(e.title),
                 html.escape(", ".join(f"{k}={v}" for k, v in sorted(e.properties.items()))))
@@ -95,6 +96,7 @@ def service_page(tenant: Tenant, req: Request) -> Response:
                html.escape(", ".join(f"{k}={v}" for k, v in sorted(e.properties.items()))))
               for e in tenant.telemetry.events() if e.entity.entity_id == entity.entity_id]
     facts = [("entity id", html.escape(entity.entity_id)), ("last seen", _when(entity.last_seen)),
+             ("k8s.cluster.name", html.escape(entity.cluster or "-")),
              ("requests, last 30 min", str(requests)), ("failed, last 30 min", str(failed))]
     body = (table(facts, ("", "")) + "<h2>Problems</h2>" + table(problems[::-1], (
         "problem", "status", "started")) + "<h2>Events</h2>" + table(events[::-1], (
