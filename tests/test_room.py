@@ -300,3 +300,20 @@ def test_an_idle_seat_is_culled_and_its_lab_stops_with_it(tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
+
+
+def test_on_a_cluster_the_board_shows_the_state_a_seat_reads_in_its_own_pod(tmp_path):
+    """Zero to JupyterHub: the seats' folders are in their pods, not beside the board; each heartbeat
+    then carries the seat's own reading of its lab, and the row shows it (silent when it stops)."""
+    from labkit.room.board import Board
+    from labkit.room.seats import Room
+
+    board = Board(Room(tmp_path / "srv", 2), silent_after=60, hub_auth=None)
+    board.servers = {"seat-1": {"servers": {"": {"ready": True}}}, "seat-2": {"servers": {"": {"ready": True}}}}
+    board.report("seat-1", {"step": {"kind": "flag applied", "time": "2026-12-02T10:00:00+00:00"}})
+    board.report("seat-1", {"heartbeat": True, "state": {"lab": "running", "flag_served": {"flagd-a": "on"},
+                                                          "problem": "open"}})
+    one, two = board.rows()
+    assert (one["status"], one["last_step"], one["flag_served"], one["problem"]) == \
+        ("reporting", "flag applied", {"flagd-a": "on"}, "open")
+    assert two["status"] == "silent" and two["lab"] == "not started"  # running, never reported: not fine

@@ -181,7 +181,10 @@ class StepsHandler(web.RequestHandler):
         except ValueError:
             raise web.HTTPError(400, "the report is not JSON") from None
         self.board.report(seat, body if isinstance(body, dict) else {})
-        self.set_status(204)
+        if self.board.room.state_dir(seat).is_dir():
+            self.set_status(204)  # the board reads this seat's lab itself
+        else:
+            self.write({"send_state": True})  # a cluster: the seat's heartbeats carry its own reading
 
 
 def make_app(board: Board, prefix: str) -> web.Application:

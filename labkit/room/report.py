@@ -21,6 +21,7 @@ class Reporter:
         self.url = board_url.rstrip("/") + f"/api/seats/{seat}/steps"
         self.headers = {"Authorization": f"token {token}"}
         self.outbox: queue.Queue = queue.Queue()
+        self.send_state = False  # the board asks for the seat's own reading when it cannot read its files
         self.thread = threading.Thread(target=self._run, name="labkit-board-report", daemon=True)
         self.thread.start()
 
@@ -52,10 +53,11 @@ class Reporter:
                 try:
                     body = self.outbox.get(timeout=HEARTBEAT)
                 except queue.Empty:
-                    body = {"heartbeat": True, "state": self._state()}
+                    body = {"heartbeat": True, **({"state": self._state()} if self.send_state else {})}
                 try:
-                    client.post(self.url, json=body, headers=self.headers)
-                except httpx.HTTPError:
+                    r = client.post(self.url, json=body, headers=self.headers)
+                    self.send_state = r.status_code == 200 and bool(r.json().get("send_state"))
+                except (httpx.HTTPError, ValueError):
                     pass  # the board is down or restarting: it shows this seat as silent meanwhile
 
 
