@@ -21,6 +21,7 @@ class Reporter:
         self.url = board_url.rstrip("/") + f"/api/seats/{seat}/steps"
         self.headers = {"Authorization": f"token {token}"}
         self.outbox: queue.Queue = queue.Queue()
+        self.problem: str | None = None  # the last failure to report, said once
         self.send_state = False  # the board asks for the seat's own reading when it cannot read its files
         self.thread = threading.Thread(target=self._run, name="labkit-board-report", daemon=True)
         self.thread.start()
@@ -57,8 +58,19 @@ class Reporter:
                 try:
                     r = client.post(self.url, json=body, headers=self.headers)
                     self.send_state = r.status_code == 200 and bool(r.json().get("send_state"))
-                except (httpx.HTTPError, ValueError):
-                    pass  # the board is down or restarting: it shows this seat as silent meanwhile
+                    problem = None if r.status_code in (200, 204) else f"answered {r.status_code}"
+                except (httpx.HTTPError, ValueError) as exc:
+                    problem = type(exc).__name__  # the board is down or restarting: it shows this seat as silent
+                self._note(problem)
+
+    def _note(self, problem: str | None) -> None:
+        """One line in the seat server's log when reporting starts or stops failing (never the token)."""
+        if problem != self.problem:
+            import sys
+
+            print(f"labkit room: the board {problem}; this seat shows as silent until it answers"
+                  if problem else "labkit room: reporting to the board again", file=sys.stderr, flush=True)
+            self.problem = problem
 
 
 def install(environ=None) -> Reporter | None:
