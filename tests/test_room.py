@@ -268,6 +268,8 @@ def test_the_report_hook_installs_only_in_a_seat_of_a_room(monkeypatch):
 def test_an_idle_seat_is_culled_and_its_lab_stops_with_it(tmp_path):
     """jupyterhub-idle-culler, a hub service, stops a seat's server idle past --cull-after; the seat's
     local lab lived in its kernel, so it stops too (its Kubernetes API no longer answers)."""
+    import psutil
+
     from labkit.room.kernel import SeatKernel, SeatLogin
 
     folder, port = tmp_path / ".room", _free_port()
@@ -295,8 +297,20 @@ def test_an_idle_seat_is_culled_and_its_lab_stops_with_it(tmp_path):
                 break
             time.sleep(1)
         assert servers == {}, "the culler did not stop the idle seat"
+        # the kernel, orphaned when its server stops, ends itself within seconds (ipykernel's parent
+        # poller), and the seat's lab with it
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(server + "/healthz", verify=False, timeout=2)
+            except httpx.ConnectError:
+                break
+            time.sleep(0.5)
         with pytest.raises(httpx.ConnectError):
-            httpx.get(server + "/healthz", verify=False, timeout=5)
+            httpx.get(server + "/healthz", verify=False, timeout=2)
+        kernels = [p for p in psutil.process_iter(["cmdline"])
+                   if str(folder) in " ".join(p.info["cmdline"] or []) and "ipykernel" in " ".join(p.info["cmdline"])]
+        assert kernels == [], "a culled seat's kernel is still running"
         seat.close()
     finally:
         proc.send_signal(signal.SIGINT)
