@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  shared tenant: {tenant.describe()}", flush=True)
     print("Ctrl-C stops the hub, every seat's server and lab.", flush=True)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the room as Ctrl-C does
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
     try:
         while hub.proc.poll() is None:
             time.sleep(0.5)

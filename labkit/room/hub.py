@@ -27,6 +27,13 @@ REPO = Path(__file__).resolve().parents[2]
 SEAT_KEYS = ("LABKIT_STATE_DIR", "LABKIT_CLUSTER_NAME", "LABKIT_BOARD_URL")
 
 
+def hear_sigint() -> None:
+    """In a child before exec: SIGINT back to its default. A `labkit room` started in the background
+    has SIGINT ignored, which its children inherit, and the hub stops its services and seats' servers
+    with SIGINT first (then waits before SIGTERM)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -158,7 +165,8 @@ class Hub:
         log = open(self.log_path, "ab")
         # its own session: the terminal's Ctrl-C reaches labkit room, which stops the hub in order
         self.proc = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", str(config_path)],
-                                     cwd=hub_dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                     cwd=hub_dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=hear_sigint)
         log.close()
         try:
             self._wait_ready(timeout)

@@ -11,6 +11,7 @@ import sys
 import time
 
 from labkit.errors import Unreachable
+from labkit.room.hub import hear_sigint
 from labkit.settings import read_dotenv
 
 
@@ -28,7 +29,7 @@ class SharedTenant:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "labkit.sandbox.shared", "--seats", str(self.room.seats),
                  "--state-dir", str(self.room.shared_dir)],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=hear_sigint)
         deadline = time.monotonic() + timeout
         try:
             while not all(self._ready(n) for n in self.room.names):
