@@ -255,6 +255,3 @@ def describe(config: HubConfig) -> str:
         f"  hub log: {room.hub_dir / 'hub.log'}",
     ])
 
-
-def load_secrets(room: Room) -> dict:
-    return json.loads(room.secrets_path.read_text())
