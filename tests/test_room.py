@@ -332,3 +332,13 @@ def test_on_a_cluster_the_board_shows_the_state_a_seat_reads_in_its_own_pod(tmp_
     assert (one["status"], one["last_step"], one["flag_served"], one["problem"]) == \
         ("reporting", "flag applied", {"flagd-a": "on"}, "open")
     assert two["status"] == "silent" and two["lab"] == "not started"  # running, never reported: not fine
+
+
+def test_the_board_says_what_the_cart_reads_and_when_it_is_only_its_default():
+    from types import SimpleNamespace
+
+    from labkit.room.state import _cart_text
+
+    assert _cart_text(SimpleNamespace(value=0.1, variant="10%", error_code=None)) == "0.1 (10%)"
+    assert _cart_text(SimpleNamespace(value=0, variant=None, error_code="TYPE_MISMATCH")) == \
+        "0 (TYPE_MISMATCH: its code default)"

@@ -49,11 +49,19 @@ def _flagd(settings: Settings, flag: str) -> dict:
     reads = getattr(cluster, "cart_reads", None)  # labkit's proof at the consumer, where it has one
     if reads is not None:
         try:
-            got = reads()
-            cart = str(getattr(got, "variant", None) or getattr(got, "value", got))
+            cart = _cart_text(reads())
         except Exception as exc:
             cart = f"unreadable ({_short(exc)})"
     return {"flag_served": served, "cart_reads": cart}
+
+
+def _cart_text(read) -> str:
+    """'0.1 (10%)', or '0 (TYPE_MISMATCH: its code default)' when flagd's answer was an error."""
+    value, variant = getattr(read, "value", read), getattr(read, "variant", None)
+    error = getattr(read, "error_code", None)
+    if error:
+        return f"{value} ({error}: its code default)"
+    return f"{value} ({variant})" if variant else str(value)
 
 
 def _problem(settings: Settings, service: str) -> dict:
