@@ -124,6 +124,48 @@ def cart_rows(lab, settings, repeat: int) -> list[tuple]:
              "<= every pod + 0.3 s", after <= 0.3)]
 
 
+def _rss_mb() -> float:
+    """This process's resident memory (Linux /proc), MB."""
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def seat_rows(repeat: int) -> list[tuple]:
+    """Seats on one local tenant: what one more seat costs, and whether a seat's reads slow down
+    when the tenant holds other seats' data (they are filtered, not skipped)."""
+    from labkit.dynatrace import Dynatrace
+    from labkit.sandbox import start_shared_tenant
+
+    timings = Timings.fast()
+    timings.shopper_rate = 0.0
+    seats = max(repeat, 5)
+    with tempfile.TemporaryDirectory() as room:
+        shared = start_shared_tenant(room, ["seat-1"], timings)
+        try:
+            with Dynatrace(Settings.load(environ=shared.env("seat-1"), dotenv=None)) as dt:
+                def reads():
+                    return dt.failed_requests("cart", since="now-2h", resolution="1m")
+                reads()  # warm
+                alone = statistics.median(timed(reads, repeat * 4))
+                rss, starts = _rss_mb(), []
+                for k in range(2, seats + 1):
+                    start = time.perf_counter()
+                    shared.add_seat(f"seat-{k}")
+                    starts.append(time.perf_counter() - start)
+                per_seat = (_rss_mb() - rss) / (seats - 1)
+                time.sleep(2.0)  # the new seats' flagd pods start (fast timings): not what is measured
+                beside = statistics.median(timed(reads, repeat * 4))
+        finally:
+            shared.stop()
+    start = statistics.median(starts)
+    return [("a seat joining a shared local tenant", f"{start:.2f} s / {per_seat:.0f} MB",
+             f"median of {seats - 1} seats started; RSS per seat", "< 1 s", start < 1.0),
+            (f"a seat's failed_requests beside {seats - 1} other seats vs alone", f"{beside / alone:.2f}x",
+             f"{beside * 1000:.1f} ms vs {alone * 1000:.1f} ms", "<= 1.5x", beside / alone <= 1.5)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
@@ -186,6 +228,8 @@ def main() -> None:
         result = Shop(settings).run(seconds=5, rate=0)
         ops = result.operations / 5
         rows.append(("shop cart operations per second", f"{ops:.0f}/s", "one process, 5 s", ">= 200/s", ops >= 200))
+
+    rows += seat_rows(args.repeat)
 
     if args.workbook:
         start = time.perf_counter()

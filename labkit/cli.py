@@ -646,7 +646,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command("room", "a workshop for a room on JupyterHub: `labkit room --seats N`, `labkit room rehearse ...` "
+                 "(labkit room --help)", lambda p: None)
+def cmd_room(args) -> int:  # reached only by `labkit room` alone; main() hands room's options over
+    return _room([])
+
+
+def _room(argv: list[str]) -> int:
+    """The room is its own program above the CLI (labkit/room), loaded only for `labkit room`."""
+    import importlib
+
+    return importlib.import_module("labkit.room.cli").main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["room"]:
+        try:
+            return _room(argv[1:])
+        except LabError as exc:
+            err(f"error: {exc}")
+            return exc.exit_code
     args = build_parser().parse_args(argv)  # argparse errors exit 2
     try:
         code = COMMANDS[args.command].run(args) or 0

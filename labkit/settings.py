@@ -74,6 +74,17 @@ def check_namespace(name: str, value: str) -> str:
     return value
 
 
+def cluster_name(value: str | None) -> str | None:
+    """LABKIT_CLUSTER_NAME: this lab's `k8s.cluster.name` (its seat on a shared tenant), or None."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,252}$", value):
+        raise BadInput(f"LABKIT_CLUSTER_NAME {value[:70]!r} is not a cluster name (letters, digits and "
+                       ". _ : / @ -, as the lab's collector sets k8s.cluster.name). Fix or unset it.")
+    return value
+
+
 def _check_url(name: str, url: str) -> str:
     url = url.strip().rstrip("/")
     parts = urlsplit(url)
@@ -155,6 +166,11 @@ class Settings:
     namespace: str = NAMESPACE
     local: bool = False  # True when these settings point at the local lab
     state_dir: str | None = None  # LABKIT_STATE_DIR: where the local lab (and the run's timeline) live
+    # LABKIT_CLUSTER_NAME: the k8s.cluster.name this lab's data carries; set, every Dynatrace query
+    # and the change event are this seat's only (a shared tenant). Unset: the whole tenant is ours.
+    # Not guessed from the kubeconfig: the lab's collector sets no cluster name of its own, so a
+    # guessed one would match no data and read as "no failures".
+    cluster_name: str | None = None
 
     @classmethod
     def load(cls, environ: dict | None = None, dotenv: str | Path | None = ".env") -> "Settings":
@@ -177,6 +193,7 @@ class Settings:
             namespace=namespace,
             local=env.get("LABKIT_LOCAL_LAB") == "1",
             state_dir=env.get("LABKIT_STATE_DIR") or None,
+            cluster_name=cluster_name(env.get("LABKIT_CLUSTER_NAME")),
         )
 
     @property
@@ -195,6 +212,7 @@ class Settings:
 
     def where(self) -> str:
         """A one-line, secret-free description of which lab this is."""
+        seat = f", cluster {self.cluster_name}" if self.cluster_name else ""
         if self.local:
-            return f"{LOCAL_LAB_LABEL} at {self.dt_url}"
-        return f"tenant {self.dt_url or '(none)'}, namespace {self.namespace}"
+            return f"{LOCAL_LAB_LABEL} at {self.dt_url}{seat}"
+        return f"tenant {self.dt_url or '(none)'}, namespace {self.namespace}{seat}"

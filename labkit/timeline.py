@@ -34,6 +34,18 @@ CHANGES = (EVENT_SENT, FLAG_APPLIED)
 CAUSAL_RANK = {EVENT_SENT: 0, FLAG_APPLIED: 1, FLAGD_RESTARTED: 2, FLAGD_SERVING: 3, ROLLED_BACK: 4,
                FIRST_FAILURE: 5, ERROR_LOGS: 6, PROBLEM_OPENED: 7}
 
+#: Called as hook(step) after a step is added, hook(None) after clear() (a room's seat reports its
+#: steps to the facilitator's board this way: labkit.room.report). A hook's failure never stops the lab.
+HOOKS: list = []
+
+
+def _tell_hooks(step: "Step | None") -> None:
+    for hook in list(HOOKS):
+        try:
+            hook(step)
+        except Exception:  # noqa: BLE001 - the board is optional; the attendee's step is not
+            pass
+
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
@@ -135,6 +147,7 @@ class Timeline:
             self._steps.append(entry)
         else:
             self._append(_dump(entry))
+        _tell_hooks(entry)
         return entry
 
     def last(self, kind: str, flag: str | None = None) -> Step | None:
@@ -164,6 +177,7 @@ class Timeline:
         self._run_id, self._steps = secrets.token_hex(4), []
         if self.path is not None:
             self._start()
+        _tell_hooks(None)
 
     # -- the file ---
     def _start(self) -> None:

@@ -181,15 +181,17 @@ def test_verdict_chart_failures_and_error_logs_agree_after_a_burst(tenant_sandbo
     tl.add(labmod.EVENT_SENT, flag="cartFailure", old="off", new="on", at=base + timedelta(seconds=39))
     tl.add(labmod.FLAG_APPLIED, flag="cartFailure", old="off", new="on", at=base + timedelta(seconds=40))
     tl.add(labmod.FLAGD_SERVING, flag="cartFailure", new="on", at=base + timedelta(seconds=45))
+    for s in range(-60, 40, 10):  # calm EmptyCart calls before the change
+        _served(tel, "EmptyCart", False, at(s))
     clock = tel.clock
     for s in (50, 51, 52, 53, 54):  # the burst: failed EmptyCart spans and their redis error logs
         tel.clock = lambda s=s: at(s)
-        rec = tel.record("cart", "EmptyCart", True, at=at(s))
+        rec = _served(tel, "EmptyCart", True, at(s))
         tel.log_cart_redis_error(rec.trace_id, rec.span_id, "pod-1")
     tel.clock = clock
-    tel.record("cart", "EmptyCart", False, at=at(55))
+    _served(tel, "EmptyCart", False, at(55))
     for s in range(65, 70):  # the next minute: calm traffic
-        tel.record("cart", "GetCart", False, at=at(s))
+        _served(tel, "GetCart", False, at(s))
 
     monkeypatch.chdir(tmp_path)
     env = {"DT_URL": box.tenant_server.url, "DT_API_TOKEN": box.api_token,
@@ -212,8 +214,7 @@ def test_verdict_chart_failures_and_error_logs_agree_after_a_burst(tenant_sandbo
     assert fig.layout.title.subtitle.text == judged.text
     bars = dict(zip(fig.data[0].x, fig.data[0].y))  # the chart's bar over the minute of the burst
     assert bars[(base + timedelta(seconds=30)).tz_localize(None).to_pydatetime()] == 5
-    # the unit is "cart requests" (minutes) today; "EmptyCart calls" once the local tenant has spans
-    assert judged.unit in ("cart requests", "EmptyCart calls")
+    assert judged.unit == "EmptyCart calls"  # the local tenant has spans: each call at its own time
     assert f"(5 of {judged.after_requests} {judged.unit} failed after cartFailure: off → on)" in judged.text
 
     assert cli.main(["failures", "cart", "--since", "10m"]) == 0
@@ -295,3 +296,14 @@ def test_the_verdict_uses_the_calls_own_times_where_the_tenant_has_spans():
     assert with_spans.asked[0][:2] == ("cart", "EmptyCart")
     without = judge(Tenant(None), tl, failed_frame([(10, 3, 6)]))
     assert without.unit == "cart requests" and without.after_failed == 3  # placed by the logs
+
+
+def _served(tel, method: str, failed: bool, ms: int):
+    """One cart server span (a request) as the local lab's shop writes it."""
+    from labkit.sandbox.dynatrace.telemetry import Span
+
+    span = Span(ms * 1_000_000, ms * 1_000_000 + 5_000_000, "cart", f"oteldemo.CartService/{method}",
+                "server", tel.new_trace()[0], tel.new_span_id(), failed=failed,
+                status="error" if failed else "unset", attributes={"rpc.method": method})
+    tel.add_spans([span])
+    return span

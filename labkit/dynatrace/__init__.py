@@ -3,7 +3,8 @@
 A `Dynatrace` object speaks the lab's words; underneath, `_http` is the one request path (which
 token a call takes, retries, scrubbing, labkit errors), `_query` spells selectors, DQL and
 timeframes, `_grail` runs a DQL query, `_frames` turns answers into DataFrames, `_links` points
-into the tenant's own screens and `_access` is the preflight of both tokens.
+into the tenant's own screens, `_access` is the preflight of both tokens and `_scope` keeps a seat
+on a shared tenant to its own data (Settings.cluster_name).
 
 Results carry links: `Entity.link`, `ChangeEvent.link`, a `link` column on problems and change
 events, and `frame.attrs["link"]` on the error-log and change-event frames.
@@ -16,7 +17,7 @@ import logging
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Callable, Iterable
 
@@ -33,6 +34,7 @@ from labkit.dynatrace._links import logs_link, notebook_link, problem_link, serv
 from labkit.dynatrace._http import parse_retry_after as _parse_retry_after  # noqa: F401 (tests use it)
 from labkit.dynatrace._query import (as_datetime, as_str, dql_from, dql_string, quote_selector_value,
                                      service_selector, time_param, utc_ms)
+from labkit.dynatrace._scope import Scope
 from labkit import cards
 from labkit.errors import BadInput, Forbidden, LabError, LabTimeout, NotFound, Unreachable
 from labkit.progress import Progress
@@ -41,7 +43,7 @@ from labkit.settings import Settings
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-__all__ = ["Dynatrace", "ChangeEvent", "Entity", "Access", "READ_SCOPES", "INGEST_SCOPE", "GRAIL_LOG_SCOPES",
+__all__ = ["Dynatrace", "ChangeEvent", "Entity", "Access", "Scope", "READ_SCOPES", "INGEST_SCOPE", "GRAIL_LOG_SCOPES",
            "PLATFORM_SCOPES", "ERROR_LEVELS",
            "EVENT_TYPE", "UNIFIED_KEYS", "ONEAGENT_KEYS", "service_selector", "quote_selector_value"]
 
@@ -73,6 +75,9 @@ class Entity:
     first_seen: datetime | None = None
     last_seen: datetime | None = None
     link: str | None = None  # the service's screen in the tenant
+    # on a shared tenant: other seats' spans land on this entity too (the tenant does not split
+    # services by cluster), so the entity alone does not keep a seat apart
+    shared: bool = False
 
     def __repr__(self) -> str:
         seen = f", last seen {self.last_seen:%Y-%m-%d %H:%M} UTC" if self.last_seen else ""
@@ -98,6 +103,7 @@ class ChangeEvent:
     correlation_ids: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     ui: str | None = field(default=None, repr=False, compare=False)  # the tenant's apps host
+    cluster: str | None = None  # the seat (k8s.cluster.name) it was sent for, on a shared tenant
     _link: str | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -105,7 +111,8 @@ class ChangeEvent:
         """The event in a Notebook of the tenant; made when first asked, so sending stays as quick as
         a bare POST."""
         if self._link is None and self.ui:
-            self._link = notebook_link(self.ui, _run_events_query(self.service, self.run_id),
+            self._link = notebook_link(self.ui, _run_events_query(self.service, self.run_id,
+                                                                  Scope(self.cluster)),
                                        self.sent_at - timedelta(minutes=5), self.sent_at + timedelta(hours=1))
         return self._link
 
@@ -119,7 +126,8 @@ class ChangeEvent:
 
     def summary(self) -> str:
         old = f"{self.old} -> " if self.old is not None else ""
-        text = (f"change event for service {self.service!r}: {self.flag} {old}{self.new} "
+        seat = f" of {self.cluster}" if self.cluster else ""
+        text = (f"change event for service {self.service!r}{seat}: {self.flag} {old}{self.new} "
                 f"(run {self.run_id}) recorded on {self.report_count} entit"
                 f"{'y' if self.report_count == 1 else 'ies'}, status {', '.join(self.statuses) or '-'}")
         return text + "".join(f"; warning: {w}" for w in self.warnings)
@@ -145,6 +153,7 @@ class Dynatrace:
         self._http = Http(settings, timeout=timeout, retries=retries, backoff=backoff,
                           transport=transport)
         self.settings = settings
+        self.scope = Scope(settings.cluster_name)  # this lab's seat on a shared tenant, if any
         self.ui = settings.platform_url or settings.dt_url  # where the tenant's screens are
         self._entity_cache: dict[str, tuple[float, Entity | None]] = {}
         self.entity_cache_seconds = 60.0
@@ -203,8 +212,21 @@ class Dynatrace:
     # ---- entities
 
     def find_service(self, name: str) -> Entity | None:
-        """The SERVICE entity named `name` (case-insensitive, as Dynatrace matches), seen in 3 days."""
-        params = {"entitySelector": service_selector(name), "from": "now-3d",
+        """The SERVICE entity named `name` (case-insensitive, as Dynatrace matches), seen in 3 days;
+        on a shared tenant this seat's own when Grail may be asked (each seat's cart is an entity
+        of its own, all named cart), else the one seen last."""
+        if self.scope:
+            try:
+                return self._seat_service(name)
+            except Forbidden as exc:  # no Grail for this lab: the newest of that name, as alone
+                _unless_not_allowed(exc)
+        found = self._services(name)
+        return found[0] if found else None
+
+    def _services(self, name: str, selector: str | None = None) -> list[Entity]:
+        """Every SERVICE entity named `name` (or matching `selector`) seen in 3 days, the exact name
+        and newest first."""
+        params = {"entitySelector": selector or service_selector(name), "from": "now-3d",
                   "fields": "+lastSeenTms,+firstSeenTms"}
         entities = self._paged("/api/v2/entities", "entities", scope="entities.read",
                                what=f"to look up the service {name!r}", params=params)
@@ -212,28 +234,86 @@ class Dynatrace:
                         first_seen=utc_ms(e.get("firstSeenTms")), last_seen=utc_ms(e.get("lastSeenTms")),
                         link=service_link(self.ui, e["entityId"]))
                  for e in entities if e.get("entityId")]
-        if not found:
-            return None
         epoch = datetime.min.replace(tzinfo=timezone.utc)
         found.sort(key=lambda e: (e.name == name, e.last_seen or epoch), reverse=True)
-        return found[0]
+        return found
+
+    def _seat_service(self, name: str) -> Entity | None:
+        """This seat's `name` service, from the seat's newest log of the day in Grail; Forbidden
+        when this lab has no platform token (or one without storage:logs:read)."""
+        if not self.settings.platform_token:
+            exc = Forbidden(f"telling {self.scope.describe()}'s service {name!r} from the other "
+                            "seats' takes Grail, and DT_PLATFORM_TOKEN is not set")
+            exc.status = 403
+            raise exc
+        for row in self.dql(self.scope.service_query(name), max_records=1):
+            value = row.get("dt.entity.service")
+            value = value[0] if isinstance(value, list) and value else value
+            if isinstance(value, str) and value:
+                break
+        else:
+            return None
+        try:  # the entity as the tenant knows it (first and last seen)
+            found = self._services(name, f"entityId({quote_selector_value(value, always=True)})")
+        except Forbidden as exc:  # no entities.read: what the log said is enough to address it
+            _unless_not_allowed(exc)
+            found = []
+        seen = as_datetime(row["timestamp"]) if row.get("timestamp") else None
+        entity = found[0] if found else Entity(id=value, name=name, last_seen=seen,
+                                               link=service_link(self.ui, value))
+        # not scoped by dql(): the question is whether other clusters' logs land on it
+        others = run_dql(self._http, self.scope.others_query(value), timeout=60.0, progress=None,
+                         max_records=1)
+        return replace(entity, shared=bool(others))
+
+    def _event_target(self, service: str) -> tuple[str, list[str]]:
+        """(entity selector, warnings) for the change event: the service by name, or on a shared
+        tenant this seat's own entity (never every seat's, unless Grail cannot be asked: then by
+        name, with a warning that says so)."""
+        by_name = service_selector(service)  # also refuses an empty name
+        if not self.scope:
+            return by_name, self._service_warnings(service)
+        try:
+            entity = self._seat(service)
+        except Forbidden as exc:
+            _unless_not_allowed(exc)
+            return by_name, [
+                f"could not find the {service!r} of {self.scope.describe()} ({exc}); the event "
+                f"goes to every service named {service!r} on the tenant (on a shared tenant, "
+                "every seat's)"] + self._service_warnings(service)
+        if entity is not None and entity.shared:
+            return f"entityId({quote_selector_value(entity.id, always=True)})", [_NOT_SPLIT.format(
+                service=service, seat=self.scope.describe())]
+        if entity is None:
+            raise NotFound(
+                f"No entity matched {by_name} of {self.scope.describe()}: Dynatrace has "
+                "no logs of it from that cluster in the last 24 hours, so labkit cannot tell which "
+                "of the tenant's services is yours. Check that your lab's collector sets "
+                f"k8s.cluster.name to {self.scope.cluster!r} (LABKIT_CLUSTER_NAME), send some "
+                "traffic (labkit shop) and try again.")
+        return f"entityId({quote_selector_value(entity.id, always=True)})", []
 
     def _service(self, name: str) -> Entity | None:
         """find_service with a short cache (the event POST should cost one round trip)."""
+        return self._cached(name, lambda: self.find_service(name))
+
+    def _seat(self, name: str) -> Entity | None:
+        """This seat's own `name` service, cached like _service; Forbidden (403) without Grail."""
+        return self._cached(("seat", name), lambda: self._seat_service(name))
+
+    def _cached(self, key, find: Callable[[], Entity | None]) -> Entity | None:
         now = time.monotonic()
-        hit = self._entity_cache.get(name)
+        hit = self._entity_cache.get(key)
         if hit and now - hit[0] < self.entity_cache_seconds and hit[1] is not None:
             return hit[1]
-        entity = self.find_service(name)
-        self._entity_cache[name] = (now, entity)
+        entity = find()
+        self._entity_cache[key] = (now, entity)
         return entity
 
     def _require_service(self, name: str) -> Entity:
         entity = self._service(name)
         if entity is None:
-            raise NotFound(
-                f"Dynatrace knows no service named {name!r} seen in the last 3 days. Check the name "
-                "(the lab's is 'cart') and that the demo sends traces to this tenant.")
+            raise _no_service(name)
         return entity
 
     # ---- change events
@@ -248,19 +328,20 @@ class Dynatrace:
         matched; never resends after the tenant may have processed the POST.
         """
         _check_change(service, flag, new, old)
-        selector = service_selector(service)
+        selector, warnings = self._event_target(service)
         run_id = run_id or uuid.uuid4().hex[:12]
-        warnings = self._service_warnings(service)
-        body = _change_event_body(title, selector, flag, new, old, run_id)
+        body = _change_event_body(title, selector, flag, new, old, run_id, self.scope)
         sent_at = datetime.now(timezone.utc)
         what = f"the change event for {flag} on service {service!r}"
         resp = self._http.request("classic", "POST", "/api/v2/events/ingest", body=body,
                                   scope=INGEST_SCOPE, what=what, idempotent=False, event=True)
         event = _ingest_result(resp, what, selector, ChangeEvent(
             service=service, flag=flag, old=None if old is None else as_str(old), new=as_str(new),
-            run_id=run_id, sent_at=sent_at, report_count=0, warnings=warnings, ui=self.ui))
+            run_id=run_id, sent_at=sent_at, report_count=0, warnings=warnings, ui=self.ui,
+            cluster=self.scope.cluster))
         if event.report_count == 0:
             self._entity_cache.pop(service, None)
+            self._entity_cache.pop(("seat", service), None)
             note = "".join(f" ({w})" for w in warnings)
             raise LabError(
                 f"No entity matched {selector}: {what} was not recorded{note}. The service was not "
@@ -301,6 +382,7 @@ class Dynatrace:
                   "from": time_param(since), "pageSize": 1000}
         events = self._paged("/api/v2/events", "events", scope="events.read",
                              what=f"to read change events of service {service!r}", params=params)
+        events = [e for e in events if self.scope.owns_event(e)]
         return self._with_event_links(change_event_frame(events), service, since)
 
     def change_event(self, event_id: str) -> "pd.DataFrame":
@@ -318,7 +400,7 @@ class Dynatrace:
             query = (f"fetch events, from: {dql_from(since)} | filter event.type == "
                      f"{dql_string(EVENT_TYPE)} and dt.entity.service.name == {dql_string(service)}"
                      " | sort timestamp desc")
-            frame.attrs["link"] = notebook_link(self.ui, query)
+            frame.attrs["link"] = notebook_link(self.ui, self.scope.dql(query))
         return frame
 
     # ---- metrics
@@ -334,12 +416,12 @@ class Dynatrace:
         counted nothing, so it becomes 0 for both counts; failure_rate is NaN where requests == 0
         (undefined, not 0 %).
         """
-        selector = service_selector(service)
+        selector, only = self._metric_target(service)
         what = f"to read failed requests of service {service!r}"
         series, body = None, {}
         asked_at = int(time.time() * 1000)  # before asking: a slot ending later was still running
         for keys in (UNIFIED_KEYS, ONEAGENT_KEYS):
-            metric_selector = ",".join(f"{k}:splitBy():value:default(0)" for k in keys)
+            metric_selector = ",".join(f"{k}{only}:splitBy():value:default(0)" for k in keys)
             params = {"metricSelector": metric_selector, "entitySelector": selector,
                       "from": time_param(since), "to": time_param(until, "until"),
                       "resolution": resolution}
@@ -361,6 +443,21 @@ class Dynatrace:
                  f" | fields start_time, request.is_failed | sort start_time asc | limit {int(limit)}")
         return call_frame(self.dql(query, max_records=limit))
 
+    def _metric_target(self, service: str) -> tuple[str, str]:
+        """(entity selector, metric filter) for `service`'s series: by name; on a shared tenant the
+        seat's own entity when Grail can name it (a documented selector), else the metrics'
+        k8s.cluster.name dimension (that the unified service metrics carry it is unconfirmed)."""
+        if not self.scope:
+            return service_selector(service), ""
+        try:
+            entity = self._seat(service)
+        except Forbidden as exc:
+            _unless_not_allowed(exc)
+            entity = None
+        if entity is None or entity.shared:
+            return service_selector(service), self.scope.metric_filter()
+        return f"entityId({quote_selector_value(entity.id, always=True)})", ""
+
     # ---- problems
 
     def problems(self, service: str | None = None, since="now-1d", status: str | None = None) -> "pd.DataFrame":
@@ -371,8 +468,12 @@ class Dynatrace:
         """
         criteria = []
         if service is not None:
-            entity = self._require_service(service)
-            criteria.append(f"affectedEntities({quote_selector_value(entity.id, always=True)})")
+            # on a shared tenant every seat's service of that name (kept to this seat's below)
+            entities = self._services(service) if self.scope else [self._require_service(service)]
+            if not entities:
+                raise _no_service(service)
+            criteria.append("affectedEntities(" + ",".join(
+                quote_selector_value(e.id, always=True) for e in entities) + ")")
         if status is not None:
             status = str(status).lower()
             if status not in ("open", "closed"):
@@ -383,7 +484,7 @@ class Dynatrace:
         what = "to read problems" + (f" of service {service!r}" if service else "")
         items = self._paged("/api/v2/problems", "problems", scope="problems.read", what=what,
                             params=params)
-        frame = problem_frame(items)
+        frame = problem_frame(self._seat_problems(items, service))
         # the link beside what a person reads; the internal id stays the last column
         frame.insert(len(frame.columns) - 1, "link", [problem_link(self.ui, p) for p in frame["problem_id"]])
         return frame
@@ -423,12 +524,34 @@ class Dynatrace:
         frame.attrs["link"] = trace_link(self.ui, trace_id)
         return frame
 
+    def _seat_problems(self, items: list[dict], service: str | None) -> list[dict]:
+        """The problems of this seat: its k8s.cluster.name on the problem, or (a problem without
+        that field) its own entity among the affected ones; without a seat, all of them."""
+        if not self.scope:
+            return items
+        mine, seat = [], None
+        for p in items:
+            owned = self.scope.owns_problem(p)
+            if owned is None and service is not None:
+                try:
+                    seat = seat or self._seat(service)
+                except Forbidden as exc:  # no Grail: a problem without a cluster is nobody's
+                    _unless_not_allowed(exc)
+                affected = [(x.get("entityId") or {}).get("id") for x in p.get("affectedEntities") or []
+                            if isinstance(x, dict)]
+                owned = seat is not None and seat.id in affected
+            if owned:
+                mine.append(p)
+        return mine
+
     # ---- logs
 
     def dql(self, query: str, *, timeout: float = 60.0, progress: Progress | None = None,
             max_records: int | None = None) -> list[dict]:
-        """Run a DQL query on Grail (platform token) and return its records."""
-        return run_dql(self._http, query, timeout=timeout, progress=progress, max_records=max_records)
+        """Run a DQL query on Grail (platform token) and return its records; on a shared tenant
+        only this seat's (the query gets the seat's k8s.cluster.name filter)."""
+        return run_dql(self._http, self.scope.dql(query), timeout=timeout, progress=progress,
+                       max_records=max_records)
 
     def cart_evaluations(self, since="now-30m", flag: str = "cartFailure", service: str = "cart") -> "pd.DataFrame":
         """Which variant the cart itself evaluated, from the `feature_flag.evaluation` span events its
@@ -461,7 +584,7 @@ class Dynatrace:
         classic_query = f'status="ERROR" AND service.name="{service.replace(chr(34), "")}"'
         frame = self._logs(query, classic_query, since=since, limit=limit, newest_first=True,
                            keep=lambda r: r["service"] in (None, service) and _is_error(r))
-        frame.attrs["link"] = logs_link(self.ui, query.rsplit(" | limit ", 1)[0], since)
+        frame.attrs["link"] = logs_link(self.ui, self.scope.dql(query.rsplit(" | limit ", 1)[0]), since)
         return frame
 
     def logs_for_trace(self, trace_id: str, since="now-1d", limit: int = 1000) -> "pd.DataFrame":
@@ -495,7 +618,8 @@ class Dynatrace:
         return log_frame(rows, newest_first)
 
     def _classic_logs(self, query: str, since, limit: int) -> list[dict]:
-        params = {"query": query, "from": time_param(since), "limit": min(limit, 1000),
+        params = {"query": self.scope.classic_log_query(query), "from": time_param(since),
+                  "limit": min(limit, 1000),
                   "sort": "-timestamp"}
         body = self._get_json("/api/v2/logs/search", scope="logs.read", what="to search logs",
                               params=params)
@@ -554,11 +678,29 @@ class Dynatrace:
 # --------------------------------------------------------------------------- change event steps
 
 
-def _run_events_query(service: str, run_id: str) -> str:
+def _run_events_query(service: str, run_id: str, scope: Scope) -> str:
     """DQL for this run's change events on `service` (ingested properties are fields in Grail)."""
-    return (f"fetch events | filter event.type == {dql_string(EVENT_TYPE)} and "
-            f"dt.entity.service.name == {dql_string(service)} and labkit.run_id == "
-            f"{dql_string(run_id)} | sort timestamp desc")
+    return scope.dql(f"fetch events | filter event.type == {dql_string(EVENT_TYPE)} and "
+                     f"dt.entity.service.name == {dql_string(service)} and labkit.run_id == "
+                     f"{dql_string(run_id)} | sort timestamp desc")
+
+
+_NOT_SPLIT = ("this tenant does not split services by cluster: every seat's {service!r} is one entity, "
+              "so this change shows on it for every seat (Davis may list it under another seat's "
+              "problem). Turn on the built-in rule 'Split services by k8s cluster and namespace' "
+              "(Settings > Services > Service splitting)")
+
+
+def _no_service(name: str) -> NotFound:
+    return NotFound(f"Dynatrace knows no service named {name!r} seen in the last 3 days. Check the name "
+                    "(the lab's is 'cart') and that the demo sends traces to this tenant.")
+
+
+def _unless_not_allowed(exc: Forbidden) -> None:
+    """Re-raise unless `exc` only says a token may not do this (403): a wrong token (401) is
+    never worked around."""
+    if getattr(exc, "status", None) != 403:
+        raise exc
 
 
 def _is_error(row: dict) -> bool:
@@ -580,8 +722,10 @@ def _check_change(service: str, flag: str, new, old) -> None:
                            "Dynatrace names and flag keys are one line.")
 
 
-def _change_event_body(title: str, selector: str, flag: str, new, old, run_id: str) -> dict:
-    """The lab's CUSTOM_CONFIGURATION payload, every property value a string."""
+def _change_event_body(title: str, selector: str, flag: str, new, old, run_id: str,
+                       scope: Scope = Scope()) -> dict:
+    """The lab's CUSTOM_CONFIGURATION payload, every property value a string; on a shared tenant
+    it also names the seat (k8s.cluster.name), and the selector is the seat's own entity."""
     properties = {
         "dt.event.is_rootcause_relevant": "true",
         "action": "changed",
@@ -591,6 +735,7 @@ def _change_event_body(title: str, selector: str, flag: str, new, old, run_id: s
     if old is not None:
         properties["previousValue"] = as_str(old)
     properties["labkit.run_id"] = run_id
+    properties.update(scope.event_properties())
     return {"title": title, "entitySelector": selector, "eventType": EVENT_TYPE,
             "properties": properties}
 

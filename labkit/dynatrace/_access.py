@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from labkit.dynatrace._http import GRAIL_LOG_SCOPES, PLATFORM_SCOPES
 from labkit.errors import BadInput, Forbidden, LabError
+from labkit.settings import SERVICE
 
 if TYPE_CHECKING:  # pragma: no cover
     from labkit.dynatrace import Dynatrace
@@ -52,7 +53,36 @@ def access(dt: "Dynatrace") -> list[Access]:
         else:
             rows.append(_probe(dt, item, scope, method, path, params, body))
     rows.append(_error_logs(dt))
+    if dt.scope:
+        rows.append(_seat(dt))
     return rows
+
+
+def _seat(dt: "Dynatrace") -> Access:
+    """On a shared tenant: can labkit tell this seat's own service from the other seats'?"""
+    item = f"keep to {dt.scope.describe()} (k8s.cluster.name)"
+    try:
+        entity = dt._seat(SERVICE)
+    except Forbidden as exc:
+        return Access(item, False, (
+            f"{exc}: queries are kept to the seat by k8s.cluster.name, but the change event would "
+            f"go to every {SERVICE!r} on the tenant. Set DT_PLATFORM_TOKEN with "
+            f"{' + '.join(GRAIL_LOG_SCOPES)}."))
+    except LabError as exc:
+        return Access(item, False, str(exc))
+    if entity is None:
+        return Access(item, False, (
+            f"no logs of {SERVICE!r} with k8s.cluster.name {dt.scope.cluster!r} in the last 24 hours: "
+            "check that the lab's collector sets that cluster name (LABKIT_CLUSTER_NAME must match it) "
+            "and that the demo runs"))
+    if entity.shared:
+        return Access(item, False, (
+            f"{SERVICE} is {entity.id} for every seat: queries, charts and problems are kept to "
+            "this seat by k8s.cluster.name, but the change event lands on every seat's "
+            f"{SERVICE}. Turn on the built-in rule 'Split services by k8s cluster and namespace' "
+            "(Settings > Services > Service splitting)"))
+    return Access(item, True, f"queries, charts, problems and the change event are this seat's own "
+                              f"({SERVICE} is {entity.id})")
 
 
 def _api_scopes(dt: "Dynatrace") -> tuple[set[str] | None, LabError | None]:

@@ -347,6 +347,7 @@ def _token_error(status: int, message: str, detail: str, *, what: str, to: Route
             f"a token that has it{expired}.")
     exc.missing_scopes = scopes  # for the preflight
     exc.variable = to.var
+    exc.status = status  # 401: the token itself is wrong; 403: it lacks a scope
     return exc
 
 

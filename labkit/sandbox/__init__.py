@@ -5,6 +5,7 @@ nothing configured, the tests). labkit's other modules reach it over HTTP like a
 """
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -12,6 +13,10 @@ import secrets
 import string
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from labkit.sandbox.shared import SharedTenant
 
 SHARED_FLAGS = Path(__file__).with_name("flags.yaml")  # the lab page's flags.yaml, as in the Codespace
 FLAGS_COPY = "flagd-config.json"  # the ConfigMap as last written, so a restarted local lab keeps it
@@ -66,12 +71,14 @@ def make_token(prefix: str = "dt0c01") -> str:
     return f"{prefix}.{part(24)}.{part(64)}"
 
 
-def kubeconfig_text(server_url: str) -> str:
-    """A kubeconfig for a local lab's Kubernetes API (plain http on loopback; kubectl sends no token)."""
+def kubeconfig_text(server_url: str, token: str = "local-lab", ca_pem: bytes | None = None) -> str:
+    """A kubeconfig for a local lab's Kubernetes API. Over https it carries the lab's CA as
+    `certificate-authority-data` (as kind's does), so kubectl checks the server and sends the token."""
+    ca = f"    certificate-authority-data: {base64.b64encode(ca_pem).decode()}\n" if ca_pem else ""
     return (
         "apiVersion: v1\nkind: Config\n"
-        f"clusters:\n- name: labkit-local\n  cluster:\n    server: {server_url}\n"
-        "users:\n- name: labkit-local\n  user:\n    token: local-lab\n"
+        f"clusters:\n- name: labkit-local\n  cluster:\n{ca}    server: {server_url}\n"
+        f"users:\n- name: labkit-local\n  user:\n    token: {token}\n"
         "contexts:\n- name: labkit-local\n  context:\n    cluster: labkit-local\n"
         "    user: labkit-local\n    namespace: default\n"
         "current-context: labkit-local\n"
@@ -79,14 +86,21 @@ def kubeconfig_text(server_url: str) -> str:
 
 
 class LocalLab:
-    """All of the local lab in this process, on free loopback ports, until stop()."""
+    """All of the local lab in this process, on free loopback ports, until stop().
+
+    `cluster_name` is the k8s.cluster.name its data carries (default: $LABKIT_CLUSTER_NAME, else
+    the one it had, else labkit-local). With `tenant` (a SharedTenant) its shop's data goes to
+    that tenant, beside other labs' (seats of a workshop), instead of a tenant of its own."""
 
     def __init__(self, state_dir: str | Path, timings: Timings | None = None,
-                 flags_yaml: str | None = None, release: str | None = None):
+                 flags_yaml: str | None = None, release: str | None = None,
+                 cluster_name: str | None = None, tenant: "SharedTenant | None" = None):
         from labkit import releases
         from labkit.sandbox import dynatrace, kube, shop, state
         from labkit.sandbox.kube import workloads
         from labkit.sandbox.http import LabServer
+        from labkit.sandbox.tls import lab_certificates
+        from labkit.settings import cluster_name as checked_cluster_name
 
         self.state_dir = Path(state_dir)
         # One lab per state dir (else StateDirBusy); held until stop() or until this object is gone.
@@ -98,6 +112,9 @@ class LocalLab:
         # A lab.env still here is from a local lab that was killed: keep its tokens (and below its
         # ports and flags), so the terminals and kernels that sourced it keep working after a restart.
         previous = _previous_env(self.state_dir / "lab.env")
+        self.cluster_name = checked_cluster_name(
+            cluster_name or os.environ.get("LABKIT_CLUSTER_NAME") or previous.get("LABKIT_CLUSTER_NAME")
+        ) or dynatrace.DEFAULT_CLUSTER
         self.api_token = previous.get("DT_API_TOKEN") or make_token()
         self.ingest_token = make_token()  # the lab's own token: ingest scopes only
         self.platform_token = previous.get("DT_PLATFORM_TOKEN") or make_token("dt0s16")
@@ -105,49 +122,64 @@ class LocalLab:
         self.restored_flags = isinstance(saved, dict) and isinstance(saved.get("data"), dict)
         if self.restored_flags:
             flags_yaml = json.dumps(saved)  # JSON is YAML: the ConfigMap as it was last written
-        self.telemetry = dynatrace.Telemetry(self.timings)
-        self.tenant = dynatrace.Tenant(self.telemetry, self.timings, {
-            self.api_token: dynatrace.READ_AND_INGEST_SCOPES,
-            self.ingest_token: dynatrace.LAB_INGEST_SCOPES,
-        }, platform_tokens={self.platform_token})
+        self.shared = tenant
+        if tenant is None:
+            self.telemetry = dynatrace.Telemetry(self.timings, cluster=self.cluster_name)
+            self.tenant = dynatrace.Tenant(self.telemetry, self.timings, {})
+        else:
+            self.telemetry, self.tenant = tenant.telemetry, tenant.tenant
+        self.tenant.add_token(self.api_token, dynatrace.READ_AND_INGEST_SCOPES)
+        self.tenant.add_token(self.ingest_token, dynatrace.LAB_INGEST_SCOPES)
+        self.tenant.platform_tokens.add(self.platform_token)
         ports = _read_json(self.state_dir / PORTS)
         ports = ports if isinstance(ports, dict) else {}
 
-        def server(app, name: str) -> LabServer:
+        def server(app, name: str, tls=None) -> LabServer:
             port = ports.get(name)
             if isinstance(port, int) and 1024 <= port <= 65535:
                 try:
-                    return LabServer(app, port=port)
+                    return LabServer(app, port=port, tls=tls)
                 except OSError:
                     pass  # taken by now: a new free port (lab.env is rewritten at start)
-            return LabServer(app)
+            return LabServer(app, tls=tls)
 
-        self.tenant_server = server(dynatrace.app(self.tenant), "tenant")
-        # The cart's pod annotations name the runbook on this tenant, as the lab's setup fills them in.
+        self.tenant_server = server(dynatrace.app(self.tenant), "tenant") if tenant is None else tenant.server
         # As the chart installs it: the release's own flag file (the lab page's is applied later, by hand).
         self.cluster = kube.LocalCluster(self.timings, flags_yaml or self.release.configmap_yaml(),
                                          demo_version=self.release.version, apps_url=self.tenant_server.url)
         self.cluster.on_configmap_change = self._keep_flags
+        # The Kubernetes API over TLS with the lab's own CA and token: no one else on the machine gets in.
+        self.certificates = lab_certificates(self.state_dir)
+        self.cluster.token, self.cluster.token_required = self.certificates.token, True
+        # The cart's pod annotations name the runbook on this tenant, as the lab's setup fills them in.
         self.telemetry.cart_annotations = workloads.cart_annotations(self.tenant_server.url)
-        self.shop = shop.DemoShop(self.cluster, self.telemetry, self.timings, self.release)
-        self.kube_server = server(kube.app(self.cluster), "kube")
+        # the lab's collector: what the shop writes carries this lab's k8s.cluster.name
+        self.shop = shop.DemoShop(self.cluster, dynatrace.Collector(self.telemetry, self.cluster_name),
+                                  self.timings, self.release)
+        self.kube_server = server(kube.app(self.cluster), "kube", self.certificates.server_context())
         self.frontend_server = server(shop.app(self.shop), "frontend")
         self.cluster.register_service("frontend-proxy", 8080, self.frontend_server.app)
+
+    def _servers(self) -> dict:
+        """This lab's own servers by name (a shared tenant's server is not one of them)."""
+        own = {"kube": self.kube_server, "frontend": self.frontend_server}
+        return own if self.shared else {**own, "tenant": self.tenant_server}
 
     def start(self) -> "LocalLab":
         from labkit.sandbox import state
 
         # The tenant starts anew (seeded, in memory): so does the run it is the record of.
         self.archived_timeline = state.archive_timeline(self.state_dir)
-        for server in (self.kube_server, self.frontend_server, self.tenant_server):
+        for server in self._servers().values():
             server.start()
         self.cluster.start()
         self.shop.start()
-        self.tenant.start()
+        if not self.shared:
+            self.tenant.start()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         _write_atomic(self.state_dir / PORTS, json.dumps({
-            name: server.server_address[1] for name, server in (
-                ("kube", self.kube_server), ("frontend", self.frontend_server), ("tenant", self.tenant_server))}))
+            name: server.server_address[1] for name, server in self._servers().items()}))
+        self.kubeconfig_path.touch(mode=0o600)  # it holds the API's token
         self.kubeconfig_path.write_text(self.kubeconfig())
         workspace = self.state_dir / WORKSPACE
         workspace.mkdir(exist_ok=True)
@@ -160,9 +192,10 @@ class LocalLab:
 
     def stop(self) -> None:
         self.shop.stop()
-        self.tenant.stop()
+        if not self.shared:
+            self.tenant.stop()
         self.cluster.stop()
-        for server in (self.kube_server, self.frontend_server, self.tenant_server):
+        for server in self._servers().values():
             server.stop()
         if self._owner.held:  # ours to remove: no other lab ran on this state dir meanwhile
             for name in ("lab.env", "kubeconfig"):
@@ -211,11 +244,12 @@ class LocalLab:
             "FRONTEND_URL": self.frontend_server.url,
             "LABKIT_LOCAL_LAB": "1",
             "LABKIT_STATE_DIR": str(self.state_dir),
+            "LABKIT_CLUSTER_NAME": self.cluster_name,
             "CODESPACE_VSCODE_FOLDER": str(self.state_dir / WORKSPACE),
         }
 
     def kubeconfig(self) -> str:
-        return kubeconfig_text(self.kube_server.url)
+        return kubeconfig_text(self.kube_server.url, self.certificates.token, self.certificates.ca_pem)
 
 
 def _read_json(path: Path):
@@ -236,7 +270,26 @@ def _previous_env(path: Path) -> dict[str, str]:
     from labkit.settings import _TOKEN, read_dotenv
 
     env = read_dotenv(path)
-    return {k: v for k, v in env.items() if k in ("DT_API_TOKEN", "DT_PLATFORM_TOKEN") and _TOKEN.match(v)}
+    kept = {k: v for k, v in env.items() if k in ("DT_API_TOKEN", "DT_PLATFORM_TOKEN") and _TOKEN.match(v)}
+    if env.get("LABKIT_CLUSTER_NAME"):
+        kept["LABKIT_CLUSTER_NAME"] = env["LABKIT_CLUSTER_NAME"]
+    return kept
+
+
+def start_shared_tenant(state_dir: str | Path, seats=(), timings: Timings | None = None,
+                        split_by_cluster: bool = True) -> "SharedTenant":
+    """One local tenant on loopback, started, with a local lab per name in `seats` sending to it
+    (labkit.sandbox.shared); add more with .add_seat(name)."""
+    from labkit.sandbox.shared import SharedTenant
+
+    shared = SharedTenant(state_dir, timings, split_by_cluster).start()
+    try:
+        for name in seats:
+            shared.add_seat(name)
+    except BaseException:
+        shared.stop()
+        raise
+    return shared
 
 
 def default_state_dir() -> Path:

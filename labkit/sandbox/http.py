@@ -292,16 +292,26 @@ class LabServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, app: Callable[[Request], Response], port: int = 0, host: str = "127.0.0.1"):
+    def __init__(self, app: Callable[[Request], Response], port: int = 0, host: str = "127.0.0.1",
+                 tls=None):
         super().__init__((host, port), _Handler)
         self.app = app
+        self.tls = tls  # an ssl.SSLContext: serve https (the local lab's Kubernetes API)
         self.faults = Faults()
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
+
+    def get_request(self):
+        """With TLS, the handshake happens in the request's own thread (on its first read), so a
+        slow or plain-http client cannot stall the accept loop."""
+        sock, addr = super().get_request()
+        if self.tls is not None:
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
 
     def start(self) -> "LabServer":
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1},
@@ -317,5 +327,7 @@ class LabServer(ThreadingHTTPServer):
         """A client that hangs up first (a timeout, Ctrl-C) is normal here, not worth a traceback."""
         import sys
 
-        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+        import ssl
+
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError, ssl.SSLError)):
             super().handle_error(request, client_address)

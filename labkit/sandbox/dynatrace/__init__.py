@@ -12,12 +12,13 @@ behind labkit's links; routes is the table.
 """
 from labkit.sandbox.dynatrace.errors import EnvironmentApiError, PlatformError
 from labkit.sandbox.dynatrace.routes import app
-from labkit.sandbox.dynatrace.telemetry import (REDIS_ERROR, SERVICES, Event, MonitoredEntity,
-                                                Problem, Span, Telemetry, service_id)
+from labkit.sandbox.dynatrace.telemetry import (DEFAULT_CLUSTER, REDIS_ERROR, SERVICES, Collector,
+                                                Event, MonitoredEntity, Problem, Span, Telemetry,
+                                                service_id)
 from labkit.sandbox.dynatrace.tenant import (LAB_INGEST_SCOPES, PLATFORM_SCOPES, READ_AND_INGEST_SCOPES,
                                              PlatformTokens, Tenant, TokenInfo)
 
-__all__ = ["EnvironmentApiError", "Event", "LAB_INGEST_SCOPES", "MonitoredEntity", "PLATFORM_SCOPES",
+__all__ = ["Collector", "DEFAULT_CLUSTER", "EnvironmentApiError", "Event", "LAB_INGEST_SCOPES", "MonitoredEntity", "PLATFORM_SCOPES",
            "PlatformError", "PlatformTokens",
            "Problem", "READ_AND_INGEST_SCOPES", "REDIS_ERROR", "SERVICES", "Span",
            "Telemetry", "Tenant", "TokenInfo", "app", "service_id"]

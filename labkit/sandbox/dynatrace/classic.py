@@ -13,7 +13,7 @@ import secrets
 from typing import Callable
 
 from labkit.sandbox.dynatrace.errors import EnvironmentApiError, bad_param, violation
-from labkit.sandbox.dynatrace.selectors import (ENTITY_DIM, MetricQuery, criteria,
+from labkit.sandbox.dynatrace.selectors import (CLUSTER_DIM, ENTITY_DIM, MetricQuery, criteria,
                                                 parse_entity_selector, parse_metric_selector)
 from labkit.sandbox.dynatrace.series import (aggregate, merged_minutes, parse_resolution,
                                              series_values, slot_bounds)
@@ -253,11 +253,14 @@ def run_metric_query(tenant: Tenant, q: MetricQuery, start: int, end: int, step:
         result["warnings"].append(f"The metric {q.key} has no data in the requested timeframe "
                                   "(it is reported for OneAgent services only)")
         return result
-    services = [e for e in tenant.services()
-                if (allowed_ids is None or e.entity_id in allowed_ids)
-                and (q.filter is None or q.filter({ENTITY_DIM: e.entity_id}))]
+    counters = [(e, c) for e, c in tenant.telemetry.series()
+                if e.type == "SERVICE" and (allowed_ids is None or e.entity_id in allowed_ids)
+                and (q.filter is None or q.filter({ENTITY_DIM: e.entity_id, CLUSTER_DIM: c}))]
     merged = q.split == []
-    groups = [(None, services)] if merged else [(e, [e]) for e in services]
+    by_entity: dict[str, tuple] = {}
+    for e, c in counters:
+        by_entity.setdefault(e.entity_id, (e, []))[1].append((e, c))
+    groups = [(None, counters)] if merged else list(by_entity.values())
     bounded = allowed_ids is not None or q.filter_ids is not None
     slots = slot_bounds(start, end, step)
     data = []
@@ -278,7 +281,7 @@ def run_metric_query(tenant: Tenant, q: MetricQuery, start: int, end: int, step:
     return result
 
 
-def _metric_values(tenant: Tenant, q: MetricQuery, members: list[MonitoredEntity],
+def _metric_values(tenant: Tenant, q: MetricQuery, members: list[tuple[MonitoredEntity, str]],
                    slots: list[tuple[int, int]]) -> tuple[list[int], list[float | None]]:
     """(timestamps, values) of one series: the slot ends, or one folded value at the end."""
     first, last = slots[0][0] // MINUTE_MS, -(-slots[-1][1] // MINUTE_MS)
@@ -395,7 +398,7 @@ def _problem_json(tenant: Tenant, p: Problem, fields: set[str]) -> dict:
         "affectedEntities": [stub], "impactedEntities": [stub], "rootCauseEntity": stub,
         "managementZones": [], "entityTags": [],
         "problemFilters": [{"id": "c21f969b-5f03-333d-83e0-4f8f136e7682", "name": "Default"}],
-        "k8s.cluster.name": ["obslab"], "k8s.namespace.name": ["default"],
+        "k8s.cluster.name": sorted(p.clusters), "k8s.namespace.name": ["default"],
     }
     if "evidenceDetails" in fields:
         out["evidenceDetails"] = _evidence(tenant, p)

@@ -49,6 +49,7 @@ def _problem_record(p: Problem) -> dict:
         "affected_entity_ids": [p.entity.entity_id], "affected_entity_types": ["dt.entity.service"],
         "root_cause_entity_id": p.entity.entity_id, "root_cause_entity_name": p.entity.name,
         "dt.entity.service": [p.entity.entity_id], "dt.davis.is_duplicate": False,
+        "k8s.cluster.name": sorted(p.clusters), "k8s.namespace.name": ["default"],
         "maintenance.is_under_maintenance": False,
         "event.description": p.description or f"{p.error_count} error logs: Wasn't able to connect to redis",
     }
@@ -56,14 +57,14 @@ def _problem_record(p: Problem) -> dict:
 
 def _span_record(s: Span, telemetry) -> dict:
     """A span as `fetch spans` returns it (OTel attributes flat, its events as span.events)."""
-    entity = telemetry.entities.get(s.service)
+    entity = telemetry.entity_of(s.service, s.cluster)
     record = {
         "start_time": iso_ns(s.start_ns), "end_time": iso_ns(s.end_ns), "_ms": s.time,
         "duration": s.end_ns - s.start_ns, "trace.id": s.trace_id, "span.id": s.span_id,
         "span.parent_id": s.parent_id, "span.name": s.name, "span.kind": s.kind,
         "span.status_code": s.status, "service.name": s.service,
         "dt.entity.service": entity.entity_id if entity else None,
-        "k8s.cluster.name": telemetry.cluster_name, "k8s.namespace.name": "default", **s.attributes,
+        "k8s.cluster.name": s.cluster, "k8s.namespace.name": "default", **s.attributes,
         "span.events": [{**ev, "timestamp": iso_ns(ev["timestamp"])} for ev in s.events],
     }
     if s.kind == "server":  # Dynatrace's request fields: a server span is a request
@@ -133,18 +134,22 @@ def _timeseries(tenant: Tenant, q: DqlQuery, start: int, end: int) -> tuple[list
     return records, {"metrics": metrics, "frame": (first_slot, last_slot)}
 
 
-def _groups(tenant: Tenant, q: DqlQuery) -> dict[tuple, list[MonitoredEntity]]:
-    """The services that pass `filter:`, grouped by the `by:` dimensions' values."""
-    groups: dict[tuple, list[MonitoredEntity]] = {}
-    for e in tenant.services():
-        dims = {"dt.entity.service": e.entity_id, "dt.service.name": e.name}
+def _groups(tenant: Tenant, q: DqlQuery) -> dict[tuple, list[tuple[MonitoredEntity, str]]]:
+    """The (service, k8s.cluster.name) counters that pass `filter:`, grouped by the `by:`
+    dimensions' values."""
+    groups: dict[tuple, list[tuple[MonitoredEntity, str]]] = {}
+    for e, cluster in tenant.telemetry.series():
+        if e.type != "SERVICE":
+            continue
+        dims = {"dt.entity.service": e.entity_id, "dt.service.name": e.name,
+                "k8s.cluster.name": cluster}
         if q.ts_filter and q.ts_filter(dims) is not True:
             continue
-        groups.setdefault(tuple(dims.get(d) for d in q.by), []).append(e)
+        groups.setdefault(tuple(dims.get(d) for d in q.by), []).append((e, cluster))
     return groups
 
 
-def _agg_values(tenant: Tenant, metric: str, func: str, members: list[MonitoredEntity],
+def _agg_values(tenant: Tenant, metric: str, func: str, members: list[tuple[MonitoredEntity, str]],
                 slots: list[tuple[int, int]]) -> list[float | None]:
     index = GRAIL_METRICS.get(metric)
     if index is None:

@@ -152,6 +152,8 @@ def parse_entity_selector(text: str, path: str = "entitySelector",
 
 # ----- metricSelector -------------------------------------------------------------------------
 ENTITY_DIM = "dt.entity.service"
+CLUSTER_DIM = "k8s.cluster.name"  # the workload's cluster, a dimension of the unified service metrics
+FILTER_DIMS = (ENTITY_DIM, CLUSTER_DIM)
 AGGREGATIONS = ("value", "sum", "avg", "count", "max", "min", "auto")
 KEY_RE = re.compile(r"^(?:[A-Za-z][\w\-]*:)?[\w.\-]+")
 
@@ -206,8 +208,9 @@ def _dim_condition(services: list[MonitoredEntity], text: str
         return (lambda d: not inner(d)), None
     parts = split_top(args)
     dim, _ = unquote(parts[0])
-    if dim != ENTITY_DIM:
-        raise ValueError(f"dimension '{dim}' does not exist for this metric (use {ENTITY_DIM})")
+    if dim not in FILTER_DIMS:
+        raise ValueError(f"dimension '{dim}' does not exist for this metric (use "
+                         f"{' or '.join(FILTER_DIMS)})")
     if name == "in":
         ids: set[str] = set()
         for part in parts[1:]:
@@ -225,7 +228,7 @@ def _dim_condition(services: list[MonitoredEntity], text: str
     if name not in tests:
         raise ValueError(f"the local lab does not support the filter condition '{name}'")
     test = tests[name]
-    return (lambda d: test(d.get(dim) or "")), ({value} if name == "eq" else None)
+    return (lambda d: test(d.get(dim) or "")), ({value} if name == "eq" and dim == ENTITY_DIM else None)
 
 
 def parse_metric_selector(services: list[MonitoredEntity], text: str) -> list[MetricQuery]:

@@ -52,12 +52,13 @@ def aggregate(values: list[float], agg: str) -> float | None:
     return max(values) if agg == "max" else min(values)
 
 
-def merged_minutes(telemetry: Telemetry, services: list[MonitoredEntity], index: int,
+def merged_minutes(telemetry: Telemetry, members: list[tuple[MonitoredEntity, str]], index: int,
                    first: int, last: int) -> list[float | None]:
-    """Per-minute values of one series (several services summed minute by minute)."""
+    """Per-minute values of one series: several (service, k8s.cluster.name) counters summed minute
+    by minute."""
     merged: list[float | None] = [None] * (last - first)
-    for entity in services:
-        for i, slot in enumerate(telemetry.minute_counts(entity.name, first, last)):
+    for entity, cluster in members:
+        for i, slot in enumerate(telemetry.minute_counts(entity.entity_id, first, last, cluster)):
             if slot is not None:
                 merged[i] = (merged[i] or 0) + slot[index]
     return merged

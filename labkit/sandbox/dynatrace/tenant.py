@@ -115,6 +115,11 @@ class Tenant:
         # A timer, not a wait for a condition: problems close after a quiet period of time.
         self._housekeeper = Background("labkit-tenant", self._housekeeping, lambda: 0.5)
 
+    def add_token(self, token: str, scopes) -> None:
+        """One more API token (a seat joining a shared tenant brings its own)."""
+        now = self.telemetry.clock()
+        self.tokens[token] = TokenInfo(token, frozenset(scopes), self._token_name(scopes), now, now)
+
     @staticmethod
     def _token_name(scopes) -> str:
         return "obslab-workshop (ingest only)" if set(scopes) <= LAB_INGEST_SCOPES \

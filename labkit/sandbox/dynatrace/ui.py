@@ -117,6 +117,7 @@ def problem_page(tenant: Tenant, req: Request, problemId: str) -> Response:  # n
         raise PageError(404, f"The local lab knows no problem {problemId}.")
     facts = [("status", status_word(found.open)), ("started", _when(found.start)),
              ("ended", _when(found.end)), ("affected service", _service_link(found.entity)),
+             ("k8s.cluster.name", html.escape(", ".join(sorted(found.clusters)) or "-")),
              ("error logs", str(found.error_count)),
              ("problem id", f"<span class='id'>{html.escape(found.problem_id)}</span>")]
     changes = _event_rows(tenant.telemetry.change_evidence(found), tenant.telemetry.clock())
@@ -141,7 +142,7 @@ def service_page(tenant: Tenant, req: Request) -> Response:
     if entity is None:
         raise PageError(404, f"The local lab knows no service {entity_id or '(no detailsId)'}.")
     now = tenant.telemetry.clock()
-    minutes = tenant.telemetry.minute_counts(entity.name, now // MINUTE_MS - 30, now // MINUTE_MS + 1)
+    minutes = tenant.telemetry.minute_counts(entity.entity_id, now // MINUTE_MS - 30, now // MINUTE_MS + 1)
     requests = sum(m[0] for m in minutes if m)
     failed = sum(m[1] for m in minutes if m)
     problems = [(_problem_link(p), status_word(p.open), _when(p.start))
@@ -149,6 +150,7 @@ def service_page(tenant: Tenant, req: Request) -> Response:
     events = _event_rows([e for e in tenant.telemetry.events()
                           if e.entity.entity_id == entity.entity_id], now)
     facts = [("entity id", html.escape(entity.entity_id)), ("last seen", _when(entity.last_seen)),
+             ("k8s.cluster.name", html.escape(entity.cluster or "-")),
              ("requests, last 30 min", str(requests)), ("failed, last 30 min", str(failed))]
     body = (table(facts, ("", "")) + "<h2>Problems</h2>" + table(problems[::-1], (
         "problem", "status", "started")) + "<h2>Events</h2>" + table(events[::-1], (

@@ -54,6 +54,7 @@ class LocalCluster(Rollouts, Endpoints, Store):
         super().__init__(history)
         self.timings = timings
         self.token = "local-lab"  # the kubeconfig's bearer token (sandbox.kubeconfig_text)
+        self.token_required = False  # over TLS (LocalLab): a request without the token is a 401
         self._timers: list = []  # heap of (due, seq, callback)
         self._seq = itertools.count()
         self._born: dict[str, int] = {}  # pod uid -> creation order (scale-down removes the newest)

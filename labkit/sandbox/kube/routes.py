@@ -313,5 +313,5 @@ def app(cluster: LocalCluster):
     router = Router(ROUTES, route_error, cluster, "the local lab's Kubernetes API")
 
     def serve(req: Request) -> Response:
-        return auth.unauthorized(req, cluster.token) or router(req)
+        return auth.unauthorized(req, cluster.token, cluster.token_required) or router(req)
     return serve

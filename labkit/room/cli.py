@@ -1,0 +1,108 @@
+"""`labkit room`: a room's JupyterHub on this machine, until Ctrl-C; `labkit room rehearse`: the whole
+room run by robots, timed, with the board checked."""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+from labkit.errors import LabError
+
+
+def _room_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seats", type=int, required=True, help="how many seats (seat-1 ... seat-N)")
+    p.add_argument("--port", type=int, default=8000, help="the hub's port on 127.0.0.1 (default 8000)")
+    p.add_argument("--dir", default=".room", help="the room's folder (default ./.room)")
+    p.add_argument("--shared-tenant", action="store_true",
+                   help="every seat's lab sends to ONE local tenant (seats kept apart by their cluster name)")
+    p.add_argument("--cull-after", type=int, default=3600, help="stop a seat's server idle this many s")
+    p.add_argument("--silent-after", type=float, default=90.0,
+                   help="the board shows a running seat that has not reported for this many s as silent")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="labkit room", description=__doc__.splitlines()[0])
+    subs = parser.add_subparsers(dest="command")
+    _room_args(parser)
+    rehearse = subs.add_parser("rehearse", help="log in as every seat, run 01 in each, time it, check the board")
+    _room_args(rehearse)
+    rehearse.add_argument("--change", choices=("odd", "all"), default="all",
+                          help="which seats flip cartFailure (default all)")
+    rehearse.add_argument("--notebook", default="01-introduce-change.ipynb")
+    rehearse.add_argument("--json", help="also write the results here (benchmarks read it)")
+    return parser
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    # `labkit room rehearse --seats 3` and `labkit room --seats 3`: the options may come either side
+    if argv and argv[0] == "rehearse":
+        args = build_parser().parse_args(["--seats", "0", *argv])
+    else:
+        args = build_parser().parse_args(argv)
+    if not 1 <= args.seats <= 200:
+        raise LabError("--seats must be between 1 and 200.")
+    return args
+
+
+def start_room(args):
+    from labkit.room.hub import Hub, HubConfig, passed_env, proxy_command
+    from labkit.room.seats import Room
+    from labkit.room.tenant import SharedTenant
+
+    room = Room(Path(args.dir), args.seats, shared=args.shared_tenant)
+    room.prepare()
+    env = passed_env()
+    tenant = SharedTenant(room).start() if args.shared_tenant else None
+    if tenant is not None:
+        env.update(tenant.seat_env())
+    config = HubConfig(room, port=args.port, proxy=proxy_command(room.folder), cull_timeout=args.cull_after,
+                       silent_after=args.silent_after, passed_env=env)
+    try:
+        hub = Hub(config).start()
+    except BaseException:
+        if tenant is not None:
+            tenant.stop()
+        raise
+    return room, config, hub, tenant
+
+
+def stop_room(hub, tenant) -> list[int]:
+    left = hub.stop()
+    if tenant is not None:
+        tenant.stop()
+    return left
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(list(sys.argv[1:] if argv is None else argv))
+    if args.command == "rehearse":
+        from labkit.room.rehearse import rehearse
+
+        return rehearse(args)
+    from labkit.room.hub import describe
+
+    room, config, hub, tenant = start_room(args)
+    print(describe(config), flush=True)
+    if tenant is not None:
+        print(f"  shared tenant: {tenant.describe()}", flush=True)
+    print("Ctrl-C stops the hub, every seat's server and lab.", flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the room as Ctrl-C does
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
+    try:
+        while hub.proc.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    code = hub.proc.returncode
+    left = stop_room(hub, tenant)
+    print(f"room stopped{'' if not left else f'; killed {len(left)} leftover processes'}", flush=True)
+    if code not in (None, 0, -15):
+        print(f"the hub had exited by itself (code {code}): {hub.log_tail()}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _interrupt(*_):
+    raise KeyboardInterrupt
