@@ -254,13 +254,14 @@ def test_reference_metrics_example_becomes_the_documented_frame(dt, mock):
     assert route.call_count == 1  # both keys in ONE call
     sel = route.calls.last.request.url.params["metricSelector"]
     assert sel.startswith("builtin:service.request.failure_count:") and ",builtin:service.request.count:" in sel
-    assert list(frame.columns) == ["timestamp", "failed", "requests", "failure_rate"]
+    assert list(frame.columns) == ["timestamp", "failed", "requests", "failure_rate", "partial"]
     assert str(frame["timestamp"].dt.tz) == "UTC"
     assert frame["failed"].tolist() == [0, 0, 2, 1, 0, 3]
     assert frame["requests"].tolist() == [21, 19, 22, 18, 0, 24]
     assert frame["failure_rate"].iloc[2] == pytest.approx(2 / 22)
     assert pd.isna(frame["failure_rate"].iloc[4])  # the null slot: no requests, rate undefined
-    assert frame["timestamp"].iloc[-1] == pd.Timestamp(1754553600000, unit="ms", tz="UTC")
+    # Dynatrace stamps a slot by its end; the frame shows the minute it covers (its start)
+    assert frame["timestamp"].iloc[-1] == pd.Timestamp(1754553600000 - 60_000, unit="ms", tz="UTC")
 
 
 def test_oneagent_keys_are_the_fallback_when_unified_ones_are_empty(dt, mock):

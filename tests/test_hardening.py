@@ -193,7 +193,7 @@ def test_tenant_5xx_on_reads_is_retried(status, local_lab, canary, canary_env, f
         with pytest.raises(Unreachable) as err:
             dt.failed_requests("cart", since="now-10m")
     knobs.clear()
-    assert len(frame) > 0 and list(frame.columns) == ["timestamp", "failed", "requests", "failure_rate"]
+    assert len(frame) > 0 and list(frame.columns) == ["timestamp", "failed", "requests", "failure_rate", "partial"]
     assert str(status) in str(err.value) and "3 attempts" in str(err.value)
     rec.leaked = canary.hits(exception_text(err.value), caplog.text)
     assert rec.leaked == 0

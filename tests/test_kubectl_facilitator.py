@@ -277,9 +277,19 @@ def test_port_forward_carries_tcp_and_ends_on_ctrl_c(lab, target, remote, path):
 @needs_kubectl
 def test_the_lab_page_runs_verbatim_from_lab_env(local_lab, tmp_path):
     """`source lab.env` and the page's own command line: $CODESPACE_VSCODE_FOLDER holds flags.yaml."""
+    from kubernetes import client, config
+
+    # The page's flags.yaml is not the release's own ConfigMap: put the session's lab back afterwards.
+    core = client.CoreV1Api(config.new_client_from_config(str(local_lab.kubeconfig_path)))
+    before = core.read_namespaced_config_map("flagd-config", "default").data
     env_file = local_lab.state_dir / "lab.env"
-    r = subprocess.run(["bash", "-c", f". {env_file} && kubectl --cache-dir {tmp_path} apply -f "
-                                      "$CODESPACE_VSCODE_FOLDER/flags.yaml"],
-                       capture_output=True, text=True, timeout=30, env=dict(os.environ, HOME=str(tmp_path)))
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() in ("configmap/flagd-config configured", "configmap/flagd-config unchanged")
+    try:
+        r = subprocess.run(["bash", "-c", f". {env_file} && kubectl --cache-dir {tmp_path} apply -f "
+                                          "$CODESPACE_VSCODE_FOLDER/flags.yaml"],
+                           capture_output=True, text=True, timeout=30, env=dict(os.environ, HOME=str(tmp_path)))
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() in ("configmap/flagd-config configured", "configmap/flagd-config unchanged")
+        applied = core.read_namespaced_config_map("flagd-config", "default").data["demo.flagd.json"]
+        assert '"on": true' in applied  # the lab page's cartFailure, not the release's
+    finally:
+        core.patch_namespaced_config_map("flagd-config", "default", {"data": before})

@@ -325,6 +325,7 @@ def _table_error(err: "ErrorBody", what: str, to: Route) -> Forbidden:
         f"table. Add the scopes to the token ({_WHERE[to.var]}) or ask an admin for the policy.")
     exc.missing_scopes = [s.strip() for s in to.scope.split(" and ")]
     exc.variable = to.var
+    exc.status = 403  # not allowed (as _token_error's 403): a shared tenant's scoping falls back on it
     return exc
 
 
