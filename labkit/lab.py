@@ -105,8 +105,10 @@ class NothingSent:
     ok = True
     sent = False
 
-    def __repr__(self) -> str:
+    def summary(self) -> str:  # as a sent ChangeEvent's: one sentence
         return self.why
+
+    __repr__ = summary
 
     def _repr_html_(self) -> str:
         return cards.card("change-event", self.why, ok=True)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from labkit import releases
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,12 +143,13 @@ def test_a_seat_reports_its_steps_goes_silent_and_the_facilitator_resets_its_lab
     try:
         seat.start_server()
         kernel = SeatKernel(seat, "01-introduce-change.ipynb")
-        for code in ("import labkit\nlab = labkit.connect()", "lab.change_flag('on')"):
+        on = releases.get().lab_on_variant  # the lab page's `on` on the seat's demo release
+        for code in ("import labkit\nlab = labkit.connect()", f"lab.change_flag({on!r})"):
             assert kernel.run(code, timeout=120).error is None
         row = _row(room, facilitator, "seat-1", lambda r: "flag applied" in r["steps"] and r["flag_served"]
-                   and set(r["flag_served"].values()) == {"on"})
+                   and set(r["flag_served"].values()) == {on})
         assert row["status"] == "reporting" and row["lab"] == "running"
-        assert set(row["flag_served"].values()) == {"on"}, row
+        assert set(row["flag_served"].values()) == {on}, row
         # a seat's token reports only for that seat
         forged = other.client.post("/services/labkit-board/api/seats/seat-1/steps",
                                    json={"step": {"kind": "rolled back"}})
@@ -180,7 +183,8 @@ def test_the_facilitator_sees_the_board_in_a_browser_and_resets_a_seat(room):
         from labkit.room.kernel import SeatKernel
 
         kernel = SeatKernel(seat, "01-introduce-change.ipynb")
-        assert kernel.run("import labkit\nlab = labkit.connect()\nlab.change_flag('on')", timeout=120).error is None
+        code = f"import labkit\nlab = labkit.connect()\nlab.change_flag({releases.get().lab_on_variant!r})"
+        assert kernel.run(code, timeout=120).error is None
         browser.ARTIFACTS.mkdir(parents=True, exist_ok=True)
         with sync_playwright() as p:
             chromium = p.chromium.launch(executable_path=browser.CHROMIUM, args=browser.CHROMIUM_ARGS)
@@ -192,7 +196,7 @@ def test_the_facilitator_sees_the_board_in_a_browser_and_resets_a_seat(room):
             row = page.locator("#rows tr", has_text="seat-1")
             # what every flagd pod serves (read from the lab) and the last step (reported) may come in
             # either order: wait for both, as a facilitator watching the board would
-            row.filter(has_text=": on").filter(has_text="flagd serving the new value").wait_for(timeout=60000)
+            row.filter(has_text=f": {releases.get().lab_on_variant}").filter(has_text="flagd serving the new value").wait_for(timeout=60000)
             page.screenshot(path=str(browser.ARTIFACTS / "room-board.png"))
             page.on("dialog", lambda d: d.accept())
             row.locator("button").click()

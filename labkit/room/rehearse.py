@@ -43,6 +43,12 @@ class SeatResult:
     notebook_cells: int = 0  # how many of `cells` are 01's own (a control seat adds its shopping)
 
     @property
+    def turned_on(self) -> str:
+        """The variant the seat's 01 turned on: what its `on = lab.on_variant()` cell printed."""
+        cell = next((c for c in self.cells if c.name == "on_variant" and c.text), None)
+        return cell.text.strip().strip("'\"") if cell else "on"
+
+    @property
     def failed(self) -> bool:
         return self.error is not None or any(c.error for c in self.cells)
 
@@ -152,7 +158,7 @@ def disagreements(result: SeatResult, row: dict | None) -> list[str]:
     if row.get("status") != "reporting":
         found.append(f"board status {row.get('status')!r}")
     served = set((row.get("flag_served") or {}).values())
-    want = {"on"} if result.changes else {"off"}
+    want = {result.turned_on} if result.changes else {"off"}
     if served != want:
         found.append(f"board says flagd serves {sorted(map(str, served))}, the seat left it {sorted(want)}")
     if result.changes and row.get("problem") != "open":
