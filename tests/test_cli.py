@@ -108,8 +108,8 @@ def test_set_changes_restarts_and_verifies(kube):
     assert kube.cluster.flagd_value("cartFailure")["variant"] == "on"
     assert kube.replicas() == 1
     assert "no change event sent" not in proc.stderr  # --no-event
-    assert proc.stdout.splitlines()[-1].endswith("the cart reads cartFailure = true (on), so about 1 in 10 "
-                                                 "EmptyCart calls fail")
+    assert proc.stdout.splitlines()[-1].endswith("the cart reads cartFailure = true (on), so every "
+                                                 "EmptyCart call fails")
 
     proc = kube.run("set", "cartFailure", "off", "--how", "rollout")
     assert proc.returncode == 0, proc.stderr

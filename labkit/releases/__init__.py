@@ -2,7 +2,8 @@
 
 What the cart reads differs between releases (../shared/reference/flagd-consumers.md §1.1):
 - 2.2.0 (Jan 2026): `GetBooleanValueAsync("cartFailure", false)`, OpenFeature.Contrib.Providers.Flagd
-  0.3.4 over flagd.evaluation.v1; variants `on: true` / `off: false`, the lab page's `flags.yaml` shape.
+  0.3.4 over flagd.evaluation.v1; variants `on: true` / `off: false`, the lab page's `flags.yaml` shape;
+  `on` fails every EmptyCart (the bad store), not the lab page's "1 in 10".
 - 3.0.0 (Jul 2026, what the lab's unpinned chart 0.41.0 installs today): `GetDoubleValueAsync("cartFailure",
   0)`, OpenFeature.Providers.Flagd 0.7.2 over flagd.evaluation.v2 `ResolveFloat`; variants `off` 0 … `100%` 1.
 Both read over RPC on flagd:8013 with no context and no cache, and fall back to the code default on any
@@ -27,7 +28,7 @@ class Release:
     cart_kind: str        # flagd's typed read the cart makes: "float" or "boolean"
     cart_default: object  # the cart's code default: what it reads on any error
     cart_method: str      # the gRPC method on flagd:8013
-    lab_on_variant: str   # the variant that is the lab page's `on` (fails about 1 in 10 empties)
+    lab_on_variant: str   # the variant that is the lab page's `on` (3.0.0: 10%, 1 in 10 empties fail)
     failure_rates: tuple[tuple[object, float], ...]  # value read -> share of EmptyCart calls that fail
 
     @property
@@ -69,9 +70,10 @@ class Release:
 
 RELEASES = {
     "3.0.0": Release("3.0.0", "0.41.0", "float", 0, "flagd.evaluation.v2.Service/ResolveFloat", "10%", ()),
-    # 2.2.0's cart fails about 1 in 10 empties with `on` (FACTS.md; the lab page says the same)
+    # 2.2.0's cart sends EVERY EmptyCart to the bad store (badhost:1234) while `on` reads true
+    # (CartService.cs:83 and Program.cs:60 at tag 2.2.0): all fail. The lab page's "1 in 10" is not this.
     "2.2.0": Release("2.2.0", "", "boolean", False, "flagd.evaluation.v1.Service/ResolveBoolean", "on",
-                     ((True, 0.1), (False, 0.0))),
+                     ((True, 1.0), (False, 0.0))),
 }
 DEFAULT = "3.0.0"  # what the lab's unpinned `helm upgrade -i ... open-telemetry/opentelemetry-demo` installs
 
