@@ -228,7 +228,7 @@ def open_jupyterlab(port: int | None = None, extra: list[str] | None = None,
     def stop(signum, frame):  # a terminal closing or `kill`: stop JupyterLab and the local lab too
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         # The default state dir: terminals (`python -m labkit flags`, kubectl) attach to this lab too.
         with lab_environment(state_dir=state_dir) as choice:
@@ -237,9 +237,11 @@ def open_jupyterlab(port: int | None = None, extra: list[str] | None = None,
             # JUPYTER_TOKEN, not an argument: `ps` shows arguments to every user of the machine.
             # stdin not a terminal: Ctrl-C stops JupyterLab at once instead of asking "Shutdown?".
             with open(log_path, "wb") as log:  # this run's log
+                # Its own session: Ctrl-C reaches labkit only, which stops JupyterLab with one SIGTERM
+                # (a SIGINT as well sent it into its "Interrupted..." path, whose stop could hang 30 s).
                 proc = subprocess.Popen(args + (extra or []), env={**choice.env, "JUPYTER_TOKEN": token},
                                         cwd=folder, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL)
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
             try:
                 base = f"http://127.0.0.1:{port}"
                 _await_jupyter(proc, base, token, log_path)
@@ -252,4 +254,5 @@ def open_jupyterlab(port: int | None = None, extra: list[str] | None = None,
             except KeyboardInterrupt:
                 return _stop_jupyter(proc, log_path)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
