@@ -75,7 +75,7 @@ def room(tmp_path_factory):
     folder = tmp_path_factory.mktemp("room") / ".room"
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "labkit", "room", "--seats", "2", "--port", str(port),
-                             "--dir", str(folder), "--silent-after", "8"], cwd=ROOT, env=_env(),
+                             "--dir", str(folder), "--silent-after", "20"], cwd=ROOT, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in proc.stdout:
