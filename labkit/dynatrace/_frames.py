@@ -118,6 +118,7 @@ def call_frame(records: list[dict]) -> "pd.DataFrame":
 
 
 def _span_time(value):
+    """A span's start_time/end_time: ISO text, or nanoseconds since the epoch (as a number or text)."""
     import pandas as pd
 
     if isinstance(value, (int, float)) or (isinstance(value, str) and value.strip().isdigit()):
@@ -287,15 +288,6 @@ def log_frame(rows: list[dict], newest_first: bool) -> "pd.DataFrame":
 # --------------------------------------------------------------------------- spans
 
 
-def _span_time(value):
-    """A span's start_time/end_time: ISO text, or nanoseconds since the epoch (as a number or text)."""
-    import pandas as pd
-
-    if isinstance(value, (int, float)) or (isinstance(value, str) and value.strip().isdigit()):
-        return pd.Timestamp(int(value), unit="ns", tz="UTC")
-    return _one_utc(value)
-
-
 def span_frame(records: list[dict]) -> "pd.DataFrame":
     """Grail span records (fetch spans) as rows by start time: start, end, duration_ms, span_id,
     parent_id, name, kind, service, failed, status_code."""
@@ -333,7 +325,6 @@ def evaluation_frame(records: list[dict]) -> "pd.DataFrame":
     columns = ["variant", "value", "reason", "error", "calls", "first_seen", "last_seen"]
     frame = pd.DataFrame.from_records([{c: r.get(c) for c in columns} for r in records], columns=columns)
     for c in ("first_seen", "last_seen"):  # span times are ISO or epoch nanoseconds
-        frame[c] = pd.to_datetime([_one_utc(v // 1_000_000 if isinstance(v, int) and v > 10**15 else v)
-                                   for v in frame[c]], utc=True)
+        frame[c] = pd.to_datetime([_span_time(v) for v in frame[c]], utc=True)
     frame["calls"] = pd.to_numeric(frame["calls"], errors="coerce").fillna(0).astype(int)
     return frame.sort_values("last_seen", ascending=False, kind="stable").reset_index(drop=True)

@@ -168,21 +168,22 @@ class LocalCluster(Rollouts, Endpoints, Store):
         process = self.flagd_process()
         return None if process is None else process.address(8013)
 
+    def _ready_uid(self, name: str) -> str | None:
+        """The uid of pod `name` while it is Ready and not terminating (call under self._cond)."""
+        pod = self._objects["pods"].get(name)
+        if pod is None or not self._is_ready(pod) or pod["metadata"].get("deletionTimestamp"):
+            return None
+        return pod["metadata"]["uid"]
+
     def pod_process(self, name: str) -> flagd.FlagdProcess | None:
         """The running flagd of a Ready flagd pod; None for any other pod or state."""
         with self._cond:
-            pod = self._objects["pods"].get(name)
-            if pod is None or not self._is_ready(pod) or pod["metadata"].get("deletionTimestamp"):
-                return None
-            return self._flagd.get(pod["metadata"]["uid"])
+            return self._flagd.get(self._ready_uid(name))
 
     def pod_flags(self, name: str) -> flagd.FlagSet | None:
         """The flags a Ready flagd pod loaded at its start; None for any other pod or state."""
         with self._cond:
-            pod = self._objects["pods"].get(name)
-            if pod is None or not self._is_ready(pod) or pod["metadata"].get("deletionTimestamp"):
-                return None
-            return self._pod_flags.get(pod["metadata"]["uid"])
+            return self._pod_flags.get(self._ready_uid(name))
 
     def flagd_value(self, flag_key: str, context: dict | None = None) -> dict | None:
         """What a Ready flagd pod serves for a flag in `context` (OFREP body), None if none is Ready/unknown."""
