@@ -2,9 +2,10 @@
 
 A `Dynatrace` object speaks the lab's words; underneath, `_http` is the one request path (which
 token a call takes, retries, scrubbing, labkit errors), `_query` spells selectors, DQL and
-timeframes, `_grail` runs a DQL query, `_frames` turns answers into DataFrames, `_links` points
-into the tenant's own screens, `_access` is the preflight of both tokens and `_scope` keeps a seat
-on a shared tenant to its own data (Settings.cluster_name).
+timeframes, `_grail` runs a DQL query, `_frames` turns answers into DataFrames, `_events` is the
+change event's body and result, `_links` points into the tenant's own screens, `_access` is the
+preflight of both tokens and `_scope` keeps a seat on a shared tenant to its own data
+(Settings.cluster_name).
 
 Results carry links: `Entity.link`, `ChangeEvent.link`, a `link` column on problems and change
 events, and `frame.attrs["link"]` on the error-log and change-event frames.
@@ -17,26 +18,26 @@ import logging
 import re
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Callable, Iterable
 
 import httpx
 
 from labkit.dynatrace._access import Access, access
+from labkit.dynatrace._events import (EVENT_TYPE, ChangeEvent, _change_event_body, _check_change,
+                                      _ingest_result)
 from labkit.dynatrace._frames import (call_frame, change_event_frame, classic_log_row, evaluation_frame,
                                       failure_frame, grail_log_row, log_frame, metric_series, problem_frame,
                                       slot_ms, span_frame)
 from labkit.dynatrace._grail import run_dql
-from labkit.dynatrace._http import (GRAIL_LOG_SCOPES, PLATFORM_SCOPES, Http, json_object,
-                                    maybe_recorded_message, platform_token_message)
+from labkit.dynatrace._http import GRAIL_LOG_SCOPES, PLATFORM_SCOPES, Http, json_object, platform_token_message
 from labkit.dynatrace._links import logs_link, notebook_link, problem_link, service_link, trace_link
 from labkit.dynatrace._http import parse_retry_after as _parse_retry_after  # noqa: F401 (tests use it)
 from labkit.dynatrace._query import (as_datetime, as_str, dql_from, dql_string, quote_selector_value,
                                      service_selector, time_param, utc_ms)
 from labkit.dynatrace._scope import Scope
-from labkit import cards
-from labkit.errors import BadInput, Forbidden, LabError, LabTimeout, NotFound, Unreachable
+from labkit.errors import BadInput, Forbidden, LabError, LabTimeout, NotFound
 from labkit.progress import Progress
 from labkit.settings import Settings
 
@@ -53,14 +54,12 @@ log = logging.getLogger(__name__)
 READ_SCOPES = frozenset({"events.read", "metrics.read", "problems.read", "entities.read"})
 INGEST_SCOPE = "events.ingest"
 
-EVENT_TYPE = "CUSTOM_CONFIGURATION"
 UNIFIED_KEYS = ("builtin:service.request.failure_count", "builtin:service.request.count")
 ONEAGENT_KEYS = ("builtin:service.errors.total.count", "builtin:service.requestCount.total")
 
 #: Log levels Dynatrace gives `status == "ERROR"` (fidelity.md): all of them are error logs.
 ERROR_LEVELS = frozenset({"SEVERE", "ERROR", "CRITICAL", "ALERT", "FATAL", "EMERGENCY"})
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 # --------------------------------------------------------------------------- results
@@ -86,56 +85,6 @@ class Entity:
     def seen_within(self, delta: timedelta, now: datetime | None = None) -> bool:
         now = now or datetime.now(timezone.utc)
         return self.last_seen is not None and self.last_seen >= now - delta
-
-
-@dataclass
-class ChangeEvent:
-    """What send_change_event sent and what the tenant said about it."""
-
-    service: str
-    flag: str
-    old: str | None
-    new: str
-    run_id: str
-    sent_at: datetime
-    report_count: int
-    statuses: list[str] = field(default_factory=list)
-    correlation_ids: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    ui: str | None = field(default=None, repr=False, compare=False)  # the tenant's apps host
-    cluster: str | None = None  # the seat (k8s.cluster.name) it was sent for, on a shared tenant
-    _link: str | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def link(self) -> str | None:
-        """The event in a Notebook of the tenant; made when first asked, so sending stays as quick as
-        a bare POST."""
-        if self._link is None and self.ui:
-            self._link = notebook_link(self.ui, _run_events_query(self.service, self.run_id,
-                                                                  Scope(self.cluster)),
-                                       self.sent_at - timedelta(minutes=5), self.sent_at + timedelta(hours=1))
-        return self._link
-
-    @link.setter
-    def link(self, value: str | None) -> None:
-        self._link = value
-
-    @property
-    def ok(self) -> bool:
-        return self.report_count > 0 and all(s == "OK" for s in self.statuses)
-
-    def summary(self) -> str:
-        old = f"{self.old} -> " if self.old is not None else ""
-        seat = f" of {self.cluster}" if self.cluster else ""
-        text = (f"change event for service {self.service!r}{seat}: {self.flag} {old}{self.new} "
-                f"(run {self.run_id}) recorded on {self.report_count} entit"
-                f"{'y' if self.report_count == 1 else 'ies'}, status {', '.join(self.statuses) or '-'}")
-        return text + "".join(f"; warning: {w}" for w in self.warnings)
-
-    __repr__ = __str__ = summary
-
-    def _repr_html_(self) -> str:
-        return cards.change_event(self)
 
 
 # --------------------------------------------------------------------------- the client
@@ -678,13 +627,6 @@ class Dynatrace:
 # --------------------------------------------------------------------------- change event steps
 
 
-def _run_events_query(service: str, run_id: str, scope: Scope) -> str:
-    """DQL for this run's change events on `service` (ingested properties are fields in Grail)."""
-    return scope.dql(f"fetch events | filter event.type == {dql_string(EVENT_TYPE)} and "
-                     f"dt.entity.service.name == {dql_string(service)} and labkit.run_id == "
-                     f"{dql_string(run_id)} | sort timestamp desc")
-
-
 _NOT_SPLIT = ("this tenant does not split services by cluster: every seat's {service!r} is one entity, "
               "so this change shows on it for every seat (Davis may list it under another seat's "
               "problem). Turn on the built-in rule 'Split services by k8s cluster and namespace' "
@@ -708,61 +650,6 @@ def _is_error(row: dict) -> bool:
     if row.get("status"):
         return str(row["status"]).upper() == "ERROR"
     return str(row.get("loglevel") or "ERROR").upper() in ERROR_LEVELS
-
-
-def _check_change(service: str, flag: str, new, old) -> None:
-    """BadInput for an empty flag or value, or a name with a line break or control character."""
-    if not isinstance(flag, str) or not flag.strip():
-        raise BadInput("The flag name is empty; name the flag, e.g. 'cartFailure'.")
-    if new is None or (isinstance(new, str) and not new.strip()):
-        raise BadInput(f"The new value of {flag[:60]!r} is empty; name the variant, e.g. 'on'.")
-    for label, value in (("flag name", flag), ("service name", service), ("new value", new), ("old value", old)):
-        if isinstance(value, str) and _CONTROL.search(value):
-            raise BadInput(f"The {label} {value[:60]!r} contains a line break or control character; "
-                           "Dynatrace names and flag keys are one line.")
-
-
-def _change_event_body(title: str, selector: str, flag: str, new, old, run_id: str,
-                       scope: Scope = Scope()) -> dict:
-    """The lab's CUSTOM_CONFIGURATION payload, every property value a string; on a shared tenant
-    it also names the seat (k8s.cluster.name), and the selector is the seat's own entity."""
-    properties = {
-        "dt.event.is_rootcause_relevant": "true",
-        "action": "changed",
-        "feature_flag.key": flag,
-        "defaultValue": as_str(new),
-    }
-    if old is not None:
-        properties["previousValue"] = as_str(old)
-    properties["labkit.run_id"] = run_id
-    properties.update(scope.event_properties())
-    return {"title": title, "entitySelector": selector, "eventType": EVENT_TYPE,
-            "properties": properties}
-
-
-def _ingest_result(resp: httpx.Response, what: str, selector: str, event: ChangeEvent) -> ChangeEvent:
-    """`event` with the tenant's answer filled in; LabError when an entity's status is not OK."""
-    try:
-        result = resp.json()
-    except (ValueError, UnicodeDecodeError):
-        raise Unreachable(maybe_recorded_message(
-            what, f"HTTP {resp.status_code} with a body that is not JSON")) from None
-    if not isinstance(result, dict):
-        raise Unreachable(maybe_recorded_message(what, "an answer that is not a JSON object"))
-    results = [r for r in (result.get("eventIngestResults") or []) if isinstance(r, dict)]
-    event.statuses = [str(r.get("status", "")) for r in results]
-    event.correlation_ids = [str(r["correlationId"]) for r in results if r.get("correlationId")]
-    try:
-        event.report_count = int(result.get("reportCount", len(results)))
-    except (TypeError, ValueError):
-        event.report_count = len(results)
-    bad = [s for s in event.statuses if s != "OK"]
-    if bad:
-        raise LabError(
-            f"Dynatrace accepted the request but did not record {what} on every entity: status "
-            f"{', '.join(bad)} (HTTP {resp.status_code}). Check the service in Dynatrace; "
-            f"the lab's selector is {selector}.")
-    return event
 
 
 # --------------------------------------------------------------------------- waiting
