@@ -7,173 +7,21 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
 
 from labkit import cards, releases
+from labkit.answers import (AlreadyServed, Check, NothingSent, Preflight, Reset,  # noqa: F401
+                            Trace, TraceLogs)
 from labkit import settings as names
-from labkit.cluster import DEFAULT_RESTART, RESTARTS, Served
+from labkit.cluster import DEFAULT_RESTART, RESTARTS
 from labkit.errors import BadInput, LabError, Unreachable
 from labkit.flags import format_value
 from labkit.progress import Progress, quiet
 from labkit.settings import Settings
 from labkit.timeline import (ERROR_LOGS, EVENT_SENT, FIRST_FAILURE, FLAG_APPLIED, FLAGD_RESTARTED,
                              FLAGD_SERVING, PROBLEM_OPENED, ROLLED_BACK, Timeline, now)
-
-
-@dataclass
-class Check:
-    item: str
-    ok: bool
-    detail: str
-
-    def __repr__(self) -> str:
-        return f"{'ok' if self.ok else 'NO'} {self.item}: {self.detail}"
-
-
-class Preflight(list):
-    """Checks of tenant and cluster; each says what is missing and how to fix it."""
-
-    @property
-    def ok(self) -> bool:
-        return all(c.ok for c in self)
-
-    def frame(self):
-        import pandas as pd
-
-        return pd.DataFrame([{"check": c.item, "ok": "yes" if c.ok else "NO", "detail": c.detail}
-                             for c in self])
-
-    def _repr_html_(self) -> str:
-        return cards.preflight(self)
-
-    def __str__(self) -> str:
-        return "\n".join(f"{'ok ' if c.ok else 'NO '} {c.item}: {c.detail}" for c in self)
-
-    def __repr__(self) -> str:
-        failed = [c for c in self if not c.ok]
-        if not failed:
-            return f"preflight: all {len(self)} checks ok"
-        return f"preflight: {len(failed)} of {len(self)} checks failed: " + "; ".join(map(repr, failed))
-
-
-@dataclass
-class Reset:
-    """What a facilitator's reset did."""
-
-    flags_set_off: list[str]
-
-    def __repr__(self) -> str:
-        done = (f"set {', '.join(self.flags_set_off)} back to off and restarted flagd"
-                if self.flags_set_off else "every flag was already off; flagd left running")
-        return f"Lab reset: {done}; timeline cleared. Ready for the next group."
-
-    def _repr_html_(self) -> str:
-        return cards.reset(self, repr(self))
-
-
-@dataclass
-class TraceLogs:
-    """All logs of one trace, oldest first (the lab's "Show surrounding logs"), or why there are none."""
-
-    trace_id: str | None
-    frame: object  # a pandas DataFrame: timestamp, loglevel, status, content, trace_id, span_id, service
-    why: str = ""  # when empty: what was looked for and what to do
-    link: str | None = None
-
-    def __len__(self) -> int:
-        return len(self.frame)
-
-    def __repr__(self) -> str:
-        if not len(self.frame):
-            return f"no logs of {self.trace_id or 'a failed trace'}: {self.why}"
-        return f"{len(self.frame)} logs of trace {self.trace_id}, oldest first"
-
-    def _repr_html_(self) -> str:
-        return cards.trace_logs(self)
-
-
-@dataclass
-class NothingSent:
-    """An announcement of a change already made (or already announced): no event, no step."""
-
-    flag: str
-    variant: str
-    why: str  # the sentence: "cartFailure is already on, nothing sent"
-    ok = True
-    sent = False
-
-    def summary(self) -> str:  # as a sent ChangeEvent's: one sentence
-        return self.why
-
-    __repr__ = summary
-
-    def _repr_html_(self) -> str:
-        return cards.card("change-event", self.why, ok=True)
-
-
-@dataclass(frozen=True)
-class AlreadyServed(Served):
-    """change_flag's answer when the change was already made: flagd serves it on every pod, so
-    nothing was sent, changed or restarted."""
-
-    already = True
-
-    @classmethod
-    def of(cls, served: Served) -> "AlreadyServed":
-        return cls(**{f.name: getattr(served, f.name) for f in fields(served)})
-
-    def __repr__(self) -> str:
-        cart = f"; {self.cart}" if getattr(self, "cart", None) else ""
-        return f"{self.key} is already {self.variant}, nothing sent (flagd serves it{cart})"
-
-    def _repr_html_(self) -> str:
-        return cards.card("served", f"{self.key} is already {self.variant}, nothing sent",
-                          [("flagd serves", self.variant), ("reason", self.reason)], ok=True,
-                          note="no change event, no ConfigMap edit, no restart: the change was made before")
-
-
-@dataclass
-class Trace:
-    """One failed trace's spans as a waterfall (the lab's "open with Distributed traces"), or why
-    there is none."""
-
-    trace_id: str | None
-    spans: object  # a pandas DataFrame (labkit.dynatrace span frame)
-    why: str = ""
-    local: bool = False
-
-    @property
-    def link(self) -> str | None:
-        return getattr(self.spans, "attrs", {}).get("link")
-
-    @property
-    def figure(self):
-        from labkit import waterfall
-
-        return waterfall.figure(self.spans, self.trace_id or "", local=self.local)
-
-    def __repr__(self) -> str:
-        if not len(self.spans):
-            return f"no spans of {self.trace_id or 'a failed trace'}: {self.why}"
-        failed = [f"{r.service} {r.name}" for r in self.spans.itertuples() if r.failed]
-        return (f"trace {self.trace_id}: {len(self.spans)} spans"
-                + (f", failed: {', '.join(failed)}" if failed else ""))
-
-    def _repr_mimebundle_(self, include=None, exclude=None):
-        if not len(self.spans):
-            return {"text/html": cards.card("trace", f"No spans of {self.trace_id or 'a failed trace'}",
-                                            ok=False, note=self.why, link=self.link),
-                    "text/plain": repr(self)}
-        import json
-
-        figure = self.figure
-        bundle = dict(figure._repr_mimebundle_(include=include, exclude=exclude) or {})
-        if not bundle:  # no renderer here (a script, a test): the plotly mimetype a notebook draws
-            bundle = {"application/vnd.plotly.v1+json": {**json.loads(figure.to_json()), "config": {}}}
-        return {**bundle, "text/plain": repr(self)}
 
 
 class Lab:
@@ -495,13 +343,26 @@ class Lab:
 
         found = tables.shown_as(tables.Problems, self.dynatrace.wait_for_problem(
             service, since=self._since_change(timedelta(hours=1)), timeout=timeout, progress=progress))
-        start = self.timeline.cycle_start()
-        fresh = found if start is None else found[found["start"] >= start]  # this cycle's problem
-        if not self.timeline.in_cycle(PROBLEM_OPENED) and len(fresh):
-            first = fresh.sort_values("start").iloc[0]
-            self.timeline.add(PROBLEM_OPENED, note=f"{first['display_id']}: {first['title']}",
-                              at=first["start"])
+        if not self.timeline.in_cycle(PROBLEM_OPENED):
+            self._record_problem(found)
         return found
+
+    def _record_problem(self, found) -> None:
+        """The cycle's "problem opened" step: a problem no earlier step named. Davis dates a problem
+        from the first error log it groups, which can be a stray one from before this change (a quick
+        on/off earlier); then the step stands at this cycle's first error log, the date in its note."""
+        known = {s.note.split(":")[0] for s in self.timeline.steps if s.kind == PROBLEM_OPENED}
+        fresh = found[~found["display_id"].isin(known)]
+        if not len(fresh):
+            return
+        first = fresh.sort_values("start").iloc[0]
+        start, at = self.timeline.cycle_start(), first["start"]
+        note = f"{first['display_id']}: {first['title']}"
+        if start is not None and at < start:
+            errors = self.timeline.in_cycle(ERROR_LOGS)
+            at = errors.time if errors else now()
+            note += f" (Davis dates it from {cards.when(first['start'])}, an error log before this change)"
+        self.timeline.add(PROBLEM_OPENED, note=note, at=at)
 
     def failed_requests(self, service: str = names.SERVICE, since: datetime | str | None = None,
                         resolution: str = "1m"):

@@ -99,11 +99,12 @@ def test_the_twin_of_a_rollback_done_by_the_switch_records_nothing(lab_env, lab_
         lab.close()
 
 
-def _until_no_open_problem(lab, timeout=30):
+def _until_no_open_problem(lab, timeout=60):
     import time
 
     deadline = time.monotonic() + timeout
-    while len(lab.dynatrace.problems("cart", status="open")) and time.monotonic() < deadline:
+    while len(lab.dynatrace.problems("cart", status="open")):
+        assert time.monotonic() < deadline, "Davis left the cart's problem open with the flag off"
         time.sleep(0.5)
 
 
@@ -127,6 +128,28 @@ def test_every_cycle_gets_its_own_first_failure_error_logs_and_problem(lab_env, 
     finally:
         if lab.served("cartFailure").variant != "off":
             lab.change_flag("off", send_event=False)
+        lab.close()
+
+
+def test_a_problem_dated_from_a_stray_error_before_the_change_is_still_this_cycles(lab_env, lab_on,
+                                                                                 local_lab):
+    """A quick on/off earlier left one error log; Davis groups it with this change's errors and dates
+    the problem from it. The timeline still has this cycle's "problem opened", after the change."""
+    lab = labkit.connect()
+    lab.timeline.clear()
+    try:
+        _until_no_open_problem(lab)
+        stray = local_lab.telemetry.log_cart_redis_error("1" * 32, "2" * 16, pod="cart-stray")
+        lab.change_flag(lab_on, send_event=False)
+        lab.generate_traffic(seconds=30, rate=40, until_failures=2)
+        lab.wait_for_problem(timeout=60)
+        step = lab.timeline.last("problem opened")
+        assert step is not None and step.time >= lab.timeline.last("flag applied").time
+        assert "an error log before this change" in step.note, step.note
+        assert lab.dynatrace.problems("cart", status="open")["start"].min().timestamp() * 1000 \
+            == pytest.approx(stray["_ms"], abs=1)
+    finally:
+        lab.change_flag("off", send_event=False)
         lab.close()
 
 
