@@ -286,7 +286,12 @@ def test_flagd_serves_what_it_loaded_at_start_until_restarted(lab):
 def test_no_ready_flagd_means_503_no_endpoints(lab):
     cluster, _, api = lab
     apps(api).patch_namespaced_deployment_scale("flagd", NS, {"spec": {"replicas": 0}})
-    status, body = ofrep(api, "cartFailure")  # a Terminating pod is no endpoint any more
+    # The controllers act after the scale returns (as in a real cluster); once the pod is
+    # Terminating it is no endpoint any more.
+    deadline = time.monotonic() + 10
+    while (answer := ofrep(api, "cartFailure"))[0] == 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status, body = answer
     assert status == 503 and body["message"] == 'no endpoints available for service "flagd"'
     assert cluster.flagd_value("cartFailure") is None
 

@@ -54,7 +54,9 @@ class Board:
         seen["last_report"] = time.time()
         step = body.get("step")
         if isinstance(step, dict) and step.get("kind"):
-            seen["steps"].append({k: step.get(k) for k in ("kind", "time", "flag", "old", "new", "detail")})
+            step = {k: step.get(k) for k in ("kind", "time", "flag", "old", "new", "detail")}
+            if step not in seen["steps"]:  # a seat sends a step again when the board's answer was slow
+                seen["steps"].append(step)
         if body.get("cleared"):
             seen["steps"] = []
         if isinstance(body.get("state"), dict) and not self.room.state_dir(seat).is_dir():
@@ -82,7 +84,8 @@ class Board:
         server = (user.get("servers") or {}).get("", {})
         running = bool(server.get("ready"))
         steps = seen["steps"]
-        kinds = [s["kind"] for s in steps]
+        # The seat's own timeline when the board can read it; its reports otherwise (a cluster).
+        kinds = live["timeline_steps"] if "timeline_steps" in live else [s["kind"] for s in steps]
         last = seen["last_report"]
         if not running:
             status = "stopped" if last else "not started"
@@ -94,8 +97,8 @@ class Board:
             status = "reporting"
         return {
             "seat": seat, "status": status, "server": "running" if running else ("pending" if server else "stopped"),
-            "last_step": steps[-1]["kind"] if steps else None,
-            "last_step_time": steps[-1]["time"] if steps else None,
+            "last_step": kinds[-1] if kinds else None,
+            "last_step_time": steps[-1]["time"] if steps and steps[-1]["kind"] == kinds[-1] else None,
             "steps": kinds,
             "flag_served": live.get("flag_served"),
             "cart_reads": live.get("cart_reads"),

@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 
 from labkit import timeline
 
 HEARTBEAT = float(os.environ.get("LABKIT_BOARD_HEARTBEAT", "20"))  # s between "still here" reports
+RETRY = 1.0  # s before a step the board did not take is sent again
 _installed: list = []
 
 
@@ -49,19 +51,26 @@ class Reporter:
     def _run(self) -> None:
         import httpx
 
-        with httpx.Client(timeout=5) as client:
+        body = None  # a step the board has not taken yet is sent again, in order, until it does
+        with httpx.Client(timeout=10) as client:
             while True:
-                try:
-                    body = self.outbox.get(timeout=HEARTBEAT)
-                except queue.Empty:
-                    body = {"heartbeat": True, **({"state": self._state()} if self.send_state else {})}
+                if body is None:
+                    try:
+                        body = self.outbox.get(timeout=HEARTBEAT)
+                    except queue.Empty:
+                        body = {"heartbeat": True, **({"state": self._state()} if self.send_state else {})}
                 try:
                     r = client.post(self.url, json=body, headers=self.headers)
                     self.send_state = r.status_code == 200 and bool(r.json().get("send_state"))
                     problem = None if r.status_code in (200, 204) else f"answered {r.status_code}"
+                    retry = r.status_code >= 500
                 except (httpx.HTTPError, ValueError) as exc:
-                    problem = type(exc).__name__  # the board is down or restarting: it shows this seat as silent
+                    problem, retry = type(exc).__name__, True  # down, restarting or slow: it shows this seat as silent
                 self._note(problem)
+                if retry and "heartbeat" not in body:
+                    time.sleep(RETRY)
+                else:
+                    body = None
 
     def _note(self, problem: str | None) -> None:
         """One line in the seat server's log when reporting starts or stops failing (never the token)."""
