@@ -26,7 +26,9 @@ from labkit.room.seats import FACILITATOR
 CHANGE_CALLS = ("inform_dynatrace(", ".apply(", "change_flag(", "make_change(")
 CONTROL_CELLS = ("result = lab.generate_traffic(seconds=30, rate=5)\nresult",
                  "import json\nprint(json.dumps({'failures': len(result.failures)}))")
-STEPS_CELL = "import json\nprint('LABKIT-STEPS ' + json.dumps([s.kind for s in lab.timeline.steps]))"
+STEPS_CELL = ("import json\nprint('LABKIT-STEPS ' + json.dumps([s.kind for s in lab.timeline.steps]))\n"
+              "from labkit.room import report\n"
+              "print('LABKIT-REPORTER ' + json.dumps(report._installed[0].status() if report._installed else None))")
 MB = 1024 * 1024
 
 
@@ -41,6 +43,7 @@ class SeatResult:
     error: str | None = None
     control_failures: int = 0
     notebook_cells: int = 0  # how many of `cells` are 01's own (a control seat adds its shopping)
+    reporter: dict | None = None  # the kernel's report thread as it ended (report.Reporter.status)
 
     @property
     def turned_on(self) -> str:
@@ -127,6 +130,8 @@ def run_seat(hub_url: str, seat: str, password: str, notebook: str, changes: boo
         steps = kernel.run(STEPS_CELL, timeout=60)
         line = next((x for x in steps.text.splitlines() if x.startswith("LABKIT-STEPS ")), None)
         result.steps = json.loads(line.split(" ", 1)[1]) if line else []
+        line = next((x for x in steps.text.splitlines() if x.startswith("LABKIT-REPORTER ")), None)
+        result.reporter = json.loads(line.split(" ", 1)[1]) if line else None
     except Exception as exc:  # one seat's failure is reported with the others, not raised
         result.error = f"{type(exc).__name__}: {str(exc)[:300]}"
     finally:
@@ -156,7 +161,9 @@ def disagreements(result: SeatResult, row: dict | None) -> list[str]:
     if row.get("steps") != result.steps:
         found.append(f"board steps {row.get('steps')} != the seat's timeline {result.steps}")
     if row.get("status") != "reporting":
-        found.append(f"board status {row.get('status')!r}")
+        found.append(f"board status {row.get('status')!r} (server {row.get('server')}, last report "
+                     f"{row.get('last_report')}, last activity {row.get('last_activity')}; "
+                     f"the kernel's reporter {result.reporter})")
     served = set((row.get("flag_served") or {}).values())
     want = {result.turned_on} if result.changes else {"off"}
     if served != want:

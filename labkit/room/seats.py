@@ -30,7 +30,7 @@ try:
     report.install()
 except Exception as exc:  # the lab works without the board
     import sys
-    print(f"labkit room: not reporting to the board ({type(exc).__name__})", file=sys.stderr)
+    print(f"labkit room: not reporting to the board ({exc!r:.300})", file=sys.__stderr__)
 """
 
 
