@@ -118,7 +118,8 @@ def _traces(go, rows: list[dict], slot: timedelta) -> list:
                name="this minute so far", showlegend=bool(running),
                marker=dict(color="rgba(214,39,40,0.12)", line=dict(color=BAR_COLOR, width=1.5),
                            pattern=dict(shape="/", fgcolor=BAR_COLOR, size=6))),
-        go.Scatter(x=[mid(r) for r in done], y=[_rate(r) for r in done], name="failure rate %",
+        go.Scatter(x=[mid(r) for r in done], y=[_rate(r) for r in done],
+                   name="failure rate % of all requests",  # the verdict may judge EmptyCart calls alone
                    yaxis="y2", mode="lines+markers", line=dict(color=RATE_COLOR, width=2),
                    marker=dict(size=4), connectgaps=False,
                    hovertext=[f"{_hover(r, slot)}: {_rate(r) or 0:.1f} %" for r in done], hoverinfo="text"),
@@ -279,7 +280,7 @@ def _layout(service: str, subtitle: str, shapes: list, annotations: list, meta: 
                    pad=dict(t=10), subtitle=dict(text=html.escape(subtitle))),
         xaxis=dict(title=dict(text="time (UTC)", standoff=6), type="date"),
         yaxis=dict(title=dict(text="failed requests"), rangemode="tozero"),
-        yaxis2=dict(title=dict(text="failure rate"), overlaying="y", side="right",
+        yaxis2=dict(title=dict(text="failure rate of all requests"), overlaying="y", side="right",
                     rangemode="tozero", showgrid=False, tickmode="auto", ticksuffix="%"),
         legend=dict(orientation="h", yanchor="top", y=-52 / PLOT_PX, x=0),
         height=top + PLOT_PX + bottom, margin=dict(t=top, r=70, b=bottom), bargap=0.15,
