@@ -40,7 +40,14 @@ def test_pages_name_the_flag_and_use_dynatraces_status_words(local_lab, change_a
     problem, run_id, links = change_and_problem
     page = _text(httpx.get(links["problem"], timeout=10).text)
     assert f"status {'Active' if problem.open else 'Closed'}" in page
-    assert "cartFailure: off → on" in page  # the change among the root-cause evidence
+    # The change among the root-cause evidence: this test's own change, or, when an earlier test
+    # left cart's problem open (its errors extend it), the change that came before that problem.
+    evidence = local_lab.telemetry.change_evidence(problem)
+    assert evidence
+    for e in evidence:
+        key, old, new = (e.properties.get(k) for k in ("feature_flag.key", "previousValue",
+                                                         "defaultValue"))
+        assert (f"{key}: {old} → {new}" if old else f"{key} → {new}") in page
     assert "OPEN" not in page and "CLOSED" not in page
     service = _text(httpx.get(links["service"], timeout=10).text)
     assert "cartFailure: off → on" in service and f"labkit.run_id={run_id}" in service
