@@ -229,6 +229,8 @@ def open_jupyterlab(port: int | None = None, extra: list[str] | None = None,
         raise KeyboardInterrupt
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # Ctrl-C / `kill -INT` also when started in the background of a script (SIGINT ignored, inherited)
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         # The default state dir: terminals (`python -m labkit flags`, kubectl) attach to this lab too.
         with lab_environment(state_dir=state_dir) as choice:

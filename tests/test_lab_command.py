@@ -33,11 +33,13 @@ def _env(tmp: Path, kernel_env: dict) -> dict[str, str]:
 class Terminal:
     """`labkit lab` in a terminal of its own: what it printed, and Ctrl-C to its process group."""
 
-    def __init__(self, env: dict[str, str]):
+    def __init__(self, env: dict[str, str], sigint_ignored: bool = False):
+        # sigint_ignored: as `labkit lab &` in a script starts it (the shell ignores SIGINT for it)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "labkit", "lab", "--no-browser", "--port", str(ui.free_port())],
             env=env, cwd=ROOT / "tests", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True)
+            start_new_session=True,
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None)
         self.lines: list[str] = []
         for line in self.proc.stdout:
             self.lines.append(line.rstrip("\n"))
@@ -57,8 +59,8 @@ class Terminal:
 def terminals(tmp_path, kernel_env):
     made: list[Terminal] = []
 
-    def open_one() -> Terminal:
-        made.append(Terminal(_env(tmp_path, kernel_env)))
+    def open_one(**how) -> Terminal:
+        made.append(Terminal(_env(tmp_path, kernel_env), **how))
         return made[-1]
 
     yield open_one
@@ -68,7 +70,7 @@ def terminals(tmp_path, kernel_env):
 
 
 def test_jupyterlab_opens_on_00_with_the_url_last_and_its_log_in_the_state_dir(terminals, tmp_path):
-    first = terminals()
+    first = terminals(sigint_ignored=True)  # its Ctrl-C must work even so
     state = tmp_path / "state"
 
     assert first.lines[0].startswith("Started the local lab")
