@@ -48,11 +48,13 @@ class Preflight(list):
 class Reset:
     """What a facilitator's reset did."""
 
-    flags_set_off: list[str]
+    flags: dict[str, str]  # flag -> the variant it was set back to
+    release: str = ""      # the demo release whose own defaults they are
 
     def __repr__(self) -> str:
-        done = (f"set {', '.join(self.flags_set_off)} back to off and restarted flagd"
-                if self.flags_set_off else "every flag was already off; flagd left running")
+        whose = f"demo {self.release}'s defaults" if self.release else "their defaults"
+        done = (f"set {', '.join(f'{k} = {v}' for k, v in self.flags.items())} back ({whose}) and "
+                "restarted flagd" if self.flags else f"every flag was already at {whose}; flagd left running")
         return f"Lab reset: {done}; timeline cleared. Ready for the next group."
 
     def _repr_html_(self) -> str:

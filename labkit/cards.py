@@ -134,7 +134,8 @@ def timeline(t) -> str:
 
 
 def reset(r, text: str) -> str:
-    return card("reset", "Lab reset", [("flags set back to off", ", ".join(r.flags_set_off) or "none")],
+    back = ", ".join(f"{k} = {v}" for k, v in r.flags.items()) or "none"
+    return card("reset", "Lab reset", [(f"flags set back to demo {r.release or 'release'}'s defaults", back)],
                 ok=True, note=text)
 
 

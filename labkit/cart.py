@@ -13,7 +13,7 @@ from typing import Callable
 
 from labkit import cards
 from labkit.flags import format_value
-from labkit.releases import Release, kind_of_value
+from labkit.releases import FLAG, Release, kind_of_value
 
 # Connect's error codes (flagd's errFormat: flag_evaluator.go) -> the OpenFeature error the cart's
 # .NET provider makes of them (RpcResolver.cs GetOFException)
@@ -190,10 +190,10 @@ class FlagFix:
         return cards.card("flag-fix", title, [("change", self.summary)], ok=True)
 
 
-def fixed_flag(release: Release, before: dict | None) -> dict:
+def fixed_flag(release: Release, before: dict | None, flag: str = FLAG) -> dict:
     """`before` with the release's variants; the default mapped: a variant that still exists stays,
     one that was on (true, above 0) becomes the release's lab_on_variant, any other `off`."""
-    theirs = release.flag()
+    theirs = release.flag(flag)
     if not isinstance(before, dict):
         return theirs
     body = dict(before, variants=dict(theirs["variants"]))

@@ -567,7 +567,7 @@ class Cluster:
         def edit(cm: dict):
             live = self._flag_file(cm)
             before = live.data["flags"].get(flag)
-            body = cart.fixed_flag(release, before)
+            body = cart.fixed_flag(release, before, flag)
             after = live.with_flag(flag, body)
             result = cart.FlagFix(flag, release, before, body, after.text != live.text,
                                   undo=partial(self.undo_flag_fix, flag))

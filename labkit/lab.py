@@ -81,7 +81,32 @@ class Lab:
             result.append(Check("Dynatrace", False, str(exc)))
         result.extend(self._check_flagd(flag))
         result.extend(self._check_cart(flag))
+        result.extend(self._check_load_generator())
         return result
+
+    def _check_load_generator(self) -> list[Check]:
+        """Whether the release's load generator sends traffic: 3.0.0's asks flagd (OFREP) for
+        loadGeneratorTraffic on every iteration and sends nothing while it is missing or off."""
+        try:
+            release = self.demo_release()
+            key = release.traffic_flag
+            served = self.cluster.served_value(key) if key else None
+        except BadInput:  # flagd has no such flag: the load generator's OFREP call is a 404, read as 0
+            return [Check("load generator", False, (
+                f"flagd has no {key}, so demo {release.version}'s load generator sends no traffic (it reads "
+                f"a missing flag as 0; the lab page's flags.yaml has none). Fix: python -m labkit fix {key} "
+                f"--restart, or lab.fix_flag_types({key!r}) then lab.restart_flagd() (demo "
+                f"{release.version}'s own {key}, on)"))]
+        except LabError:
+            return []  # the cluster's and flagd's own checks say why
+        if served is None:
+            return []
+        if not release.load_generator_sends(served.value):
+            return [Check("load generator", False, (
+                f"flagd serves {key} = {served.variant}, so demo {release.version}'s load generator pauses "
+                f"all traffic. Fix: python -m labkit set {key} on"))]
+        return [Check("load generator", True, f"flagd serves {key} = {served.variant}: demo "
+                                              f"{release.version}'s load generator sends traffic")]
 
     def _check_cart(self, flag: str) -> list[Check]:
         """The demo release, whether its cart can read `flag`'s variant types, and what it reads now."""
@@ -512,17 +537,22 @@ class Lab:
         return None
 
     def reset(self, progress: Progress | None = None):
-        """Facilitator's reset between groups: every flag back to 'off', flagd restarted."""
+        """Facilitator's reset between groups: every flag back to the demo release's own default
+        (the failures off; 3.0.0's loadGeneratorTraffic on: off would stop its load generator), a
+        flag the release does not have to 'off'; flagd restarted, the timeline cleared."""
         live = self.cluster.flag_file()
-        changed = []
+        release = self.demo_release()
+        resting = release.resting_variants()
+        changed = {}
         for f in live.flags:
-            if "off" in f.variants and f.default_variant != "off":
-                self.cluster.set_default_variant(f.key, "off")
-                changed.append(f.key)
+            target = resting.get(f.key) if resting.get(f.key) in f.variants else "off"
+            if target in f.variants and f.default_variant != target:
+                self.cluster.set_default_variant(f.key, target)
+                changed[f.key] = target
         if changed:
             self.restart_flagd(progress=progress)
         self.timeline.clear()
-        return Reset(changed)
+        return Reset(changed, release.version)
 
 
 def _ago(since) -> str:

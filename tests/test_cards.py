@@ -44,7 +44,7 @@ RESULTS = {
                        True, before_failed=0, after_failed=6),
     "preflight": Preflight([Check("lab", True, "local lab"), Check("token scopes", False, "missing x")]),
     "timeline": _timeline(),
-    "reset": Reset(["cartFailure"]),
+    "reset": Reset({"cartFailure": "off"}, "3.0.0"),
     "trace logs": TraceLogs(None, pd.DataFrame(columns=["timestamp", "loglevel", "content"]),
                             "no error logs of 'cart' in the last hour"),
     "entity": Entity("SERVICE-1", "cart", last_seen=AT),

@@ -195,10 +195,31 @@ def test_check_fails_on_the_mismatch_naming_the_fix_and_passes_after_it(demo, la
     checks = {c.item: c for c in lab.check()}
     assert checks["cartFailure types"].ok and "'10%'" in checks["cartFailure types"].detail
     assert checks["the cart"].detail == "the cart reads cartFailure = 0.1 (10%), so about 1 in 10 EmptyCart calls fail"
+    # the lab page's file also lacks loadGeneratorTraffic: 3.0.0's load generator then sends nothing
+    assert [c.item for c in lab.check() if not c.ok] == ["load generator"]
+    assert "lab.fix_flag_types('loadGeneratorTraffic')" in checks["load generator"].detail
+    lab.fix_flag_types("loadGeneratorTraffic")
+    lab.restart_flagd()
     assert lab.check().ok, lab.check()
     fix.undo()
     lab.restart_flagd()
     assert not lab.check().ok
+
+
+def test_reset_puts_every_flag_back_to_the_releases_own_defaults(demo, lab_of):
+    """Not every flag's rest is `off`: 3.0.0's load generator sends nothing while loadGeneratorTraffic is."""
+    lab = lab_of(demo("3.0.0", DEMO_300))
+    turn(lab.cluster, "10%")
+    turn(lab.cluster, "off", "loadGeneratorTraffic")
+    check = {c.item: c for c in lab.check()}["load generator"]
+    assert not check.ok and check.detail.endswith("pauses all traffic. Fix: python -m labkit set loadGeneratorTraffic on")
+    done = lab.reset()
+    assert done.flags == {"cartFailure": "off", "loadGeneratorTraffic": "on"}
+    assert repr(done).startswith("Lab reset: set cartFailure = off, loadGeneratorTraffic = on back (demo 3.0.0's "
+                                 "defaults) and restarted flagd")
+    assert lab.cluster.served_value("loadGeneratorTraffic").variant == "on"
+    assert {c.item: c for c in lab.check()}["load generator"].ok
+    assert lab.reset().flags == {}  # nothing left to put back
 
 
 def test_served_and_change_flag_say_what_the_cart_reads(demo, lab_of):
@@ -287,6 +308,15 @@ def test_labkit_set_exits_non_zero_when_the_cart_reads_its_fallback_and_fix_make
     proc = labkit_cli(sandbox, "check", tenant=tenant_sandbox())
     assert proc.returncode == 1
     assert "NO  cartFailure types: demo 3.0.0's cart reads cartFailure as a float" in proc.stdout
+    # the lab page's file has no loadGeneratorTraffic: 3.0.0's load generator reads it as 0 and pauses
+    assert ("NO  load generator: flagd has no loadGeneratorTraffic, so demo 3.0.0's load generator sends no "
+            "traffic") in proc.stdout
+    proc = labkit_cli(sandbox, "fix", "loadGeneratorTraffic", "--restart")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("loadGeneratorTraffic now has demo 3.0.0's variants: off=0, on=1 (default on) (was missing)")
+    proc = labkit_cli(sandbox, "check", tenant=tenant_sandbox())
+    assert ("ok  load generator: flagd serves loadGeneratorTraffic = on: demo 3.0.0's load generator sends "
+            "traffic") in proc.stdout, proc.stdout
 
     proc = labkit_cli(sandbox, "fix", "cartFailure", "--restart")
     assert proc.returncode == 0, proc.stderr

@@ -1,6 +1,7 @@
 """The local lab's demo shop, driven by httpx over loopback like the lab's own traffic."""
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -9,6 +10,7 @@ import pytest
 from kube_sandbox import release_flags_yaml
 from labkit import releases
 from labkit.sandbox import Timings, kube
+from labkit.sandbox.flagd.evaluate import FlagSet
 from labkit.sandbox.http import LabServer
 from labkit.sandbox.shop import PRODUCTS, DemoShop, app
 from labkit.sandbox.dynatrace import REDIS_ERROR, Telemetry
@@ -123,6 +125,27 @@ def test_background_shopper_never_deletes_but_its_checkouts_fail_emptycart(shop_
     orders = [r for r in requests if r.name.endswith("/PlaceOrder")]
     assert orders and not any(r.failed for r in orders)  # the order is placed all the same
     assert len([log for log in telemetry.logs(0, 2**62) if log["content"] == REDIS_ERROR]) == len(empties)
+
+
+@pytest.mark.parametrize("traffic", ["off", None])
+def test_the_shopper_sends_nothing_while_loadgeneratortraffic_is_off_or_missing(shop_lab, traffic):
+    """3.0.0's load generator asks flagd (OFREP) for loadGeneratorTraffic on every iteration and
+    pauses while it is <= 0, a missing flag (the lab page's flags.yaml has none) reading 0."""
+    shop, telemetry, _ = shop_lab("100%")
+    assert shop.traffic_on()  # the chart's own file: on
+    process = shop.cluster.flagd_process()
+    flags = json.loads(json.dumps(process.flags.doc["flags"]))
+    if traffic is None:
+        flags.pop("loadGeneratorTraffic")
+    else:
+        flags["loadGeneratorTraffic"]["defaultVariant"] = traffic
+    process.load(FlagSet({"flags": flags}))  # what a new pod started from such a file serves
+    assert not shop.traffic_on()
+    shop.timings.shopper_rate = 200.0
+    shop.start()
+    time.sleep(1.0)
+    shop.stop()
+    assert telemetry.records() == []
 
 
 def test_many_cart_operations_over_one_keep_alive_client(shop_lab):

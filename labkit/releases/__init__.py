@@ -30,6 +30,9 @@ class Release:
     cart_method: str      # the gRPC method on flagd:8013
     lab_on_variant: str   # the variant that is the lab page's `on` (3.0.0: 10%, 1 in 10 empties fail)
     failure_rates: tuple[tuple[object, float], ...]  # value read -> share of EmptyCart calls that fail
+    # The flag its load generator asks flagd (OFREP) for on every iteration, sending nothing while it
+    # is missing or <= 0 (3.0.0's k6 script.js httpScenario/browserScenario); None: it reads none.
+    traffic_flag: str | None = None
 
     @property
     def cart_image(self) -> str:
@@ -46,9 +49,17 @@ class Release:
         """This release's own flag file (src/flagd/demo.flagd.json at its tag)."""
         return (_HERE / f"demo-{self.version}.flagd.json").read_text(encoding="utf-8")
 
-    def flag(self) -> dict:
-        """This release's `cartFailure` definition."""
-        return json.loads(self.flags_json())["flags"][FLAG]
+    def flag(self, key: str = FLAG) -> dict:
+        """This release's definition of `key` (`cartFailure` by default); BadInput if it has none."""
+        flags = json.loads(self.flags_json())["flags"]
+        if key not in flags:
+            from labkit.errors import BadInput
+            raise BadInput(f"demo {self.version}'s flag file has no flag {key!r}")
+        return flags[key]
+
+    def resting_variants(self) -> dict[str, str]:
+        """Each flag's defaultVariant in this release's own file: what a fresh install serves."""
+        return {k: f.get("defaultVariant") for k, f in json.loads(self.flags_json())["flags"].items()}
 
     def configmap_yaml(self) -> str:
         """The ConfigMap `flagd-config` as the chart installs it with this release's file (JSON is YAML)."""
@@ -63,13 +74,31 @@ class Release:
             return max(0.0, min(1.0, float(value))) if _number(value) else 0.0
         return dict(self.failure_rates).get(value is True, 0.0)
 
+    def load_generator_sends(self, value) -> bool:
+        """Whether its load generator sends traffic when flagd serves `value` for `traffic_flag` (None:
+        not served, e.g. missing). 3.0.0's k6 gate is JavaScript's `(value || 0) <= 0` -> pause: true
+        is 1, a numeric string its number, any other string or an object NaN (never <= 0)."""
+        if self.traffic_flag is None:
+            return True
+        if not value:
+            return False
+        if isinstance(value, (bool, int, float)):
+            return float(value) > 0
+        if isinstance(value, str):
+            try:
+                return float(value.strip()) > 0
+            except ValueError:
+                return True
+        return True
+
     def reads_kind(self, variant_value) -> bool:
         """Would flagd answer this release's typed read of a variant holding `variant_value`?"""
         return kind_of_value(variant_value) in (("float", "int") if self.cart_kind == "float" else ("boolean",))
 
 
 RELEASES = {
-    "3.0.0": Release("3.0.0", "0.41.0", "float", 0, "flagd.evaluation.v2.Service/ResolveFloat", "10%", ()),
+    "3.0.0": Release("3.0.0", "0.41.0", "float", 0, "flagd.evaluation.v2.Service/ResolveFloat", "10%", (),
+                     traffic_flag="loadGeneratorTraffic"),
     # 2.2.0's cart sends EVERY EmptyCart to the bad store (badhost:1234) while `on` reads true
     # (CartService.cs:83 and Program.cs:60 at tag 2.2.0): all fail. The lab page's "1 in 10" is not this.
     "2.2.0": Release("2.2.0", "", "boolean", False, "flagd.evaluation.v1.Service/ResolveBoolean", "on",

@@ -115,7 +115,8 @@ class Board:
         return [self.row(name) for name in self.room.names]
 
     def reset(self, seat: str) -> str:
-        """The seat's lab back to the start: every flag off, flagd restarted, its timeline cleared."""
+        """The seat's lab back to the start: every flag at its release's default, flagd restarted,
+        its timeline cleared."""
         from labkit.lab import Lab
         from labkit.room.state import seat_settings
 

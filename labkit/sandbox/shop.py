@@ -18,8 +18,11 @@ import threading
 import uuid
 from collections import OrderedDict
 
+import httpx
+
 from labkit import releases
 from labkit.sandbox.background import Background
+from labkit.sandbox.flagd.ofrep import OFREP_PORT
 from labkit.sandbox.http import HttpError, Request, Response, Route, Router, json_response
 from labkit.sandbox.openfeature import EVENT, CartFlagClient
 from labkit.sandbox.traces import Trace
@@ -70,6 +73,7 @@ class DemoShop:
     def __init__(self, cluster, telemetry, timings, release: releases.Release | None = None,
                  seed: int | None = None):
         self.release = release or releases.get()
+        self.cluster = cluster  # flagd's Service: the cart and the load generator ask it
         self.flagd = CartFlagClient(cluster, self.release)  # cluster: where flagd's Service answers
         self.telemetry = telemetry
         self.timings = timings
@@ -81,6 +85,7 @@ class DemoShop:
             "labkit-shopper", lambda: self.timings.shopper_rate > 0 and self.shop_once(),
             lambda: self.rng.expovariate(self.timings.shopper_rate) if self.timings.shopper_rate > 0 else 0.5)
         self.pod = f"{self.rng.getrandbits(36):09x}-{self.rng.getrandbits(24):05x}"
+        self._loadgen = httpx.Client(timeout=2.0)  # the load generator's own calls to flagd
 
     # ----- lifecycle ------------------------------------------------------------------------
     def start(self) -> "DemoShop":
@@ -91,6 +96,7 @@ class DemoShop:
     def stop(self) -> None:
         self._shopper.stop()
         self.flagd.close()
+        self._loadgen.close()
 
     def trace(self) -> Trace:
         return Trace(self.telemetry)
@@ -151,8 +157,28 @@ class DemoShop:
         return read
 
     # ----- the background shopper -----------------------------------------------------------
+    def traffic_on(self) -> bool:
+        """The release's load generator's gate, as 3.0.0's k6 script asks it on every iteration
+        (getFlagdValue): POST flagd:8016 OFREP for its traffic flag, `value || 0`, nothing sent while
+        that is <= 0 (Release.load_generator_sends); a missing flag (404) or flagd down reads 0."""
+        key = self.release.traffic_flag
+        if key is None:
+            return True
+        process = self.cluster.flagd_process()
+        address = process.address(OFREP_PORT) if process is not None else None
+        if address is None:
+            return False
+        try:
+            res = self._loadgen.post(f"http://{address[0]}:{address[1]}/ofrep/v1/evaluate/flags/{key}", json={})
+            value = res.json().get("value") if res.status_code == 200 else 0
+        except (httpx.HTTPError, ValueError, AttributeError):  # k6's http.post/JSON.parse fail the iteration
+            return False
+        return self.release.load_generator_sends(value)
+
     def shop_once(self) -> None:
         """One load-generator session: browse, add, view, sometimes check out. Never DELETE."""
+        if not self.traffic_on():
+            return
         user = f"shopper-{self.rng.getrandbits(32):08x}"
         list_products(self)
         add_to_cart(self, user, self.rng.choice(PRODUCTS)["id"], self.rng.randint(1, 3))
