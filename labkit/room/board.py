@@ -241,7 +241,7 @@ function ago(iso){if(!iso)return null;const s=Math.round((Date.now()-Date.parse(
   return s<60?s+" s ago":Math.round(s/60)+" min ago";}
 function cell(text,cls){const td=document.createElement("td");td.textContent=text??"—";if(cls)td.className=cls;return td;}
 async function reset(seat){
-  if(!confirm("Reset "+seat+"'s lab (every flag off, flagd restarted, timeline cleared)?"))return;
+  if(!confirm("Reset "+seat+"'s lab (every flag back to its release default, flagd restarted, timeline cleared)?"))return;
   const r=await fetch(prefix+"api/seats/"+seat+"/reset",{method:"POST",headers:{"X-XSRFToken":xsrf}});
   alert(r.ok?(await r.json()).reset:"reset failed: "+r.status);
 }
