@@ -49,10 +49,10 @@ class Reset:
     """What a facilitator's reset did."""
 
     flags: dict[str, str]  # flag -> the variant it was set back to
-    release: str = ""      # the demo release whose own defaults they are
+    release: str           # the demo release whose own defaults they are
 
     def __repr__(self) -> str:
-        whose = f"demo {self.release}'s defaults" if self.release else "their defaults"
+        whose = f"demo {self.release}'s defaults"
         done = (f"set {', '.join(f'{k} = {v}' for k, v in self.flags.items())} back ({whose}) and "
                 "restarted flagd" if self.flags else f"every flag was already at {whose}; flagd left running")
         return f"Lab reset: {done}; timeline cleared. Ready for the next group."

@@ -135,7 +135,7 @@ def timeline(t) -> str:
 
 def reset(r, text: str) -> str:
     back = ", ".join(f"{k} = {v}" for k, v in r.flags.items()) or "none"
-    return card("reset", "Lab reset", [(f"flags set back to demo {r.release or 'release'}'s defaults", back)],
+    return card("reset", "Lab reset", [(f"flags set back to demo {r.release}'s defaults", back)],
                 ok=True, note=text)
 
 

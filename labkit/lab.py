@@ -89,8 +89,13 @@ class Lab:
         loadGeneratorTraffic on every iteration and sends nothing while it is missing or off."""
         try:
             release = self.demo_release()
-            key = release.traffic_flag
-            served = self.cluster.served_value(key) if key else None
+        except LabError:
+            return []  # the cluster's own check says why
+        key = release.traffic_flag
+        if key is None:
+            return []  # this release's load generator reads no such flag
+        try:
+            served = self.cluster.served_value(key)
         except BadInput:  # flagd has no such flag: the load generator's OFREP call is a 404, read as 0
             return [Check("load generator", False, (
                 f"flagd has no {key}, so demo {release.version}'s load generator sends no traffic (it reads "
@@ -98,9 +103,7 @@ class Lab:
                 f"--restart, or lab.fix_flag_types({key!r}) then lab.restart_flagd() (demo "
                 f"{release.version}'s own {key}, on)"))]
         except LabError:
-            return []  # the cluster's and flagd's own checks say why
-        if served is None:
-            return []
+            return []  # flagd's own check says why
         if not release.load_generator_sends(served.value):
             return [Check("load generator", False, (
                 f"flagd serves {key} = {served.variant}, so demo {release.version}'s load generator pauses "
@@ -545,7 +548,9 @@ class Lab:
         resting = release.resting_variants()
         changed = {}
         for f in live.flags:
-            target = resting.get(f.key) if resting.get(f.key) in f.variants else "off"
+            target = resting.get(f.key)
+            if target not in f.variants:  # a flag the release lacks, or whose default was edited out
+                target = "off"
             if target in f.variants and f.default_variant != target:
                 self.cluster.set_default_variant(f.key, target)
                 changed[f.key] = target

@@ -49,9 +49,13 @@ class Release:
         """This release's own flag file (src/flagd/demo.flagd.json at its tag)."""
         return (_HERE / f"demo-{self.version}.flagd.json").read_text(encoding="utf-8")
 
+    def flags(self) -> dict:
+        """This release's flags by key, as its own file defines them."""
+        return json.loads(self.flags_json())["flags"]
+
     def flag(self, key: str = FLAG) -> dict:
         """This release's definition of `key` (`cartFailure` by default); BadInput if it has none."""
-        flags = json.loads(self.flags_json())["flags"]
+        flags = self.flags()
         if key not in flags:
             from labkit.errors import BadInput
             raise BadInput(f"demo {self.version}'s flag file has no flag {key!r}")
@@ -59,7 +63,7 @@ class Release:
 
     def resting_variants(self) -> dict[str, str]:
         """Each flag's defaultVariant in this release's own file: what a fresh install serves."""
-        return {k: f.get("defaultVariant") for k, f in json.loads(self.flags_json())["flags"].items()}
+        return {k: f.get("defaultVariant") for k, f in self.flags().items()}
 
     def configmap_yaml(self) -> str:
         """The ConfigMap `flagd-config` as the chart installs it with this release's file (JSON is YAML)."""
