@@ -166,7 +166,12 @@ def test_events_in_both_groups_and_scale_down_removes_the_newest(lab):
     pods = sorted(core.list_namespaced_pod(NS, label_selector="opentelemetry.io/name=cart").items,
                   key=lambda p: cluster._born[p.metadata.uid])
     scale.patch_namespaced_deployment_scale("cart", NS, {"spec": {"replicas": 1}})
+    # The ReplicaSet controller acts after the scale returns (as a real apiserver's does): await it.
+    deadline = time.monotonic() + 10
     newest = core.read_namespaced_pod(pods[-1].metadata.name, NS)
+    while newest.metadata.deletion_timestamp is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        newest = core.read_namespaced_pod(pods[-1].metadata.name, NS)
     assert newest.metadata.deletion_timestamp is not None
     assert core.read_namespaced_pod(pods[0].metadata.name, NS).metadata.deletion_timestamp is None
 
