@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Callable
 
 from labkit.sandbox.background import Background
 from labkit.sandbox.dynatrace.errors import EnvironmentApiError, PlatformError
+from labkit.sandbox.dynatrace.store import DocumentStore, SettingsStore
 from labkit.sandbox.dynatrace.telemetry import MonitoredEntity, Telemetry
 from labkit.sandbox.http import Request
 
@@ -109,6 +110,9 @@ class Tenant:
         self.tokens = {t: TokenInfo(t, frozenset(s), self._token_name(s), now, now)
                        for t, s in tokens.items()}
         self.platform_tokens = PlatformTokens(platform_tokens)
+        # The tenant's configuration (OpenPipeline's settings objects, the runbook document).
+        self.settings = SettingsStore()
+        self.documents = DocumentStore()
         self._jobs: dict[str, GrailJob] = {}
         self._gone: set[str] = set()
         self._lock = threading.Lock()
