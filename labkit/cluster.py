@@ -188,10 +188,10 @@ class Cluster:
         return out
 
     def _watch_pods(self, done: Callable[[dict], bool], deadline: float, on_change: Callable[[dict], None],
-                    timeout_message: Callable[[dict], str]) -> dict:
-        """flagd's pods by name once done(pods) holds; watched, so LabTimeout after `deadline`."""
+                    timeout_message: Callable[[dict], str], selector: str = names.FLAGD_SELECTOR) -> dict:
+        """flagd's (or `selector`'s) pods by name once done(pods) holds; LabTimeout after `deadline`."""
         pods: dict = {}
-        with closing(self.kube.watch("pods", names.FLAGD_SELECTOR, deadline)) as changes:
+        with closing(self.kube.watch("pods", selector, deadline)) as changes:
             for pods in changes:
                 on_change(pods)
                 if done(pods):

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import httpx
 
 from labkit.dynatrace._access import Access, access
+from labkit.dynatrace._documents import Documents
 from labkit.dynatrace._events import (EVENT_TYPE, ChangeEvent, _change_event_body, _check_change,
                                       _ingest_result)
 from labkit.dynatrace._frames import (call_frame, change_event_frame, classic_log_row, evaluation_frame,
@@ -37,6 +38,7 @@ from labkit.dynatrace._http import parse_retry_after as _parse_retry_after  # no
 from labkit.dynatrace._query import (as_datetime, as_str, dql_from, dql_string, quote_selector_value,
                                      service_selector, time_param, utc_ms)
 from labkit.dynatrace._scope import Scope
+from labkit.dynatrace._settings import SettingsObjects
 from labkit.errors import BadInput, Forbidden, LabError, LabTimeout, NotFound
 from labkit.progress import Progress
 from labkit.settings import Settings
@@ -102,6 +104,8 @@ class Dynatrace:
         self._http = Http(settings, timeout=timeout, retries=retries, backoff=backoff,
                           transport=transport)
         self.settings = settings
+        self.settings_objects = SettingsObjects(self._http)  # Settings 2.0 (`settings` is the lab's)
+        self.documents = Documents(self._http)  # the Documents API (platform token only)
         self.scope = Scope(settings.cluster_name)  # this lab's seat on a shared tenant, if any
         self.ui = settings.platform_url or settings.dt_url  # where the tenant's screens are
         self._entity_cache: dict[str, tuple[float, Entity | None]] = {}

@@ -50,7 +50,9 @@ PLATFORM_SCOPES = {"events.ingest": "storage:events:write",
                    "metrics.read": "environment-api:metrics:read",
                    "problems.read": "environment-api:problems:read",
                    "entities.read": "environment-api:entities:read",
-                   "logs.read": "storage:logs:read and storage:buckets:read"}
+                   "logs.read": "storage:logs:read and storage:buckets:read",
+                   # Settings 2.0 objects (the OpenPipeline pipelines and routing; tenant-setup.md)
+                   "settings.read": "settings:objects:read", "settings.write": "settings:objects:write"}
 _API, _PLATFORM = "DT_API_TOKEN", "DT_PLATFORM_TOKEN"
 
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -74,6 +76,11 @@ _EXC_KINDS = {
 
 class ResultGone(LabError):
     """410: a Grail result the tenant no longer keeps (run the query again)."""
+
+
+class Conflict(LabError):
+    """409: the object changed since it was read (a stale updateToken or document version), or
+    one with that id exists already; the caller re-reads, never overwrites."""
 
 
 @dataclass(frozen=True)
@@ -144,10 +151,10 @@ class Http:
         )
 
     def route(self, api: str, path: str, scope: str) -> Route:
-        """"grail": the platform token; "api-token": the API token; "classic": the API token
-        when it holds `scope` (or its scopes are unknown), else the platform token on the
-        platform's path for the classic API."""
-        if api == "grail":
+        """"grail" and "platform" (Documents): the platform token; "api-token": the API token;
+        "classic": the API token when it holds `scope` (or its scopes are unknown), else the
+        platform token on the platform's path for the classic API."""
+        if api in ("grail", "platform"):
             return Route("platform", path, scope, _PLATFORM)
         if api == "classic" and self.uses_platform(scope):
             return Route("platform", PLATFORM_CLASSIC + path.removeprefix("/api/v2"),
@@ -190,11 +197,15 @@ class Http:
 
     def request(self, api: str, method: str, path: str, *, scope: str, what: str,
                 params: dict | None = None, body: Any = None, idempotent: bool = True,
-                timeout: float | None = None, event: bool = False) -> httpx.Response:
-        """Send one call with bounded retries; returns a 2xx response or raises a LabError."""
+                timeout: float | None = None, event: bool = False,
+                form: dict | None = None, files: dict | None = None) -> httpx.Response:
+        """Send one call with bounded retries; returns a 2xx response or raises a LabError.
+        `form` and `files` send multipart/form-data (the Documents API) instead of a JSON body."""
         to = self.route(api, path, scope)
         client = self.client(to.client)
         kwargs = _request_kwargs(params, body, timeout)
+        if form is not None or files is not None:
+            kwargs.update(data=form, files=files)
         attempt = 0
         while True:
             attempt += 1
@@ -283,6 +294,8 @@ class Http:
         if status == 400 or status == 422:
             extra = "".join(f"\n  - {self.scrub(v)}" for v in err.violations)
             return BadInput(f"Dynatrace refused {req(what)} as invalid ({status}){detail}{extra}")
+        if status == 409:
+            return Conflict(f"Dynatrace refused {req(what)} as a conflict (409){detail}.")
         if status == 410:
             return ResultGone(f"Dynatrace no longer keeps the result of {what} (410){detail}.")
         return _server_error(status, detail, what=what, attempt=attempt, event=event,
@@ -441,6 +454,8 @@ def error_body(resp: httpx.Response) -> ErrorBody:
         text = resp.text.strip() if resp.content else ""
         # '<': an HTML page from a proxy or login screen, nothing to quote
         return ErrorBody("" if text.startswith("<") else text[:300])
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        body = body[0]  # a Settings POST's refusal: one SettingsObjectResponse per object sent
     message, violations = error_envelope(body)
     err = body.get("error", body) if isinstance(body, dict) else None
     err = err if isinstance(err, dict) else {}
