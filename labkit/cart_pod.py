@@ -65,5 +65,5 @@ def annotate(cluster: Cluster, value: str, *, timeout: float = 180, progress: Pr
                         lambda pods: f"the cart's rollout did not finish within {timeout:g} s after its supportInfo "
                                      f"changed; check: kubectl -n {cluster.namespace} rollout status deploy/{name}",
                         selector=names.CART_SELECTOR)
-    report(f"the cart's pods carry the new supportInfo", 1.0)
+    report("the cart's pods carry the new supportInfo", 1.0)
     return name

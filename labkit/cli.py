@@ -18,7 +18,7 @@ from typing import Callable
 from labkit.errors import BadInput, LabError
 from labkit.progress import printer, settle
 from labkit.settings import FLAG
-
+from labkit import cli_tenant
 
 
 @dataclass
@@ -523,12 +523,13 @@ def _service_link(dt, service: str) -> str | None:
     return entity.link if entity else None
 
 
-@command("problems", "problems affecting the service",
-         lambda p: (_since_args(p, "1d"), _limit_arg(p, 20, "problems (the newest)")))
+@command("problems", "problems affecting the service", lambda p: (
+    _since_args(p, "1d"), _limit_arg(p, 20, "problems (the newest)"), cli_tenant.wait_arguments(p)))
 def cmd_problems(args) -> int:
     _check_limit(args.limit)
     with dynatrace(args) as dt:
-        df = dt.problems(args.service, since=_since(args.since))
+        df = (cli_tenant.wait_for_problem(dt, args.service, args.wait) if args.wait is not None else
+              dt.problems(args.service, since=_since(args.since)))
     shown = df.head(args.limit)
     _frame(shown, ["display_id", "status", "title", "start", "end", "affected"],
            f"no problems on {args.service} in the last {args.since}")
@@ -583,7 +584,7 @@ def cmd_shop(args) -> int:
     return 1 if result.unreachable else 0
 
 
-@command("check", "preflight: tenant URL and token scopes, the service, ConfigMap, flagd and the flag",
+@command("check", "preflight: token scopes, the service, the tenant's pipeline, route and runbook, flagd, the flag",
          lambda p: p.add_argument("--flag", default="cartFailure"))
 def cmd_check(args) -> int:
     from labkit.lab import Lab
@@ -595,6 +596,12 @@ def cmd_check(args) -> int:
         lab.close()
     out(str(result))
     return 0 if result.ok else 1
+
+
+@command("tenant", "the tenant's half of the lab: `labkit tenant setup [--dry-run] [--annotate]`, "
+                   "`labkit tenant setup --undo`", cli_tenant.arguments)
+def cmd_tenant(args) -> int:
+    return cli_tenant.run(args, settings(args), out)
 
 
 # ---- the workbook -----------------------------------------------------------------------------------

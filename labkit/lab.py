@@ -17,7 +17,6 @@ from labkit.answers import (AlreadyServed, Check, NothingSent, Preflight, Reset,
 from labkit import settings as names
 from labkit.cluster import DEFAULT_RESTART, RESTARTS
 from labkit.errors import BadInput, LabError, Unreachable
-from labkit.flags import format_value
 from labkit.progress import Progress, quiet
 from labkit.settings import Settings
 from labkit.timeline import (ERROR_LOGS, EVENT_SENT, FIRST_FAILURE, FLAG_APPLIED, FLAGD_RESTARTED,
@@ -67,104 +66,23 @@ class Lab:
 
     # --- preflight ----------------------------------------------------------------------------
     def check(self, service: str = names.SERVICE, flag: str = names.FLAG) -> Preflight:
-        """Tenant and cluster, each item with what to do when it fails: per Dynatrace step, the
-        token it takes and the scope it lacks, Grail's error logs probed before any wait."""
-        result = Preflight()
-        result.append(Check("lab", True, self.where()))
-        try:
-            result.extend(Check(a.item, a.ok, a.detail) for a in self.dynatrace.access())
-            entity = self.dynatrace.find_service(service)
-            result.append(Check(f"service {service!r}", entity is not None,
-                                f"seen as {entity.id}: {entity.link}" if entity else
-                                "not seen in the last 3 days: is the demo sending data?"))
-        except LabError as exc:
-            result.append(Check("Dynatrace", False, str(exc)))
-        result.extend(self._check_flagd(flag))
-        result.extend(self._check_cart(flag))
-        result.extend(self._check_load_generator())
-        return result
+        """Tenant and cluster, each item with what to do when it fails (labkit.preflight's rows)."""
+        from labkit import preflight
 
-    def _check_load_generator(self) -> list[Check]:
-        """Whether the release's load generator sends traffic: 3.0.0's asks flagd (OFREP) for
-        loadGeneratorTraffic on every iteration and sends nothing while it is missing or off."""
-        try:
-            release = self.demo_release()
-        except LabError:
-            return []  # the cluster's own check says why
-        key = release.traffic_flag
-        if key is None:
-            return []  # this release's load generator reads no such flag
-        try:
-            served = self.cluster.served_value(key)
-        except BadInput:  # flagd has no such flag: the load generator's OFREP call is a 404, read as 0
-            return [Check("load generator", False, (
-                f"flagd has no {key}, so demo {release.version}'s load generator sends no traffic (it reads "
-                f"a missing flag as 0; the lab page's flags.yaml has none). Fix: python -m labkit fix {key} "
-                f"--restart, or lab.fix_flag_types({key!r}) then lab.restart_flagd() (demo "
-                f"{release.version}'s own {key}, on)"))]
-        except LabError:
-            return []  # flagd's own check says why
-        if not release.load_generator_sends(served.value):
-            return [Check("load generator", False, (
-                f"flagd serves {key} = {served.variant}, so demo {release.version}'s load generator pauses "
-                f"all traffic. Fix: python -m labkit set {key} on"))]
-        return [Check("load generator", True, f"flagd serves {key} = {served.variant}: demo "
-                                              f"{release.version}'s load generator sends traffic")]
+        return preflight.check(self, service, flag)
 
-    def _check_cart(self, flag: str) -> list[Check]:
-        """The demo release, whether its cart can read `flag`'s variant types, and what it reads now."""
-        from labkit import cart
+    def prepare_tenant(self, dry_run: bool = False, annotate: bool = False, progress: Progress | None = None):
+        """The tenant's half as the lab page's UI steps make it: what is missing of the runbook notebook,
+        the pipeline and the route (labkit.tenant.setup); `annotate` links the runbook from the cart pod."""
+        from labkit.tenant import setup
 
-        if flag != releases.FLAG:
-            return []  # the cart reads only this flag
-        try:
-            variants = self.cluster.flag_file().variants(flag)
-            release, known = self.cluster.demo_release(flag, variants)
-        except LabError:
-            return []  # the flag file's checks above say what is wrong
-        checks = [Check("demo release", True, f"{release.version} ({known}): its cart reads {flag} with "
-                                              f"{release.cart_call}, {release.cart_method} on flagd:8013")]
-        why = cart.mismatch(flag, release, variants)
-        default = format_value(release.cart_default)
-        checks.append(Check(f"{flag} types", not why, (
-            f"{why}: flagd answers the cart with TYPE_MISMATCH, the cart reads {default} and never fails. "
-            f"Fix: {cart.fix_hint(flag, release)}.") if why else (
-            f"every variant is a {release.cart_kind} the cart reads; the lab page's `on` is "
-            f"{release.lab_on_variant!r}")))
-        try:
-            read = self.cluster.cart_reads(flag)
-        except LabError as exc:
-            return checks + [Check("the cart", False, str(exc))]
-        return checks + [Check("the cart", not read.falls_back, read.summary)]
+        return setup.setup(self.dynatrace, self.cluster, dry_run=dry_run, annotate=annotate, progress=progress)
 
-    def _check_flagd(self, flag: str) -> list[Check]:
-        """The flag file and what flagd serves, naming a file flagd cannot load (it then serves nothing)."""
-        try:
-            live = self.cluster.flag_file()
-        except BadInput as exc:  # not JSON, or no "flags": flagd refuses the whole file
-            return [Check("flag file", False, f"{exc} A flagd pod started from it logs \"error setting state\" "
-                                               "and serves no flags (every flag FLAG_NOT_FOUND).")]
-        except LabError as exc:
-            return [Check("cluster", False, str(exc))]
-        try:
-            variants = live.variants(flag)
-        except LabError as exc:
-            return [Check("cluster", False, str(exc))]
-        checks = [Check(f"flag {flag!r}", True, "variants " + ", ".join(variants))]
-        try:
-            served = self.cluster.served_value(flag)
-        except BadInput as exc:
-            try:
-                empty = not self.cluster.served_values()
-            except LabError:
-                empty = False
-            why = (" flagd serves no flags at all: its pod started from a flag file it could not parse. "
-                   "Restart flagd now that the file is valid." if empty else "")
-            return checks + [Check("cluster", False, f"{exc}{why}")]
-        except LabError as exc:
-            return checks + [Check("cluster", False, str(exc))]
-        how = f" ({served.how})" if served.by_targeting else ""
-        return checks + [Check("flagd", True, f"serves {flag} = {served.variant}{how}")]
+    def undo_tenant(self):
+        """Remove what prepare_tenant() made (and nothing else); says what it left."""
+        from labkit.tenant import setup
+
+        return setup.undo(self.dynatrace)
 
     # --- the change ---------------------------------------------------------------------------
     def flags(self):
@@ -368,7 +286,9 @@ class Lab:
     def wait_for_problem(self, timeout: float = 600, service: str = names.SERVICE,
                          progress: Progress | None = None):
         from labkit import tables
+        from labkit.tenant.check import require_problem_possible
 
+        require_problem_possible(self.dynatrace)  # a wait that cannot end says why at once
         found = tables.shown_as(tables.Problems, self.dynatrace.wait_for_problem(
             service, since=self._since_change(timedelta(hours=1)), timeout=timeout, progress=progress))
         if not self.timeline.in_cycle(PROBLEM_OPENED):

@@ -151,7 +151,7 @@ def route_row(half: TenantHalf, good: list) -> Check:
         return Check(item, False, f"the enabled route {route_name(first)!r} {ours}takes the cart's tagged logs first "
                                   f"(to {target(first, half.pipelines)}; the first matching route wins). "
                                   f"Fix: move the lab's route above it in OpenPipeline (Logs > Dynamic routing)"
-                                  + ("" if verdict.route else f", or run labkit tenant setup") + unsure)
+                                  + ("" if verdict.route else ", or run labkit tenant setup") + unsure)
     if verdict.route is None:
         to = f" to {lab.PIPELINE_NAME!r}" if good else ""
         return Check(item, False, f"no enabled route with the lab's matcher ({lab.ROUTE_MATCHER}){to}, so the "
@@ -208,3 +208,23 @@ def collector_row(dt) -> Check:
                               "priority \"1\": the collector's transform is missing (or the cart pod is not "
                               "deployment.release_stage production). Add to the collector's values (processors, "
                               f"and `transform` in the logs pipeline):\n{lab.COLLECTOR_LINES}")
+
+
+def problem_blockers(dt) -> list[Check]:
+    """The rows that say for sure the lab's problem cannot open (pipeline, route, collector). A read
+    the token may not make, or an unmigrated tenant, cannot tell: it blocks nothing (the lab's own
+    tokens may lack settings.read while the tenant is set up right)."""
+    half = TenantHalf()
+    try:
+        half.pipelines, half.routing = read_settings(dt)
+    except LabError:
+        return [c for c in [collector_row(dt)] if not c.ok]
+    return [c for c in settings_rows(dt, half) + [collector_row(dt)] if not c.ok]
+
+
+def require_problem_possible(dt) -> None:
+    """LabError naming why the lab's problem cannot open, so a wait for it stops at once."""
+    blockers = problem_blockers(dt)
+    if blockers:
+        raise LabError("The lab's problem cannot open on this tenant, so labkit does not wait for it: "
+                       + "; ".join(f"{c.item}: {c.detail}" for c in blockers))
