@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 PIPELINES = "builtin:openpipeline.logs.pipelines"
 ROUTING = "builtin:openpipeline.logs.routing"
+# Who a platform token acts as: the local lab has one user (settings objects' owner, documents').
+LOCAL_USER = "7d4f6d7e-1ab0-4c3b-9d5e-1ab5c0ffee01"
 
 
 class ConfigError(Exception):
@@ -43,6 +45,8 @@ class SettingsObject:
     created: int = field(default_factory=_now_ms)
     modified: int = field(default_factory=_now_ms)
     revision: int = 0  # bumped on every write; the updateToken encodes it
+    created_by: str | None = None  # the user, or the API token's name
+    modified_by: str | None = None
 
     @property
     def update_token(self) -> str:
@@ -55,6 +59,7 @@ class SettingsStore:
 
     def __init__(self):
         self._lock = threading.RLock()
+        self.lock = self._lock  # held across a check-then-write (UNIQUE, updateToken) by the API
         self._objects: dict[str, SettingsObject] = {}
 
     @staticmethod
@@ -80,17 +85,20 @@ class SettingsStore:
             return found
 
     def create(self, schema_id: str, value: dict, scope: str = "environment", owner: str | None = None,
-               external_id: str | None = None) -> SettingsObject:
+               external_id: str | None = None, by: str | None = None) -> SettingsObject:
         with self._lock:
-            obj = SettingsObject(self.new_object_id(), schema_id, scope, value, owner, external_id)
+            obj = SettingsObject(self.new_object_id(), schema_id, scope, value, owner, external_id,
+                                 created_by=by, modified_by=by)
             self._objects[obj.object_id] = obj
             return obj
 
-    def update(self, object_id: str, value: dict, update_token: str | None = None) -> SettingsObject:
+    def update(self, object_id: str, value: dict, update_token: str | None = None,
+               by: str | None = None) -> SettingsObject:
         with self._lock:
             obj = self.get(object_id)
             self._check_token(obj, update_token)
             obj.value, obj.revision, obj.modified = value, obj.revision + 1, _now_ms()
+            obj.modified_by = by
             return obj
 
     def delete(self, object_id: str, update_token: str | None = None) -> None:
@@ -114,7 +122,7 @@ class Document:
     content: bytes
     content_type: str = "application/json"
     description: str | None = None
-    owner: str = "labkit-local-user"
+    owner: str = LOCAL_USER
     is_private: bool = True
     version: int = 1
     created: int = field(default_factory=_now_ms)
@@ -133,7 +141,7 @@ class DocumentStore:
 
     def create(self, name: str, type: str, content: bytes, id: str | None = None,
                content_type: str = "application/json", description: str | None = None,
-               owner: str = "labkit-local-user", is_private: bool = True) -> Document:
+               owner: str = LOCAL_USER, is_private: bool = True) -> Document:
         with self._lock:
             doc_id = id or str(uuid.uuid4())
             if doc_id in self._docs or doc_id in self._trash:
