@@ -2,7 +2,7 @@
 query API and the UI pages behind labkit's links."""
 from __future__ import annotations
 
-from labkit.sandbox.dynatrace import openpipeline_v1, ui
+from labkit.sandbox.dynatrace import documents, openpipeline_v1, ui
 from labkit.sandbox.dynatrace.classic import (get_entity, get_event, get_problem, ingest_event,
                                               list_entities, list_events, list_problems,
                                               lookup_token, query_metrics, search_logs)
@@ -56,6 +56,7 @@ CLASSIC = Router([
     Route("/api/v2/apiTokens/lookup", lookup_token, ("POST",)),
     Mount(GRAIL_PREFIX, GRAIL),  # Grail answers errors in its own body (PlatformError)
     Mount(PLATFORM_CLASSIC, PLATFORM_CLASSIC_API),
+    Mount(documents.PREFIX, documents.ROUTES),  # the Documents API (the runbook notebook)
     openpipeline_v1.MOUNT,  # the old OpenPipeline configuration API (404 once migrated)
     Mount("/ui", UI),
 ], EnvironmentApiError, name="the local lab's Dynatrace API")

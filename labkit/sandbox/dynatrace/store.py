@@ -127,7 +127,11 @@ class Document:
     version: int = 1
     created: int = field(default_factory=_now_ms)
     modified: int = field(default_factory=_now_ms)
-    snapshots: list[tuple[int, bytes]] = field(default_factory=list)  # (version, content) kept
+    # {snapshotVersion, documentVersion, description, content, contentType}: the state before a
+    # PATCH with create-snapshot=true
+    snapshots: list[dict] = field(default_factory=list)
+    is_reshareable: bool = True
+    deleted: int | None = None  # when it went to the trash
 
 
 class DocumentStore:
@@ -135,6 +139,7 @@ class DocumentStore:
 
     def __init__(self):
         self._lock = threading.RLock()
+        self.lock = self._lock  # held across a version check and the write by the API
         self._docs: dict[str, Document] = {}
         self._trash: dict[str, Document] = {}
         self._seq = itertools.count(1)
@@ -172,6 +177,33 @@ class DocumentStore:
             if version is not None and version != doc.version:
                 raise ConfigError(409, f"Document {doc_id} is at version {doc.version}, not {version}")
             self._trash[doc_id] = self._docs.pop(doc_id)
+            self._trash[doc_id].deleted = _now_ms()
+
+    def update(self, doc_id: str, changes: dict, snapshot_description: str | None = None,
+               snapshot: bool = False) -> int | None:
+        """Apply `changes` (Document field -> value) as one new version; with `snapshot`, keep the
+        state before it and return its snapshotVersion."""
+        with self._lock:
+            doc = self.get(doc_id)
+            made = None
+            if snapshot:
+                made = len(doc.snapshots) + 1
+                doc.snapshots.append({"snapshotVersion": made, "documentVersion": doc.version,
+                                      "description": snapshot_description, "content": doc.content,
+                                      "contentType": doc.content_type})
+            for key, value in changes.items():
+                setattr(doc, key, value)
+            doc.version, doc.modified = doc.version + 1, _now_ms()
+            return made
+
+    def restore(self, doc_id: str) -> Document:
+        with self._lock:
+            doc = self._trash.pop(doc_id, None)
+            if doc is None:
+                raise ConfigError(404, f"Document {doc_id} is not in the trash")
+            doc.deleted = None
+            self._docs[doc_id] = doc
+            return doc
 
     def purge(self, doc_id: str) -> None:
         with self._lock:
