@@ -2,12 +2,13 @@
 query API and the UI pages behind labkit's links."""
 from __future__ import annotations
 
-from labkit.sandbox.dynatrace import ui
+from labkit.sandbox.dynatrace import documents, openpipeline_v1, ui
 from labkit.sandbox.dynatrace.classic import (get_entity, get_event, get_problem, ingest_event,
                                               list_entities, list_events, list_problems,
                                               lookup_token, query_metrics, search_logs)
 from labkit.sandbox.dynatrace.errors import EnvironmentApiError, PlatformError
 from labkit.sandbox.dynatrace.grail import grail_cancel, grail_execute, grail_poll, grail_verify
+from labkit.sandbox.dynatrace.settings import SETTINGS_API
 from labkit.sandbox.dynatrace.tenant import PLATFORM_CLASSIC, Tenant
 from labkit.sandbox.http import Mount, Route, Router
 
@@ -32,6 +33,7 @@ ENVIRONMENT_API = [
     ("/entities", list_entities, ("GET",)),
     ("/entities/{entityId}", get_entity, ("GET",)),
     ("/logs/search", search_logs, ("GET",)),
+    *SETTINGS_API,  # Settings 2.0 objects and schemas (settings.py)
 ]
 
 PLATFORM_CLASSIC_API = Router([Route(PLATFORM_CLASSIC + path, handler, methods)
@@ -54,6 +56,8 @@ CLASSIC = Router([
     Route("/api/v2/apiTokens/lookup", lookup_token, ("POST",)),
     Mount(GRAIL_PREFIX, GRAIL),  # Grail answers errors in its own body (PlatformError)
     Mount(PLATFORM_CLASSIC, PLATFORM_CLASSIC_API),
+    Mount(documents.PREFIX, documents.ROUTES),  # the Documents API (the runbook notebook)
+    openpipeline_v1.MOUNT,  # the old OpenPipeline configuration API (404 once migrated)
     Mount("/ui", UI),
 ], EnvironmentApiError, name="the local lab's Dynatrace API")
 

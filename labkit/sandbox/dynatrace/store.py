@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 PIPELINES = "builtin:openpipeline.logs.pipelines"
 ROUTING = "builtin:openpipeline.logs.routing"
+# Who a platform token acts as: the local lab has one user (settings objects' owner, documents').
+LOCAL_USER = "7d4f6d7e-1ab0-4c3b-9d5e-1ab5c0ffee01"
 
 
 class ConfigError(Exception):
@@ -43,6 +45,8 @@ class SettingsObject:
     created: int = field(default_factory=_now_ms)
     modified: int = field(default_factory=_now_ms)
     revision: int = 0  # bumped on every write; the updateToken encodes it
+    created_by: str | None = None  # the user, or the API token's name
+    modified_by: str | None = None
 
     @property
     def update_token(self) -> str:
@@ -55,6 +59,7 @@ class SettingsStore:
 
     def __init__(self):
         self._lock = threading.RLock()
+        self.lock = self._lock  # held across a check-then-write (UNIQUE, updateToken) by the API
         self._objects: dict[str, SettingsObject] = {}
 
     @staticmethod
@@ -80,17 +85,20 @@ class SettingsStore:
             return found
 
     def create(self, schema_id: str, value: dict, scope: str = "environment", owner: str | None = None,
-               external_id: str | None = None) -> SettingsObject:
+               external_id: str | None = None, by: str | None = None) -> SettingsObject:
         with self._lock:
-            obj = SettingsObject(self.new_object_id(), schema_id, scope, value, owner, external_id)
+            obj = SettingsObject(self.new_object_id(), schema_id, scope, value, owner, external_id,
+                                 created_by=by, modified_by=by)
             self._objects[obj.object_id] = obj
             return obj
 
-    def update(self, object_id: str, value: dict, update_token: str | None = None) -> SettingsObject:
+    def update(self, object_id: str, value: dict, update_token: str | None = None,
+               by: str | None = None) -> SettingsObject:
         with self._lock:
             obj = self.get(object_id)
             self._check_token(obj, update_token)
             obj.value, obj.revision, obj.modified = value, obj.revision + 1, _now_ms()
+            obj.modified_by = by
             return obj
 
     def delete(self, object_id: str, update_token: str | None = None) -> None:
@@ -114,12 +122,16 @@ class Document:
     content: bytes
     content_type: str = "application/json"
     description: str | None = None
-    owner: str = "labkit-local-user"
+    owner: str = LOCAL_USER
     is_private: bool = True
     version: int = 1
     created: int = field(default_factory=_now_ms)
     modified: int = field(default_factory=_now_ms)
-    snapshots: list[tuple[int, bytes]] = field(default_factory=list)  # (version, content) kept
+    # {snapshotVersion, documentVersion, description, content, contentType}: the state before a
+    # PATCH with create-snapshot=true
+    snapshots: list[dict] = field(default_factory=list)
+    is_reshareable: bool = True
+    deleted: int | None = None  # when it went to the trash
 
 
 class DocumentStore:
@@ -127,13 +139,14 @@ class DocumentStore:
 
     def __init__(self):
         self._lock = threading.RLock()
+        self.lock = self._lock  # held across a version check and the write by the API
         self._docs: dict[str, Document] = {}
         self._trash: dict[str, Document] = {}
         self._seq = itertools.count(1)
 
     def create(self, name: str, type: str, content: bytes, id: str | None = None,
                content_type: str = "application/json", description: str | None = None,
-               owner: str = "labkit-local-user", is_private: bool = True) -> Document:
+               owner: str = LOCAL_USER, is_private: bool = True) -> Document:
         with self._lock:
             doc_id = id or str(uuid.uuid4())
             if doc_id in self._docs or doc_id in self._trash:
@@ -164,6 +177,33 @@ class DocumentStore:
             if version is not None and version != doc.version:
                 raise ConfigError(409, f"Document {doc_id} is at version {doc.version}, not {version}")
             self._trash[doc_id] = self._docs.pop(doc_id)
+            self._trash[doc_id].deleted = _now_ms()
+
+    def update(self, doc_id: str, changes: dict, snapshot_description: str | None = None,
+               snapshot: bool = False) -> int | None:
+        """Apply `changes` (Document field -> value) as one new version; with `snapshot`, keep the
+        state before it and return its snapshotVersion."""
+        with self._lock:
+            doc = self.get(doc_id)
+            made = None
+            if snapshot:
+                made = len(doc.snapshots) + 1
+                doc.snapshots.append({"snapshotVersion": made, "documentVersion": doc.version,
+                                      "description": snapshot_description, "content": doc.content,
+                                      "contentType": doc.content_type})
+            for key, value in changes.items():
+                setattr(doc, key, value)
+            doc.version, doc.modified = doc.version + 1, _now_ms()
+            return made
+
+    def restore(self, doc_id: str) -> Document:
+        with self._lock:
+            doc = self._trash.pop(doc_id, None)
+            if doc is None:
+                raise ConfigError(404, f"Document {doc_id} is not in the trash")
+            doc.deleted = None
+            self._docs[doc_id] = doc
+            return doc
 
     def purge(self, doc_id: str) -> None:
         with self._lock:

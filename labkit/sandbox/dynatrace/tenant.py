@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable
 
 from labkit.sandbox.background import Background
 from labkit.sandbox.dynatrace.errors import EnvironmentApiError, PlatformError
-from labkit.sandbox.dynatrace.store import DocumentStore, SettingsStore
+from labkit.sandbox.dynatrace.store import LOCAL_USER, DocumentStore, SettingsStore  # noqa: F401
 from labkit.sandbox.dynatrace.telemetry import MonitoredEntity, Telemetry
 from labkit.sandbox.http import Request
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 READ_AND_INGEST_SCOPES = frozenset({
     "events.ingest", "events.read", "metrics.read", "problems.read", "entities.read", "logs.read",
-    "logs.ingest", "metrics.ingest", "openTelemetryTrace.ingest"})
+    "logs.ingest", "metrics.ingest", "openTelemetryTrace.ingest", "settings.read", "settings.write"})
 LAB_INGEST_SCOPES = frozenset({
     "logs.ingest", "metrics.ingest", "openTelemetryTrace.ingest", "events.ingest"})
 # A platform token's scopes (fidelity.md): the classic API under /platform/classic/... and Grail.
@@ -29,7 +29,12 @@ PLATFORM_SCOPES = frozenset({
     "environment-api:metrics:read",
     "environment-api:problems:read", "environment-api:entities:read", "storage:logs:read",
     "storage:spans:read", "storage:buckets:read", "storage:events:read", "storage:metrics:read",
-    "storage:entities:read"})
+    "storage:entities:read",
+    "settings:objects:read", "settings:objects:write", "settings:schemas:read",
+    "document:documents:read", "document:documents:write", "document:documents:delete",
+    "document:trash.documents:read", "document:trash.documents:delete",
+    "document:trash.documents:restore",
+    "openpipeline:configurations:read", "openpipeline:configurations:write"})
 # The classic scope of a handler -> what a platform token needs there (the SDK's "Required scope"
 # per method, dynatrace-answers.md §1): each entry one need, as the scopes that grant it (any one).
 CLASSIC_ON_PLATFORM = {
@@ -103,7 +108,8 @@ class Tenant:
     RESULT_TTL = 60.0  # s a finished Grail result stays available (reference §10)
 
     def __init__(self, telemetry: Telemetry, timings, tokens: dict[str, set | frozenset],
-                 platform_tokens: set[str] | frozenset | dict = frozenset()):
+                 platform_tokens: set[str] | frozenset | dict = frozenset(),
+                 openpipeline_migrated: bool = True):
         self.telemetry = telemetry
         self.timings = timings
         now = telemetry.clock()
@@ -113,6 +119,10 @@ class Tenant:
         # The tenant's configuration (OpenPipeline's settings objects, the runbook document).
         self.settings = SettingsStore()
         self.documents = DocumentStore()
+        # False: a tenant not yet migrated to OpenPipeline on Settings 2.0 (before 1.327): the old
+        # /platform/openpipeline/v1 configuration API answers and builtin:openpipeline.* are unknown.
+        self.openpipeline_migrated = openpipeline_migrated
+        self.openpipeline_v1: dict | None = None  # the v1 "logs" configuration (openpipeline_v1.py)
         self._jobs: dict[str, GrailJob] = {}
         self._gone: set[str] = set()
         self._lock = threading.Lock()
