@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Callable
 
 from labkit.sandbox.background import Background
 from labkit.sandbox.dynatrace.errors import EnvironmentApiError, PlatformError
+from labkit.sandbox.dynatrace.openpipeline import OpenPipeline
 from labkit.sandbox.dynatrace.store import DocumentStore, SettingsStore
 from labkit.sandbox.dynatrace.telemetry import MonitoredEntity, Telemetry
 from labkit.sandbox.http import Request
@@ -113,6 +114,9 @@ class Tenant:
         # The tenant's configuration (OpenPipeline's settings objects, the runbook document).
         self.settings = SettingsStore()
         self.documents = DocumentStore()
+        # Every log record the labs' collectors send goes through the routes and pipelines above.
+        self.openpipeline = OpenPipeline(self.settings, telemetry)
+        telemetry.on_log = self.openpipeline.process
         self._jobs: dict[str, GrailJob] = {}
         self._gone: set[str] = set()
         self._lock = threading.Lock()
