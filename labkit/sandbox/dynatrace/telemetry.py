@@ -244,8 +244,9 @@ class Telemetry:
             t += int(self._rng.expovariate(1 / 60_000))
             if t < end:
                 trace, span = self._hex(32), self._hex(16)
-                self._info_logs.append(self._log_line(t, "GetCartAsync called with userId=seed",
-                                                      trace, span, "INFO", "cart-seed", cluster=cluster))
+                self._info_logs.append(self._log_line(  # history from before any route existed
+                    t, "GetCartAsync called with userId=seed", trace, span, "INFO", "cart-seed", cluster=cluster,
+                    attributes={"dt.openpipeline.pipelines": ["logs:default"]}))
 
     def _poisson(self, lam: float) -> int:
         # Knuth's method: fine for the small rates used here.
