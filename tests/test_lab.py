@@ -139,7 +139,7 @@ def test_a_problem_dated_from_a_stray_error_before_the_change_is_still_this_cycl
     lab.timeline.clear()
     try:
         _until_no_open_problem(lab)
-        stray = local_lab.telemetry.log_cart_redis_error("1" * 32, "2" * 16, pod="cart-stray")
+        stray = local_lab.collector.log_cart_redis_error("1" * 32, "2" * 16, pod="cart-stray")
         lab.change_flag(lab_on, send_event=False)
         lab.generate_traffic(seconds=30, rate=40, until_failures=2)
         lab.wait_for_problem(timeout=60)
