@@ -96,6 +96,10 @@ def _sandbox_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", default=None,
                    help="where lab.env and kubeconfig are written (default $LABKIT_STATE_DIR or "
                         "~/.cache/labkit/local-lab, where labkit and the notebooks look for it)")
+    p.add_argument("--bare-tenant", action="store_true",
+                   help="start the local tenant without the runbook, pipeline and route getting-started "
+                        "has attendees make (rehearse it: labkit check, then labkit tenant setup); "
+                        "also $LABKIT_BARE_TENANT=1")
     _release_arg(p)
 
 
@@ -129,6 +133,8 @@ def cmd_sandbox(args) -> int:
         stop.set()
 
     _choose_release(args)
+    if args.bare_tenant:
+        os.environ["LABKIT_BARE_TENANT"] = "1"  # read by LocalLab, as LABKIT_DEMO_RELEASE is
     lab = new_local_lab(state_dir)  # a lab already running there: StateDirBusy says so, nothing touched
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous[sig] = signal.signal(sig, on_signal)

@@ -6,8 +6,9 @@ import httpx
 
 from kube_sandbox import release_flags_yaml
 from labkit import releases
-from labkit.sandbox import Timings, kube, make_token
-from labkit.sandbox.dynatrace import LAB_INGEST_SCOPES, READ_AND_INGEST_SCOPES, Telemetry, Tenant
+from labkit.sandbox import Timings, kube, make_token, support_info
+from labkit.sandbox.dynatrace import (DEFAULT_CLUSTER, LAB_INGEST_SCOPES, READ_AND_INGEST_SCOPES, Collector,
+                                      Telemetry, Tenant, seed)
 from labkit.sandbox.dynatrace import app as tenant_app
 from labkit.sandbox.http import LabServer
 from labkit.sandbox.shop import DemoShop
@@ -19,22 +20,27 @@ QUERY = "/platform/storage/query/v1/"
 class TenantSandbox:
     """Telemetry + shop + tenant on loopback, with clients for each token. The shop's cart is demo
     3.0.0's, asking a flagd (a cluster without the demo's other workloads) that serves
-    cartFailure = 100%: every EmptyCart fails, and no traffic runs unless a test sends it."""
+    cartFailure = 100%: every EmptyCart fails, and no traffic runs unless a test sends it. The shop
+    writes through the lab's collector (the cart pod's name and annotations on its logs); the tenant
+    is set up as getting-started leaves it unless `bare` (then the cart's annotation is the lab file's)."""
 
-    def __init__(self, **timing_overrides):
+    def __init__(self, bare: bool = False, **timing_overrides):
         self.timings = Timings.fast()
         self.timings.shopper_rate = 0
         for key, value in timing_overrides.items():
             setattr(self.timings, key, value)
-        self.cluster = kube.LocalCluster(self.timings, release_flags_yaml("3.0.0", "100%"), demo=False).start()
         self.telemetry = Telemetry(self.timings, seed=3)
-        self.shop = DemoShop(self.cluster, self.telemetry, self.timings, releases.get("3.0.0"), seed=5)
         self.api_token, self.ingest_token = make_token(), make_token()
         self.platform_token = make_token("dt0s16")
         self.tenant = Tenant(self.telemetry, self.timings, {
             self.api_token: READ_AND_INGEST_SCOPES, self.ingest_token: LAB_INGEST_SCOPES},
             platform_tokens={self.platform_token})
         self.tenant_server = LabServer(tenant_app(self.tenant)).start()
+        info = None if bare else support_info(self.tenant_server.url, seed.set_up(self.tenant))
+        self.cluster = kube.LocalCluster(self.timings, release_flags_yaml("3.0.0", "100%"),
+                                         support_info=info).start()
+        self.collector = Collector(self.telemetry, DEFAULT_CLUSTER, self.cluster)
+        self.shop = DemoShop(self.cluster, self.collector, self.timings, releases.get("3.0.0"), seed=5)
         self.shop_server = LabServer(shop_app(self.shop)).start()
         self.tenant.start()
         url = self.tenant_server.url

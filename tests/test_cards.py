@@ -112,7 +112,7 @@ REDIS = ("Can't access cart storage. System.ApplicationException: Wasn't able to
 def test_problems_show_open_not_nat_and_a_clickable_link():
     from labkit import tables
 
-    frame = pd.DataFrame({"display_id": ["P-01"], "title": ["Redis connection errors"], "status": ["OPEN"],
+    frame = pd.DataFrame({"display_id": ["P-01"], "title": ["[1][production][otel-demo-app][teamA] Critical Redis connection error!"], "status": ["OPEN"],
                           "severity": ["ERROR"], "start": pd.to_datetime([AT], utc=True),
                           "end": pd.to_datetime([None], utc=True), "affected": ["cart"], "root_cause": ["cart"],
                           "link": ["https://abc.apps.dynatrace.com/ui/apps/dynatrace.davis.problems/problem/-1_2V2"],
@@ -120,7 +120,7 @@ def test_problems_show_open_not_nat_and_a_clickable_link():
     page = tables.shown_as(tables.Problems, frame)._repr_html_()
     assert "NaT" not in page and ">open<" in page and "14:03:07 UTC" in page
     assert '<a href="https://abc.apps.dynatrace.com/ui/apps/dynatrace.davis.problems/problem/-1_2V2"' in page
-    assert ">P-01</a>" in page and "Redis connection errors" in page
+    assert ">P-01</a>" in page and "[1][production][otel-demo-app][teamA] Critical Redis connection error!" in page
     with pd.option_context("display.width", 400, "display.max_columns", 20):
         text = repr(tables.shown_as(tables.Problems, frame))  # as text (a terminal, GitHub)
     assert "NaT" not in text and " open " in text and "P-01" in text

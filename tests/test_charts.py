@@ -40,7 +40,7 @@ def events_frame(*changes):
 def problems_frame(start_min, end_min=None):
     end = pd.NaT if end_min is None else T0 + timedelta(minutes=end_min)
     return pd.DataFrame({
-        "problem_id": ["p-1"], "display_id": ["P-2611001"], "title": ["Redis connection errors"],
+        "problem_id": ["p-1"], "display_id": ["P-2611001"], "title": ["[1][production][otel-demo-app][teamA] Critical Redis connection error!"],
         "status": ["OPEN" if end_min is None else "CLOSED"], "severity": ["ERROR"],
         "start": pd.to_datetime([T0 + timedelta(minutes=start_min)], utc=True),
         "end": pd.to_datetime([end], utc=True), "affected": ["cart"], "root_cause": ["cart"]})
@@ -88,7 +88,7 @@ def test_figure_shows_bars_rate_change_marker_steps_and_problem():
     assert all(s.line.dash == "dot" and s.line.width < 2 for s in shapes(fig, "step"))
     (rect,) = shapes(fig, "problem")
     assert rect.type == "rect"
-    assert "P-2611001 Redis connection errors" in annotations(fig, "problem")[0].text
+    assert "P-2611001 [1][production][otel-demo-app][teamA] Critical Redis connection error!" in annotations(fig, "problem")[0].text
     meta = fig.layout.meta["labkit"]
     assert meta["change_markers"] == 1 and meta["problems"] == 1 and meta["slots"] == 20
     assert meta["change_labels"] == ["cartFailure: off → on"]

@@ -17,6 +17,7 @@ from labkit.dynatrace import READ_SCOPES, Dynatrace
 from labkit.errors import Forbidden, LabError, LabTimeout, Unreachable
 from labkit.settings import Secret, Settings
 from labkit.shop import Shop
+from labkit.tenant import PROBLEM_TITLE
 
 EVENTS = "/api/v2/events/ingest"
 
@@ -287,7 +288,9 @@ def test_failures_logs_and_problem_after_the_flag_is_on(dt, local_lab, cart_fail
 
     problems = dt.wait_for_problem("cart", since=since, timeout=10)
     row = problems.iloc[0]
-    assert "Redis" in row["title"] and "cart" in row["affected"]
+    (pod,) = [p["metadata"]["name"] for p in local_lab.cluster.list("pods", "opentelemetry.io/name=cart", None)[0]]
+    assert row["title"] == PROBLEM_TITLE and row["affected"] == row["pod"] == pod  # where Davis puts it
+    assert row["severity"] == "ERROR" and row["root_cause"] == pod
     assert row["display_id"].startswith("P-") and row["start"].tzinfo is not None
     open_only = dt.problems("cart", since="now-1h", status="open")
     assert len(open_only) and set(open_only["status"]) == {"OPEN"}

@@ -6,6 +6,7 @@ import pytest
 import labkit
 from labkit.errors import Unreachable
 from labkit.sandbox import Timings
+from labkit.tenant import PROBLEM_TITLE, RUNBOOK_NAME
 
 
 @pytest.fixture
@@ -139,7 +140,7 @@ def test_a_problem_dated_from_a_stray_error_before_the_change_is_still_this_cycl
     lab.timeline.clear()
     try:
         _until_no_open_problem(lab)
-        stray = local_lab.telemetry.log_cart_redis_error("1" * 32, "2" * 16, pod="cart-stray")
+        stray = local_lab.collector.log_cart_redis_error("1" * 32, "2" * 16, pod="cart-stray")
         lab.change_flag(lab_on, send_event=False)
         lab.generate_traffic(seconds=30, rate=40, until_failures=2)
         lab.wait_for_problem(timeout=60)
@@ -167,8 +168,9 @@ def test_the_problem_links_the_runbook_from_the_carts_support_info(lab_env, lab_
         config.load_kube_config(config_file=lab_env["KUBECONFIG"])
         deployment = client.AppsV1Api().read_namespaced_deployment("cart", "default")
         notes = deployment.spec.template.metadata.annotations
-        assert {k: notes[k] for k in ("ownedBy", "product", "costCentre", "environment")} == {
-            "ownedBy": "teamA", "product": "otel-demo-app", "costCentre": "centre1", "environment": "production"}
+        assert {k: notes[k] for k in ("ownedBy", "product", "costCentre", "deployment.release_stage")} == {
+            "ownedBy": "teamA", "product": "otel-demo-app", "costCentre": "centre1",
+            "deployment.release_stage": "production"}
         assert "[Ops runbook](" in notes["supportInfo"] and "PLACEHOLDER" not in notes["supportInfo"]
 
         lab.change_flag(lab_on, send_event=True)
@@ -179,19 +181,19 @@ def test_the_problem_links_the_runbook_from_the_carts_support_info(lab_env, lab_
         assert runbook, page
         problem_page = httpx.get(lab.problems().iloc[0]["link"], timeout=10).text
         assert "<h2>Description</h2>" in problem_page and f"<a href='{runbook.group(1)}'>Ops runbook</a>" in problem_page
-        shown = httpx.get(runbook.group(1), timeout=10)
-        assert shown.status_code == 200 and "Contact list" in shown.text
-        assert "Cart Service Failure Rate" in shown.text and "cartFailure" in shown.text
-        assert "Redis connection errors" in shown.text
+        shown = httpx.get(runbook.group(1), timeout=10)  # the notebook the local tenant holds
+        assert shown.status_code == 200 and "Contact List" in shown.text and RUNBOOK_NAME in shown.text
+        assert "Cart Service Failure Rate" in shown.text and "Fetch logs" in shown.text
+        assert "Wasn&#x27;t able to connect to redis" in shown.text  # its logs query, run now
         log = lab.error_logs().iloc[0]
         assert log["statuscode"] == "FailedPrecondition" and "Wasn't able to connect to redis" in log["content"]
 
         book = lab.runbook()
-        assert book.link == runbook.group(1) and "Redis connection errors" in book.problem
+        assert book.link == runbook.group(1) and PROBLEM_TITLE in book.problem
         assert 'href="' + runbook.group(1) + '"' in book._repr_html_()
         assert sum(book.error_trend.data[0].y) >= 5
         drawn = book.changes_and_problems.layout.meta["labkit"]
-        assert f"cartFailure = {lab_on}" in drawn["changes"] and drawn["problems"] == ["Redis connection errors"]
+        assert f"cartFailure = {lab_on}" in drawn["changes"] and drawn["problems"] == [PROBLEM_TITLE]
     finally:
         if lab.served("cartFailure").variant != "off":
             lab.change_flag("off", send_event=False)

@@ -26,7 +26,7 @@ PROXY = shutil.which("configurable-http-proxy") or ROOT / ".room/node_modules/.b
 pytestmark = pytest.mark.skipif(not Path(PROXY).exists() and not shutil.which("npm"),
                                 reason="no configurable-http-proxy and no npm to install it")
 
-FAST = {"LABKIT_POD_START": "0.3", "LABKIT_POD_TERMINATE": "0.3", "LABKIT_PROBLEM_ERRORS": "2",
+FAST = {"LABKIT_POD_START": "0.3", "LABKIT_POD_TERMINATE": "0.3",
         "LABKIT_GRAIL_DELAY": "0.05", "LABKIT_BOARD_HEARTBEAT": "1"}
 
 

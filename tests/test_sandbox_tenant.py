@@ -221,24 +221,61 @@ def test_entities_need_a_selector_and_show_the_cart(lab):
 
 
 # ----- problems --------------------------------------------------------------------------------
-def test_problem_opens_on_redis_errors_and_closes_when_quiet(fresh_lab):
+def test_the_first_routed_redis_error_opens_the_labs_problem_on_the_cart_pod(fresh_lab):
+    """As the tenant's pipeline and route make it: one failing EmptyCart, one problem, titled from
+    the event name's template, on the cart's pod, described by its supportInfo and the log line."""
+    from labkit.tenant import PROBLEM_TITLE
+
     lab = fresh_lab
     assert lab.api.get("/api/v2/problems", params={"from": "now-1d"}).json()["problems"] == []
     lab.ingest.post("/api/v2/events/ingest", json=LAB_EVENT)
-    lab.fail_empties(lab.timings.problem_errors)
-    params = {"problemSelector": f'affectedEntities("{CART_ID}"),status("open")',
-              "from": "now-1d", "fields": "evidenceDetails"}
+    lab.fail_empties(1)
+    params = {"problemSelector": 'status("open")', "from": "now-1d", "fields": "evidenceDetails"}
     (problem,) = lab.api.get("/api/v2/problems", params=params).json()["problems"]
-    assert problem["title"] == "Redis connection errors" and problem["status"] == "OPEN"
+    (pod,) = lab.cluster.list("pods", "opentelemetry.io/name=cart", None)[0]
+    name = pod["metadata"]["name"]
+    assert problem["title"] == PROBLEM_TITLE and problem["status"] == "OPEN"
     assert problem["endTime"] == -1 and problem["displayId"].startswith("P-")
-    assert problem["rootCauseEntity"]["entityId"]["id"] == CART_ID
+    assert problem["impactLevel"] == "INFRASTRUCTURE" and problem["severityLevel"] == "ERROR"
+    (affected,) = problem["affectedEntities"]
+    pod_id = affected["entityId"]["id"]
+    assert affected["name"] == name and affected["entityId"]["type"] == "CLOUD_APPLICATION_INSTANCE"
+    assert pod_id.startswith("CLOUD_APPLICATION_INSTANCE-") and len(pod_id.split("-")[1]) == 16
+    assert problem["rootCauseEntity"]["entityId"]["id"] == pod_id
+    assert problem["k8s.cluster.name"] == ["labkit-local"]
+    events = [d for d in problem["evidenceDetails"]["details"] if d["eventType"] == "ERROR_EVENT"]
+    assert [e["displayName"] for e in events] == [PROBLEM_TITLE] and events[0]["entity"] == affected
     change = [d for d in problem["evidenceDetails"]["details"]
               if d.get("eventType") == "CUSTOM_CONFIGURATION"]
-    assert change and change[0]["rootCauseRelevant"] is True
+    assert change and change[0]["rootCauseRelevant"] is True  # the change on the service the pod runs
+    # the entities API knows the pod; the classic events API has the event on it
+    found = lab.api.get("/api/v2/entities", params={
+        "entitySelector": 'type("CLOUD_APPLICATION_INSTANCE")', "from": "now-1h"}).json()["entities"]
+    assert [(e["entityId"], e["displayName"]) for e in found] == [(pod_id, name)]
+    event = [e for e in lab.api.get("/api/v2/events", params={"from": "now-1h"}).json()["events"]
+             if e["eventType"] == "ERROR_EVENT"]
+    assert [(e["title"], e["entityId"]["entityId"]["id"]) for e in event] == [(PROBLEM_TITLE, pod_id)]
 
     grail = lab.dql("fetch dt.davis.problems, from: now()-1d | filter not(dt.davis.is_duplicate)"
-                    f' | filter in(dt.entity.service, "{CART_ID}")')
-    assert [(r["event.status"], r["event.end"]) for r in grail["records"]] == [("ACTIVE", None)]
+                    f' | filter in(affected_entity_ids, "{pod_id}")')
+    (record,) = grail["records"]
+    assert (record["event.status"], record["event.end"]) == ("ACTIVE", None)
+    assert record["affected_entity_types"] == ["dt.entity.cloud_application_instance"]
+    info = pod["metadata"]["annotations"]["supportInfo"]
+    assert record["event.description"].startswith(info + " - Log line: Can't access cart storage.")
+    (davis,) = lab.dql('fetch events, from: now()-1h | filter event.kind == "DAVIS_EVENT"'
+                       ' | filter event.provider == "OPENPIPELINE_DATA_EXTRACTION"')["records"]
+    assert davis["event.category"] == "ERROR" and davis["event.name"] == PROBLEM_TITLE
+    assert davis["dt.source_entity"] == pod_id and davis["affected_entity_ids"] == [pod_id]
+    assert davis["dt.entity.cloud_application_instance.name"] == name
+    assert davis["dt.davis.impact_level"] == "Infrastructure" and davis["dt.davis.is_frequent_event"] is False
+    assert davis["dt.davis.mute.status"] == "NOT_MUTED" and davis["k8s.pod.name"] == name
+    assert {k: davis[k] for k in ("dt.owner", "dt.cost.costcenter", "deployment.release_product",
+                                  "deployment.release_stage", "k8s.cluster.name")} == {
+        "dt.owner": "teamA", "dt.cost.costcenter": "centre1", "deployment.release_product": "otel-demo-app",
+        "deployment.release_stage": "production", "k8s.cluster.name": "labkit-local"}
+    # the collector maps no annotation to dt.cost.product: its placeholder stays as written
+    assert davis["dt.cost.product"] == "{dt.cost.product}"
 
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -328,20 +365,17 @@ def test_local_lab_wires_shop_and_tenant(local_lab):
         api.close()
 
 
-def test_a_second_problem_starts_at_its_own_first_error():
-    """Errors a closed problem already covered do not backdate the next problem."""
-    from labkit.sandbox import Timings
-    from labkit.sandbox.dynatrace import Telemetry
-
-    timings = Timings.fast()
-    timings.problem_errors, timings.problem_window, timings.problem_quiet = 2, 60.0, 3.0
-    telemetry = Telemetry(timings)
+def test_a_second_problem_starts_at_its_own_first_error(tenant_sandbox):
+    """The event ends a quiet period after its last record, its problem with it; the next routed
+    record opens a new problem from its own time."""
+    lab = tenant_sandbox(problem_quiet=3.0)
     t0, now = 1_800_000_000_000, [0]
-    telemetry.clock = lambda: t0 + now[0]
-    for at in (0, 1000, 6000, 7000):  # P-01 from two errors; 5 s quiet closes it; two more errors
+    lab.telemetry.clock = lambda: t0 + now[0]
+    for at in (0, 1000, 6000, 7000):  # P-01 from the first; 4 s on it has ended; P-02 from the third
         now[0] = at
-        telemetry.check_problems()
-        telemetry.log_cart_redis_error("a" * 32, "b" * 16, "pod")
-    first, second = telemetry.problems()
-    assert not first.open and second.open
+        lab.telemetry.check_problems()
+        lab.collector.log_cart_redis_error("a" * 32, "b" * 16, "pod", at=t0 + at)
+    first, second = lab.telemetry.problems()
+    assert not first.open and second.open and first.end == t0 + 4000
     assert first.start == t0 and second.start == t0 + 6000, (first, second)
+    assert first.error_count == second.error_count == 2

@@ -78,7 +78,7 @@ def test_the_change_event_is_the_seats_own(seat1_changed, room):
     assert len(mine) == 1 and mine.iloc[0]["run_id"] == one.timeline.run_id
     assert len(two.change_events()) == 0
     # one entity recorded it (seat-1's cart), though the tenant has two services named cart
-    (event,) = shared.telemetry.events()
+    (event,) = [e for e in shared.telemetry.events() if e.event_type == "CUSTOM_CONFIGURATION"]
     assert event.entity.cluster == "seat-1" and event.properties["k8s.cluster.name"] == "seat-1"
     assert not [r for r in two.dynatrace.dql("fetch events") if r.get("labkit.run_id") == one.timeline.run_id]
 
@@ -102,7 +102,8 @@ def test_a_problem_opens_for_the_failing_seat_only(seat1_changed, room):
     assert two.dynatrace.dql("fetch dt.davis.problems") == []
     # the tenant itself has that one problem, on seat-1's cart
     (problem,) = shared.telemetry.problems()
-    assert problem.entity.cluster == "seat-1"
+    assert problem.entity.cluster == "seat-1" and problem.entity.type == "CLOUD_APPLICATION_INSTANCE"
+    assert found.iloc[0]["pod"] == problem.entity.name and found.iloc[0]["title"] == problem.title
 
 
 def test_the_whole_tenant_unscoped_sees_both_seats(seat1_changed, room):
@@ -216,25 +217,31 @@ def test_a_removed_seat_stops_and_its_tokens_no_longer_work(tmp_path):
         shared.stop()
 
 
-def test_two_failing_seats_each_see_their_own_problem():
-    """Both seats fail: two problems, one per seat's cart; neither seat's errors extend the other's."""
-    from labkit.sandbox.dynatrace import Collector, Telemetry
+def test_two_failing_seats_each_see_their_own_problem(tmp_path):
+    """Both seats fail: two problems, one per seat's cart pod; neither seat's errors extend the
+    other's (a pod is its cluster's entity, the problem carries its seat's k8s.cluster.name)."""
+    from labkit.tenant import PROBLEM_TITLE
 
-    timings = Timings.fast()
-    telemetry = Telemetry(timings, cluster=None)
-    one, two = Collector(telemetry, "seat-1"), Collector(telemetry, "seat-2")
-    for _ in range(timings.problem_errors):
-        one.log_cart_redis_error("a" * 32, "b" * 16, "pod")
-    (first,) = telemetry.problems()
-    two.log_cart_redis_error("c" * 32, "d" * 16, "pod")
-    assert len(telemetry.problems()) == 1 and first.error_count == timings.problem_errors
-    for _ in range(timings.problem_errors):
+    shared = start_shared_tenant(tmp_path, ["seat-1", "seat-2"], Timings.fast())
+    try:
+        one, two = shared.seats["seat-1"].collector, shared.seats["seat-2"].collector
+        for _ in range(2):
+            one.log_cart_redis_error("a" * 32, "b" * 16, "pod")
+        (first,) = shared.telemetry.problems()
         two.log_cart_redis_error("c" * 32, "d" * 16, "pod")
-    problems = telemetry.problems()
-    assert [p.entity.cluster for p in problems] == ["seat-1", "seat-2"]
-    assert problems[0].display_id != problems[1].display_id
-    assert {log["k8s.cluster.name"] for log in telemetry.logs(0, 2**62) if log["status"] == "ERROR"} == {
-        "seat-1", "seat-2"}
+        problems = shared.telemetry.problems()
+        assert len(problems) == 2 and first.error_count == 2
+        assert [(p.title, p.entity.cluster, sorted(p.clusters)) for p in problems] == [
+            (PROBLEM_TITLE, "seat-1", ["seat-1"]), (PROBLEM_TITLE, "seat-2", ["seat-2"])]
+        assert problems[0].entity.entity_id != problems[1].entity.entity_id
+        assert problems[0].display_id != problems[1].display_id
+        # seeded once: one pipeline, one routing object, one runbook for the whole room
+        assert len(shared.tenant.settings.items()) == 2 and len(shared.tenant.documents.list()) == 1
+        with Dynatrace(_settings(shared.env("seat-2"))) as dt:
+            seen = dt.problems("cart")
+        assert list(seen["pod"]) == [problems[1].entity.name]
+    finally:
+        shared.stop()
 
 
 def test_seats_run_from_the_command_line_and_stop_cleanly(tmp_path):

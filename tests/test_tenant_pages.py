@@ -21,10 +21,10 @@ def change_and_problem(local_lab):
     run_id = uuid.uuid4().hex[:12]
     event = dt.send_change_event("cart", "cartFailure", "on", old="off", run_id=run_id)
     tel = local_lab.telemetry
-    for _ in range(local_lab.timings.problem_errors + 1):
-        tel.log_cart_redis_error(uuid.uuid4().hex, uuid.uuid4().hex[:16], "pod-test")
+    for _ in range(2):  # the first routed record opens it; the second refreshes its event
+        local_lab.collector.log_cart_redis_error(uuid.uuid4().hex, uuid.uuid4().hex[:16], "pod-test")
     tel.check_problems()
-    problem = max((p for p in tel.problems() if p.entity.name == "cart"), key=lambda p: p.start)
+    problem = max((p for p in tel.problems() if p.entity.name.startswith("cart-")), key=lambda p: p.start)
     links = {"problem": f"{local_lab.tenant_server.url}{PROBLEM_PATH}{problem.problem_id}",
              "service": dt.find_service("cart").link, "events": event.link,
              "logs": dt.error_logs("cart", since="now-5m").attrs["link"]}

@@ -187,7 +187,7 @@ def test_verdict_chart_failures_and_error_logs_agree_after_a_burst(tenant_sandbo
     for s in (50, 51, 52, 53, 54):  # the burst: failed EmptyCart spans and their redis error logs
         tel.clock = lambda s=s: at(s)
         rec = _served(tel, "EmptyCart", True, at(s))
-        tel.log_cart_redis_error(rec.trace_id, rec.span_id, "pod-1")
+        box.collector.log_cart_redis_error(rec.trace_id, rec.span_id, "pod-1")
     tel.clock = clock
     _served(tel, "EmptyCart", False, at(55))
     for s in range(65, 70):  # the next minute: calm traffic

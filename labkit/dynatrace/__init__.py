@@ -14,6 +14,7 @@ pandas is imported inside the functions that build DataFrames, so importing this
 """
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -30,7 +31,7 @@ from labkit.dynatrace._events import (EVENT_TYPE, ChangeEvent, _change_event_bod
                                       _ingest_result)
 from labkit.dynatrace._frames import (call_frame, change_event_frame, classic_log_row, evaluation_frame,
                                       failure_frame, grail_log_row, log_frame, metric_series, problem_frame,
-                                      slot_ms, span_frame)
+                                      slot_ms, span_frame, workload_pod)
 from labkit.dynatrace._grail import run_dql
 from labkit.dynatrace._http import GRAIL_LOG_SCOPES, PLATFORM_SCOPES, Http, json_object, platform_token_message
 from labkit.dynatrace._links import logs_link, notebook_link, problem_link, service_link, trace_link
@@ -416,17 +417,13 @@ class Dynatrace:
     def problems(self, service: str | None = None, since="now-1d", status: str | None = None) -> "pd.DataFrame":
         """Problems (optionally those affecting `service`; status 'open' or 'closed'), newest first.
 
-        Columns: display_id, title, status (OPEN/CLOSED), severity, start, end (NaT while open),
-        affected (names joined by ', '), root_cause (name or None), problem_id (for API calls).
+        A problem affects `service` when an affected entity is a pod of its workload (by name:
+        `cart-<hash>-<hash>`; the lab's pipeline opens its problem on the cart's pod) or the service
+        itself. Columns: display_id, title, status (OPEN/CLOSED), severity, start, end (NaT while
+        open), affected (names joined by ', '), pod (the pod it affects, or None), root_cause (name
+        or None), link, problem_id (for API calls).
         """
         criteria = []
-        if service is not None:
-            # on a shared tenant every seat's service of that name (kept to this seat's below)
-            entities = self._services(service) if self.scope else [self._require_service(service)]
-            if not entities:
-                raise _no_service(service)
-            criteria.append("affectedEntities(" + ",".join(
-                quote_selector_value(e.id, always=True) for e in entities) + ")")
         if status is not None:
             status = str(status).lower()
             if status not in ("open", "closed"):
@@ -437,6 +434,10 @@ class Dynatrace:
         what = "to read problems" + (f" of service {service!r}" if service else "")
         items = self._paged("/api/v2/problems", "problems", scope="problems.read", what=what,
                             params=params)
+        if service is not None:
+            ids = functools.cache(lambda: {e.id for e in (
+                self._services(service) if self.scope else [self._require_service(service)])})
+            items = [p for p in items if _affects(p, service, ids)]
         frame = problem_frame(self._seat_problems(items, service))
         # the link beside what a person reads; the internal id stays the last column
         frame.insert(len(frame.columns) - 1, "link", [problem_link(self.ui, p) for p in frame["problem_id"]])
@@ -614,7 +615,8 @@ class Dynatrace:
 
     def wait_for_problem(self, service: str, since: datetime, timeout: float = 600.0,
                          progress: Progress | None = None) -> "pd.DataFrame":
-        """Poll problems until one affecting `service` has started at/after `since` or is open."""
+        """Poll problems until one affecting `service` (its workload's pods or itself) has started
+        at/after `since` or is open."""
         since = as_datetime(since)
 
         def check():
@@ -623,9 +625,10 @@ class Dynatrace:
             return frame[fresh.fillna(False)].reset_index(drop=True)
 
         return _wait_for(check, timeout, progress, f"a problem on service {service!r}",
-                         f"No problem on service {service!r} opened within {timeout:g} s. Davis needs "
-                         "several error logs in a few minutes: keep traffic running (labkit shop), "
-                         "check the error logs arrived (labkit logs), and wait a little longer.")
+                         f"No problem on service {service!r} (or its pods) opened within {timeout:g} s. "
+                         "The tenant opens it from the first routed error log, so check that the error "
+                         "logs arrived tagged with alertmessage and priority (labkit logs) and that the "
+                         "tenant has the lab's pipeline and route (labkit check).")
 
 
 # --------------------------------------------------------------------------- change event steps
@@ -635,6 +638,16 @@ _NOT_SPLIT = ("this tenant does not split services by cluster: every seat's {ser
               "so this change shows on it for every seat (Davis may list it under another seat's "
               "problem). Turn on the built-in rule 'Split services by k8s cluster and namespace' "
               "(Settings > Services > Service splitting)")
+
+
+def _affects(problem: dict, service: str, service_ids) -> bool:
+    """A pod of the service's workload among the problem's affected entities, or the service's own
+    entity (`service_ids()`: read only when a problem names a service)."""
+    stubs = [x for x in problem.get("affectedEntities") or [] if isinstance(x, dict)]
+    if any(workload_pod(x.get("name"), service) for x in stubs):
+        return True
+    ids = {(x.get("entityId") or {}).get("id") for x in stubs}
+    return any(str(i).startswith("SERVICE-") for i in ids) and bool(ids & service_ids())
 
 
 def _no_service(name: str) -> NotFound:

@@ -5,6 +5,7 @@ numpy and pandas are imported inside the functions, so importing labkit stays ch
 from __future__ import annotations
 
 import math
+import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -146,6 +147,32 @@ def change_event_frame(events: list[dict]) -> "pd.DataFrame":
     return frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
 
 
+# A Deployment's pod: <workload>-<ReplicaSet hash>-<5 characters>. Davis opens the lab's problem on
+# the cart's pod (CLOUD_APPLICATION_INSTANCE today; a newer Kubernetes model may use another type), so
+# a pod is told by its name, not by one entity type.
+POD_NAME = re.compile(r"^(?P<workload>[a-z0-9]([-a-z0-9]*[a-z0-9])?)-[a-z0-9]{5,10}-[a-z0-9]{5}$")
+
+
+def workload_pod(name, service: str) -> bool:
+    """Whether `name` is a pod of `service`'s workload: `cart-<hash>-<hash>`, or a chart's
+    `<release>-cart-...`/`<release>-cartservice-...` (older demo charts)."""
+    m = POD_NAME.match(name) if isinstance(name, str) else None
+    if not m:
+        return False
+    workload = m.group("workload")
+    return any(workload == w or workload.endswith("-" + w) for w in (service, service + "service"))
+
+
+def _pod_name(stubs) -> str | None:
+    """The first affected entity that is a pod (by its name; a service is not)."""
+    for stub in stubs or []:
+        name = _stub_name(stub)
+        kind = str(((stub or {}).get("entityId") or {}).get("type") or "") if isinstance(stub, dict) else ""
+        if name and kind != "SERVICE" and POD_NAME.match(name):
+            return name
+    return None
+
+
 def problem_frame(items: list[dict]) -> "pd.DataFrame":
     """Problems (the API's problem objects) as rows, newest first; end is NaT while open. The display
     id (P-...) a person reads comes first; the internal problem id, for API calls, last."""
@@ -157,8 +184,9 @@ def problem_frame(items: list[dict]) -> "pd.DataFrame":
         root = p.get("rootCauseEntity")
         rows.append((p.get("displayId"), p.get("title"), p.get("status"), p.get("severityLevel"),
                      p.get("startTime"), p.get("endTime"), ", ".join(a for a in affected if a),
+                     _pod_name(p.get("affectedEntities")),
                      _stub_name(root) if isinstance(root, dict) else None, p.get("problemId")))
-    columns = ["display_id", "title", "status", "severity", "start", "end", "affected", "root_cause",
+    columns = ["display_id", "title", "status", "severity", "start", "end", "affected", "pod", "root_cause",
                "problem_id"]
     frame = pd.DataFrame.from_records(rows, columns=columns)
     for col in ("start", "end"):

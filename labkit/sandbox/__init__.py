@@ -31,16 +31,14 @@ class Timings:
     pod_terminate: float = 4.0     # s a flagd pod stays Terminating after a scale-down
     pod_start: float = 4.0         # s from Pending to Running and Ready
     shopper_rate: float = 1.0      # background shopper sessions per second (0 = off)
-    problem_errors: int = 3        # error logs within problem_window that open a problem
-    problem_window: float = 120.0  # s
-    problem_quiet: float = 180.0   # s without error logs before the problem closes
+    problem_quiet: float = 180.0   # s without a record refreshing a Davis event before it ends
     seed_hours: float = 2.0        # hours of baseline traffic seeded at start
     grail_delay: float = 0.2       # s before a Grail query finishes (execute answers 202 first)
 
     @classmethod
     def fast(cls) -> "Timings":
-        return cls(pod_terminate=0.3, pod_start=0.3, shopper_rate=2.0, problem_errors=2,
-                   problem_window=60.0, problem_quiet=3.0, seed_hours=2.0, grail_delay=0.05)
+        return cls(pod_terminate=0.3, pod_start=0.3, shopper_rate=2.0,
+                   problem_quiet=3.0, seed_hours=2.0, grail_delay=0.05)
 
     @classmethod
     def from_env(cls, environ=None, base: "Timings | None" = None) -> "Timings":
@@ -62,6 +60,13 @@ class Timings:
                                    f"(0 or more, e.g. 1.5); got {raw[:40]!r}. Fix or unset it.")
                 setattr(t, f.name, type(f.default)(value) if f.type != "int" else int(value))
         return t
+
+
+def support_info(tenant_url: str, document_id: str) -> str:
+    """The cart's supportInfo linking the runbook on this tenant (labkit.tenant's wording)."""
+    from labkit.tenant import support_info as lab_support_info
+
+    return lab_support_info(tenant_url, document_id)
 
 
 def make_token(prefix: str = "dt0c01") -> str:
@@ -90,14 +95,18 @@ class LocalLab:
 
     `cluster_name` is the k8s.cluster.name its data carries (default: $LABKIT_CLUSTER_NAME, else
     the one it had, else labkit-local). With `tenant` (a SharedTenant) its shop's data goes to
-    that tenant, beside other labs' (seats of a workshop), instead of a tenant of its own."""
+    that tenant, beside other labs' (seats of a workshop), instead of a tenant of its own.
+    The tenant starts set up as the lab's getting-started page leaves it (runbook, pipeline, route;
+    the cart's supportInfo links the runbook); `bare_tenant` (default $LABKIT_BARE_TENANT=1) starts
+    it without them and the cart annotated as the lab's otel-demo-values.yaml has it."""
 
     def __init__(self, state_dir: str | Path, timings: Timings | None = None,
                  flags_yaml: str | None = None, release: str | None = None,
-                 cluster_name: str | None = None, tenant: "SharedTenant | None" = None):
+                 cluster_name: str | None = None, tenant: "SharedTenant | None" = None,
+                 bare_tenant: bool | None = None):
         from labkit import releases
         from labkit.sandbox import dynatrace, kube, shop, state
-        from labkit.sandbox.kube import workloads
+        from labkit.sandbox.dynatrace import seed
         from labkit.sandbox.http import LabServer
         from labkit.sandbox.tls import lab_certificates
         from labkit.settings import cluster_name as checked_cluster_name
@@ -144,18 +153,23 @@ class LocalLab:
             return LabServer(app, tls=tls)
 
         self.tenant_server = server(dynatrace.app(self.tenant), "tenant") if tenant is None else tenant.server
+        if bare_tenant is None:
+            bare_tenant = os.environ.get("LABKIT_BARE_TENANT", "") == "1"
+        self.bare_tenant = bare_tenant
+        if tenant is None and not bare_tenant:
+            seed.set_up(self.tenant)
+        runbook = None if bare_tenant else seed.runbook_id(self.tenant)
         # As the chart installs it: the release's own flag file (the lab page's is applied later, by hand).
-        self.cluster = kube.LocalCluster(self.timings, flags_yaml or self.release.configmap_yaml(),
-                                         demo_version=self.release.version, apps_url=self.tenant_server.url)
+        self.cluster = kube.LocalCluster(
+            self.timings, flags_yaml or self.release.configmap_yaml(), demo_version=self.release.version,
+            support_info=support_info(self.tenant_server.url, runbook) if runbook else None)
         self.cluster.on_configmap_change = self._keep_flags
         # The Kubernetes API over TLS with the lab's own CA and token: no one else on the machine gets in.
         self.certificates = lab_certificates(self.state_dir)
         self.cluster.token, self.cluster.token_required = self.certificates.token, True
-        # The cart's pod annotations name the runbook on this tenant, as the lab's setup fills them in.
-        self.telemetry.cart_annotations = workloads.cart_annotations(self.tenant_server.url)
-        # the lab's collector: what the shop writes carries this lab's k8s.cluster.name
-        self.shop = shop.DemoShop(self.cluster, dynatrace.Collector(self.telemetry, self.cluster_name),
-                                  self.timings, self.release)
+        # the lab's collector: what the shop writes carries this lab's k8s.cluster.name and its pod's tags
+        self.collector = dynatrace.Collector(self.telemetry, self.cluster_name, self.cluster)
+        self.shop = shop.DemoShop(self.cluster, self.collector, self.timings, self.release)
         self.kube_server = server(kube.app(self.cluster), "kube", self.certificates.server_context())
         self.frontend_server = server(shop.app(self.shop), "frontend")
         self.cluster.register_service("frontend-proxy", 8080, self.frontend_server.app)

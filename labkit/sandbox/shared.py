@@ -22,8 +22,9 @@ class SharedTenant:
     """The tenant (Telemetry, Tenant, its loopback server) and the seats that send to it."""
 
     def __init__(self, state_dir: str | Path, timings: Timings | None = None,
-                 split_by_cluster: bool = True):
+                 split_by_cluster: bool = True, bare_tenant: bool = False):
         from labkit.sandbox import dynatrace
+        from labkit.sandbox.dynatrace import seed
         from labkit.sandbox.http import LabServer
 
         self.state_dir = Path(state_dir)
@@ -32,6 +33,8 @@ class SharedTenant:
         self.telemetry = dynatrace.Telemetry(self.timings, cluster=None,
                                              split_by_cluster=split_by_cluster)
         self.tenant = dynatrace.Tenant(self.telemetry, self.timings, {})
+        if not bare_tenant:  # set up once, as a workshop's facilitator does before the room arrives
+            seed.set_up(self.tenant)
         self.server = LabServer(dynatrace.app(self.tenant))
         self.seats: dict[str, LocalLab] = {}
         self._lock = threading.Lock()
@@ -53,7 +56,7 @@ class SharedTenant:
             if name in self.seats:
                 return self.seats[name]
             lab = LocalLab(self.state_dir / name, timings or self.timings, cluster_name=name,
-                           tenant=self).start()
+                           tenant=self, bare_tenant=False).start()
             self.seats[name] = lab
             self._write_seats()
             return lab

@@ -12,8 +12,8 @@ behind labkit's links; routes is the table.
 """
 from labkit.sandbox.dynatrace.errors import EnvironmentApiError, PlatformError
 from labkit.sandbox.dynatrace.routes import app
-from labkit.sandbox.dynatrace.telemetry import (DEFAULT_CLUSTER, REDIS_ERROR, SERVICES, Collector,
-                                                Event, MonitoredEntity, Problem, Span, Telemetry,
+from labkit.sandbox.dynatrace.collector import Collector
+from labkit.sandbox.dynatrace.telemetry import (DEFAULT_CLUSTER, REDIS_ERROR, SERVICES, Event, MonitoredEntity, Problem, Span, Telemetry,
                                                 service_id)
 from labkit.sandbox.dynatrace.tenant import (LAB_INGEST_SCOPES, PLATFORM_SCOPES, READ_AND_INGEST_SCOPES,
                                              PlatformTokens, Tenant, TokenInfo)

@@ -361,9 +361,10 @@ def _problem_criterion(name: str, values: list[str]) -> Callable[[Problem], bool
         return lambda p: field(p) in wanted
     if name == "affectedEntityTypes":
         return lambda p: p.entity.type in upper
-    if name in ("severityLevel", "impactLevel"):
-        level = "ERROR" if name == "severityLevel" else "SERVICES"  # every lab problem's
-        return lambda p: level in upper
+    if name == "severityLevel":
+        return lambda p: _severity(p) in upper
+    if name == "impactLevel":
+        return lambda p: _impact(p) in upper
     if name == "text":
         if any(len(v) > 30 for v in values):
             raise ValueError("text() is limited to 30 characters")
@@ -372,20 +373,30 @@ def _problem_criterion(name: str, values: list[str]) -> Callable[[Problem], bool
     raise ValueError(f"the local lab does not support the criterion '{name}'")
 
 
+# Grail's event.category -> the classic API's severityLevel
+SEVERITY = {"SLOWDOWN": "PERFORMANCE"}
+
+
+def _severity(p: Problem) -> str:
+    return SEVERITY.get(p.category, p.category)
+
+
+def _impact(p: Problem) -> str:
+    return "SERVICES" if p.entity.type == "SERVICE" else "INFRASTRUCTURE"
+
+
+def _event_evidence(e: Event, end: int) -> dict:
+    stub = e.entity.stub()
+    return {"evidenceType": "EVENT", "displayName": e.title, "entity": stub, "groupingEntity": stub,
+            "rootCauseRelevant": True, "startTime": e.start, "endTime": end, "eventId": e.event_id,
+            "eventType": e.event_type,
+            "data": {"properties": [{"key": k, "value": v} for k, v in sorted(e.properties.items())]}}
+
+
 def _evidence(tenant: Tenant, p: Problem) -> dict:
-    stub = p.entity.stub()
-    details = [{
-        "evidenceType": "EVENT", "displayName": p.title, "entity": stub, "groupingEntity": stub,
-        "rootCauseRelevant": True, "startTime": p.start, "endTime": p.end,
-        "eventId": f"{p.problem_id}_log", "eventType": "ERROR_EVENT",
-        "data": {"errorCount": str(p.error_count), "source": "OpenPipeline Davis event (logs)"}}]
-    for e in tenant.telemetry.change_evidence(p):
-        details.append({
-            "evidenceType": "EVENT", "displayName": e.title, "entity": e.entity.stub(),
-            "groupingEntity": e.entity.stub(), "rootCauseRelevant": True, "startTime": e.start,
-            "endTime": e.end, "eventId": e.event_id, "eventType": e.event_type,
-            "data": {"properties": [{"key": k, "value": v} for k, v in
-                                    sorted(e.properties.items())]}})
+    now = tenant.telemetry.clock()
+    details = [_event_evidence(e, e.end if e.end <= now else -1) for e in p.events]
+    details += [_event_evidence(e, e.end) for e in tenant.telemetry.change_evidence(p)]
     return {"totalCount": len(details), "details": details}
 
 
@@ -393,8 +404,8 @@ def _problem_json(tenant: Tenant, p: Problem, fields: set[str]) -> dict:
     stub = p.entity.stub()
     out = {
         "problemId": p.problem_id, "displayId": p.display_id, "title": p.title,
-        "status": "OPEN" if p.open else "CLOSED", "severityLevel": "ERROR",
-        "impactLevel": "SERVICES", "startTime": p.start, "endTime": p.end,
+        "status": "OPEN" if p.open else "CLOSED", "severityLevel": _severity(p),
+        "impactLevel": _impact(p), "startTime": p.start, "endTime": p.end,
         "affectedEntities": [stub], "impactedEntities": [stub], "rootCauseEntity": stub,
         "managementZones": [], "entityTags": [],
         "problemFilters": [{"id": "c21f969b-5f03-333d-83e0-4f8f136e7682", "name": "Default"}],
@@ -403,7 +414,7 @@ def _problem_json(tenant: Tenant, p: Problem, fields: set[str]) -> dict:
     if "evidenceDetails" in fields:
         out["evidenceDetails"] = _evidence(tenant, p)
     if "impactAnalysis" in fields:
-        out["impactAnalysis"] = {"impacts": [{"impactType": "SERVICE", "impactedEntity": stub,
+        out["impactAnalysis"] = {"impacts": [{"impactType": _impact(p), "impactedEntity": stub,
                                               "estimatedAffectedUsers": 0}]}
     if "recentComments" in fields:
         out["recentComments"] = {"totalCount": 0, "pageSize": 5, "nextPageKey": None,
@@ -466,11 +477,12 @@ def _entity_json(e: MonitoredEntity, fields: set[str]) -> dict:
     out = {"entityId": e.entity_id, "type": e.type, "displayName": e.name}
     extra = {"firstSeenTms": e.first_seen, "lastSeenTms": e.last_seen, "tags": [],
              "managementZones": [], "toRelationships": {}, "fromRelationships": {},
-             "icon": {"primaryIconType": "services"}, "properties": dict(SERVICE_PROPERTIES)}
+             "icon": {"primaryIconType": "services" if e.type == "SERVICE" else "kubernetes-pod"},
+             "properties": dict(SERVICE_PROPERTIES) if e.type == "SERVICE" else {}}
     for f in sorted(fields):
         if f.startswith("properties."):
             name = f[len("properties."):]
-            if name in SERVICE_PROPERTIES:
+            if name in SERVICE_PROPERTIES and e.type == "SERVICE":
                 out.setdefault("properties", {})[name] = SERVICE_PROPERTIES[name]
         else:
             out[f] = extra[f]

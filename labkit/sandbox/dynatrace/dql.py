@@ -276,8 +276,19 @@ def _in(value, *options):
     return value in options
 
 
+def _matches_value(value, pattern, case_sensitive=False):
+    """matchesValue(): the whole value (any element of an array), case-insensitive, `*` wildcards."""
+    if isinstance(value, list):
+        return any(_matches_value(v, pattern, case_sensitive) is True for v in value)
+    if not isinstance(value, str) or not isinstance(pattern, str):
+        return None
+    regex = ".*".join(re.escape(part) for part in pattern.split("*"))
+    return re.fullmatch(regex, value, 0 if case_sensitive else re.I) is not None
+
+
 FUNCTIONS: dict[str, Callable] = {
     "matchesPhrase": _phrase,
+    "matchesValue": _matches_value,
     "contains": _string_test(lambda v, n: n in v),
     "startsWith": _string_test(lambda v, n: v.startswith(n)),
     "endsWith": _string_test(lambda v, n: v.endswith(n)),

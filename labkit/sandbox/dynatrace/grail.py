@@ -13,25 +13,38 @@ from typing import Any
 from labkit.sandbox.dynatrace.dql import DqlError, DqlQuery, apply_stages, parse_dql
 from labkit.sandbox.dynatrace.errors import EnvironmentApiError, PlatformError
 from labkit.sandbox.dynatrace.series import merged_minutes, parse_resolution, series_values
-from labkit.sandbox.dynatrace.telemetry import Event, MonitoredEntity, Problem, Span
+from labkit.sandbox.dynatrace.telemetry import (OPENPIPELINE, PROBLEM_CATEGORIES, Event, MonitoredEntity,
+                                                Problem, Span)
 from labkit.sandbox.dynatrace.tenant import GrailJob, Tenant, bearer
 from labkit.sandbox.dynatrace.times import HOUR_MS, MINUTE_MS, iso, iso_ns, parse_time
 from labkit.sandbox.http import Request, Response, json_response
 
 
 # ----- records as Grail returns them ------------------------------------------------------------
+def _entity_fields(entity: MonitoredEntity) -> dict:
+    """dt.entity.<type> and its .name, as Grail names an entity on a record."""
+    kind = "dt.entity." + entity.type.lower()
+    return {kind: entity.entity_id, kind + ".name": entity.name}
+
+
 def _event_record(e: Event, now: int) -> dict:
     record = {
         "timestamp": iso(e.start), "_ms": e.start, "_end": e.end, "event.id": e.event_id,
         "event.type": e.event_type, "event.name": e.title, "event.kind": "DAVIS_EVENT",
-        "event.provider": "EVENTS_REST_API_INGEST", "event.start": iso(e.start),
+        "event.provider": e.provider, "event.start": iso(e.start),
         "event.end": iso(e.end), "event.status": "ACTIVE" if e.end > now else "CLOSED",
         "dt.event.correlation_id": e.correlation_id, "affected_entity_ids": [e.entity.entity_id],
         "dt.source_entity": e.entity.entity_id,
     }
-    if e.entity.type == "SERVICE":
-        record.update({"dt.entity.service": e.entity.entity_id,
-                       "dt.entity.service.name": e.entity.name})
+    if e.entity.type != "ENVIRONMENT":
+        record.update(_entity_fields(e.entity))
+    if e.provider == OPENPIPELINE:  # a pipeline's Davis event, as the lab's screenshots show one
+        record.update({
+            "event.description": e.description, "event.category": PROBLEM_CATEGORIES.get(e.event_type, "INFO"),
+            "affected_entity_types": ["dt.entity." + e.entity.type.lower()],
+            "dt.source_entity.type": e.entity.type.lower(), "dt.davis.impact_level": "Infrastructure",
+            "dt.davis.is_frequent_event": False, "dt.davis.mute.status": "NOT_MUTED",
+            "dt.davis.is_rootcause_relevant": True, "event.group_label": e.event_type.title().replace("_", " ")})
     for key, value in e.properties.items():
         if key.startswith("dt.event."):  # Davis records carry dt.davis.*, booleans as booleans (§5)
             key = "dt.davis." + key[len("dt.event."):]
@@ -41,17 +54,18 @@ def _event_record(e: Event, now: int) -> dict:
 
 
 def _problem_record(p: Problem) -> dict:
+    kind = "dt.entity." + p.entity.type.lower()
     return {
         "timestamp": iso(p.start), "_ms": p.start, "_end": p.end, "event.id": p.problem_id,
         "display_id": p.display_id, "event.name": p.title, "event.kind": "DAVIS_PROBLEM",
-        "event.category": "ERROR", "event.status": "ACTIVE" if p.open else "CLOSED",
+        "event.category": p.category, "event.status": "ACTIVE" if p.open else "CLOSED",
         "event.start": iso(p.start), "event.end": None if p.open else iso(p.end),
-        "affected_entity_ids": [p.entity.entity_id], "affected_entity_types": ["dt.entity.service"],
+        "affected_entity_ids": [p.entity.entity_id], "affected_entity_types": [kind],
         "root_cause_entity_id": p.entity.entity_id, "root_cause_entity_name": p.entity.name,
-        "dt.entity.service": [p.entity.entity_id], "dt.davis.is_duplicate": False,
+        kind: [p.entity.entity_id], "dt.davis.is_duplicate": False,
+        "dt.davis.event_ids": [e.event_id for e in p.events],
         "k8s.cluster.name": sorted(p.clusters), "k8s.namespace.name": ["default"],
-        "maintenance.is_under_maintenance": False,
-        "event.description": p.description or f"{p.error_count} error logs: Wasn't able to connect to redis",
+        "maintenance.is_under_maintenance": False, "event.description": p.description,
     }
 
 

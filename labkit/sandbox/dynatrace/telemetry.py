@@ -15,14 +15,13 @@ ONE entity, its counters still kept per cluster (the metrics' k8s.cluster.name d
 """
 from __future__ import annotations
 
-import functools
 import hashlib
-import inspect
 import itertools
 import random
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 from labkit.sandbox.dynatrace.times import MINUTE_MS, iso, now_ms
 
@@ -42,7 +41,6 @@ DEFAULT_PER_MINUTE = 1
 REDIS_ERROR = ("Can't access cart storage. System.ApplicationException: Wasn't able to connect to "
                "redis \n  at cart.cartstore.ValkeyCartStore.EmptyCartAsync(String userId) in "
                "/usr/src/app/src/cartstore/ValkeyCartStore.cs:line 177")
-PROBLEM_TITLE = "Redis connection errors"
 CHANGE_LOOKBACK_MS = 30 * MINUTE_MS  # a change this long before a problem counts as evidence
 
 # Dynatrace normalises loglevel and sets status ERROR for all of these (fidelity.md).
@@ -69,6 +67,21 @@ def service_id(name: str, cluster: str = DEFAULT_CLUSTER) -> str:
     every run); the default cluster keeps the ids a local lab always had."""
     key = name if cluster == DEFAULT_CLUSTER else f"{name}\x00{cluster}"
     return "SERVICE-" + hashlib.sha256(key.encode()).hexdigest()[:16].upper()
+
+
+POD_TYPE = "CLOUD_APPLICATION_INSTANCE"  # a Kubernetes pod, as the lab's screenshots show it
+OPENPIPELINE = "OPENPIPELINE_DATA_EXTRACTION"  # event.provider of a pipeline's Davis event
+# Davis event types that open a problem, and the problem's category (Grail's event.category);
+# every other type is info-like: an event, no problem (reference §D, "Info events ... don't result
+# in the creation of a new problem").
+PROBLEM_CATEGORIES = {"AVAILABILITY_EVENT": "AVAILABILITY", "ERROR_EVENT": "ERROR",
+                      "PERFORMANCE_EVENT": "SLOWDOWN", "RESOURCE_CONTENTION_EVENT": "RESOURCE_CONTENTION",
+                      "CUSTOM_ALERT": "CUSTOM_ALERT"}
+
+
+def pod_id(pod: str, cluster: str = DEFAULT_CLUSTER) -> str:
+    """A stable id for a pod of a cluster (the same pod name, the same entity)."""
+    return POD_TYPE + "-" + hashlib.sha256(f"{pod}\x00{cluster}".encode()).hexdigest()[:16].upper()
 
 
 @dataclass(slots=True)
@@ -106,6 +119,7 @@ class MonitoredEntity:
     last_seen: int
     type: str = "SERVICE"
     cluster: str | None = None  # k8s.cluster.name of the workload behind a service
+    runs: str | None = None  # a pod's: the service entity its logs name (its topology link)
 
     def stub(self) -> dict:
         return {"entityId": {"id": self.entity_id, "type": self.type}, "name": self.name}
@@ -121,6 +135,10 @@ class Event:
     end: int
     entity: MonitoredEntity
     properties: dict[str, str]
+    description: str = ""
+    provider: str = "EVENTS_REST_API_INGEST"
+    cluster: str | None = None  # k8s.cluster.name of the record a pipeline made it from
+    records: int = 1  # records that made or refreshed it
 
     def status(self, now: int) -> str:
         return "OPEN" if self.end > now else "CLOSED"
@@ -132,12 +150,13 @@ class Problem:
     display_id: str
     start: int
     entity: MonitoredEntity
-    last_error: int
-    error_count: int
+    last_error: int  # when a record last refreshed one of its events
+    error_count: int  # records behind its events
+    title: str  # its first event's name (the resolved event.name)
+    category: str = "ERROR"  # event.category, from the event type
     end: int = -1  # -1 while open, as the classic API shows it
-    title: str = PROBLEM_TITLE
-    event_ids: list[str] = field(default_factory=list)
-    description: str = ""  # markdown: the affected pod's supportInfo (with the runbook link)
+    events: list[Event] = field(default_factory=list)
+    description: str = ""  # markdown: its first event's description (the pod's supportInfo ...)
     clusters: set[str] = field(default_factory=set)  # k8s.cluster.name of the logs behind it
 
     @property
@@ -161,14 +180,12 @@ class Telemetry:
         self._info_logs: deque[dict] = deque(maxlen=MAX_INFO_LOGS)
         # Error logs are kept apart so a flood of INFO lines never pushes them out.
         self._error_logs: deque[dict] = deque(maxlen=MAX_ERROR_LOGS)
-        # priority-1 cart errors (time, cluster) per entity, for detection
-        self._recent_errors: dict[str, deque[tuple[int, str]]] = {}
         self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self._problems: list[Problem] = []
         self._display_seq = itertools.count(1)
-        # The cart pod's annotations (the lab's values): owner and cost on its logs, supportInfo the
-        # description of the problem its logs open (the lab's pipeline puts it there).
-        self.cart_annotations: dict[str, str] = {}
+        # Each log record once stored goes here (the tenant's OpenPipeline: route -> pipeline ->
+        # Davis event); called outside the lock, as it writes events back.
+        self.on_log: Callable[[dict], None] | None = None
         self._log_seq = itertools.count()  # orders log lines written in the same millisecond
         self.entities: dict[tuple[str | None, str], MonitoredEntity] = {}  # (cluster, service)
         self._by_id: dict[str, MonitoredEntity] = {}
@@ -227,8 +244,9 @@ class Telemetry:
             t += int(self._rng.expovariate(1 / 60_000))
             if t < end:
                 trace, span = self._hex(32), self._hex(16)
-                self._info_logs.append(self._log_line(t, "GetCartAsync called with userId=seed",
-                                                      trace, span, "INFO", "pod-seed", cluster=cluster))
+                self._info_logs.append(self._log_line(  # history from before any route existed
+                    t, "GetCartAsync called with userId=seed", trace, span, "INFO", "cart-seed", cluster=cluster,
+                    attributes={"dt.openpipeline.pipelines": ["logs:default"]}))
 
     def _poisson(self, lam: float) -> int:
         # Knuth's method: fine for the small rates used here.
@@ -264,83 +282,121 @@ class Telemetry:
         entity.last_seen = max(entity.last_seen, t)
 
     def _log_line(self, t: int, content: str, trace_id: str, span_id: str, level: str,
-                  pod: str, service: str = CART, cluster: str = DEFAULT_CLUSTER) -> dict:
-        """A log line shaped like the lab's logs in Grail (OTel + k8s; the cart's pod annotations)."""
+                  pod: str, service: str = CART, cluster: str = DEFAULT_CLUSTER,
+                  attributes: dict | None = None) -> dict:
+        """A log line shaped like the lab's logs in Grail (OTel + k8s), with what the lab's
+        collector added (`attributes`: the pod's annotations, the transform's fields)."""
         entry = {
             "timestamp": iso(t), "_ms": t, "_seq": next(self._log_seq), "content": content,
             "loglevel": level, "status": log_status(level),
             "service.name": service, "dt.entity.service": self._entity(service, cluster, t).entity_id,
-            "trace_id": trace_id, "span_id": span_id, "host.name": f"{service}-{pod}",
-            "k8s.cluster.name": cluster, "k8s.namespace.name": "default", "k8s.pod.name": f"{service}-{pod}",
+            "trace_id": trace_id, "span_id": span_id, "host.name": pod,
+            "k8s.cluster.name": cluster, "k8s.namespace.name": "default", "k8s.pod.name": pod,
             "k8s.container.name": service, "log.source": "otel", "event.type": "LOG",
         }
-        if service == CART:  # otel-demo-values.yaml annotates only the cart's pod
-            entry.update({"dt.owner": self.cart_annotations.get("ownedBy", "teamA"),
-                          "dt.cost.product": self.cart_annotations.get("product", "otel-demo-app"),
-                          "dt.cost.costcenter": self.cart_annotations.get("costCentre", "centre1")})
+        entry.update(attributes or {})
+        return entry
+
+    def _enrich(self, entry: dict) -> dict:
+        """A record of the lab's collector on its pod's entity (dt.source_entity), as the tenant's
+        entity enrichment puts it (called under the lock)."""
+        pod = self._pod(entry["k8s.pod.name"], entry["k8s.cluster.name"], entry["_ms"])
+        pod.runs = entry["dt.entity.service"]
+        entry.update({"dt.source_entity": pod.entity_id, "dt.entity.cloud_application_instance": pod.entity_id,
+                      "dt.entity.cloud_application_instance.name": pod.name})
+        return entry
+
+    def _pod(self, name: str, cluster: str, t: int) -> MonitoredEntity:
+        entity = self._by_id.get(pod_id(name, cluster))
+        if entity is None:
+            entity = MonitoredEntity(pod_id(name, cluster), name, t, t, POD_TYPE, cluster)
+            self._by_id[entity.entity_id] = entity
+            self.entities[(cluster, f"pod:{name}")] = entity
+        entity.last_seen = max(entity.last_seen, t)
+        return entity
+
+    def _store(self, entry: dict) -> dict:
+        """Through the tenant's OpenPipeline (outside the lock: it writes events back), then kept."""
+        if self.on_log is not None:
+            self.on_log(entry)
+        with self._lock:
+            (self._error_logs if entry["status"] == "ERROR" else self._info_logs).append(entry)
         return entry
 
     def log_info(self, service: str, content: str, trace_id: str, span_id: str, pod: str,
-                 at: int | None = None, cluster: str = DEFAULT_CLUSTER) -> None:
+                 at: int | None = None, cluster: str = DEFAULT_CLUSTER,
+                 attributes: dict | None = None) -> dict:
         """An INFO line of a demo service (cart, checkout, quote, currency) inside a span."""
         with self._lock:
-            self._info_logs.append(self._log_line(self.clock() if at is None else at, content,
-                                                  trace_id, span_id, "INFO", pod, service, cluster))
+            entry = self._enrich(self._log_line(self.clock() if at is None else at, content, trace_id,
+                                                span_id, "INFO", pod, service, cluster, attributes))
+        return self._store(entry)
 
-    def log_cart(self, level: str, content: str, pod: str = "pod-test",
-                 cluster: str = DEFAULT_CLUSTER) -> dict:
-        """Any cart log line (tests inject e.g. a CRITICAL one); error ones never open problems."""
+    def log_cart(self, level: str, content: str, pod: str = "cart-pod-test",
+                 cluster: str = DEFAULT_CLUSTER, attributes: dict | None = None) -> dict:
+        """Any cart log line (tests inject e.g. a CRITICAL one)."""
         with self._lock:
-            entry = self._log_line(self.clock(), content, self._hex(32), self._hex(16),
-                                   level.upper(), pod, cluster=cluster)
-            (self._error_logs if entry["status"] == "ERROR" else self._info_logs).append(entry)
-            return entry
+            entry = self._enrich(self._log_line(self.clock(), content, self._hex(32), self._hex(16),
+                                                level.upper(), pod, cluster=cluster, attributes=attributes))
+        return self._store(entry)
 
     def log_cart_redis_error(self, trace_id: str, span_id: str, pod: str, at: int | None = None,
-                             cluster: str = DEFAULT_CLUSTER) -> dict:
-        """The EmptyCart failure log; the lab's pipeline marks it for alerting (priority "1")."""
+                             cluster: str = DEFAULT_CLUSTER, attributes: dict | None = None) -> dict:
+        """The EmptyCart failure log. Whether it opens a problem is the tenant's pipeline's say."""
         with self._lock:
             t = self.clock() if at is None else at
-            entry = self._log_line(t, REDIS_ERROR, trace_id, span_id, "ERROR", pod, cluster=cluster)
-            entry.update({"statuscode": "FailedPrecondition", "priority": "1", "alertme": "true",
-                          "detail": REDIS_ERROR})
-            self._error_logs.append(entry)
-            self._detect(t, self._entity(CART, cluster, t), cluster)
-            return entry
+            entry = self._log_line(t, REDIS_ERROR, trace_id, span_id, "ERROR", pod, cluster=cluster,
+                                   attributes=attributes)
+            entry.update({"statuscode": "FailedPrecondition", "detail": REDIS_ERROR})
+            self._enrich(entry)
+        return self._store(entry)
 
-    # ----- problems -------------------------------------------------------------------------
-    def _detect(self, t: int, entity: MonitoredEntity, cluster: str) -> None:
-        """Open (or extend) `entity`'s Redis problem when enough priority-1 errors of it arrive in
-        a window: problems are per entity, as Davis groups them, so one seat's errors never open
-        or extend another seat's problem."""
-        window = int(self.timings.problem_window * 1000)
-        errors = self._recent_errors.setdefault(entity.entity_id, deque())
-        errors.append((t, cluster))
-        while errors and errors[0][0] < t - window:
-            errors.popleft()
-        self._close_quiet(t)
-        mine = [p for p in self._problems if p.entity.entity_id == entity.entity_id]
-        current = mine[-1] if mine and mine[-1].open else None
-        if current:
-            current.last_error = t
-            current.error_count += 1
-            current.clusters.add(cluster)
-        else:
-            # Errors that a closed problem already covered do not count again for a new one.
-            covered = mine[-1].last_error if mine else None
-            fresh = [(e, c) for e, c in errors if covered is None or e > covered]
-            if len(fresh) >= self.timings.problem_errors:
-                seq = next(self._display_seq)
-                problem_id = f"-{self._rng.getrandbits(62)}_{fresh[0][0]}V2"
-                self._problems.append(Problem(problem_id, f"P-{seq:02d}", fresh[0][0], entity, t,
-                                              len(fresh), clusters={c for _, c in fresh},
-                                              description=self.cart_annotations.get("supportInfo", "")))
+    # ----- Davis events and problems (what a pipeline's Davis processor makes) ----------------
+    def davis_event(self, name: str, event_type: str, description: str, entity: MonitoredEntity,
+                    properties: dict[str, str], t: int, cluster: str | None) -> Event:
+        """One record's Davis event: an open event of the same identity (event.name, event.type,
+        dt.source_entity; the semantic dictionary's) is refreshed, else a new one starts. It ends a
+        quiet period after the last record; a problem-opening type opens (or joins) the entity's
+        problem at once, on the first record."""
+        quiet = int(self.timings.problem_quiet * 1000)
+        with self._lock:
+            self._close_quiet(t)
+            event = next((e for e in reversed(self._events) if e.provider == OPENPIPELINE and e.end > t
+                          and (e.title, e.event_type, e.entity.entity_id) == (name, event_type, entity.entity_id)),
+                         None)
+            if event is None:
+                event = Event(f"{self._rng.getrandbits(63) - (1 << 62)}_{t}", self._hex(16), event_type,
+                              name, t, t + quiet, entity, dict(properties), description, OPENPIPELINE,
+                              cluster)
+                self._events.append(event)
+            else:
+                event.end, event.records = t + quiet, event.records + 1
+                event.properties.update(properties)
+            if event_type in PROBLEM_CATEGORIES:
+                self._raise(event, t, cluster)
+            return event
+
+    def _raise(self, event: Event, t: int, cluster: str | None) -> None:
+        """The entity's open problem takes the event (Davis groups by entity), else one opens."""
+        mine = [p for p in self._problems if p.open and p.entity.entity_id == event.entity.entity_id]
+        problem = mine[-1] if mine else None
+        if problem is None:
+            seq = next(self._display_seq)
+            problem = Problem(f"-{self._rng.getrandbits(62)}_{t}V2", f"P-{seq:02d}", t, event.entity, t, 0,
+                              event.title, PROBLEM_CATEGORIES[event.event_type],
+                              description=event.description)
+            self._problems.append(problem)
+        if all(e is not event for e in problem.events):
+            problem.events.append(event)
+        problem.last_error, problem.error_count = t, problem.error_count + 1
+        if cluster:
+            problem.clusters.add(cluster)
 
     def _close_quiet(self, now: int) -> None:
-        quiet = int(self.timings.problem_quiet * 1000)
+        """A problem closes once every event of it has ended (no record refreshed it lately)."""
         for p in self._problems:
-            if p.open and now - p.last_error >= quiet:
-                p.end = now
+            if p.open and all(e.end <= now for e in p.events):
+                p.end = max((e.end for e in p.events), default=now)
 
     def check_problems(self) -> None:
         """Close problems that have been quiet long enough (called periodically and on reads)."""
@@ -353,10 +409,12 @@ class Telemetry:
             return list(self._problems)
 
     def change_evidence(self, problem: Problem) -> list[Event]:
-        """Change events on the problem's entity in the 30 minutes before it started."""
+        """Change events on the problem's entity (or the service its pod runs) in the 30 minutes
+        before it started."""
+        ids = {problem.entity.entity_id, problem.entity.runs}
         with self._lock:
             return [e for e in self._events
-                    if e.entity.entity_id == problem.entity.entity_id
+                    if e.entity.entity_id in ids
                     and e.event_type in ("CUSTOM_CONFIGURATION", "CUSTOM_DEPLOYMENT")
                     and problem.start - CHANGE_LOOKBACK_MS <= e.start <= problem.start]
 
@@ -423,30 +481,3 @@ class Telemetry:
         """Every span that started in [start, end) epoch ms, oldest first."""
         with self._lock:
             return [s for s in self._spans if start <= s.time < end]
-
-
-class Collector:
-    """One lab's OpenTelemetry collector: what its shop writes reaches the tenant's Telemetry with
-    the lab's `k8s.cluster.name` (as the collector's resource processor adds it). Every write that
-    takes a `cluster` gets this lab's; everything else is the Telemetry's own."""
-
-    def __init__(self, telemetry: Telemetry, cluster: str):
-        self.telemetry, self.cluster = telemetry, cluster
-        telemetry.join(cluster)
-
-    def __getattr__(self, name: str):
-        attr = getattr(self.telemetry, name)
-        if callable(attr) and _takes_cluster(type(self.telemetry), name):
-            return functools.partial(attr, cluster=self.cluster)
-        return attr
-
-    def __repr__(self) -> str:
-        return f"<Collector k8s.cluster.name={self.cluster!r}>"
-
-
-@functools.lru_cache(maxsize=None)
-def _takes_cluster(cls: type, name: str) -> bool:
-    try:
-        return "cluster" in inspect.signature(getattr(cls, name)).parameters
-    except (TypeError, ValueError, AttributeError):
-        return False

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Callable
 
 from labkit.sandbox.background import Background
 from labkit.sandbox.dynatrace.errors import EnvironmentApiError, PlatformError
+from labkit.sandbox.dynatrace.openpipeline import OpenPipeline
 from labkit.sandbox.dynatrace.store import LOCAL_USER, DocumentStore, SettingsStore  # noqa: F401
 from labkit.sandbox.dynatrace.telemetry import MonitoredEntity, Telemetry
 from labkit.sandbox.http import Request
@@ -123,6 +124,9 @@ class Tenant:
         # /platform/openpipeline/v1 configuration API answers and builtin:openpipeline.* are unknown.
         self.openpipeline_migrated = openpipeline_migrated
         self.openpipeline_v1: dict | None = None  # the v1 "logs" configuration (openpipeline_v1.py)
+        # Every log record the labs' collectors send goes through the routes and pipelines above.
+        self.openpipeline = OpenPipeline(self.settings, telemetry)
+        telemetry.on_log = self.openpipeline.process
         self._jobs: dict[str, GrailJob] = {}
         self._gone: set[str] = set()
         self._lock = threading.Lock()

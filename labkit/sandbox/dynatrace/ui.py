@@ -105,6 +105,14 @@ def _service_link(entity: MonitoredEntity) -> str:
     return (f"<a href='{SERVICE_PATH}{quote(entity.entity_id)}'>{html.escape(entity.name)}</a>")
 
 
+def _entity_cell(entity: MonitoredEntity) -> str:
+    """A service links its page; a pod shows as the Problems app lists it (name, type)."""
+    if entity.type == "SERVICE":
+        return _service_link(entity)
+    kind = "Kubernetes pod" if entity.type == "CLOUD_APPLICATION_INSTANCE" else entity.type
+    return f"{html.escape(entity.name)} ({kind}, <span class='id'>{html.escape(entity.entity_id)}</span>)"
+
+
 def _problem_link(p: Problem) -> str:
     return (f"<a href='{PROBLEM_PATH}{quote(p.problem_id)}'>{html.escape(p.display_id)}</a> "
             f"{html.escape(p.title)}")
@@ -116,9 +124,10 @@ def problem_page(tenant: Tenant, req: Request, problemId: str) -> Response:  # n
     if found is None:
         raise PageError(404, f"The local lab knows no problem {problemId}.")
     facts = [("status", status_word(found.open)), ("started", _when(found.start)),
-             ("ended", _when(found.end)), ("affected service", _service_link(found.entity)),
+             ("ended", _when(found.end)), ("category", html.escape(found.category.title())),
+             ("affected entity", _entity_cell(found.entity)),
              ("k8s.cluster.name", html.escape(", ".join(sorted(found.clusters)) or "-")),
-             ("error logs", str(found.error_count)),
+             ("events", html.escape(", ".join(f"{e.title} ({e.records} records)" for e in found.events))),
              ("problem id", f"<span class='id'>{html.escape(found.problem_id)}</span>")]
     changes = _event_rows(tenant.telemetry.change_evidence(found), tenant.telemetry.clock())
     body = (table([(k, v) for k, v in facts], ("", "")) + _description(found.description)
@@ -145,8 +154,8 @@ def service_page(tenant: Tenant, req: Request) -> Response:
     minutes = tenant.telemetry.minute_counts(entity.entity_id, now // MINUTE_MS - 30, now // MINUTE_MS + 1)
     requests = sum(m[0] for m in minutes if m)
     failed = sum(m[1] for m in minutes if m)
-    problems = [(_problem_link(p), status_word(p.open), _when(p.start))
-                for p in tenant.telemetry.problems() if p.entity.entity_id == entity.entity_id]
+    problems = [(_problem_link(p), status_word(p.open), _when(p.start)) for p in tenant.telemetry.problems()
+                if entity.entity_id in (p.entity.entity_id, p.entity.runs)]
     events = _event_rows([e for e in tenant.telemetry.events()
                           if e.entity.entity_id == entity.entity_id], now)
     facts = [("entity id", html.escape(entity.entity_id)), ("last seen", _when(entity.last_seen)),
@@ -226,54 +235,58 @@ def run_query(tenant: Tenant, req: Request) -> Response:
     return json_response({"records": records, "columns": columns, "local_lab": True})
 
 
-# ----- the runbook: the notebook the problem's description links (the lab's "Redis Troubleshooting")
-RUNBOOK_CONTACTS = (
-    "Redis is a key service which also impacts downstream partner services. Follow this checklist "
-    "NOW: raise a Major Incident; notify the on-call incident commander; also contact John Smith "
-    "(john.smith@example.com) and Susanne Barker (susanne.b@partner.com). If the problem and "
-    "solution is not apparent, raise an issue with teamA.")
-# The runbook's two charts as queries (the service is `cart` in the lab's demo release).
-RUNBOOK_QUERIES = (
-    ("Cart Service Failure Rate", 'timeseries failed = sum(dt.service.request.failure_count), '
-                                  'filter: dt.service.name == "cart", interval: 1m, from: now()-30m'),
-    ("Configuration changes", 'fetch events, from: now()-24h | filter event.type == "CUSTOM_CONFIGURATION" '
-                              'and dt.entity.service.name == "cart" | fields timestamp, '
-                              'feature_flag.key, defaultValue | sort timestamp asc'),
-    ("Problems relating to them", 'fetch dt.davis.problems, from: now()-24h | filter matchesPhrase('
-                                  'event.name, "redis") | fields timestamp, display_id, event.name, '
-                                  'event.status | sort timestamp asc'),
-)
-
-
+# ----- a notebook document: the runbook the problem's description links ("Redis Troubleshooting")
 def _runbook_section(tenant: Tenant, title: str, text: str) -> str:
+    """A DQL section run now: its records as a table (a timeseries as one row per slot)."""
     now = tenant.telemetry.clock()
-    query = parse_dql(text)
-    result = execute_dql(tenant, GrailJob(query, query_frame(query, {}, now), 0.0, 1000))
+    try:
+        query = parse_dql(text)
+        result = execute_dql(tenant, GrailJob(query, query_frame(query, {}, now), 0.0, 1000))
+    except (DqlError, PlatformError) as err:
+        return (f"<h2>{html.escape(title)}</h2><pre>{html.escape(text)}</pre>"
+                f"<p>The local lab cannot run this query: {html.escape(err.message)}</p>")
     records = result["records"]
-    if query.source == "timeseries":  # one row per minute: the trend as a table
+    if query.source == "timeseries":  # one row per slot: the trend as a table
         rows = []
         for r in records:
             start = parse_time(r["timeframe"]["start"], now)
             step = int(r["interval"]) // 1_000_000
-            rows += [(iso_ms(start + i * step), "-" if v is None else f"{v:g}")
-                     for i, v in enumerate(r.get("failed") or [])]
-        body = table(rows[-30:], ("minute", "failed requests"))
+            for name in (a.name for a in query.aggs):
+                rows += [(iso_ms(start + i * step), html.escape(name), "-" if v is None else f"{v:g}")
+                         for i, v in enumerate(r.get(name) or [])]
+        body = table(rows[-30:], ("time", "series", "value"))
     else:
-        cols = [c for c in dict.fromkeys(k for r in records for k in r)]
-        body = table([tuple(html.escape(str(r.get(c, ""))) for c in cols) for r in records], tuple(cols))
+        cols = [c for c in dict.fromkeys(k for r in records for k in r)][:MAX_COLUMNS]
+        body = table([tuple(html.escape(str(r.get(c, ""))) for c in cols) for r in records[:100]], tuple(cols))
     return f"<h2>{html.escape(title)}</h2><pre>{html.escape(text)}</pre>{body}"
 
 
-def runbook_page(tenant: Tenant, req: Request, documentId: str) -> Response:  # noqa: N803
-    """The Ops runbook: its contact list, then its queries run now (the failure trend; changes and
-    problems, which the tenant's notebook draws on one chart)."""
-    from labkit.sandbox.kube.workloads import RUNBOOK_ID
+def _section(tenant: Tenant, section: dict) -> str:
+    if section.get("type") == "markdown":
+        return f"<pre class='markdown'>{html.escape(str(section.get('markdown', '')))}</pre>"
+    if section.get("type") == "dql":
+        query = (((section.get("state") or {}).get("input")) or {}).get("value", "")
+        return _runbook_section(tenant, str(section.get("title") or "Query"), str(query))
+    return ""
 
-    if documentId != RUNBOOK_ID:
-        raise PageError(404, f"The local lab knows no document {documentId}; its runbook is {RUNBOOK_ID}.")
-    body = (f"<h2>Contact list</h2><p>{html.escape(RUNBOOK_CONTACTS)}</p>"
-            + "".join(_runbook_section(tenant, title, text) for title, text in RUNBOOK_QUERIES))
-    return page("Redis Troubleshooting (Ops runbook)", "Notebooks app (the uploaded runbook)", body)
+
+def runbook_page(tenant: Tenant, req: Request, documentId: str) -> Response:  # noqa: N803
+    """A notebook document as the Notebooks app opens it: its markdown, its DQL sections run now."""
+    import json
+
+    from labkit.sandbox.dynatrace.store import ConfigError
+
+    try:
+        doc = tenant.documents.get(documentId)
+    except ConfigError:
+        raise PageError(404, f"This tenant has no document {documentId}: the link names a document "
+                             "that was never uploaded here (or was deleted).") from None
+    try:
+        sections = json.loads(doc.content).get("sections") or []
+    except (ValueError, AttributeError):
+        sections = []
+    body = "".join(_section(tenant, s) for s in sections if isinstance(s, dict)) or "<p>(empty)</p>"
+    return page(f"{doc.name} (a {doc.type})", "Notebooks app (the uploaded runbook)", body)
 
 
 # ----- the Distributed traces app: one trace (its id travels in the fragment, like a query) ------

@@ -50,7 +50,7 @@ class LocalCluster(Rollouts, Endpoints, Store):
     """Namespace `default` with flagd and the demo running: the store plus the controllers that move its pods."""
 
     def __init__(self, timings, flags_yaml_text: str, history: int = EVENT_HISTORY, demo: bool = True,
-                 demo_version: str = releases.DEFAULT, apps_url: str | None = None):
+                 demo_version: str = releases.DEFAULT, support_info: str | None = None):
         super().__init__(history)
         self.timings = timings
         self.token = "local-lab"  # the kubeconfig's bearer token (sandbox.kubeconfig_text)
@@ -65,7 +65,7 @@ class LocalCluster(Rollouts, Endpoints, Store):
         self._thread: threading.Thread | None = None
         self.logs = Logs(self._cond)
         with self._cond:
-            for resource, obj in initial_objects(flags_yaml_text, demo, demo_version, apps_url):
+            for resource, obj in initial_objects(flags_yaml_text, demo, demo_version, support_info):
                 self._write(resource, obj, "ADDED")
             self._control()  # every workload's first pod: started at once, Ready
             for pod in list(self._objects["pods"].values()):

@@ -72,14 +72,14 @@ def flagd_deployment() -> dict:
 
 
 def initial_objects(flags_yaml_text: str, demo: bool = True, version: str = releases.DEFAULT,
-                    apps_url: str | None = None) -> list[tuple[str, dict]]:
+                    support_info: str | None = None) -> list[tuple[str, dict]]:
     """(resource, object) in the order they are written; the pods are the controllers'. `version`:
-    the demo release whose images the Deployments run; `apps_url` fills the cart's runbook link."""
+    the demo release whose images the Deployments run; `support_info` is the cart's annotation (None: the lab file's)."""
     manifest = yaml.safe_load(flags_yaml_text)
     manifest.setdefault("metadata", {})["namespace"] = NS
     return [("configmaps", manifest), ("deployments", flagd_deployment()),
             ("services", service(FLAGD, [("rpc", 8013), ("ofrep", 8016)], "10.96.40.13")),
-            *(workloads.objects(version, apps_url) if demo else []), *cluster_objects()]
+            *(workloads.objects(version, support_info) if demo else []), *cluster_objects()]
 
 
 def cluster_objects() -> list[tuple[str, dict]]:

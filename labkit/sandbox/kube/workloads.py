@@ -57,24 +57,19 @@ CHATTER = {
 }
 SERVICE_IPS = {name: f"10.96.{100 + i}.{10 + i}" for i, name in enumerate(sorted(COMPONENTS))}
 
-# The lab's otel-demo-values.yaml gives the cart pod these annotations; its setup fills the two
-# placeholders with the tenant's apps URL and the id of the runbook notebook it uploads.
-APPS_URL, DOCUMENT_ID = "FULL_APPS_URL_PLACEHOLDER", "DOCUMENT_ID_PLACEHOLDER"
-RUNBOOK_ID = "6b1d5c3e-7f0a-4e2b-9c8d-2a4f6e8b0c1d"  # the local lab's copy of "Redis Troubleshooting"
-CART_ANNOTATIONS = {
-    "ownedBy": "teamA", "product": "otel-demo-app", "costCentre": "centre1", "environment": "production",
-    "supportInfo": ("## Cart Service Issues Support Information\n"
+# The lab's otel-demo-values.yaml gives the cart pod these annotations, its supportInfo linking the
+# lab author's own runbook document (dead on every other tenant: the id is not substituted).
+LAB_SUPPORT_INFO = ("## Cart Service Issues Support Information\n"
                     "If cart service is having issues, please contact the owner\n"
-                    f"and review the [Ops runbook]({APPS_URL}/ui/document/{DOCUMENT_ID})\n"),
-}
+                    "and review the [Ops runbook](https://DT_ENVIRONMENT_ID_PLACEHOLDER.apps.dynatrace.com"
+                    "/ui/document/c21c01cb-b4ad-4eae-9279-a3853f38b1de)\n")
+CART_ANNOTATIONS = {"ownedBy": "teamA", "product": "otel-demo-app", "costCentre": "centre1",
+                    "deployment.release_stage": "production", "supportInfo": LAB_SUPPORT_INFO}
 
 
-def cart_annotations(apps_url: str | None = None) -> dict:
-    """The cart's pod annotations, the placeholders filled as the lab's setup does (when known)."""
-    if not apps_url:
-        return dict(CART_ANNOTATIONS)
-    info = CART_ANNOTATIONS["supportInfo"].replace(APPS_URL, apps_url.rstrip("/")).replace(DOCUMENT_ID, RUNBOOK_ID)
-    return {**CART_ANNOTATIONS, "supportInfo": info}
+def cart_annotations(support_info: str | None = None) -> dict:
+    """The cart's pod annotations; `support_info` as the lab's setup fills it in (None: the file's)."""
+    return {**CART_ANNOTATIONS, "supportInfo": support_info or LAB_SUPPORT_INFO}
 
 
 def image(name: str, version: str = releases.DEFAULT) -> str:
@@ -85,7 +80,7 @@ def labels(name: str) -> dict:
     return {"opentelemetry.io/name": name, "app.kubernetes.io/name": name, "app.kubernetes.io/component": name}
 
 
-def template(name: str, version: str = releases.DEFAULT, apps_url: str | None = None) -> dict:
+def template(name: str, version: str = releases.DEFAULT, support_info: str | None = None) -> dict:
     ports, memory, _ = COMPONENTS[name]
     container = {"name": name, "image": image(name, version), "imagePullPolicy": "IfNotPresent",
                  "ports": [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in ports],
@@ -94,7 +89,7 @@ def template(name: str, version: str = releases.DEFAULT, apps_url: str | None = 
                  "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File"}
     metadata = {"labels": labels(name)}
     if name == "cart":
-        metadata["annotations"] = cart_annotations(apps_url)
+        metadata["annotations"] = cart_annotations(support_info)
     return {"metadata": metadata,
             "spec": {"serviceAccountName": "my-otel-demo", "restartPolicy": "Always",
                      "terminationGracePeriodSeconds": 30, "dnsPolicy": "ClusterFirst",
@@ -117,11 +112,11 @@ def deployment(name: str, tmpl: dict) -> dict:
     }
 
 
-def objects(version: str = releases.DEFAULT, apps_url: str | None = None) -> list[tuple[str, dict]]:
+def objects(version: str = releases.DEFAULT, support_info: str | None = None) -> list[tuple[str, dict]]:
     """The demo release's Deployments and Services (not flagd's: seed.py has those)."""
     out: list[tuple[str, dict]] = []
     for name, (ports, _, _) in sorted(COMPONENTS.items()):
-        out.append(("deployments", deployment(name, template(name, version, apps_url))))
+        out.append(("deployments", deployment(name, template(name, version, support_info))))
         if ports:
             out.append(("services", service(name, ports, SERVICE_IPS[name])))
     return out
