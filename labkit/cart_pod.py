@@ -36,6 +36,13 @@ def support_info(cluster: Cluster) -> str | None:
     return None
 
 
+def patch(cluster: Cluster, value: str, deployment: dict | None = None) -> tuple[str, dict]:
+    """(path, body) of the strategic merge patch that puts `value` as the cart pods' supportInfo."""
+    name = (deployment or _cart_deployment(cluster))["metadata"]["name"]
+    return (cluster.kube.path("deployments", name),
+            {"spec": {"template": {"metadata": {"annotations": {SUPPORT_INFO: value}}}}})
+
+
 def annotate(cluster: Cluster, value: str, *, timeout: float = 180, progress: Progress | None = None) -> str:
     """Put `value` as supportInfo into the cart Deployment's pod template (a strategic merge patch, as
     `kubectl patch` sends; every other annotation kept) and wait until the cart's running pods carry
@@ -44,8 +51,8 @@ def annotate(cluster: Cluster, value: str, *, timeout: float = 180, progress: Pr
     deployment = _cart_deployment(cluster)
     name = deployment["metadata"]["name"]
     replicas = (deployment.get("spec") or {}).get("replicas", 1)
-    cluster.kube.call("PATCH", cluster.kube.path("deployments", name), "patch", "deployments", name,
-                      body={"spec": {"template": {"metadata": {"annotations": {SUPPORT_INFO: value}}}}},
+    path, body = patch(cluster, value, deployment)
+    cluster.kube.call("PATCH", path, "patch", "deployments", name, body=body,
                       content_type="application/strategic-merge-patch+json")
     report(f"supportInfo set on deployment {name}: the cart rolls ({replicas} replica(s))", 0.0)
 

@@ -171,7 +171,7 @@ def setup(dt, cluster, *, dry_run: bool = False, annotate: bool = False,
     if plan.runbook is not None or plan.new_runbook:
         result.link = lab.runbook_link(dt.ui, doc_id)
         result.support_info = lab.support_info(dt.ui, doc_id)
-        _support_line(cluster, result, support, doc_id, annotate and not dry_run, progress)
+        _support_line(cluster, result, support, doc_id, annotate, progress)
     return result
 
 
@@ -186,6 +186,9 @@ def _support_line(cluster, result: TenantSetup, support: str | None, doc_id: str
                   progress: Progress | None) -> None:
     if linked_document(support) == doc_id:
         result.lines.append(f"The cart pod's supportInfo already links the runbook: {result.link}")
+    elif annotate and result.dry_run:
+        result.requests.append(Request("PATCH", *cart_pod.patch(cluster, result.support_info)))
+        result.lines.append("The cart's Deployment would get the supportInfo below in its pod template (the cart rolls).")
     elif annotate:
         name = cart_pod.annotate(cluster, result.support_info, progress=progress)
         result.lines.append(f"Put the runbook's supportInfo into deployment {name}'s pod template; the cart rolled "
