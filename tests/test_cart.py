@@ -44,6 +44,7 @@ def lab_of(tenant_sandbox):
             "DT_URL": tenant.tenant_server.url, "DT_API_TOKEN": tenant.api_token,
             "DT_PLATFORM_TOKEN": tenant.platform_token, "KUBECONFIG": str(sandbox.kubeconfig),
             "LABKIT_LOCAL_LAB": "1", "LABKIT_STATE_DIR": tempfile.mkdtemp()}, dotenv=None)))
+        made[-1].prepare_tenant(annotate=True)  # this cluster's cart links that tenant's runbook
         return made[-1]
 
     yield make
