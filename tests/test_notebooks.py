@@ -12,6 +12,7 @@ import nbformat
 import pytest
 
 from labkit.workbook import NOTEBOOKS, ORDER, run_notebook
+from labkit.tenant import PROBLEM_TITLE
 
 pytestmark = pytest.mark.notebooks
 
@@ -94,7 +95,7 @@ def test_introduce_change_event_flag_traffic_problem_chart(executed):
     traffic = _find(book, "traffic = lab.generate_traffic")
     assert "failed" in traffic and " 0 failed" not in traffic, traffic
     assert "Can't access cart storage" in _find(book, "logs = lab.wait_for_error_logs")
-    assert "Redis connection errors" in _find(book, "problems = lab.wait_for_problem")
+    assert PROBLEM_TITLE in _find(book, "problems = lab.wait_for_problem")
     chart = _find(book, "lab.chart()")
     assert f"cartFailure: off → {on}" in chart, "the change marker is missing from the chart"
     assert "rose" in _find(book, "lab.verdict()")
@@ -102,7 +103,7 @@ def test_introduce_change_event_flag_traffic_problem_chart(executed):
 
 def test_review_problem_shows_logs_trace_and_change(executed):
     book = executed["02-review-problem"]
-    assert "Redis connection errors" in _find(book, 'problems = lab.problems("cart")')
+    assert PROBLEM_TITLE in _find(book, 'problems = lab.problems("cart")')
     assert "Can't access cart storage" in _find(book, 'logs = lab.error_logs("cart")')
     trace = _find(book, "lab.trace_logs(")
     assert "Can't access cart storage" in trace and "INFO" in trace, "the failed trace's logs, in order"
@@ -127,7 +128,7 @@ def test_review_problem_follows_the_page_to_its_end(executed):
     trend = _outputs(book, "application/vnd.plotly.v1+json", "runbook.error_trend")[0]
     assert sum(y for y in trend["data"][0]["y"] if y) >= 1
     both = _outputs(book, "application/vnd.plotly.v1+json", "runbook.changes_and_problems")[0]
-    assert both["layout"]["meta"]["labkit"]["problems"] == ["Redis connection errors"]
+    assert both["layout"]["meta"]["labkit"]["problems"] == [PROBLEM_TITLE]
     waterfall = _outputs(book, "application/vnd.plotly.v1+json", "lab.failed_trace(")[0]
     assert waterfall["layout"]["meta"]["labkit"]["failed"][-1] == "cart · oteldemo.CartService/EmptyCart"
     for name, one in executed.items():

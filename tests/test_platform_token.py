@@ -367,7 +367,7 @@ def test_cli_messages_for_missing_tokens_and_scopes(local_lab, platform_only, li
     assert none.returncode == 1 and "DT_PLATFORM_TOKEN" in none.stderr
     scoped = dict(platform_only, DT_PLATFORM_TOKEN=limited)
     for args, scope in ((["failures"], "environment-api:metrics:read"),
-                        (["problems"], "environment-api:entities:read"),
+                        (["problems"], "environment-api:problems:read"),  # problems first: the pod's
                         (["logs"], "storage:logs:read")):
         proc = cli(scoped, *args)
         assert proc.returncode == 1, proc.stdout
