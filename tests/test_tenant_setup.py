@@ -84,6 +84,18 @@ def test_a_bare_tenant_fails_the_check_on_the_pipeline_the_route_and_the_runbook
     assert proc.stdout.count("Fix: labkit tenant setup") >= 3
 
 
+def test_redis_error_logs_without_the_collectors_tags_say_the_transform_is_missing(tenant):
+    item = "collector's alert tags"
+    assert rows(tenant)[item].ok and "no redis error logs" in rows(tenant)[item].detail  # none yet: not a NO
+    # a log as a collector without the lab's transform ships it: no alertmessage, no priority
+    tenant.telemetry.log_cart_redis_error("1" * 32, "2" * 16, pod="cart-untagged", cluster=tenant.cluster_name)
+    row = rows(tenant)[item]
+    assert not row.ok and "the collector's transform is missing" in row.detail, row.detail
+    assert 'set(attributes["alertmessage"], "Critical Redis connection error!")' in row.detail
+    tenant.collector.log_cart_redis_error("3" * 32, "4" * 16)  # the lab's collector tags it
+    assert rows(tenant)[item].ok
+
+
 def test_the_wait_for_the_problem_stops_at_once_on_a_bare_tenant(tenant):
     lab = Lab(settings(tenant))
     try:
@@ -295,3 +307,28 @@ def test_an_unmigrated_tenant_is_told_what_to_do(tenant):
         assert "old configuration API" in rows(tenant)["read OpenPipeline settings"].detail
     finally:
         tenant.tenant.openpipeline_migrated = True
+
+
+@pytest.mark.parametrize("matcher, takes", [
+    (lab_tenant.ROUTE_MATCHER, True),
+    ('isNotNull(alertmessage)\nand isNotNull(priority)\nand priority == "1"', True),
+    ('priority == "2"', False),
+    ('not isNull(alertmessage) and (service.name == "checkout" or service.name == "cart")', True),
+    ('matchesValue(service.name, "CART")', True),  # matchesValue ignores case
+    ('contains(content, "Redis")', False), ('contains(content, "connect to redis")', True),  # case-sensitive
+    ('k8s.pod.name == "x"', False),  # a field the record lacks is null: no match
+    ("true", True), ("false", False),
+])
+def test_the_route_matcher_evaluator_reads_the_common_forms(matcher, takes):
+    from labkit.tenant.matcher import matches
+    from labkit.tenant.read import SAMPLE_LOG
+
+    assert matches(matcher, SAMPLE_LOG) is takes
+
+
+@pytest.mark.parametrize("matcher", ['in(priority, array("1"))', "priority == 1 |", "lower(x) == \"y\""])
+def test_an_unknown_matcher_form_says_it_cannot_tell(matcher):
+    from labkit.tenant.matcher import Unknown, matches
+
+    with pytest.raises(Unknown):
+        matches(matcher, {"priority": "1"})
