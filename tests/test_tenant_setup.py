@@ -139,6 +139,8 @@ def test_setup_makes_the_rows_pass_and_01_opens_the_labs_problem_on_the_carts_po
         problems = lab.problems()
         assert link in problems.iloc[0]["description"]  # the created notebook, linked from the pod
         assert httpx.get(link, timeout=10).status_code == 200
+        shown = labkit_cli(tenant, "problems", "cart", "--wait", "30")  # open already: no wait
+        assert shown.returncode == 0 and lab_tenant.PROBLEM_TITLE in shown.stdout, shown.stdout + shown.stderr
     finally:
         lab.change_flag("off", send_event=False)
         lab.close()

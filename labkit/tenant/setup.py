@@ -53,7 +53,9 @@ class TenantSetup:
 
     def __str__(self) -> str:
         parts = list(self.lines)
-        if self.dry_run:
+        if self.dry_run and not self.requests:
+            parts.append("Dry run: nothing was written, and nothing is missing: no request to send.")
+        elif self.dry_run:
             parts += ["Dry run: nothing was written. The requests it would send:"] + [str(r) for r in self.requests]
         if self.support_info:
             parts += ["The cart pod's supportInfo annotation:", self.support_info.rstrip()]
