@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import dataclasses
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from labkit.errors import BadInput, LabError
@@ -64,7 +63,7 @@ def settings(args):
         changes["namespace"] = check_namespace("--namespace", args.namespace)
     if getattr(args, "kubeconfig", None):
         changes["kubeconfig"] = args.kubeconfig
-    return dataclasses.replace(s, **changes)
+    return replace(s, **changes)
 
 
 def dynatrace(args):
@@ -96,10 +95,9 @@ def _sandbox_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", default=None,
                    help="where lab.env and kubeconfig are written (default $LABKIT_STATE_DIR or "
                         "~/.cache/labkit/local-lab, where labkit and the notebooks look for it)")
-    p.add_argument("--bare-tenant", action="store_true",
-                   help="start the local tenant without the runbook, pipeline and route getting-started "
-                        "has attendees make (rehearse it: labkit check, then labkit tenant setup); "
-                        "also $LABKIT_BARE_TENANT=1")
+    p.add_argument("--bare-tenant", action="store_true", help="start the local tenant without the runbook, "
+                   "pipeline and route getting-started has attendees make (rehearse it: labkit check, then "
+                   "labkit tenant setup); also $LABKIT_BARE_TENANT=1")
     _release_arg(p)
 
 
@@ -534,8 +532,7 @@ def _service_link(dt, service: str) -> str | None:
 def cmd_problems(args) -> int:
     _check_limit(args.limit)
     with dynatrace(args) as dt:
-        df = (cli_tenant.wait_for_problem(dt, args.service, args.wait) if args.wait is not None else
-              dt.problems(args.service, since=_since(args.since)))
+        df = cli_tenant.problems(dt, args.service, _since(args.since), wait=args.wait)
     shown = df.head(args.limit)
     _frame(shown, ["display_id", "status", "title", "start", "end", "affected"],
            f"no problems on {args.service} in the last {args.since}")
@@ -604,10 +601,7 @@ def cmd_check(args) -> int:
     return 0 if result.ok else 1
 
 
-@command("tenant", "the tenant's half of the lab: `labkit tenant setup [--dry-run] [--annotate]`, "
-                   "`labkit tenant setup --undo`", cli_tenant.arguments)
-def cmd_tenant(args) -> int:
-    return cli_tenant.run(args, settings(args), out)
+cli_tenant.register(command, settings, out)  # labkit tenant setup [--dry-run] [--annotate] [--undo]
 
 
 # ---- the workbook -----------------------------------------------------------------------------------

@@ -10,6 +10,14 @@ SETUP_HELP = ("make what the tenant lacks of the lab's half, as the lab page's U
               "'Critical Logs' (settings.write, or settings:objects:write on a platform token)")
 
 
+def register(command, settings, out) -> None:
+    """Add `labkit tenant` to the CLI's commands (cli.py hands over its registry and helpers)."""
+    @command("tenant", "the tenant's half of the lab: `labkit tenant setup [--dry-run] [--annotate]`, "
+                       "`labkit tenant setup --undo`", arguments)
+    def cmd_tenant(args) -> int:
+        return run(args, settings(args), out)
+
+
 def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["setup"], help=SETUP_HELP)
     p.add_argument("--dry-run", action="store_true",
@@ -47,13 +55,16 @@ def wait_arguments(p: argparse.ArgumentParser) -> None:
                         "the lab's problem, saying why")
 
 
-def wait_for_problem(dt, service: str, timeout: float):
-    """The problems once one opened, after checking the tenant can open it (else a LabError why)."""
+def problems(dt, service: str, since, wait: float | None = None):
+    """`labkit problems`: the service's problems since `since`; with `wait`, once one opened (after
+    checking the tenant can open the lab's problem at all, else a LabError saying why)."""
     from datetime import datetime, timezone
 
     from labkit.progress import printer
     from labkit.tenant.check import require_problem_possible
 
+    if wait is None:
+        return dt.problems(service, since=since)
     require_problem_possible(dt)
     with printer() as progress:
-        return dt.wait_for_problem(service, since=datetime.now(timezone.utc), timeout=timeout, progress=progress)
+        return dt.wait_for_problem(service, since=datetime.now(timezone.utc), timeout=wait, progress=progress)
