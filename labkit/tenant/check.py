@@ -181,9 +181,11 @@ def support_info_row(dt, half: TenantHalf) -> Check | None:
     if half.runbook is None and half.documents_error is not None:
         return None  # the runbook's own row says why it cannot be told
     found = f"links document {linked}" if linked else "has no runbook link" if half.support_info else "is not set"
-    doc = half.runbook.id if half.runbook is not None else lab.RUNBOOK_ID
+    fix = "Fix: labkit tenant setup --annotate (the cart rolls)"
+    if half.runbook is None:  # nothing on the tenant to link yet: the runbook row says so too
+        return Check(item, False, f"the cart pod's supportInfo {found}, which this tenant does not have. {fix}")
     return Check(item, False, f"the cart pod's supportInfo {found}, not the runbook notebook on this tenant "
-                              f"({doc}). Fix: labkit tenant setup --annotate (the cart rolls)")
+                              f"({half.runbook.id}). {fix}")
 
 
 def collector_row(dt) -> Check:

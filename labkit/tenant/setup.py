@@ -277,7 +277,8 @@ def _remove_document(dt, document_id: str) -> str:
         return f"The runbook notebook {document_id} was gone already."
     dt.documents.delete(doc)
     dt.documents.purge(document_id)
-    return f"Removed the runbook notebook {doc.name!r} and its trash entry."
+    return (f"Removed the runbook notebook {doc.name!r} and its trash entry; the cart pod's supportInfo still "
+            "links it (labkit tenant setup --annotate links a new one).")
 
 
 def _left(dt) -> list[str]:
