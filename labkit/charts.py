@@ -349,7 +349,8 @@ def _layout(service: str, subtitle: str, rate_name: str, shapes: list, annotatio
 def failures_figure(failed, events=None, problems=None, timeline: Timeline | None = None,
                     service: str = "cart", local: bool = False, widget: bool = False, logs=None,
                     flag: str = "cartFailure", judged=None):
-    """Failed requests of `service` per minute (bars) and the failure rate in % (line, right axis).
+    """Failed requests of `service` per minute (bars) and the verdict's failure rate (line, right
+    axis), on a window that frames the run's changes (`story_window`).
 
     - `failed`: DataFrame timestamp (UTC slot start: the minute it covers), failed, requests,
       failure_rate (0..1, NaN when there were no requests), partial (the running minute: a
@@ -361,13 +362,15 @@ def failures_figure(failed, events=None, problems=None, timeline: Timeline | Non
       new value, first failure, rolled back. When `events` is empty the timeline's "event sent" steps
       stand in as change markers.
     - `local`: adds a "local lab" badge so no one mistakes sandbox data for a tenant.
-    - `judged`: the verdict to show under the title (lab.verdict()'s, so both say the same);
-      without it the verdict of `failed` for the last change of `flag` (`logs`, error logs, place
-      the failures of the minute of the change).
+    - `judged`: the verdict to show under the title (lab.verdict()'s, so both say the same) and
+      whose rate the line draws, with its words (EmptyCart calls where it counted spans): from the
+      change on, one point per closed minute, ending on the subtitle's number; without it the
+      verdict of `failed` for the last change of `flag` (`logs`, error logs, place the failures of
+      the minute of the change). No change: no verdict, no rate line.
 
-    Labels never overlap: change labels take rows above the plot (short tags C1.. with a key under
-    the chart when they would not fit), problem titles likewise inside the plot, and the steps,
-    keys and badges sit under the axis and the legend.
+    Labels never overlap and never lie on the data: change labels take rows above the plot (short
+    tags C1.. with a key under the chart when they would not fit), problem titles the rows over
+    them, and the steps, keys and the local lab badge sit under the axis and the legend.
 
     Returns a go.Figure (a go.FigureWidget when widget=True). layout.meta["labkit"] counts what was
     drawn (change_markers, step_markers, problems, slots, partial, empty, local, verdict).
