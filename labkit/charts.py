@@ -112,7 +112,9 @@ def _traces(go, rows: list[dict], slot: timedelta, rate: tuple[str, list, list])
                            pattern=dict(shape="/", fgcolor=BAR_COLOR, size=6))),
         go.Scatter(x=[t for t, _ in points], y=[y for _, y in points],
                    name=name or "failure rate", showlegend=bool(points), yaxis="y2",
-                   mode="lines+markers+text", text=texts, textposition="top left",
+                   mode="lines+markers+text", text=texts, cliponaxis=False,
+                   # the newest number to the right, into the minutes still to come: off the bars
+                   textposition=["top left"] * (len(texts) - 1) + ["middle right"] if texts else "top left",
                    textfont=dict(color=RATE_COLOR, size=11), line=dict(color=RATE_COLOR, width=2),
                    marker=dict(size=5), connectgaps=False, hoverinfo="text",
                    hovertext=hovers),
