@@ -77,13 +77,6 @@ LINE_PX = 15           # one caption line under the chart (11 px text)
 CAPTION_CHARS = 125    # a caption line longer than this wraps
 
 
-def _rate(row) -> float | None:
-    rate = row.get("failure_rate")
-    if rate is None or (isinstance(rate, float) and math.isnan(rate)):
-        return None
-    return round(float(rate) * 100, 2)
-
-
 def _slot(failed) -> timedelta:
     import pandas as pd
 
@@ -100,15 +93,14 @@ def _hover(r, slot: timedelta) -> str:
             f"{int(r.get('requests') or 0)} requests{so_far}")
 
 
-def _traces(go, rows: list[dict], slot: timedelta) -> list:
+def _traces(go, rows: list[dict], slot: timedelta, rate: tuple[str, list, list]) -> list:
     """Failed requests per minute (bars over the minute they cover; the running minute a hollow
-    bar of its failures so far) and the failure rate in % of the finished minutes (line, right
-    axis: a minute still running is no drop to 0 %). Always three traces, so a live chart can
-    refill them."""
+    bar of its failures so far) and the verdict's failure rate (`rate`, from `_rate_points`). Always three traces, so the figure's shape does not depend on the data."""
     done = [r for r in rows if not r.get("partial")]
     running = [r for r in rows if r.get("partial")]
     mid = lambda r: _utc(r.get("timestamp")) + slot / 2  # noqa: E731 - the bar spans its minute
     width = slot.total_seconds() * 1000 * 0.85
+    name, points, texts, hovers = rate
     return [
         go.Bar(x=[mid(r) for r in done], y=[int(r.get("failed") or 0) for r in done],
                hovertext=[_hover(r, slot) for r in done], hoverinfo="text", width=width,
@@ -118,12 +110,43 @@ def _traces(go, rows: list[dict], slot: timedelta) -> list:
                name="this minute so far", showlegend=bool(running),
                marker=dict(color="rgba(214,39,40,0.12)", line=dict(color=BAR_COLOR, width=1.5),
                            pattern=dict(shape="/", fgcolor=BAR_COLOR, size=6))),
-        go.Scatter(x=[mid(r) for r in done], y=[_rate(r) for r in done],
-                   name="failure rate % of all requests",  # the verdict may judge EmptyCart calls alone
-                   yaxis="y2", mode="lines+markers", line=dict(color=RATE_COLOR, width=2),
-                   marker=dict(size=4), connectgaps=False,
-                   hovertext=[f"{_hover(r, slot)}: {_rate(r) or 0:.1f} %" for r in done], hoverinfo="text"),
+        go.Scatter(x=[t for t, _ in points], y=[y for _, y in points],
+                   name=name or "failure rate", showlegend=bool(points), yaxis="y2",
+                   mode="lines+markers+text", text=texts, cliponaxis=False,
+                   # the newest number to the right, into the minutes still to come: off the bars
+                   textposition=["top left"] * (len(texts) - 1) + ["middle right"] if texts else "top left",
+                   textfont=dict(color=RATE_COLOR, size=11), line=dict(color=RATE_COLOR, width=2),
+                   marker=dict(size=5), connectgaps=False, hoverinfo="text",
+                   hovertext=hovers),
     ]
+
+
+def _rate_points(judged, changes, newest: datetime | None) -> tuple[str, list, list, list]:
+    """The verdict's own failure rate as it grew in its windows: from the change, one point at each
+    closed minute's end (the minutes counted so far), the last one at the newest data, labelled
+    with the number the subtitle prints. Nothing before the run's first change: the "before"
+    window is drawn only where it follows an earlier change (03: the rate since the failures went
+    on, up to the rollback), with a gap between the windows. Returns (name, points, texts, hovers),
+    a point (time, % or None)."""
+    if judged is None or judged.windows is None or judged.counted is None or newest is None:
+        return "", [], [], []
+    w = judged.windows
+    first = min((when for when, _ in changes), default=_utc(w.change_at))
+    parts = []
+    if _utc(w.before[0]) >= first - timedelta(seconds=1):
+        parts.append(verdict.running(judged.counted, w.before[0], w.before[1], logs=judged.logs))
+    parts.append(verdict.running(judged.counted, w.after[0], None, logs=judged.logs, now=newest))
+    points, texts, hovers = [], [], []
+    for part in (p for p in parts if p):
+        if points:  # a new window counts anew: no line from one to the other
+            points.append((_utc(part[0][0]), None))
+            texts.append("")
+            hovers.append("")
+        for i, (t, c) in enumerate(part):
+            points.append((_utc(t), None if not c.total else round(c.rate * 100, 2)))
+            texts.append(verdict.pct(c.rate) if i == len(part) - 1 else "")
+            hovers.append(f"up to {_utc(t):%H:%M:%S} UTC: {verdict.share_text(c, judged.unit)}")
+    return f"{judged.rate_name} after the change", points, texts, hovers
 
 
 def _running_marks(rows: list[dict], slot: timedelta) -> list[dict]:
@@ -147,6 +170,35 @@ def _changes(events, timeline) -> list[tuple[datetime, str]]:
         changes = [(_utc(s.time), s.detail or "change event") for s in _steps(timeline)
                    if s.kind == EVENT_SENT and _utc(s.time) is not None]
     return sorted(changes, key=lambda c: c[0])
+
+
+LEAD = timedelta(minutes=3)     # the chart starts this long before the run's first change
+ROOM = timedelta(minutes=3)     # and ends no earlier than this long after its last change
+LONGEST = timedelta(minutes=30)  # a longer story starts before the last change instead
+
+
+def story_window(changes: list[datetime], newest: datetime | None) -> tuple[datetime, datetime] | None:
+    """The x range that frames the story: from LEAD before the run's first change (before its last
+    one where that would span more than LONGEST) to the newest data, and at least ROOM after the
+    last change, so a change just made (03's rollback) and the minutes after it are not squeezed
+    against the right edge. Whole minutes, so bars and ticks line up. None without a change."""
+    import pandas as pd
+
+    if not changes:
+        return None
+    newest = max([newest or changes[-1], changes[-1] + ROOM])
+    end = pd.Timestamp(newest).ceil("min").to_pydatetime()
+    start = pd.Timestamp(min(changes) - LEAD).floor("min").to_pydatetime()
+    if end - start > LONGEST:
+        start = pd.Timestamp(max(changes) - LEAD).floor("min").to_pydatetime()
+    return start, end
+
+
+def minute_ticks(lo: datetime, hi: datetime) -> dict:
+    """x axis ticks on whole minutes (every 1, 2, 5 or 10 as the span needs), labelled HH:MM."""
+    minutes = (hi - lo) / timedelta(minutes=1)
+    every = next((m for m in (1, 2, 5, 10) if minutes / m <= 16), 30)
+    return dict(tick0=lo, dtick=every * 60_000, tickformat="%H:%M")
 
 
 def _px(when: datetime, lo: datetime, span: timedelta) -> float:
@@ -203,9 +255,10 @@ def _step_marks(steps) -> tuple[list, list[str]]:
                                                  for s in steps[-6:]))
 
 
-def _problem_marks(problems, lo: datetime, span: timedelta) -> tuple[list, list, list[str]]:
-    """A shaded span per problem, from its start to its end (or now while open), tagged inside at
-    the top: the whole title where it fits, else its id, with the titles in the caption."""
+def _problem_marks(problems, lo: datetime, span: timedelta, row0: int) -> tuple[list, list, list[str], int]:
+    """A shaded span per problem, from its start to its end (or now while open), tagged above the
+    plot (from label row `row0`, over the change labels' rows: never on the bars): the whole title
+    where it fits, else its id, with the titles in the caption. Returns the rows it used too."""
     shapes, found = [], []
     for r in _rows(problems):
         start = _utc(r.get("start"))
@@ -224,13 +277,14 @@ def _problem_marks(problems, lo: datetime, span: timedelta) -> tuple[list, list,
     crowded = max((row for row, _ in _place(xs, [len(f[2]) * CHAR_PX for f in found])), default=0) > 0
     texts = [tag if crowded else label for _, _, label, tag in found]
     places = _place(xs, [len(t) * CHAR_PX for t in texts])
-    annotations = [dict(name="problem", x=start, xref="x", y=1.0, yref="paper", yanchor="top",
-                        xanchor=side, yshift=-2 - 17 * row, text=html.escape(text), showarrow=False,
-                        font=dict(color="#a0522d", size=11), bgcolor="rgba(255,243,224,0.85)")
+    annotations = [dict(name="problem", x=start, xref="x", y=1.0, yref="paper", yanchor="bottom",
+                        xanchor=side, yshift=4 + 17 * (row0 + row), text=html.escape(text),
+                        showarrow=False, font=dict(color="#a0522d", size=11),
+                        bgcolor="rgba(255,243,224,0.85)")
                    for (start, *_), text, (row, side) in zip(found, texts, places)]
     key = [] if not crowded else _wrap("problems (shaded): " + " · ".join(
         f"{label} from {start:%H:%M}" + (f" to {end:%H:%M}" if end else "") for start, end, label, _ in found))
-    return shapes, annotations, key
+    return shapes, annotations, key, (max(row for row, _ in places) + 1) if places else 0
 
 
 def _wrap(text: str) -> list[str]:
@@ -258,30 +312,37 @@ def _caption(named_lines: list[tuple[str, list[str]]], top_px: int) -> list[dict
     return out
 
 
-def _badges(empty: bool, local: bool) -> list[dict]:
+def _badges(empty: bool, local: bool, top_px: int) -> list[dict]:
+    """"no data yet" in the middle; the "local lab" badge on its own line under the legend and the
+    captions (`top_px` below the plot), so it covers neither."""
     out = []
     if empty:
         out.append(dict(name="no-data", text=NO_DATA, x=0.5, y=0.5, xref="paper", yref="paper",
                         showarrow=False, font=dict(size=16, color="#777")))
-    if local:  # on the legend's row, at the right
-        out.append(dict(name="local-lab", text=LOCAL_BADGE, x=1.0, y=0, xref="paper", yshift=-52,
-                        yref="paper", xanchor="right", yanchor="top", showarrow=False,
+    if local:
+        out.append(dict(name="local-lab", text=LOCAL_BADGE, x=0, y=0, xref="paper", yshift=-top_px,
+                        yref="paper", xanchor="left", yanchor="top", showarrow=False,
                         bgcolor="#fff3cd", bordercolor="#d39e00", borderwidth=1,
                         font=dict(size=11, color="#7a5b00")))
     return out
 
 
-def _layout(service: str, subtitle: str, shapes: list, annotations: list, meta: dict,
+BADGE_PX = 22  # the local lab badge's line
+
+
+def _layout(service: str, subtitle: str, rate_name: str, shapes: list, annotations: list, meta: dict,
             rows_above: int, lines_below: int) -> dict:
     top = (78 if subtitle else 56) + 17 * rows_above
-    bottom = 84 + LINE_PX * lines_below
+    bottom = 84 + LINE_PX * lines_below + (BADGE_PX if meta.get("local") else 0)
     return dict(
         title=dict(text=f"{service}: failed requests per minute", y=1.0, yanchor="top", yref="container",
                    pad=dict(t=10), subtitle=dict(text=html.escape(subtitle))),
-        xaxis=dict(title=dict(text="time (UTC)", standoff=6), type="date"),
+        xaxis=dict(title=dict(text="time (UTC); each bar spans the minute it counts", standoff=6),
+                   type="date"),
         yaxis=dict(title=dict(text="failed requests"), rangemode="tozero"),
-        yaxis2=dict(title=dict(text="failure rate of all requests"), overlaying="y", side="right",
-                    rangemode="tozero", showgrid=False, tickmode="auto", ticksuffix="%"),
+        yaxis2=dict(title=dict(text=rate_name or "failure rate"), overlaying="y", side="right",
+                    rangemode="tozero", showgrid=False, tickmode="auto", ticksuffix="%",
+                    visible=bool(rate_name)),
         legend=dict(orientation="h", yanchor="top", y=-52 / PLOT_PX, x=0),
         height=top + PLOT_PX + bottom, margin=dict(t=top, r=70, b=bottom), bargap=0.15,
         shapes=shapes, annotations=annotations, meta={"labkit": meta})
@@ -290,7 +351,8 @@ def _layout(service: str, subtitle: str, shapes: list, annotations: list, meta: 
 def failures_figure(failed, events=None, problems=None, timeline: Timeline | None = None,
                     service: str = "cart", local: bool = False, widget: bool = False, logs=None,
                     flag: str = "cartFailure", judged=None):
-    """Failed requests of `service` per minute (bars) and the failure rate in % (line, right axis).
+    """Failed requests of `service` per minute (bars) and the verdict's failure rate (line, right
+    axis), on a window that frames the run's changes (`story_window`).
 
     - `failed`: DataFrame timestamp (UTC slot start: the minute it covers), failed, requests,
       failure_rate (0..1, NaN when there were no requests), partial (the running minute: a
@@ -302,13 +364,15 @@ def failures_figure(failed, events=None, problems=None, timeline: Timeline | Non
       new value, first failure, rolled back. When `events` is empty the timeline's "event sent" steps
       stand in as change markers.
     - `local`: adds a "local lab" badge so no one mistakes sandbox data for a tenant.
-    - `judged`: the verdict to show under the title (lab.verdict()'s, so both say the same);
-      without it the verdict of `failed` for the last change of `flag` (`logs`, error logs, place
-      the failures of the minute of the change).
+    - `judged`: the verdict to show under the title (lab.verdict()'s, so both say the same) and
+      whose rate the line draws, with its words (EmptyCart calls where it counted spans): from the
+      change on, one point per closed minute, ending on the subtitle's number; without it the
+      verdict of `failed` for the last change of `flag` (`logs`, error logs, place the failures of
+      the minute of the change). No change: no verdict, no rate line.
 
-    Labels never overlap: change labels take rows above the plot (short tags C1.. with a key under
-    the chart when they would not fit), problem titles likewise inside the plot, and the steps,
-    keys and badges sit under the axis and the legend.
+    Labels never overlap and never lie on the data: change labels take rows above the plot (short
+    tags C1.. with a key under the chart when they would not fit), problem titles the rows over
+    them, and the steps, keys and the local lab badge sit under the axis and the legend.
 
     Returns a go.Figure (a go.FigureWidget when widget=True). layout.meta["labkit"] counts what was
     drawn (change_markers, step_markers, problems, slots, partial, empty, local, verdict).
@@ -322,26 +386,36 @@ def failures_figure(failed, events=None, problems=None, timeline: Timeline | Non
     known = ([_utc(r.get("timestamp")) for r in rows] + [_utc(r.get("timestamp")) + slot for r in rows[-1:]]
              + [w for w, _ in changes] + [_utc(s.time) for s in steps]
              + [t for r in _rows(problems) for t in (_utc(r.get("start")),) if t is not None])
-    lo, span = (min(known), max(known) - min(known)) if known else (None, timedelta(0))
-    change_shapes, change_notes, change_key, rows_above = _change_marks(changes, lo, span)
+    newest = max(known) if known else None
+    if rows and rows[-1].get("partial"):  # the running minute counts up to now, not to its end
+        newest = min(newest, _utc(datetime.now(timezone.utc)))
+    story = story_window([w for w, _ in changes], newest)
+    lo, span = (story[0], story[1] - story[0]) if story else (
+        (min(known), max(known) - min(known)) if known else (None, timedelta(0)))
+    change_shapes, change_notes, change_key, change_rows = _change_marks(changes, lo, span)
     step_shapes, step_key = _step_marks(steps)
-    problem_shapes, problem_notes, problem_key = _problem_marks(problems, lo, span)
-    partial = (["dashed box, hollow bar: the minute still running, its failures so far (no rate yet)"]
+    problem_shapes, problem_notes, problem_key, problem_rows = _problem_marks(problems, lo, span, change_rows)
+    partial = (["dashed box, hollow bar: the minute still running, its failures so far"]
                if any(r.get("partial") for r in rows) else [])
     named = [("change-key", change_key), ("problem-key", problem_key), ("step", step_key),
              ("partial", partial)]
     below = sum(len(lines) for _, lines in named)
     shapes = change_shapes + step_shapes + problem_shapes + _running_marks(rows, slot)
-    annotations = (change_notes + problem_notes + _caption(named, 80) + _badges(not rows, local))
+    annotations = (change_notes + problem_notes + _caption(named, 80)
+                   + _badges(not rows, local, 80 + LINE_PX * below + 4))
     if judged is None and verdict.windows(timeline, flag, events) is not None:
         judged = verdict.compare(failed, timeline, flag=flag, events=events, logs=logs)
+    rate = _rate_points(judged, changes, newest)
     meta = {"service": service, "local": bool(local), "slots": len(rows), "empty": not rows,
             "partial": sum(bool(r.get("partial")) for r in rows),
             "change_markers": len(changes), "change_labels": [label for _, label in changes],
             "step_markers": len(steps), "problems": len(problem_shapes),
             "verdict": judged.text if judged is not None and judged.change else ""}
-    fig = go.Figure(_traces(go, rows, slot))
-    fig.update_layout(**_layout(service, meta["verdict"], shapes, annotations, meta, rows_above, below))
+    fig = go.Figure(_traces(go, rows, slot, rate))
+    fig.update_layout(**_layout(service, meta["verdict"], rate[0], shapes, annotations, meta,
+                                change_rows + problem_rows, below))
+    if story:
+        fig.update_xaxes(range=list(story), **minute_ticks(*story))
     if not rows and not shapes:
         now = _utc(datetime.now(timezone.utc))
         fig.update_xaxes(range=[now - timedelta(minutes=30), now])

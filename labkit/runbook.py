@@ -29,47 +29,86 @@ def runbook_link(description) -> str | None:
 def _minute(ts):
     import pandas as pd
 
-    return pd.Timestamp(ts).tz_convert("UTC").floor("min").tz_localize(None)
+    ts = pd.Timestamp(ts)
+    return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).floor("min").tz_localize(None)
 
 
-def _slot_starts(frame):
-    """Each slot's start (the data is stamped with the slot's end): the minute it covers."""
+MINUTE = 60_000  # ms: a bar is as wide as the minute it counts (85 % of it, gaps between)
+
+
+def _axis(xs, changes=(), newest=None) -> dict:
+    """The x axis both charts share with the main chart: its window (a few minutes before the first
+    change to the newest minute) where there is a change, ticks on whole minutes."""
+    from datetime import timedelta
+
+    from labkit import charts
+
+    newest = newest or (max(xs) + timedelta(minutes=1) if len(xs) else None)
+    window = charts.story_window(sorted(c.to_pydatetime() for c in changes), newest)
+    lo, hi = window or ((min(xs), newest) if len(xs) else (None, None))
+    axis = dict(title=dict(text="minute (UTC); each minute's value spans that minute"), type="date")
+    return axis | (dict(range=[lo, hi], **charts.minute_ticks(lo, hi)) if lo is not None else {})
+
+
+def error_trend(failed, service: str = "cart", events=None):
+    """Chart 1: failed requests of `service` per minute, each drawn across the minute it counts
+    (the frame's timestamp is that minute's start: labkit.dynatrace stamps minutes so), as a step
+    line with a marker in the minute's middle: the minute the main chart's bar covers."""
     import pandas as pd
-
-    ts = pd.to_datetime(frame["timestamp"], utc=True)
-    step = ts.diff().median() if len(ts) > 1 else pd.Timedelta(minutes=1)
-    step = step if step == step else pd.Timedelta(minutes=1)
-    return (ts - step).dt.tz_localize(None)
-
-
-def error_trend(failed, service: str = "cart"):
-    """Chart 1: failed requests of `service` per minute, drawn at the minute each one covers."""
     import plotly.graph_objects as go
 
-    rows = failed if failed is not None else []
-    xs = list(_slot_starts(rows)) if len(rows) else []
-    fig = go.Figure(go.Scatter(x=xs, y=list(rows["failed"]) if len(rows) else [], mode="lines+markers",
-                               line=dict(color=TREND_COLOR, width=2), name="failed requests",
-                               hovertemplate="%{x|%H:%M} UTC: %{y} failed<extra></extra>"))
+    rows = failed if failed is not None and len(failed) else None
+    starts = list(pd.to_datetime(rows["timestamp"], utc=True).dt.tz_localize(None)) if rows is not None else []
+    ys = [int(v) for v in rows["failed"].fillna(0)] if rows is not None else []
+    mids = [s + pd.Timedelta(seconds=30) for s in starts]
+    fig = go.Figure(go.Scatter(
+        x=mids, y=ys, mode="lines+markers", line=dict(color=TREND_COLOR, width=2, shape="hvh"),
+        name="failed requests", hovertext=[f"{s:%H:%M}–{s + pd.Timedelta(minutes=1):%H:%M} UTC: {y} failed"
+                                           for s, y in zip(starts, ys)], hoverinfo="text"))
     fig.update_layout(title=dict(text=f"{service} service failure count (runbook chart 1)"), height=300,
-                      xaxis=dict(title=dict(text="minute (UTC)"), type="date"),
+                      xaxis=_axis(starts, _times(events, "timestamp")),
                       yaxis=dict(title=dict(text="failed requests"), rangemode="tozero"),
-                      margin=dict(t=60, b=50), meta={"labkit": {"points": len(xs)}})
+                      margin=dict(t=60, b=50),
+                      meta={"labkit": {"points": len(mids), "minutes": [f"{s:%H:%M}" for s in starts]}})
     return fig
 
 
+def _times(frame, column) -> list:
+    import pandas as pd
+
+    if frame is None or not len(frame):
+        return []
+    return [t for t in pd.to_datetime(frame[column], utc=True).dt.tz_localize(None) if t == t]
+
+
+def _newest(failed):
+    """The end of the newest minute in `failed` (where chart 1 ends), or None."""
+    import pandas as pd
+
+    times = _times(failed, "timestamp")
+    return max(times) + pd.Timedelta(minutes=1) if times else None
+
+
 def _counts(times_and_names) -> dict[str, dict]:
+    """{name: {minute: [times]}}: what happened in each minute, with its own times."""
+    import pandas as pd
+
     out: dict[str, dict] = {}
     for when, name in times_and_names:
         if when is None or when != when:
             continue
-        per_minute = out.setdefault(name, {})
-        per_minute[_minute(when)] = per_minute.get(_minute(when), 0) + 1
+        when = pd.Timestamp(when)
+        when = (when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")).tz_localize(None)
+        out.setdefault(name, {}).setdefault(_minute(when), []).append(when)
     return out
 
 
-def changes_and_problems(events, problems):
-    """Chart 2: change events per flag value and problems per title, counted per minute, on one chart."""
+def changes_and_problems(events, problems, failed=None):
+    """Chart 2: change events per flag value and problems per title, counted per minute (the
+    runbook's makeTimeseries count()), each bar across the minute it counts and labelled with the
+    times inside it: a change at 09:49:51 shows in 09:49's bar, saying 09:49:51. With `failed`
+    (chart 1's minutes) its x axis is chart 1's."""
+    import pandas as pd
     import plotly.graph_objects as go
 
     changes = _counts((r.get("timestamp"), f"{r.get('flag')} = {r.get('new')}")
@@ -77,13 +116,18 @@ def changes_and_problems(events, problems):
     opened = _counts((r.get("start"), str(r.get("title")))
                      for r in (problems.to_dict("records") if problems is not None and len(problems) else []))
     fig = go.Figure()
-    for series, color in ((changes, CHANGE_COLOR), (opened, PROBLEM_COLOR)):
+    minutes = []
+    for series, color, what in ((changes, CHANGE_COLOR, "changed"), (opened, PROBLEM_COLOR, "opened")):
         for name, per_minute in series.items():
             xs = sorted(per_minute)
-            fig.add_bar(x=xs, y=[per_minute[x] for x in xs], name=name, marker_color=color,
-                        hovertemplate=f"{name}<br>%{{x|%H:%M}} UTC: %{{y}}<extra></extra>")
+            minutes += xs
+            fig.add_bar(x=[x + pd.Timedelta(seconds=30) for x in xs], y=[len(per_minute[x]) for x in xs],
+                        width=MINUTE * 0.85, name=name, marker_color=color, textposition="outside",
+                        text=[", ".join(f"{t:%H:%M:%S}" for t in per_minute[x]) for x in xs],
+                        hovertext=[f"{name}: {what} at " + ", ".join(f"{t:%H:%M:%S}" for t in per_minute[x])
+                                   + " UTC" for x in xs], hoverinfo="text")
     fig.update_layout(title=dict(text="configuration changes and problems (runbook chart 2)"), height=320,
-                      barmode="group", xaxis=dict(title=dict(text="minute (UTC)"), type="date"),
+                      barmode="overlay", xaxis=_axis(sorted(minutes), _times(events, "timestamp"), _newest(failed)),
                       yaxis=dict(title=dict(text="count"), rangemode="tozero", dtick=1),
                       legend=dict(orientation="h", y=-0.25), margin=dict(t=60, b=90),
                       meta={"labkit": {"changes": sorted(changes), "problems": sorted(opened)}})
@@ -103,11 +147,11 @@ class Runbook:
 
     @property
     def error_trend(self):
-        return error_trend(self.failed, self.service)
+        return error_trend(self.failed, self.service, self.events)
 
     @property
     def changes_and_problems(self):
-        return changes_and_problems(self.events, self.problems)
+        return changes_and_problems(self.events, self.problems, self.failed)
 
     def __repr__(self) -> str:
         if not self.link:

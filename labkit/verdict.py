@@ -13,7 +13,7 @@ each side.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from labkit import cards
@@ -152,6 +152,24 @@ def _log_times(logs):
     return pd.DatetimeIndex(pd.to_datetime(logs["timestamp"], utc=True)).tz_localize(None)
 
 
+def running(frame, start, end, logs=None, now=None) -> list[tuple[object, Count]]:
+    """The rate of [start, t) for t at each minute's end after `start` up to `end` (None: up to
+    `now`, the newest data), then at `end` itself: a window's rate as it grew, one point per closed
+    minute, the last one the window's own count (what the verdict prints). Naive UTC times."""
+    import pandas as pd
+
+    start = _naive(start)
+    stop = _naive(end if end is not None else now) if (end is not None or now is not None) else None
+    if stop is None or stop <= start:
+        return []
+    points = []
+    t = start.floor("min") + pd.Timedelta(minutes=1)
+    while t < stop:
+        points.append((t, count(frame, start, t, logs=logs)))
+        t += pd.Timedelta(minutes=1)
+    return points + [(stop, count(frame, start, end, logs=logs))]
+
+
 def straddled(frame, w: Windows) -> str:
     """How the minute of the change was counted, for the verdict's note ("" when no slot straddles)."""
     import pandas as pd
@@ -186,6 +204,11 @@ class Verdict:
     after_failed: int = 0
     unit: str = ""  # what was counted: "EmptyCart calls" or "cart requests"
     how: str = ""   # how the minute of the change was counted, when it mattered
+    rate_name: str = ""  # "failure rate of EmptyCart calls": the words its text and the chart use
+    # What was counted, so a chart draws this same rate (running()) without counting anew.
+    windows: Windows | None = field(default=None, repr=False, compare=False)
+    counted: object = field(default=None, repr=False, compare=False)
+    logs: object = field(default=None, repr=False, compare=False)
 
     def __str__(self) -> str:
         return self.text
@@ -235,11 +258,11 @@ def compare(failed, timeline: Timeline | None, flag: str = "cartFailure", window
     w = windows(timeline, flag, events, window)
     if w is None:
         return Verdict(NAN, NAN, 0, 0, f"no change of {flag} in this run yet: apply one with the "
-                       "flag switch or lab.change_flag()", False, unit=unit)
+                       "flag switch or lab.change_flag()", False, unit=unit, rate_name=rate_name)
     b, a = count(failed, *w.before, logs=logs), count(failed, *w.after, logs=logs)
     text, rose = _sentence(b, a, unit, rate_name, w, min_requests)
     return Verdict(b.rate, a.rate, b.total, a.total, text, rose, w.label, b.failed, a.failed, unit,
-                   "" if per_call else straddled(failed, w))
+                   "" if per_call else straddled(failed, w), rate_name, w, failed, logs)
 
 
 def judge(dt, timeline: Timeline | None, failed, service: str = "cart", flag: str = "cartFailure",

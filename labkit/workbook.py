@@ -23,6 +23,12 @@ NOTEBOOKS = ROOT / "notebooks"
 ORDER = ["00-setup", "01-introduce-change", "02-review-problem", "03-roll-back"]
 WORKBOOK = "workbook"            # the attendee's copies of notebooks/ (gitignored)
 COPIED = ".labkit-copied.json"   # each copy's notebook as copied, so an unchanged copy can be refreshed
+# JupyterLab's own defaults the workbook changes: no "Would you like to get notified about official
+# Jupyter news?" toast over the notebooks (fetchNews "none" asks; "false" never fetches) and no update
+# check (it needs fetchNews on anyway). The plugin and keys are JupyterLab 4's schema,
+# @jupyterlab/apputils-extension's notification.json; `--LabApp.news_url=None` does not stop the ask.
+SETTINGS_DEFAULTS = {"@jupyterlab/apputils-extension:notification": {"fetchNews": "false",
+                                                                     "checkForUpdates": False}}
 
 
 def _warn_if_not_installed(say=print) -> None:
@@ -146,6 +152,27 @@ def copy_workbook(source: Path, target: Path) -> list[str]:
     return said
 
 
+def lab_settings_args(state_dir: Path) -> list[str]:
+    """JupyterLab arguments for the server labkit starts: its own app settings dir (in the state
+    dir) holding the environment's app settings plus SETTINGS_DEFAULTS as an overrides.d file.
+    Overrides are defaults: the user's own settings (~/.jupyter/lab/user-settings) still win, and
+    no file of the user's or of the environment is written. Rebuilt at each start."""
+    import json
+    import shutil
+
+    from jupyterlab.commands import get_app_dir
+
+    default = Path(get_app_dir()) / "settings"   # what `jupyter lab` would use without the argument
+    target = Path(state_dir) / "jupyterlab-app-settings"
+    shutil.rmtree(target, ignore_errors=True)
+    if default.is_dir():
+        shutil.copytree(default, target)
+    (target / "overrides.d").mkdir(parents=True, exist_ok=True)
+    (target / "overrides.d" / "labkit-workbook.json").write_text(json.dumps(SETTINGS_DEFAULTS, indent=1),
+                                                                  encoding="utf-8")
+    return [f"--LabApp.app_settings_dir={target}"]
+
+
 def _free_port(preferred: int = 8888) -> int:
     import socket
 
@@ -220,6 +247,7 @@ def open_jupyterlab(port: int | None = None, extra: list[str] | None = None,
     args = [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={folder}",
             "--ip=127.0.0.1", f"--port={port}", "--ServerApp.port_retries=0",
             f"--ServerApp.default_url=/lab/tree/{first}"]  # the browser Jupyter opens lands on 00
+    args += lab_settings_args(state_dir)
     if not open_browser:
         args.append("--no-browser")
     if hasattr(os, "geteuid") and os.geteuid() == 0:

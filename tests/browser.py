@@ -20,6 +20,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from labkit.workbook import lab_settings_args
+
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "artifacts" / "browser"
@@ -29,6 +31,15 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
 # What Jupyter, IPython and chromium would write into $HOME without the isolation below.
 HOME_DIRS = [".jupyter", ".local/share/jupyter", ".ipython", ".config/chromium",
              ".cache/chromium", ".cache/chromium-headless"]
+
+
+NEWS_PROMPT = "get notified about official Jupyter news"
+
+
+def news_prompt(page) -> int:
+    """How many of JupyterLab's "Would you like to get notified about official Jupyter news?"
+    toasts the page shows."""
+    return page.get_by_text(NEWS_PROMPT).count()
 
 
 def log(message: str) -> None:
@@ -92,9 +103,7 @@ def isolated_jupyter_env(work: Path) -> dict[str, str]:
     for path in dirs.values():
         path.mkdir(parents=True, exist_ok=True)
     settings = dirs["JUPYTERLAB_SETTINGS_DIR"]
-    # No "get notified about Jupyter news?" toast over the page (--LabApp.news_url=None does not do it).
-    _write_json(settings / "@jupyterlab/apputils-extension/notification.jupyterlab-settings",
-                {"fetchNews": "false", "checkForUpdates": False})
+    # No news toast setting here: the workbook's own app settings (labkit.workbook) must stop it.
     # Every cell and output in the DOM (no virtual scrolling): elements can be waited for and the
     # whole notebook fits in one screenshot.
     _write_json(settings / "@jupyterlab/notebook-extension/tracker.jupyterlab-settings",
@@ -105,7 +114,8 @@ def isolated_jupyter_env(work: Path) -> dict[str, str]:
 class JupyterLab:
     """`jupyter lab` on a free loopback port with a random token, in its own session."""
 
-    def __init__(self, root_dir: Path, work: Path, env: dict[str, str]):
+    def __init__(self, root_dir: Path, work: Path, env: dict[str, str], workbook_settings: bool = True):
+        self.workbook_settings = workbook_settings  # False: JupyterLab's own defaults (news prompt)
         self.root_dir = root_dir
         self.work = work
         self.env = {**env, **isolated_jupyter_env(work)}
@@ -119,7 +129,8 @@ class JupyterLab:
 
         args = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip", "127.0.0.1",
                 "--port", str(self.port), f"--IdentityProvider.token={self.token}", "--allow-root",
-                f"--ServerApp.root_dir={self.root_dir}", "--ServerApp.port_retries=0"]
+                f"--ServerApp.root_dir={self.root_dir}", "--ServerApp.port_retries=0",
+                *(lab_settings_args(self.work) if self.workbook_settings else [])]  # as `labkit lab`
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(args, env=self.env, cwd=self.work, stdout=out,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -168,6 +168,33 @@ def _cards(run: Run, kinds: list[str]) -> None:
             expect(run.panel.locator(f".jp-OutputArea .labkit-card-{kind}").first).to_be_visible(timeout=10_000)
 
 
+@pytest.mark.parametrize("workbook_settings", [True, False], ids=["labkit-lab", "plain-jupyterlab"])
+def test_the_news_prompt_only_without_the_workbooks_settings(workbook_settings, tmp_path):
+    """`labkit lab`'s JupyterLab (its own app settings) shows no "Would you like to get notified
+    about official Jupyter news?" toast; a plain JupyterLab in the same isolated dirs does, so the
+    check sees the toast when it is there."""
+    from playwright.sync_api import expect
+
+    notebooks = ui.copy_notebooks(NOTEBOOKS, tmp_path / "notebooks")
+    home = tmp_path / "home"
+    home.mkdir()
+    lab = ui.JupyterLab(notebooks, tmp_path, {**os.environ, "HOME": str(home)}, workbook_settings)
+    try:
+        lab.start(timeout=60)
+        with ui.chromium(tmp_path, home=home, viewport=(1280, 900)) as (page, _errors):
+            ui.open_notebook(page, lab.url("00-setup.ipynb", workspace="news"))
+            toast = page.get_by_text(ui.NEWS_PROMPT)
+            if workbook_settings:
+                page.wait_for_timeout(5_000)  # JupyterLab asks a moment after the page is up
+                ui.ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                ui.log(f"screenshot: {ui.screenshot(page, ui.ARTIFACTS / 'no-news-prompt.png')}")
+                assert ui.news_prompt(page) == 0, "the news toast shows under labkit lab's settings"
+            else:
+                expect(toast.first).to_be_visible(timeout=20_000)
+    finally:
+        lab.stop()
+
+
 def test_workbook_in_a_real_browser(local_lab, lab_on, kernel_env, tmp_path):
     from playwright.sync_api import expect
 
@@ -213,6 +240,8 @@ def test_workbook_in_a_real_browser(local_lab, lab_on, kernel_env, tmp_path):
                 expect(live.locator(".js-plotly-plot .annotation-text",
                                     has_text=f"cartFailure: off → {lab_on}").first).to_be_visible(timeout=20_000)
             _cards(run, ["lab", "change-event", "served", "timeline", "traffic", "verdict"])
+            with run.step("no JupyterLab news prompt over the notebook"):
+                assert ui.news_prompt(page) == 0, "the 'get notified about Jupyter news?' toast shows"
             other = next(v for v in variants if v != served)
             _apply(run, cluster, other)
             _apply(run, cluster, served)  # back to the `on`: what 01 leaves for 03 to roll back

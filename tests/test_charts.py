@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from labkit import charts, timeline as labmod
+from labkit import charts, timeline as labmod, verdict
 from labkit.timeline import Timeline
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=timezone.utc)
@@ -72,7 +72,9 @@ def test_figure_shows_bars_rate_change_marker_steps_and_problem():
                                  problems=problems_frame(14, 19), timeline=change_timeline())
     bars, so_far, rate = fig.data
     assert bars.type == "bar" and len(bars.x) == 20 and list(bars.y)[-1] == 3 and not so_far.x
-    assert rate.yaxis == "y2" and rate.y[-1] == pytest.approx(10.0)
+    # the verdict's rate as it grew from the change: its last point is the subtitle's number
+    assert rate.yaxis == "y2" and rate.y[-1] == pytest.approx(100 * 27 / 330, abs=0.01)
+    assert rate.text[-1] == "8.2 %" and rate.name == "failure rate of all cart requests after the change"
     assert fig.layout.title.text == "cart: failed requests per minute"
     # the subtitle is the verdict's own sentence
     assert fig.layout.title.subtitle.text == fig.layout.meta["labkit"]["verdict"]
@@ -165,19 +167,20 @@ def test_the_running_minute_is_hollow_and_so_far_never_a_drop_to_zero():
     bars, so_far, rate = fig.data
     assert len(bars.x) == 9 and list(so_far.y) == [0]          # not among the finished minutes
     assert "so far" in so_far.hovertext[0] and so_far.marker.pattern.shape == "/"
-    assert len(rate.x) == 9 and 0.0 not in list(rate.y)        # the line never drops to 0 %
+    assert not rate.x and not fig.layout.yaxis2.visible        # no change: no verdict, no rate
     (box,) = shapes(fig, "partial")                             # the running minute, dashed
     assert box.line.dash == "dash" and pd.Timestamp(box.x0) == pd.Timestamp(T0 + timedelta(minutes=10)).tz_localize(None)
     assert [a.text for a in annotations(fig, "partial")] == [
-        "dashed box, hollow bar: the minute still running, its failures so far (no rate yet)"]
+        "dashed box, hollow bar: the minute still running, its failures so far"]
     assert fig.layout.meta["labkit"]["partial"] == 1
 
 
 def _boxes(fig, name, px_per_minute):
     """(left, right, row) in px of each label called `name` (the figure's own estimate of width)."""
     out = []
+    lo = pd.Timestamp(fig.layout.xaxis.range[0])
     for a in annotations(fig, name):
-        x = (pd.Timestamp(a.x) - pd.Timestamp(T0).tz_localize(None)) / timedelta(minutes=1) * px_per_minute
+        x = (pd.Timestamp(a.x) - lo) / timedelta(minutes=1) * px_per_minute
         w = len(a.text) * charts.CHAR_PX
         left = x - w if a.xanchor == "right" else x
         out.append((left, left + w, a.yshift))
@@ -193,18 +196,19 @@ def test_three_close_changes_and_two_problems_stay_legible():
     """A flip, its rollback and a flip again minutes apart, two problems: no label lies on another;
     crowded labels become tags with their key under the chart; nothing under the chart overlaps."""
     failed = failed_frame([(m, 3 if 10 <= m < 14 or m >= 16 else 0, 30) for m in range(0, 31)])
-    events = events_frame((9.8, "off", "on"), (13.9, "on", "off"), (15.7, "off", "on"))
-    tl = change_timeline(15.7, 16.1)
+    events = events_frame((9.8, "off", "on"), (11.0, "on", "off"), (12.2, "off", "on"))
+    tl = change_timeline(12.2, 12.6)
     problems = pd.concat([problems_frame(11, 15), problems_frame(17)], ignore_index=True)
     problems.loc[1, "display_id"] = "P-2611002"
     fig = charts.failures_figure(failed, events=events, problems=problems, timeline=tl, local=True)
-    per_minute = charts.NOMINAL_PX / 31
+    lo, hi = (pd.Timestamp(x) for x in fig.layout.xaxis.range)
+    per_minute = charts.NOMINAL_PX / ((hi - lo) / timedelta(minutes=1))
     for name in ("change", "problem"):
         assert not _overlaps(_boxes(fig, name, per_minute)), name
-    # three full labels within 6 minutes do not fit in two rows: tags, and their key under the chart
+    # three full labels within 3 minutes do not fit in two rows: tags, and their key under the chart
     assert [a.text for a in annotations(fig, "change")] == ["C1", "C2", "C3"]
     (key,) = annotations(fig, "change-key")
-    assert "C2 10:13:54 cartFailure: on → off" in key.text
+    assert "C2 10:11:00 cartFailure: on → off" in key.text
     assert [a.text.split(" ")[0] for a in annotations(fig, "problem")] == ["P-2611001", "P-2611002"]
     # under the plot: legend row (with the badge at the right), then caption blocks one under another
     below = sorted((-a.yshift, a.name, a.text.count("<br>") + 1) for a in fig.layout.annotations
@@ -215,3 +219,127 @@ def test_three_close_changes_and_two_problems_stay_legible():
     last_top, _, lines = below[-1]
     assert last_top + lines * charts.LINE_PX <= fig.layout.margin.b
     assert fig.layout.margin.t >= 78 + 17 * (max(a.yshift for a in annotations(fig, "change")) // 17)
+
+
+# --- the story at a glance (issue 26) ----------------------------------------------------------
+def _story(partial=False):
+    """A change at 10:19:51, failures from 10:20 on, an open problem at 10:20:23."""
+    rows = [(m, 0, 6) for m in range(0, 20)] + [(20, 5, 9), (21, 2, 8), (22, 3, 7), (23, 1, 8)]
+    failed = failed_frame(rows, partial_last=partial)
+    events = events_frame((19 + 51 / 60, "off", "10%"))
+    tl = change_timeline(19 + 51 / 60, 20 + 7 / 60, new="10%")
+    problems = problems_frame(20 + 23 / 60)
+    problems["display_id"] = "P-01"
+    return failed, events, problems, tl
+
+
+def _naive(t):
+    return pd.Timestamp(t).tz_localize(None) if pd.Timestamp(t).tzinfo else pd.Timestamp(t)
+
+
+def test_the_window_frames_the_change_not_the_flat_minutes_before_it():
+    failed, events, problems, tl = _story()
+    fig = charts.failures_figure(failed, events=events, problems=problems, timeline=tl, local=True)
+    change = _naive(events["timestamp"][0])
+    lo, hi = (pd.Timestamp(x) for x in fig.layout.xaxis.range)
+    assert timedelta(minutes=2) <= change - lo <= timedelta(minutes=5)    # starts just before it
+    assert hi >= _naive(failed["timestamp"].iloc[-1]) + timedelta(minutes=1)  # up to the newest minute
+    assert (hi - change) / (hi - lo) > 0.5           # the change and after it: most of the width
+    assert fig.layout.xaxis.dtick == 60_000 and fig.layout.xaxis.tickformat == "%H:%M"
+    assert pd.Timestamp(fig.layout.xaxis.tick0).second == 0  # ticks on whole minutes
+
+
+def test_bars_sit_in_the_minute_they_count():
+    failed, events, problems, tl = _story()
+    bars = charts.failures_figure(failed, events=events, timeline=tl).data[0]
+    for x, minute, y in zip(bars.x, failed["timestamp"], failed["failed"]):
+        assert pd.Timestamp(x).floor("min") == _naive(minute) and pd.Timestamp(x).second == 30
+    assert bars.width == pytest.approx(0.85 * 60_000)
+
+
+def test_one_failure_rate_the_verdicts_drawn_from_the_change_on():
+    failed, events, problems, tl = _story()
+    fig = charts.failures_figure(failed, events=events, problems=problems, timeline=tl)
+    judged = verdict.compare(failed, tl, events=events)
+    rate = fig.data[2]
+    change = _naive(events["timestamp"][0])
+    assert all(pd.Timestamp(x) >= change for x in rate.x)  # nothing drawn before the change
+    # one point at each closed minute's end from the change on, the last at the newest data
+    assert [pd.Timestamp(x) for x in rate.x] == [change.ceil("min") + timedelta(minutes=i) for i in range(5)]
+    # the subtitle's words and number
+    subtitle = fig.layout.title.subtitle.text
+    assert subtitle == judged.text and judged.rate_name in subtitle
+    assert rate.name.startswith(judged.rate_name) and fig.layout.yaxis2.title.text == rate.name
+    assert rate.text[-1] == verdict.pct(judged.after_rate) and f"→ {rate.text[-1]}" in subtitle
+    assert [t for t in rate.text if t] == [rate.text[-1]]
+
+
+def test_the_rate_of_emptycart_calls_when_the_verdict_counts_calls():
+    failed, events, problems, tl = _story()
+    change = _naive(events["timestamp"][0])
+    stamps = [change + timedelta(seconds=s) for s in range(-200, 240, 20)]
+    calls = pd.DataFrame({"timestamp": pd.to_datetime(stamps).tz_localize("UTC"),
+                          "failed": [s > change and i % 3 == 0 for i, s in enumerate(stamps)]})
+    judged = verdict.compare(calls, tl, events=events, unit="EmptyCart calls")
+    fig = charts.failures_figure(failed, events=events, timeline=tl, judged=judged)
+    rate = fig.data[2]
+    assert rate.name == "failure rate of EmptyCart calls after the change"
+    assert rate.text[-1] == verdict.pct(judged.after_rate) and rate.text[-1] in fig.layout.title.subtitle.text
+    assert "EmptyCart calls" in rate.hovertext[-1]
+
+
+def test_labels_above_the_plot_and_the_badge_under_everything():
+    failed, events, problems, tl = _story()
+    fig = charts.failures_figure(failed, events=events, problems=problems, timeline=tl, local=True)
+    for a in annotations(fig, "change") + annotations(fig, "problem"):
+        assert a.yref == "paper" and a.y == 1.0 and a.yanchor == "bottom" and a.yshift > 0  # over no bar
+    (problem,) = annotations(fig, "problem")
+    assert problem.text == "P-01 Redis connection errors (open)"
+    assert problem.yshift > max(a.yshift for a in annotations(fig, "change"))  # its own row
+    (badge,) = annotations(fig, "local-lab")
+    legend_px = -fig.layout.legend.y * charts.PLOT_PX
+    captions = [a for a in fig.layout.annotations if a.yref == "paper" and a.y == 0 and a.name != "local-lab"]
+    lowest = max(-a.yshift + (a.text.count("<br>") + 1) * charts.LINE_PX for a in captions)
+    assert -badge.yshift >= max(lowest, legend_px + 20)  # under the legend and the captions
+    assert -badge.yshift + charts.BADGE_PX <= fig.layout.margin.b  # inside the figure
+    assert fig.layout.margin.t >= 78 + 17 * (problem.yshift // 17)
+
+
+def test_after_a_rollback_the_minutes_after_it_have_room_and_both_windows_show():
+    failed, events, problems, tl = _story()
+    back = T0 + timedelta(minutes=23, seconds=20)
+    tl.add(labmod.FLAG_APPLIED, flag="cartFailure", old="10%", new="off", at=back)
+    tl.add(labmod.ROLLED_BACK, flag="cartFailure", new="off", at=back + timedelta(seconds=1))
+    events = pd.concat([events, events_frame((23 + 20 / 60, "10%", "off"))], ignore_index=True)
+    fig = charts.failures_figure(failed, events=events, problems=problems, timeline=tl)
+    lo, hi = (pd.Timestamp(x) for x in fig.layout.xaxis.range)
+    assert hi - _naive(back) >= charts.ROOM               # not against the right edge
+    assert _naive(events["timestamp"][0]) - lo <= timedelta(minutes=5)
+    judged = verdict.compare(failed, tl, events=events)
+    rate = fig.data[2]
+    # the window before the rollback (after the first change) ends on the subtitle's first number,
+    # a gap, then the window after it on its second
+    assert [t for t in rate.text if t] == [verdict.pct(judged.before_rate), verdict.pct(judged.after_rate)]
+    assert None in list(rate.y)
+    assert all(pd.Timestamp(x) >= _naive(events["timestamp"][0]) for x in rate.x)
+
+
+def test_the_runbook_charts_agree_with_the_main_chart_minute_by_minute():
+    from labkit import runbook
+
+    failed, events, problems, tl = _story()
+    main = charts.failures_figure(failed, events=events, problems=problems, timeline=tl).data[0]
+    book = runbook.Runbook("https://x/ui/document/r", "P-01", failed, events, problems)
+    trend = book.error_trend
+    line = trend.data[0]
+    worst = lambda xs, ys: pd.Timestamp(xs[list(ys).index(max(ys))]).floor("min")  # noqa: E731
+    assert worst(line.x, line.y) == worst(main.x, main.y) == _naive(T0 + timedelta(minutes=20))
+    assert [pd.Timestamp(x).floor("min") for x in line.x] == [pd.Timestamp(x).floor("min") for x in main.x]
+    assert line.line.shape == "hvh"  # each value spans its own minute
+    both = book.changes_and_problems
+    assert trend.layout.xaxis.range == both.layout.xaxis.range
+    assert both.layout.xaxis.dtick == 60_000 and trend.layout.xaxis.dtick == 60_000
+    change, problem = both.data
+    assert pd.Timestamp(change.x[0]).floor("min") == _naive(T0 + timedelta(minutes=19))
+    assert change.text[0] == "10:19:51" and problem.text[0] == "10:20:23"  # at their own times
+    assert pd.Timestamp(problem.x[0]).floor("min") == _naive(T0 + timedelta(minutes=20))

@@ -9,7 +9,7 @@ import pandas as pd
 
 from labkit import timeline as labmod
 from labkit.timeline import Timeline
-from labkit.verdict import Count, compare, count, rise_text, windows
+from labkit.verdict import Count, compare, count, pct, rise_text, running, windows
 from test_charts import T0, change_timeline, events_frame, failed_frame
 
 
@@ -76,6 +76,22 @@ def test_verdict_judges_the_asked_flag_not_a_later_change_of_another():
     failed = failed_frame([(m, 0 if m < 10 else 5, 50) for m in range(0, 17)])
     verdict = compare(failed, tl, flag="cartFailure")
     assert verdict.change == "cartFailure: off → on" and verdict.rose
+
+
+def test_running_is_the_verdicts_after_window_as_it_grew_minute_by_minute():
+    """The chart's rate line: [change, t) at each closed minute's end, the last point the verdict's
+    own after count, so the line ends on the subtitle's number."""
+    failed = failed_frame([(m, 0 if m < 10 else 5, 50) for m in range(0, 17)])
+    tl = change_timeline(10.5, 11.0)
+    verdict = compare(failed, tl)
+    change = verdict.windows.change_at
+    points = running(verdict.counted, change, None, now=T0.replace(tzinfo=None) + timedelta(minutes=17))
+    assert [t for t, _ in points][:2] == [change.ceil("min"), change.ceil("min") + timedelta(minutes=1)]
+    assert points[0][1] == count(failed, change, change.ceil("min"))  # the half minute of the change
+    assert points[-1][1] == Count(verdict.after_failed, verdict.after_requests)
+    assert pct(points[-1][1].rate) in verdict.text
+    assert [c.total for _, c in points] == sorted(c.total for _, c in points)  # it only grows
+    assert running(failed, change, change) == []  # an empty window draws nothing
 
 
 def test_imports_no_plotting():
