@@ -151,6 +151,10 @@ def cmd_sandbox(args) -> int:
             out(f"  demo shop       {lab.frontend_server.url}   (FRONTEND_URL)")
             out(f"  Dynatrace API   {lab.tenant_server.url}   (DT_URL; the local lab, not a real tenant)")
             out(f"  demo release    {lab.release.version}   (its cart reads {lab.release.cart_call})")
+            out("  tenant setup    " + ("none: no runbook, pipeline or route (rehearse getting-started: "
+                                      "labkit check, labkit tenant setup)" if lab.bare_tenant else
+                                      "as getting-started leaves it: runbook, Log Errors pipeline, "
+                                      "Critical Logs route"))
             out("Try: kubectl get pods; python -m labkit flags; "
                 f"python -m labkit set cartFailure {lab.release.lab_on_variant}")
             out("Ctrl-C stops the local lab.")

@@ -139,7 +139,9 @@ class Runbook:
     """The runbook a problem links, and its two charts over the lab's data."""
 
     link: str | None
-    problem: str  # "P-01 Redis connection errors", or "" when no problem has a description yet
+    # "P-01 [1][production][otel-demo-app][teamA] Critical Redis connection error!", or "" when no
+    # problem has a description yet
+    problem: str
     failed: object
     events: object
     problems: object

@@ -198,12 +198,13 @@ def test_unreachable_cluster_exits_1_with_a_hint(tmp_path, closed_port):
 
 
 # ---- sandbox ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("release, off", [(None, "off (0)"), ("2.2.0", "off (false)")])
-def test_sandbox_command_serves_until_ctrl_c(tmp_path, release, off):
-    """`labkit sandbox` runs demo 3.0.0 (cartFailure off = 0) unless --release picks 2.2.0 (off = false)."""
+@pytest.mark.parametrize("release, off, bare", [(None, "off (0)", False), ("2.2.0", "off (false)", True)])
+def test_sandbox_command_serves_until_ctrl_c(tmp_path, release, off, bare):
+    """`labkit sandbox` runs demo 3.0.0 (cartFailure off = 0) unless --release picks 2.2.0 (off = false);
+    its tenant starts set up unless --bare-tenant."""
     state = tmp_path / "lab"
     env = base_env(tmp_path, LABKIT_POD_START="0.3", LABKIT_POD_TERMINATE="0.3", LABKIT_SEED_HOURS="0.2")
-    chosen = ["--release", release] if release else []
+    chosen = (["--release", release] if release else []) + (["--bare-tenant"] if bare else [])
     proc = subprocess.Popen([sys.executable, "-m", "labkit", "sandbox", "--state-dir", str(state), *chosen],
                             cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -216,6 +217,8 @@ def test_sandbox_command_serves_until_ctrl_c(tmp_path, release, off):
         while banner[-1] and "Ctrl-C" not in banner[-1]:
             banner.append(proc.stdout.readline())
         assert any(f"demo release    {release or '3.0.0'}" in line for line in banner), banner
+        setup = next(line for line in banner if "tenant setup" in line)
+        assert ("none: no runbook, pipeline or route" in setup) is bare, setup
         lab_env = {}
         for line in (state / "lab.env").read_text().splitlines():
             key, _, value = line.removeprefix("export ").partition("=")
@@ -238,6 +241,18 @@ def test_sandbox_command_serves_until_ctrl_c(tmp_path, release, off):
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "stopped" in err
     assert not (state / "lab.env").exists()
+
+
+def test_problems_command_shows_the_problem_on_the_carts_pod(lab_env, local_lab, tmp_path):
+    from labkit.tenant import PROBLEM_TITLE
+
+    local_lab.collector.log_cart_redis_error("1" * 32, "2" * 16, "pod")
+    (pod,) = local_lab.cluster.list("pods", "opentelemetry.io/name=cart", None)[0]
+    proc = subprocess.run([sys.executable, "-m", "labkit", "problems", "cart"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, env={**base_env(tmp_path), **lab_env})
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if PROBLEM_TITLE in x)
+    assert pod["metadata"]["name"] in line
 
 
 def test_tenant_commands_on_the_local_lab_say_so(lab_env, tmp_path):

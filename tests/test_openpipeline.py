@@ -167,3 +167,39 @@ def test_matchers_evaluate_as_dql_does():
     assert parse_matcher("true")({}) and not parse_matcher("not true")({})
     assert parse_matcher('matchesValue(service.name, "CA*")')(record)
     assert parse_matcher('matchesPhrase(alertmessage, "redis connection")')(record)
+
+
+# ----- the local lab as getting-started leaves it, or bare ---------------------------------------
+def test_the_local_lab_starts_set_up_and_its_runbook_link_opens(local_lab):
+    import httpx
+
+    (doc,) = local_lab.tenant.documents.list()
+    assert doc.name == lab_tenant.RUNBOOK_NAME and doc.type == "notebook" and len(doc.id) == 36
+    (pipeline_id, pipeline) = lab_pipeline(local_lab)
+    assert pipeline["customId"].startswith("pipeline_Log_Errors_") and pipeline["displayName"] == "Log Errors"
+    (processor,) = pipeline["davis"]["processors"]
+    assert processor["id"].startswith("processor_") and processor["matcher"] == "true"
+    (_, routes) = routing(local_lab)
+    assert routes["routingEntries"] == [lab_tenant.route_entry(pipeline_id)]
+    cart = local_lab.cluster.get("deployments", "cart")
+    info = cart["spec"]["template"]["metadata"]["annotations"]["supportInfo"]
+    link = f"{local_lab.tenant_server.url}/ui/document/{doc.id}"
+    assert info == lab_tenant.support_info(local_lab.tenant_server.url, doc.id) and link in info
+    page = httpx.get(link, timeout=10)
+    assert page.status_code == 200 and "Contact List" in page.text and "Fetch logs" in page.text
+    gone = httpx.get(f"{local_lab.tenant_server.url}/ui/document/c21c01cb-b4ad-4eae-9279-a3853f38b1de")
+    assert gone.status_code == 404 and "no document c21c01cb" in gone.text
+
+
+def test_a_bare_local_lab_has_none_of_it(tmp_path, monkeypatch):
+    from labkit.sandbox import LocalLab, Timings
+    from labkit.sandbox.kube.workloads import LAB_SUPPORT_INFO
+
+    monkeypatch.setenv("LABKIT_BARE_TENANT", "1")
+    lab = LocalLab(tmp_path, Timings.fast()).start()
+    try:
+        assert lab.bare_tenant and lab.tenant.settings.items() == [] and lab.tenant.documents.list() == []
+        cart = lab.cluster.get("deployments", "cart")
+        assert cart["spec"]["template"]["metadata"]["annotations"]["supportInfo"] == LAB_SUPPORT_INFO
+    finally:
+        lab.stop()

@@ -13,7 +13,7 @@ from labkit.sandbox import Timings, kube
 from labkit.sandbox.flagd.evaluate import FlagSet
 from labkit.sandbox.http import LabServer
 from labkit.sandbox.shop import PRODUCTS, DemoShop, app
-from labkit.sandbox.dynatrace import REDIS_ERROR, Telemetry
+from labkit.sandbox.dynatrace import DEFAULT_CLUSTER, REDIS_ERROR, Collector, Telemetry
 
 PRODUCT = "OLJCESPC7Z"
 
@@ -27,9 +27,11 @@ def shop_lab():
     def make(cart_failure: str = "off"):
         timings = Timings.fast()
         timings.shopper_rate = 0  # no background traffic unless a test starts it
-        cluster = kube.LocalCluster(timings, release_flags_yaml("3.0.0", cart_failure), demo=False).start()
+        cluster = kube.LocalCluster(timings, release_flags_yaml("3.0.0", cart_failure)).start()
         telemetry = Telemetry(timings, seed=7)
-        shop = DemoShop(cluster, telemetry, timings, releases.get("3.0.0"), seed=11)
+        # through the lab's collector, as in a local lab: the cart pod's name and annotations on its logs
+        shop = DemoShop(cluster, Collector(telemetry, DEFAULT_CLUSTER, cluster), timings,
+                        releases.get("3.0.0"), seed=11)
         server = LabServer(app(shop)).start()
         client = httpx.Client(base_url=server.url, timeout=10)
         made.append((client, shop, server, cluster))
@@ -85,7 +87,7 @@ def test_bad_cart_additions_are_rejected(shop_lab, body):
 
 
 def test_a_failed_empty_looks_like_the_lab_in_telemetry(shop_lab):
-    _, telemetry, client = shop_lab("100%")
+    shop, telemetry, client = shop_lab("100%")
     add(client, "bob")
     resp = empty(client, "bob")
     assert resp.status_code == 500
@@ -97,13 +99,20 @@ def test_a_failed_empty_looks_like_the_lab_in_telemetry(shop_lab):
     assert any(r.failed for r in telemetry.records("frontend"))
     log = telemetry.logs(0, 2**62)[-1]
     assert log["content"] == REDIS_ERROR
-    assert (log["loglevel"], log["status"], log["statuscode"], log["priority"]) == (
-        "ERROR", "ERROR", "FailedPrecondition", "1")
+    assert (log["loglevel"], log["status"], log["statuscode"], log["priority"], log["alertmessage"]) == (
+        "ERROR", "ERROR", "FailedPrecondition", "1", "Critical Redis connection error!")  # the transform's
     assert log["trace_id"] == failed[0].trace_id and len(log["trace_id"]) == 32
     assert log["span_id"] == failed[0].span_id and len(log["span_id"]) == 16
-    assert log["service.name"] == "cart" and log["host.name"].startswith("cart-")
-    for key in ("dt.owner", "dt.cost.product", "dt.cost.costcenter", "dt.entity.service"):
-        assert log[key]
+    (pod,) = [p["metadata"] for p in shop.cluster.list("pods", "opentelemetry.io/name=cart", None)[0]]
+    assert log["service.name"] == "cart" and log["k8s.pod.name"] == log["host.name"] == pod["name"]
+    # k8sattributes: the pod's annotations under the lab's tag names; none becomes dt.cost.product
+    assert {k: log[k] for k in ("dt.owner", "dt.cost.costcenter", "deployment.release_product",
+                                "deployment.release_stage", "supportInfo")} == {
+        "dt.owner": "teamA", "dt.cost.costcenter": "centre1", "deployment.release_product": "otel-demo-app",
+        "deployment.release_stage": "production", "supportInfo": pod["annotations"]["supportInfo"]}
+    assert "dt.cost.product" not in log and log["dt.entity.service"]
+    info = [r for r in telemetry.logs(0, 2**62) if r["service.name"] == "cart" and r["status"] == "INFO"][-1]
+    assert "alertmessage" not in info and info["dt.owner"] == "teamA"  # tagged, not alerted
     # The cart keeps its items when EmptyCart fails.
     assert client.get("/api/cart", params={"sessionId": "bob"}).json()["items"]
 
