@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -246,4 +247,9 @@ def test_tenant_commands_on_the_local_lab_say_so(lab_env, tmp_path):
                           env={**base_env(tmp_path), **lab_env})
     assert proc.returncode == 0, proc.stderr
     assert "requests failed in the last 30m" in proc.stdout
+    # every rate printed outside the table names its window by its times
+    assert re.search(r"^cart: \d+\.\d % \(\d+ of \d+ cart requests failed in the last 30m, "
+                     r"\d\d:\d\d:\d\d–\d\d:\d\d:\d\d UTC\)$", proc.stdout, re.M), proc.stdout
+    for line in (x for x in proc.stdout.splitlines() if " % (" in x):
+        assert re.search(r"\d\d:\d\d:\d\d", line), line
     assert "local lab: sandbox data, not a real tenant" in proc.stderr
