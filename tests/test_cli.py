@@ -110,7 +110,9 @@ def test_set_changes_restarts_and_verifies(kube):
     assert kube.replicas() == 1
     assert "no change event sent" not in proc.stderr  # --no-event
     assert proc.stdout.splitlines()[-1].endswith("the cart reads cartFailure = true (on), so every "
-                                                 "EmptyCart call fails")
+                                                 "EmptyCart call fails: the verdict should show about "
+                                                 "100.0 % of EmptyCart calls failed since the change (fewer "
+                                                 "of all cart requests, as only empties fail)")
 
     proc = kube.run("set", "cartFailure", "off", "--how", "rollout")
     assert proc.returncode == 0, proc.stderr
