@@ -62,8 +62,19 @@ class CartRead:
             else f"about {rate:.0%} of EmptyCart calls fail"
 
     @property
+    def expected(self) -> str:
+        """The number the verdict should show for it, in the verdict's words (pct, its window and
+        unit), so the switch's "1 in 10" and the verdict's rate read as one number; of all cart
+        requests the share is smaller, as only EmptyCart fails, and it says so."""
+        from labkit.verdict import pct
+
+        return (f"the verdict should show about {pct(self.failure_rate)} of EmptyCart calls failed since the "
+                "change (fewer of all cart requests, as only empties fail)")
+
+    @property
     def summary(self) -> str:
-        """One sentence: `the cart reads cartFailure = 0.1 (10%), so about 1 in 10 EmptyCart calls fail`,
+        """One sentence: `the cart reads cartFailure = 0.1 (10%), so about 1 in 10 EmptyCart calls fail:
+        the verdict should show about 10.0 % of EmptyCart calls failed since the change (...)`,
         or `TYPE_MISMATCH: the cart reads 0 and will never fail: <cause>. Fix: <fix>`."""
         default = format_value(self.release.cart_default)
         if self.falls_back:
@@ -71,8 +82,9 @@ class CartRead:
             text = f"{self.error_code}: the cart reads {default} and {never}"
             return text + (f": {self.cause}" if self.cause else "") + (f". Fix: {self.fix}" if self.fix else "")
         if self.reason == "DISABLED":
-            return f"the cart reads {self.flag} = {default} (its code default: the flag is disabled), so {self.fails}"
-        return f"the cart reads {self.flag} = {format_value(self.value)} ({self.variant}), so {self.fails}"
+            return (f"the cart reads {self.flag} = {default} (its code default: the flag is disabled), so "
+                    f"{self.fails}: {self.expected}")
+        return f"the cart reads {self.flag} = {format_value(self.value)} ({self.variant}), so {self.fails}: {self.expected}"
 
     def __str__(self) -> str:
         return self.summary

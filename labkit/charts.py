@@ -132,12 +132,14 @@ def _rate_points(judged, changes, newest: datetime | None) -> tuple[str, list, l
         return "", [], [], []
     w = judged.windows
     first = min((when for when, _ in changes), default=_utc(w.change_at))
-    parts = []
+    parts = []  # (points, the window in words up to t): the verdict's own words for each side
     if _utc(w.before[0]) >= first - timedelta(seconds=1):
-        parts.append(verdict.running(judged.counted, w.before[0], w.before[1], logs=judged.logs))
-    parts.append(verdict.running(judged.counted, w.after[0], None, logs=judged.logs, now=newest))
+        parts.append((verdict.running(judged.counted, w.before[0], w.before[1], logs=judged.logs),
+                      lambda t: f"in {verdict.span_text(w.before[0], t)}"))
+    parts.append((verdict.running(judged.counted, w.after[0], None, logs=judged.logs, now=newest),
+                  lambda t: verdict.since_text(w, t)))
     points, texts, hovers = [], [], []
-    for part in (p for p in parts if p):
+    for part, when in (p for p in parts if p[0]):
         if points:  # a new window counts anew: no line from one to the other
             points.append((_utc(part[0][0]), None))
             texts.append("")
@@ -145,8 +147,8 @@ def _rate_points(judged, changes, newest: datetime | None) -> tuple[str, list, l
         for i, (t, c) in enumerate(part):
             points.append((_utc(t), None if not c.total else round(c.rate * 100, 2)))
             texts.append(verdict.pct(c.rate) if i == len(part) - 1 else "")
-            hovers.append(f"up to {_utc(t):%H:%M:%S} UTC: {verdict.share_text(c, judged.unit)}")
-    return f"{judged.rate_name} after the change", points, texts, hovers
+            hovers.append(verdict.share_text(c, judged.unit, when(c.upto if c.upto is not None else t)))
+    return f"{judged.rate_name} since {verdict.clock(w.change_at)} UTC", points, texts, hovers
 
 
 def _running_marks(rows: list[dict], slot: timedelta) -> list[dict]:
@@ -330,13 +332,23 @@ def _badges(empty: bool, local: bool, top_px: int) -> list[dict]:
 BADGE_PX = 22  # the local lab badge's line
 
 
+def _subtitle(text: str) -> str:
+    """The verdict as the subtitle, on two lines when too long for one (it names both windows, so
+    it often is): `.replace("<br>", " ")` gives the verdict's text back."""
+    if len(text) <= CAPTION_CHARS:
+        return html.escape(text)
+    # the rise's arrow (not the one in a change's label), else the last space that fits
+    at = text.find(") → ") + 1 or text.rfind(" ", 0, CAPTION_CHARS) + 1 or len(text)
+    return html.escape(text[:at].rstrip()) + "<br>" + html.escape(text[at:].lstrip())
+
+
 def _layout(service: str, subtitle: str, rate_name: str, shapes: list, annotations: list, meta: dict,
             rows_above: int, lines_below: int) -> dict:
-    top = (78 if subtitle else 56) + 17 * rows_above
+    top = (78 if subtitle else 56) + 17 * (rows_above + ("<br>" in _subtitle(subtitle)))
     bottom = 84 + LINE_PX * lines_below + (BADGE_PX if meta.get("local") else 0)
     return dict(
         title=dict(text=f"{service}: failed requests per minute", y=1.0, yanchor="top", yref="container",
-                   pad=dict(t=10), subtitle=dict(text=html.escape(subtitle))),
+                   pad=dict(t=10), subtitle=dict(text=_subtitle(subtitle))),
         xaxis=dict(title=dict(text="time (UTC); each bar spans the minute it counts", standoff=6),
                    type="date"),
         yaxis=dict(title=dict(text="failed requests"), rangemode="tozero"),

@@ -507,16 +507,16 @@ def cmd_failures(args) -> int:
     rows = [[f"{r.timestamp:%Y-%m-%d %H:%M}", str(r.requests) + (" (so far)" if r.partial else ""),
              str(r.failed), verdict.pct(r.failure_rate)] for r in shown.itertuples()]
     if rows:  # each row is the minute it covers (Dynatrace stamps a slot by its end)
-        out(table(rows, ["MINUTE (UTC)", "REQUESTS", "FAILED", "RATE"]))
+        out(table(rows, ["MINUTE (UTC)", "REQUESTS", "FAILED", "RATE THAT MINUTE"]))
     else:
         out(f"no requests of {args.service} yet")
     _shown(len(shown), len(df), "minutes (the newest)")
-    total = verdict.Count(int(df["failed"].sum()), int(df["requests"].sum()))
-    out(f"{args.service}: {verdict.share_text(total, f'{args.service} requests', f'in the last {args.since}')}")
+    # the verdict's count over all of --since, named by its times (the verdict below: since the change)
+    total = verdict.count(df, df["timestamp"].min(), None) if len(df) else verdict.Count(0, 0)
+    span = f", {verdict.span_text(df['timestamp'].min(), total.upto)}" if total.upto is not None else ""
+    out(f"{args.service}: {verdict.share_text(total, f'{args.service} requests', f'in the last {args.since}{span}')}")
     if judged is not None:
-        out(f"verdict: {judged.text}")
-        if judged.how:
-            out(f"  ({judged.how})")
+        out(f"verdict: {judged.text}" + (f"\n  ({judged.how})" if judged.how else ""))
     if link:
         out(f"the {args.service} service in Dynatrace: {link}")
     return 0

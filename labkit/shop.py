@@ -19,7 +19,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import httpx
 
@@ -27,7 +27,7 @@ from labkit import cards
 from labkit.errors import BadInput
 from labkit.progress import Progress
 from labkit.settings import DEFAULT_FRONTEND_URL, Settings
-from labkit.verdict import Count, share_text
+from labkit.verdict import Count, share_text, span_text
 
 FALLBACK_PRODUCT = "OLJCESPC7Z"  # the demo catalogue's first product
 PORT_FORWARD_HINT = ("run `kubectl -n default port-forward svc/frontend-proxy 8080:8080` in another "
@@ -60,6 +60,7 @@ class ShopResult:
     notes: list[str] = field(default_factory=list)
     max_failures_kept: int = 1000
     failure_count: int = 0  # all failures, also those beyond max_failures_kept
+    started_at: datetime | None = None  # UTC, when the run's first session started
 
     @property
     def first_failure_at(self) -> datetime | None:
@@ -76,10 +77,16 @@ class ShopResult:
 
     @property
     def empties_text(self) -> str:
-        """'9.8 % (5 of 51 EmptyCart calls failed)', as the verdict shows a rate; "" without any."""
+        """'9.8 % (5 of 51 EmptyCart calls failed in this run only, 09:50:30–09:51:40 UTC)', as the
+        verdict shows a rate, with this run's window: the verdict counts every call since the change,
+        so its number differs and the words say why; "" without any."""
         total = self.by_operation.get("empty", 0)
         failed = self.failures_by_operation.get("empty", 0)
-        return share_text(Count(failed, total), "EmptyCart calls") if total else ""
+        if not total:
+            return ""
+        when = "in this run only" + (f", {span_text(self.started_at, self.started_at + timedelta(seconds=self.seconds))}"
+                                     if self.started_at else "")
+        return share_text(Count(failed, total), "EmptyCart calls", when)
 
     def summary(self) -> str:
         text = (f"{self.sessions} sessions, {self.operations} operations in {self.seconds:.1f} s "
@@ -226,6 +233,7 @@ class Shop:
         if workers is None:  # enough keep-alive connections to hide per-request latency
             workers = 12 if rate == 0 else max(1, min(16, math.ceil(rate / 5)))
         run = _Run(self, seconds, rate, stop or threading.Event(), max_sessions)
+        run.result.started_at = datetime.now(timezone.utc)
         threads = [threading.Thread(target=run.worker, name=f"labkit-shop-{i}", daemon=True)
                    for i in range(max(1, int(workers)))]
         for t in threads:

@@ -2,8 +2,11 @@
 
 The one definition every view uses: `windows()` says what "before" and "after" a change are,
 `count()` counts failures and requests in such a window, `rise_text()` / `share_text()` print a
-rate. The verdict, the chart's caption, `labkit failures`, `labkit logs` and the traffic card call
-these, so they cannot disagree.
+rate, always with what it counts and its window (`since_text()`, `span_text()`): "16.1 % (5 of 31
+EmptyCart calls failed since cartFailure: off → 10% at 09:49:51 UTC, to 09:53:02)". The verdict,
+the chart's subtitle and hovers, `labkit failures`, `labkit logs`, the traffic card and the cart's
+expectation call these, so they cannot disagree, and where their windows differ (the traffic card
+counts only its own run; `labkit failures` its --since) the text says so.
 
 Times are the data's own: per-call records (spans: timestamp, failed) are counted by their
 timestamps; per-minute slots (timestamp = the minute's start) count whole where they lie on one
@@ -30,6 +33,7 @@ class Count:
 
     failed: int
     total: int
+    upto: object = field(default=None, compare=False)  # the newest data counted (naive UTC), if known
 
     @property
     def rate(self) -> float:
@@ -42,14 +46,32 @@ def pct(rate: float) -> str:
 
 
 def share_text(c: Count, unit: str, when: str = "") -> str:
-    """'9.8 % (5 of 51 EmptyCart calls failed after the change)': one rate, with its counts."""
+    """'9.8 % (5 of 51 EmptyCart calls failed since …)': one rate, with its counts and `when`, its
+    window in words (since_text, span_text)."""
     return f"{pct(c.rate)} ({c.failed} of {c.total} {unit} failed{' ' + when if when else ''})"
 
 
-def rise_text(before: Count, after: Count, unit: str, when: str = "after the change") -> str:
-    """'0.0 % → 9.8 % (5 of 51 EmptyCart calls failed after the change)': how a rise (or fall) is
-    always shown."""
-    return f"{pct(before.rate)} → {share_text(after, unit, when)}"
+def rise_text(before: Count, after: Count, unit: str, when: str = "after the change",
+              before_when: str = "before it") -> str:
+    """'0.0 % (0 of 40 before it) → 9.8 % (5 of 51 EmptyCart calls failed after the change)': how a
+    rise (or fall) is always shown, each side with its counts and window."""
+    return f"{pct(before.rate)} ({before.failed} of {before.total} {before_when}) → {share_text(after, unit, when)}"
+
+
+def clock(t) -> str:
+    """'09:49:51', a time of the windows (naive UTC)."""
+    return f"{_naive(t):%H:%M:%S}"
+
+
+def span_text(start, end) -> str:
+    """'09:44:51–09:49:51 UTC': a window by its bounds (end None: '09:44:51 UTC on')."""
+    return f"{clock(start)}–{clock(end)} UTC" if end is not None else f"{clock(start)} UTC on"
+
+
+def since_text(w: "Windows", upto=None) -> str:
+    """'since cartFailure: off → 10% at 09:49:51 UTC, to 09:53:02': the after window in words. It
+    starts when the flag was applied, not when flagd served it (see windows()), so it says so."""
+    return f"since {w.label} at {clock(w.change_at)} UTC" + (f", to {clock(upto)}" if upto is not None else "")
 
 
 @dataclass(frozen=True)
@@ -119,20 +141,25 @@ def count(frame, start, end, logs=None) -> Count:
     ts = pd.to_datetime(frame["timestamp"], utc=True).dt.tz_localize(None)
     if "requests" not in frame:  # one row per call
         inside = ((ts >= start) & (ts < end)).to_numpy()
-        return Count(int(frame["failed"].to_numpy()[inside].astype(bool).sum()), int(inside.sum()))
+        return Count(int(frame["failed"].to_numpy()[inside].astype(bool).sum()), int(inside.sum()),
+                     ts[inside].max() if inside.any() else None)
     slot = _slot(frame, ts)
     log_ts = _log_times(logs)
     failed = total = 0.0
-    for s, f, r in zip(ts, frame["failed"].fillna(0), frame["requests"].fillna(0)):
+    upto = None
+    running = frame["partial"].fillna(False).to_numpy() if "partial" in frame else [False] * len(frame)
+    for s, f, r, partial in zip(ts, frame["failed"].fillna(0), frame["requests"].fillna(0), running):
         e = s + slot
         share = max(pd.Timedelta(0), min(end, e) - max(start, s)) / slot
         if share <= 0:
             continue
+        # the running minute is counted up to now, not to its end
+        upto = min(end, e, _naive(pd.Timestamp.now("UTC")) if partial else e)
         in_slot = log_ts[(log_ts >= s) & (log_ts < e)] if log_ts is not None and share < 1 else ()
         f_in = f * (((in_slot >= start) & (in_slot < end)).sum() / len(in_slot) if len(in_slot) else share)
         failed += f_in
         total += f_in + (r - f) * share  # the failures where they happened, the rest by time
-    return Count(int(failed + 0.5), int(total + 0.5))  # half up: 4.5 failures read as 5
+    return Count(int(failed + 0.5), int(total + 0.5), upto)  # half up: 4.5 failures read as 5
 
 
 def _slot(frame, ts):
@@ -191,7 +218,8 @@ def straddled(frame, w: Windows) -> str:
 # --- the verdict --------------------------------------------------------------------------------
 @dataclass
 class Verdict:
-    """The failure rate before the change against after flagd served the new value."""
+    """The failure rate in the window before the change against the one since it (its text names
+    both windows: Windows)."""
 
     before_rate: float
     after_rate: float
@@ -228,12 +256,13 @@ def _sentence(b: Count, a: Count, unit: str, rate_name: str, w: Windows, min_req
               ) -> tuple[str, bool]:
     after = f"after {w.label}"
     if a.total < min_requests and not a.failed:
-        return (f"not enough traffic {after} yet ({a.total} {unit} since {w.change_at:%H:%M:%S} "
+        return (f"not enough traffic {after} yet ({a.total} {unit} since {clock(w.change_at)} "
                 "UTC): run generate_traffic()"), False
+    since = since_text(w, a.upto)
     if not b.total:
-        return (f"{rate_name} is {share_text(a, unit, after)}; no {unit} in the "
+        return (f"{rate_name} is {share_text(a, unit, since)}; no {unit} in the "
                 f"{_minutes(w.before[1] - w.before[0])} before the change to compare with"), False
-    rise = rise_text(b, a, unit, after)
+    rise = rise_text(b, a, unit, since, f"in {span_text(*w.before)}")
     if not b.failed and not a.failed:
         return f"no {unit} failed before or {after}: {rise}", False
     if a.rate - b.rate > 0.005 or (a.failed and not b.failed):

@@ -20,6 +20,12 @@ LAB_PAGE = None  # the lab page's flags.yaml (KubeSandbox's default)
 DEMO_300 = releases.get("3.0.0").configmap_yaml()
 
 
+def expect(rate: str) -> str:
+    """The cart's expectation in the verdict's words: its number, unit and window."""
+    return (f": the verdict should show about {rate} of EmptyCart calls failed since the change (fewer of all "
+            "cart requests, as only empties fail)")
+
+
 @pytest.fixture
 def demo(kube_sandbox):
     """A cluster running demo `version`'s cart with `flags` (None: the lab page's flags.yaml)."""
@@ -63,13 +69,13 @@ def turn(cluster, variant: str, flag: str = "cartFailure") -> None:
 def test_the_300_cart_reads_10_percent_as_a_float(demo):
     sandbox = demo("3.0.0", DEMO_300)
     cluster = sandbox.labkit()
-    assert cluster.cart_reads().summary == "the cart reads cartFailure = 0 (off), so no EmptyCart call fails"
+    assert cluster.cart_reads().summary == "the cart reads cartFailure = 0 (off), so no EmptyCart call fails" + expect("0.0 %")
     turn(cluster, "10%")
     read = cluster.cart_reads()
     assert (read.release.version, read.kind, read.value, read.variant, read.reason, read.error_code) == (
         "3.0.0", "float", 0.1, "10%", "STATIC", None)
     assert read.failure_rate == 0.1 and not read.falls_back
-    assert read.summary == "the cart reads cartFailure = 0.1 (10%), so about 1 in 10 EmptyCart calls fail"
+    assert read.summary == "the cart reads cartFailure = 0.1 (10%), so about 1 in 10 EmptyCart calls fail" + expect("10.0 %")
     assert "ghcr.io/open-telemetry/demo:3.0.0-cart" in read.release_from
 
 
@@ -90,7 +96,7 @@ def test_the_220_cart_reads_on_as_a_boolean(demo):
     turn(cluster, "on")
     read = cluster.cart_reads()
     assert (read.release.version, read.value, read.variant, read.error_code) == ("2.2.0", True, "on", None)
-    assert read.summary == "the cart reads cartFailure = true (on), so every EmptyCart call fails"
+    assert read.summary == "the cart reads cartFailure = true (on), so every EmptyCart call fails" + expect("100.0 %")
 
 
 def test_with_a_cart_image_labkit_does_not_know_the_release_comes_from_the_variant_types(demo):
@@ -195,7 +201,7 @@ def test_check_fails_on_the_mismatch_naming_the_fix_and_passes_after_it(demo, la
     lab.restart_flagd()
     checks = {c.item: c for c in lab.check()}
     assert checks["cartFailure types"].ok and "'10%'" in checks["cartFailure types"].detail
-    assert checks["the cart"].detail == "the cart reads cartFailure = 0.1 (10%), so about 1 in 10 EmptyCart calls fail"
+    assert checks["the cart"].detail == "the cart reads cartFailure = 0.1 (10%), so about 1 in 10 EmptyCart calls fail" + expect("10.0 %")
     # the lab page's file also lacks loadGeneratorTraffic: 3.0.0's load generator then sends nothing
     assert [c.item for c in lab.check() if not c.ok] == ["load generator"]
     assert "lab.fix_flag_types('loadGeneratorTraffic')" in checks["load generator"].detail
@@ -229,7 +235,7 @@ def test_served_and_change_flag_say_what_the_cart_reads(demo, lab_of):
     served = lab.change_flag(lab.on_variant(), send_event=False)
     assert served.variant == "10%" and served.cart.value == 0.1
     assert repr(lab.served()) == ("flagd serves cartFailure = 10% (0.1), reason STATIC\n"
-                                  "the cart reads cartFailure = 0.1 (10%), so about 1 in 10 EmptyCart calls fail")
+                                  "the cart reads cartFailure = 0.1 (10%), so about 1 in 10 EmptyCart calls fail" + expect("10.0 %"))
     assert "labkit-card-cart-read" in lab.served()._repr_html_()
     layers = repr(lab.layers()).splitlines()
     assert layers[0].split()[:5] == ["ConfigMap", "flagd-config", "defaults", "to", "10%"]
@@ -251,7 +257,7 @@ def test_the_switch_shows_what_the_cart_reads_and_a_fallback_in_red(demo, lab_of
 
     lab.fix_flag_types()
     assert switch.apply("10%") is not None, switch.status.value
-    assert switch.cart_text == "the cart reads cartFailure = 0.1 (10%), so about 1 in 10 EmptyCart calls fail"
+    assert switch.cart_text == "the cart reads cartFailure = 0.1 (10%), so about 1 in 10 EmptyCart calls fail" + expect("10.0 %")
     assert "✔" in switch.status.value and "the cart reads cartFailure = 0.1" in switch.status.value
 
 
@@ -323,14 +329,14 @@ def test_labkit_set_exits_non_zero_when_the_cart_reads_its_fallback_and_fix_make
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("cartFailure now has demo 3.0.0's variants: 10%=0.1, 100%=1")
     assert proc.stdout.rstrip().endswith("the cart reads cartFailure = 0.1 (10%), so about 1 in 10 EmptyCart "
-                                         "calls fail")
+                                         "calls fail" + expect("10.0 %"))
     flags = labkit_cli(sandbox, "flags")
     assert flags.returncode == 0 and "the cart (demo 3.0.0, flagd.evaluation.v2.Service/ResolveFloat on " \
         "flagd:8013): the cart reads cartFailure = 0.1 (10%)" in flags.stdout
 
     proc = labkit_cli(sandbox, "set", "cartFailure", "off", "--no-event")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[-1].endswith("the cart reads cartFailure = 0 (off), so no EmptyCart call fails")
+    assert proc.stdout.splitlines()[-1].endswith("the cart reads cartFailure = 0 (off), so no EmptyCart call fails" + expect("0.0 %"))
 
     proc = labkit_cli(sandbox, "fix", "--undo")
     assert proc.returncode == 0 and proc.stdout.startswith("cartFailure is back as it was before the fix")

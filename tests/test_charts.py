@@ -74,13 +74,19 @@ def test_figure_shows_bars_rate_change_marker_steps_and_problem():
     assert bars.type == "bar" and len(bars.x) == 20 and list(bars.y)[-1] == 3 and not so_far.x
     # the verdict's rate as it grew from the change: its last point is the subtitle's number
     assert rate.yaxis == "y2" and rate.y[-1] == pytest.approx(100 * 27 / 330, abs=0.01)
-    assert rate.text[-1] == "8.2 %" and rate.name == "failure rate of all cart requests after the change"
+    assert rate.text[-1] == "8.2 %" and rate.name == "failure rate of all cart requests since 10:10:00 UTC"
     assert fig.layout.title.text == "cart: failed requests per minute"
     # the subtitle is the verdict's own sentence
-    assert fig.layout.title.subtitle.text == fig.layout.meta["labkit"]["verdict"]
+    assert fig.layout.title.subtitle.text.replace("<br>", " ") == fig.layout.meta["labkit"]["verdict"]
     # after = from the change at 10:10 on: minutes 10..20, 27 of 330 requests failed
-    assert fig.layout.title.subtitle.text == ("failure rate of all cart requests rose: 0.0 % → 8.2 % "
-                                              "(27 of 330 cart requests failed after cartFailure: off → on)")
+    # each side with its window; on two lines, broken at the rise's arrow
+    assert fig.layout.title.subtitle.text == ("failure rate of all cart requests rose: 0.0 % (0 of 150 in "
+                                              "10:05:00–10:10:00 UTC)<br>→ 8.2 % (27 of 330 cart requests "
+                                              "failed since cartFailure: off → on at 10:10:00 UTC, to 10:21:00)")
+    # the line's last point says the same words as the subtitle's after side
+    assert rate.hovertext[-1] == ("8.2 % (27 of 330 cart requests failed since cartFailure: off → on at "
+                                  "10:10:00 UTC, to 10:21:00)")
+    assert rate.hovertext[1].endswith("since cartFailure: off → on at 10:10:00 UTC, to 10:12:00)")
     change = annotations(fig, "change")
     assert [a.text for a in change] == ["cartFailure: off → on"]
     assert shapes(fig, "change")[0].line.dash == "dash"
@@ -267,7 +273,7 @@ def test_one_failure_rate_the_verdicts_drawn_from_the_change_on():
     # one point at each closed minute's end from the change on, the last at the newest data
     assert [pd.Timestamp(x) for x in rate.x] == [change.ceil("min") + timedelta(minutes=i) for i in range(5)]
     # the subtitle's words and number
-    subtitle = fig.layout.title.subtitle.text
+    subtitle = fig.layout.title.subtitle.text.replace("<br>", " ")
     assert subtitle == judged.text and judged.rate_name in subtitle
     assert rate.name.startswith(judged.rate_name) and fig.layout.yaxis2.title.text == rate.name
     assert rate.text[-1] == verdict.pct(judged.after_rate) and f"→ {rate.text[-1]}" in subtitle
@@ -283,7 +289,7 @@ def test_the_rate_of_emptycart_calls_when_the_verdict_counts_calls():
     judged = verdict.compare(calls, tl, events=events, unit="EmptyCart calls")
     fig = charts.failures_figure(failed, events=events, timeline=tl, judged=judged)
     rate = fig.data[2]
-    assert rate.name == "failure rate of EmptyCart calls after the change"
+    assert rate.name.startswith("failure rate of EmptyCart calls since ")
     assert rate.text[-1] == verdict.pct(judged.after_rate) and rate.text[-1] in fig.layout.title.subtitle.text
     assert "EmptyCart calls" in rate.hovertext[-1]
 

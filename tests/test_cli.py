@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -109,7 +110,9 @@ def test_set_changes_restarts_and_verifies(kube):
     assert kube.replicas() == 1
     assert "no change event sent" not in proc.stderr  # --no-event
     assert proc.stdout.splitlines()[-1].endswith("the cart reads cartFailure = true (on), so every "
-                                                 "EmptyCart call fails")
+                                                 "EmptyCart call fails: the verdict should show about "
+                                                 "100.0 % of EmptyCart calls failed since the change (fewer "
+                                                 "of all cart requests, as only empties fail)")
 
     proc = kube.run("set", "cartFailure", "off", "--how", "rollout")
     assert proc.returncode == 0, proc.stderr
@@ -261,4 +264,9 @@ def test_tenant_commands_on_the_local_lab_say_so(lab_env, tmp_path):
                           env={**base_env(tmp_path), **lab_env})
     assert proc.returncode == 0, proc.stderr
     assert "requests failed in the last 30m" in proc.stdout
+    # every rate printed outside the table names its window by its times
+    assert re.search(r"^cart: \d+\.\d % \(\d+ of \d+ cart requests failed in the last 30m, "
+                     r"\d\d:\d\d:\d\d–\d\d:\d\d:\d\d UTC\)$", proc.stdout, re.M), proc.stdout
+    for line in (x for x in proc.stdout.splitlines() if " % (" in x):
+        assert re.search(r"\d\d:\d\d:\d\d", line), line
     assert "local lab: sandbox data, not a real tenant" in proc.stderr

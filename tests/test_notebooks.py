@@ -145,6 +145,32 @@ def test_roll_back_recovers(executed):
     assert f"cartFailure: {on} → off" in _find(book, "lab.chart()")
 
 
+RATE = re.compile(r"(\d+\.\d %|-) \((\d+) of (\d+)([^)]*)\)")  # '16.1 % (5 of 31 ... since ... 09:50:07)'
+CLOCK = re.compile(r"\d\d:\d\d:\d\d")
+
+
+def _rate_texts(book) -> list[str]:
+    """Every text with a rate an attendee reads: outputs, and the charts' subtitles and hovers."""
+    texts = _outputs(book, "text/plain") + _outputs(book, "text/html")
+    for fig in _outputs(book, "application/vnd.plotly.v1+json"):
+        texts.append(str(fig["layout"].get("title", {}).get("subtitle", {}).get("text", "")))
+        texts += [str(h) for trace in fig["data"] for h in (trace.get("hovertext") or [])]
+    return texts
+
+
+def test_every_rate_names_its_window(executed):
+    """01-03: each "x % (n of m ...)" says by its times which window it counts (the verdict's before
+    and since the change, the traffic card's own run), so five numbers read as answers to their
+    own questions, not as five answers to one."""
+    seen = 0
+    for name in ("01-introduce-change", "02-review-problem", "03-roll-back"):
+        for text in _rate_texts(executed[name]):
+            for rate in RATE.finditer(text):
+                seen += 1
+                assert CLOCK.search(rate.group(4)), f"{name}: a rate without its window: {rate.group(0)}"
+    assert seen >= 4  # the traffic card, the verdict's two sides, the chart's subtitle at least
+
+
 def test_notebooks_have_no_errors(executed):
     for name, book in executed.items():
         for cell in book.cells:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 
@@ -61,8 +62,13 @@ def test_failures_are_seen_and_timed_when_the_cart_fails(shop, cart_flag):
     assert first.timestamp.tzinfo is not None and first.timestamp.timestamp() >= before - 1
     assert result.first_failure_at == first.timestamp
     n = result.sessions  # the rate as the verdict and the chart print one
-    assert f"; EmptyCart: 100.0 % ({n} of {n} EmptyCart calls failed)" in result.summary()
-    assert f"100.0 % ({n} of {n} EmptyCart calls failed)" in result._repr_html_()
+    # with its own window: this run only, from its start to its end (the verdict counts since the change)
+    start, end = result.started_at, result.started_at + timedelta(seconds=result.seconds)
+    assert start.timestamp() >= before - 1 and start <= first.timestamp <= end + timedelta(seconds=1)
+    said = (f"100.0 % ({n} of {n} EmptyCart calls failed in this run only, "
+            f"{start:%H:%M:%S}–{end:%H:%M:%S} UTC)")
+    assert f"; EmptyCart: {said}" in result.summary()
+    assert said in result._repr_html_()
 
 
 def test_the_releases_on_fails_some_empties(shop, cart_flag, local_lab):

@@ -21,15 +21,17 @@ def logs_at(*seconds_after_t0):
 
 def test_a_rise_is_always_shown_the_same_way():
     assert rise_text(Count(0, 40), Count(5, 51), "EmptyCart calls") == (
-        "0.0 % → 9.8 % (5 of 51 EmptyCart calls failed after the change)")
+        "0.0 % (0 of 40 before it) → 9.8 % (5 of 51 EmptyCart calls failed after the change)")
 
 
 def test_verdict_rose_and_names_the_rate():
     failed = failed_frame([(m, 0 if m < 10 else 5, 50) for m in range(0, 17)])
     verdict = compare(failed, change_timeline())
     assert verdict.rose
-    assert verdict.text == ("failure rate of all cart requests rose: 0.0 % → 10.0 % (35 of 350 cart "
-                            "requests failed after cartFailure: off → on)")
+    # each side names its window: the 5 min before the change, and since it up to the newest minute's end
+    assert verdict.text == ("failure rate of all cart requests rose: 0.0 % (0 of 250 in 10:05:00–10:10:00 "
+                            "UTC) → 10.0 % (35 of 350 cart requests failed since cartFailure: off → on at "
+                            "10:10:00 UTC, to 10:17:00)")
     assert verdict.before_requests == 250 and verdict.after_requests == 350
     assert str(verdict) == verdict.text and "rose" in verdict._repr_html_()
 
@@ -39,7 +41,8 @@ def test_no_failures_on_either_side_is_said_with_the_numbers():
     verdict = compare(failed, change_timeline())
     assert not verdict.rose
     assert verdict.text == ("no cart requests failed before or after cartFailure: off → on: "
-                            "0.0 % → 0.0 % (0 of 280 cart requests failed after cartFailure: off → on)")
+                            "0.0 % (0 of 200 in 10:05:00–10:10:00 UTC) → 0.0 % (0 of 280 cart requests "
+                            "failed since cartFailure: off → on at 10:10:00 UTC, to 10:17:00)")
 
 
 def test_verdict_fell_after_rollback():
@@ -49,7 +52,10 @@ def test_verdict_fell_after_rollback():
     failed = failed_frame([(m, 4 if 10 <= m < 20 else 0, 40) for m in range(0, 27)])
     verdict = compare(failed, tl)
     assert not verdict.rose
-    assert verdict.text.startswith("failure rate of all cart requests fell: 10.0 % → 0.0 % (0 of 280")
+    # each side by its own times: the 5 min before the rollback, since the rollback
+    assert verdict.text.startswith("failure rate of all cart requests fell: 10.0 % (20 of 200 in "
+                                   "10:15:00–10:20:00 UTC) → 0.0 % (0 of 280 cart requests failed since "
+                                   "cartFailure: on → off at 10:20:00 UTC, to 10:27:00)")
 
 
 def test_verdict_not_enough_traffic_after():
@@ -67,7 +73,7 @@ def test_verdict_without_a_change():
 def test_verdict_from_change_events_when_timeline_is_empty():
     failed = failed_frame([(m, 0 if m < 10 else 2, 20) for m in range(0, 15)])
     verdict = compare(failed, None, events=events_frame((10, "off", "on")))
-    assert verdict.rose and verdict.text.endswith("after cartFailure: off → on)")
+    assert verdict.rose and verdict.text.endswith("since cartFailure: off → on at 10:10:00 UTC, to 10:15:00)")
 
 
 def test_verdict_judges_the_asked_flag_not_a_later_change_of_another():
@@ -113,7 +119,7 @@ def test_before_does_not_reach_back_into_an_earlier_state_of_the_flag():
     failed = failed_frame([(m, 4 if 2 <= m < 6 or m >= 9 else 0, 40) for m in range(0, 18)])
     verdict = compare(failed, tl)
     assert verdict.before_failed == 0 and verdict.before_requests == 120  # minutes 6..8, not 4..8
-    assert verdict.rose and "rose: 0.0 % → 10.0 %" in verdict.text
+    assert verdict.rose and "rose: 0.0 % (0 of 120 in 10:06:00–10:09:00 UTC) → 10.0 %" in verdict.text
 
 
 # --- the reported bug: failures in the minute of the change vanished -----------------------------
@@ -156,15 +162,18 @@ def test_per_call_records_are_counted_by_their_own_times():
     verdict = compare(calls, tl, unit="EmptyCart calls", min_requests=1)
     assert (verdict.before_failed, verdict.before_requests) == (0, 3)
     assert (verdict.after_failed, verdict.after_requests) == (3, 5)
-    assert verdict.text == ("failure rate of EmptyCart calls rose: 0.0 % → 60.0 % (3 of 5 EmptyCart "
-                            "calls failed after cartFailure: off → on)")
+    # calls: "to" is the newest call counted
+    assert verdict.text == ("failure rate of EmptyCart calls rose: 0.0 % (0 of 3 in 10:05:40–10:10:40 UTC) → "
+                            "60.0 % (3 of 5 EmptyCart calls failed since cartFailure: off → on at 10:10:40 "
+                            "UTC, to 10:11:40)")
 
 
 def test_no_traffic_before_is_said_only_when_there_was_none():
     failed = failed_frame([(m, 0 if m < 10 else 2, 0 if m < 10 else 20) for m in range(0, 15)])
     verdict = compare(failed, change_timeline())
     assert verdict.text.startswith("failure rate of all cart requests is 10.0 % (10 of 100 cart requests "
-                                   "failed after cartFailure: off → on); no cart requests in the 5 min")
+                                   "failed since cartFailure: off → on at 10:10:00 UTC, to 10:15:00); no cart "
+                                   "requests in the 5 min")
     failed = failed_frame([(m, 0 if m < 10 else 2, 1 if m == 7 else 0 if m < 10 else 20) for m in range(0, 15)])
     assert "no cart requests in" not in compare(failed, change_timeline()).text
 
@@ -227,11 +236,12 @@ def test_verdict_chart_failures_and_error_logs_agree_after_a_burst(tenant_sandbo
     assert judged.after_failed == 5 and judged.before_failed == 0 and judged.rose
     assert int((logs["timestamp"] >= base + timedelta(seconds=40)).sum()) == 5
     assert int(frame.loc[frame["timestamp"] >= base, "failed"].sum()) == 5
-    assert fig.layout.title.subtitle.text == judged.text
+    assert fig.layout.title.subtitle.text.replace("<br>", " ") == judged.text
     bars = dict(zip(fig.data[0].x, fig.data[0].y))  # the chart's bar over the minute of the burst
     assert bars[(base + timedelta(seconds=30)).tz_localize(None).to_pydatetime()] == 5
     assert judged.unit == "EmptyCart calls"  # the local tenant has spans: each call at its own time
-    assert f"(5 of {judged.after_requests} {judged.unit} failed after cartFailure: off → on)" in judged.text
+    assert (f"(5 of {judged.after_requests} {judged.unit} failed since cartFailure: off → on at "
+            f"{base + timedelta(seconds=40):%H:%M:%S} UTC, to {base + timedelta(seconds=55):%H:%M:%S})") in judged.text
 
     assert cli.main(["failures", "cart", "--since", "10m"]) == 0
     printed = capsys.readouterr().out
@@ -308,7 +318,7 @@ def test_the_verdict_uses_the_calls_own_times_where_the_tenant_has_spans():
     with_spans = Tenant(call_frame(spans))
     verdict = judge(with_spans, tl, failed_frame([(10, 3, 6)]))
     assert verdict.unit == "EmptyCart calls" and (verdict.after_failed, verdict.after_requests) == (3, 4)
-    assert "failure rate of EmptyCart calls rose: 0.0 % → 75.0 % (3 of 4 EmptyCart calls" in verdict.text
+    assert "failure rate of EmptyCart calls rose: 0.0 % (0 of 2 in 10:05:40–10:10:40 UTC) → 75.0 % (3 of 4 EmptyCart calls" in verdict.text
     assert with_spans.asked[0][:2] == ("cart", "EmptyCart")
     without = judge(Tenant(None), tl, failed_frame([(10, 3, 6)]))
     assert without.unit == "cart requests" and without.after_failed == 3  # placed by the logs

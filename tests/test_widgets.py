@@ -299,6 +299,17 @@ def test_live_chart_over_the_local_lab_marks_the_change(real_lab, lab_on):
     # named on the chart: as its label, or (several changes close together) in the key under it
     named = " ".join(a.text for a in live.figure.layout.annotations if a.name in ("change", "change-key"))
     assert f"cartFailure: {before} → {target}" in named
+    # its rate names what it counts and since when, in the verdict's words; so does the switch's expectation
+    from labkit.timeline import FLAG_APPLIED
+    from labkit.verdict import clock
+
+    at = clock(real_lab.timeline.last(FLAG_APPLIED, "cartFailure").time)
+    since = f"failed since cartFailure: {before} → {target} at {at} UTC, to "
+    subtitle = live.figure.layout.title.subtitle.text.replace("<br>", " ")
+    assert since in subtitle and subtitle == live.figure.layout.meta["labkit"]["verdict"]
+    assert live.figure.data[2].name.startswith(("failure rate of all cart requests since ",
+                                                "failure rate of EmptyCart calls since "))
+    assert "of EmptyCart calls failed since the change" in switch.cart_text
 
 
 def test_flag_switch_does_not_send_a_second_event_after_inform_dynatrace(real_lab, lab_on):
