@@ -300,7 +300,7 @@ def test_labels_above_the_plot_and_the_badge_under_everything():
     for a in annotations(fig, "change") + annotations(fig, "problem"):
         assert a.yref == "paper" and a.y == 1.0 and a.yanchor == "bottom" and a.yshift > 0  # over no bar
     (problem,) = annotations(fig, "problem")
-    assert problem.text == "P-01 Redis connection errors (open)"
+    assert problem.text == "P-01 [1][production][otel-demo-app][teamA] Critical Redis connection error! (open)"
     assert problem.yshift > max(a.yshift for a in annotations(fig, "change"))  # its own row
     (badge,) = annotations(fig, "local-lab")
     legend_px = -fig.layout.legend.y * charts.PLOT_PX

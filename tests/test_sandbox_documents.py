@@ -20,7 +20,8 @@ NOTEBOOK = {"version": "6", "defaultTimeframe": {"from": "now()-30m", "to": "now
 
 @pytest.fixture
 def sandbox(tenant_sandbox):
-    return tenant_sandbox()
+    """A bare tenant (nothing made yet), as a tenant is before getting-started."""
+    return tenant_sandbox(bare=True)
 
 
 def form(**fields) -> dict:

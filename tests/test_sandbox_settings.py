@@ -23,7 +23,8 @@ API, PLATFORM = "/api/v2/settings", "/platform/classic/environment-api/v2/settin
 
 @pytest.fixture
 def sandbox(tenant_sandbox):
-    return tenant_sandbox()
+    """A bare tenant (nothing made yet), as a tenant is before getting-started."""
+    return tenant_sandbox(bare=True)
 
 
 def post(client, path, *objects, **params):
