@@ -81,7 +81,7 @@ def _on(book) -> str:
     """The lab page's `on` on this run's release, as 01's `on = lab.on_variant()` cell says it."""
     text = "".join(_outputs(book, "text/plain", "on = lab.on_variant()"))
     found = re.search(r"is the variant (\S+)", text)
-    assert found and "'" not in text, f"not a sentence: {text!r}"
+    assert found and f"'{found.group(1)}'" not in text, f"not a sentence: {text!r}"
     return found.group(1)
 
 
@@ -191,6 +191,7 @@ def test_the_facilitators_reset_says_what_it_did_and_the_verdict_after_it(execut
     assert executed.steps[FACILITATOR] == ["lab reset"]  # a new run, begun by the reset
     done = _find(book, "lab.reset()")
     assert "Lab reset" in done and "flagd restarted (rollout, " in done and "left running" not in done
+    assert 'class="labkit-card labkit-card-reset' in done
     markdown = "".join(c.source for c in book.cells if c.cell_type == "markdown")
     assert "restarts flagd" in markdown  # what the card says, the markdown says
     verdict = _find(book, "lab.verdict()")
@@ -246,7 +247,7 @@ def test_no_output_is_a_bare_repr(executed):
     ("01-introduce-change", "event = lab.inform_dynatrace"), ("01-introduce-change", "served = switch.apply"),
     ("01-introduce-change", "traffic = lab.generate_traffic"), ("01-introduce-change", "lab.verdict()"),
     ("01-introduce-change", "lab.timeline"), ("00-setup", "checks = lab.check()"),
-    ("02-review-problem", "lab.trace_logs("), ("03-roll-back", "lab.reset()")])
+    ("02-review-problem", "lab.trace_logs("), ("03-roll-back", "served = lab.roll_back")])
 def test_results_show_as_cards(executed, name, source_start):
     html = "".join(_outputs(executed[name], "text/html", source_start))
     assert 'class="labkit-card' in html, f"{name}: {source_start}: no card in {html[:300]!r}"
