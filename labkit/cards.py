@@ -84,13 +84,19 @@ def card(kind: str, title: str, rows=(), *, ok: bool | None = None, note: str = 
             f"<b>{_e(title)}</b>{table}{extra}{_link(link)}</div>")
 
 
-def grid(kind: str, title: str, headers, rows, *, ok: bool | None = None, note: str = "", link=None) -> str:
-    """A titled box with a small table (a header row, then rows of plain text); a long word (a
-    trace id, a URL) wraps inside its column rather than pushing the table past the card's edge."""
-    cell = ('style="text-align:left;padding:1px 12px 1px 0;vertical-align:top;white-space:pre-wrap;'
-            'overflow-wrap:anywhere"')
-    head = "".join(f"<th {cell}>{_e(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td {cell}>{_e(v)}</td>" for v in row) + "</tr>" for row in rows)
+_CELL = 'style="text-align:left;padding:1px 12px 1px 0;vertical-align:top;white-space:pre-wrap{}"'
+
+
+def grid(kind: str, title: str, headers, rows, *, ok: bool | None = None, note: str = "", link=None,
+         long=None) -> str:
+    """A titled box with a small table (a header row, then rows of plain text). In the `long`
+    columns (default: the last) a long word (a trace id, a URL, a stack frame) wraps inside its
+    column rather than pushing the table past the card's edge; short columns never break a word."""
+    long = {len(headers) - 1} if long is None else set(long)
+    cells = [_CELL.format(";overflow-wrap:anywhere" if i in long else "") for i in range(len(headers))]
+    head = "".join(f"<th {c}>{_e(h)}</th>" for c, h in zip(cells, headers))
+    body = "".join("<tr>" + "".join(f"<td {c}>{_e(v)}</td>" for c, v in zip(cells, row)) + "</tr>"
+                   for row in rows)
     accent = _INFO if ok is None else _OK if ok else _BAD
     extra = f'<div style="margin-top:4px;color:#57606a">{prose(note)}</div>' if note else ""
     return (f'<div class="labkit-card labkit-card-{_attr(kind)}" style="{_BOX.format(accent=accent)}">'
@@ -186,13 +192,14 @@ def _records(frame) -> list[dict]:
 
 
 def _shown(kind: str, title: str, headers, rows: list, frame, *, empty: str, note: str = "",
-           ok: bool | None = None) -> str:
+           ok: bool | None = None, long=None) -> str:
     """A table card of at most _MAX_ROWS rows, saying when it shows part; `empty` when none."""
     link = getattr(frame, "attrs", {}).get("link")
     if not rows:
         return card(kind, title, note=empty, link=link)
     more = f"the first {_MAX_ROWS} of {len(rows)} rows shown. " if len(rows) > _MAX_ROWS else ""
-    return grid(kind, title, headers, rows[:_MAX_ROWS], ok=ok, note=(more + note).strip(), link=link)
+    return grid(kind, title, headers, rows[:_MAX_ROWS], ok=ok, note=(more + note).strip(), link=link,
+                long=long)
 
 
 def _log_text(r: dict) -> str:
@@ -260,7 +267,7 @@ def error_logs(frame) -> str:
             for r in _records(frame)]
     return _shown("logs", f"{len(rows)} log line{'s' if len(rows) != 1 else ''}",
                   ["time", "level", "service", "content", "fields"], rows, frame,
-                  empty="No logs in this timeframe.")
+                  empty="No logs in this timeframe.", long=(3, 4))
 
 
 def flags(frame) -> str:

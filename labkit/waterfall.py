@@ -71,7 +71,8 @@ def figure(spans, trace_id: str = "", local: bool = False):
         meta={"labkit": {"spans": len(ordered), "failed": failed, "labels": labels, "depths": depths,
                          "local": bool(local)}})
     if local:
-        fig.add_annotation(text="<b>local lab</b>: sandbox data, not a tenant", x=1, y=-0.12,
-                           xref="paper", yref="paper", xanchor="right", showarrow=False,
+        # over the bars' top right, under the title: below the axis it covered the ms ticks
+        fig.add_annotation(text="<b>local lab</b>: sandbox data, not a tenant", x=1, y=1, yshift=4,
+                           xref="paper", yref="paper", xanchor="right", yanchor="bottom", showarrow=False,
                            bgcolor="#fff3cd", font=dict(size=11, color="#7a5b00"))
     return fig
