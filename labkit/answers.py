@@ -46,16 +46,19 @@ class Preflight(list):
 
 @dataclass
 class Reset:
-    """What a facilitator's reset did."""
+    """What a facilitator's reset did: the flags it set back, flagd's restart, the new run."""
 
     flags: dict[str, str]  # flag -> the variant it was set back to
     release: str           # the demo release whose own defaults they are
+    restart: str = ""      # how flagd restarted ("rollout, 2.1 s")
+    run_id: str = ""       # the new run the next group starts in
 
     def __repr__(self) -> str:
         whose = f"demo {self.release}'s defaults"
-        done = (f"set {', '.join(f'{k} = {v}' for k, v in self.flags.items())} back ({whose}) and "
-                "restarted flagd" if self.flags else f"every flag was already at {whose}; flagd left running")
-        return f"Lab reset: {done}; timeline cleared. Ready for the next group."
+        done = (f"set {', '.join(f'{k} = {v}' for k, v in self.flags.items())} back to {whose}"
+                if self.flags else f"every flag was already at {whose}")
+        run = f"; timeline cleared, new run {self.run_id}" if self.run_id else "; timeline cleared"
+        return f"Lab reset: {done}; flagd restarted ({self.restart}){run}. Ready for the next group."
 
     def _repr_html_(self) -> str:
         return cards.reset(self, repr(self))
@@ -161,3 +164,26 @@ class Trace:
         if not bundle:  # no renderer here (a script, a test): the plotly mimetype a notebook draws
             bundle = {"application/vnd.plotly.v1+json": {**json.loads(figure.to_json()), "config": {}}}
         return {**bundle, "text/plain": repr(self)}
+
+
+class OnVariant(str):
+    """The variant that is the lab page's `on` on this demo release: a str (pass it on as the
+    variant), shown as a sentence, not as the quoted '10%' a bare str shows."""
+
+    def __new__(cls, variant: str, release: str, value=None):
+        self = super().__new__(cls, variant)
+        self.release, self.value = release, value
+        return self
+
+    def __reduce__(self):  # a copy (deepcopy, pickle) is the plain variant name
+        return (str, (str(self),))
+
+    def sentence(self) -> str:
+        value = f" (cartFailure = {self.value})" if self.value is not None else ""
+        return f"On demo {self.release} the lab page's `on` is the variant {str(self)}{value}."
+
+    def _repr_pretty_(self, p, cycle) -> None:  # IPython's text/plain
+        p.text(self.sentence())
+
+    def _repr_html_(self) -> str:
+        return cards.card("on-variant", f"The lab page's on: {str(self)}", note=self.sentence())

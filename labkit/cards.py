@@ -28,6 +28,22 @@ def _e(value) -> str:
     return html.escape("" if value is None else str(value), quote=False)
 
 
+_PROSE = re.compile(r"`([^`\n]+)`|(https?://[^\s<>\"'`]+[^\s<>\"'`.,;:!?)\]])")
+
+
+def prose(value) -> Html:
+    """A sentence as a person reads it: `code` in backticks as code, an http(s) URL as a link
+    (the texts are also the CLI's, where backticks and bare URLs read fine)."""
+    if isinstance(value, Html):
+        return value
+    text, parts, at = _text(value), [], 0
+    for m in _PROSE.finditer(text):
+        parts.append(_e(text[at:m.start()]))
+        parts.append(f"<code>{_e(m.group(1))}</code>" if m.group(1) else anchor(m.group(2), m.group(2)))
+        at = m.end()
+    return Html("".join(parts) + _e(text[at:]))
+
+
 def _attr(value) -> str:
     return html.escape(str(value), quote=True)
 
@@ -61,20 +77,28 @@ def anchor(text, url) -> Html:
 def card(kind: str, title: str, rows=(), *, ok: bool | None = None, note: str = "", link=None) -> str:
     """A titled box of label/value rows (plain text, escaped); green/red when ok is known."""
     accent = _INFO if ok is None else _OK if ok else _BAD
-    body = "".join(_ROW.format(_e(label), _e(value)) for label, value in rows if value not in (None, ""))
+    body = "".join(_ROW.format(_e(label), prose(value)) for label, value in rows if value not in (None, ""))
     table = f'<table style="border-collapse:collapse;margin-top:4px">{body}</table>' if body else ""
-    extra = f'<div style="margin-top:4px;color:#57606a">{_e(note)}</div>' if note else ""
+    extra = f'<div style="margin-top:4px;color:#57606a">{prose(note)}</div>' if note else ""
     return (f'<div class="labkit-card labkit-card-{_attr(kind)}" style="{_BOX.format(accent=accent)}">'
             f"<b>{_e(title)}</b>{table}{extra}{_link(link)}</div>")
 
 
-def grid(kind: str, title: str, headers, rows, *, ok: bool | None = None, note: str = "", link=None) -> str:
-    """A titled box with a small table (a header row, then rows of plain text)."""
-    cell = 'style="text-align:left;padding:1px 12px 1px 0;vertical-align:top;white-space:pre-wrap"'
-    head = "".join(f"<th {cell}>{_e(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td {cell}>{_e(v)}</td>" for v in row) + "</tr>" for row in rows)
+_CELL = 'style="text-align:left;padding:1px 12px 1px 0;vertical-align:top;white-space:pre-wrap{}"'
+
+
+def grid(kind: str, title: str, headers, rows, *, ok: bool | None = None, note: str = "", link=None,
+         long=None) -> str:
+    """A titled box with a small table (a header row, then rows of plain text). In the `long`
+    columns (default: the last) a long word (a trace id, a URL, a stack frame) wraps inside its
+    column rather than pushing the table past the card's edge; short columns never break a word."""
+    long = {len(headers) - 1} if long is None else set(long)
+    cells = [_CELL.format(";overflow-wrap:anywhere" if i in long else "") for i in range(len(headers))]
+    head = "".join(f"<th {c}>{_e(h)}</th>" for c, h in zip(cells, headers))
+    body = "".join("<tr>" + "".join(f"<td {c}>{_e(v)}</td>" for c, v in zip(cells, row)) + "</tr>"
+                   for row in rows)
     accent = _INFO if ok is None else _OK if ok else _BAD
-    extra = f'<div style="margin-top:4px;color:#57606a">{_e(note)}</div>' if note else ""
+    extra = f'<div style="margin-top:4px;color:#57606a">{prose(note)}</div>' if note else ""
     return (f'<div class="labkit-card labkit-card-{_attr(kind)}" style="{_BOX.format(accent=accent)}">'
             f'<b>{_e(title)}</b><table style="border-collapse:collapse;margin-top:4px">'
             f"<tr>{head}</tr>{body}</table>{extra}{_link(link)}</div>")
@@ -121,7 +145,7 @@ def verdict(v) -> str:
 
 
 def preflight(checks) -> str:
-    rows = [("ok" if c.ok else "NO", c.item, c.detail) for c in checks]
+    rows = [("ok" if c.ok else "NO", c.item, prose(c.detail)) for c in checks]
     title = "Preflight: all checks passed" if checks.ok else "Preflight: fix what is marked NO"
     return grid("preflight", title, ["", "check", "detail"], rows, ok=checks.ok)
 
@@ -134,8 +158,9 @@ def timeline(t) -> str:
 
 
 def reset(r, text: str) -> str:
-    back = ", ".join(f"{k} = {v}" for k, v in r.flags.items()) or "none"
-    return card("reset", "Lab reset", [(f"flags set back to demo {r.release}'s defaults", back)],
+    back = ", ".join(f"{k} = {v}" for k, v in r.flags.items()) or "none: every flag was already there"
+    return card("reset", "Lab reset", [(f"flags set back to demo {r.release}'s defaults", back),
+                                       ("flagd restarted", r.restart), ("new run", r.run_id)],
                 ok=True, note=text)
 
 
@@ -167,13 +192,14 @@ def _records(frame) -> list[dict]:
 
 
 def _shown(kind: str, title: str, headers, rows: list, frame, *, empty: str, note: str = "",
-           ok: bool | None = None) -> str:
+           ok: bool | None = None, long=None) -> str:
     """A table card of at most _MAX_ROWS rows, saying when it shows part; `empty` when none."""
     link = getattr(frame, "attrs", {}).get("link")
     if not rows:
         return card(kind, title, note=empty, link=link)
     more = f"the first {_MAX_ROWS} of {len(rows)} rows shown. " if len(rows) > _MAX_ROWS else ""
-    return grid(kind, title, headers, rows[:_MAX_ROWS], ok=ok, note=(more + note).strip(), link=link)
+    return grid(kind, title, headers, rows[:_MAX_ROWS], ok=ok, note=(more + note).strip(), link=link,
+                long=long)
 
 
 def _log_text(r: dict) -> str:
@@ -226,13 +252,22 @@ def change_events(frame) -> str:
                   empty="No change events in this timeframe: 01's inform_dynatrace() sends one.")
 
 
+# The log fields the review page names, shown where the record has them (the lab's collector maps
+# no dt.cost.product, so its logs carry none, and the column says only what is there).
+LOG_FIELDS = ("trace_id", "span_id", "dt.owner", "dt.cost.product", "dt.cost.costcenter")
+
+
+def _log_fields(r: dict) -> str:
+    return "\n".join(f"{k}: {_text(r.get(k))}" for k in LOG_FIELDS if _text(r.get(k)))
+
+
 def error_logs(frame) -> str:
     rows = [(when(r.get("timestamp"), "—"), _text(r.get("loglevel")) or _text(r.get("status")),
-             _text(r.get("service")), _log_text(r), _text(r.get("trace_id")))
+             _text(r.get("service")), _log_text(r), _log_fields(r))
             for r in _records(frame)]
     return _shown("logs", f"{len(rows)} log line{'s' if len(rows) != 1 else ''}",
-                  ["time", "level", "service", "content", "trace_id"], rows, frame,
-                  empty="No logs in this timeframe.")
+                  ["time", "level", "service", "content", "fields"], rows, frame,
+                  empty="No logs in this timeframe.", long=(3, 4))
 
 
 def flags(frame) -> str:

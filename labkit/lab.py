@@ -12,15 +12,16 @@ from pathlib import Path
 from typing import Callable
 
 from labkit import cards, releases
-from labkit.answers import (AlreadyServed, Check, NothingSent, Preflight, Reset,  # noqa: F401
-                            Trace, TraceLogs)
+from labkit.answers import (AlreadyServed, Check, NothingSent, OnVariant, Preflight,  # noqa: F401
+                            Reset, Trace, TraceLogs)
 from labkit import settings as names
 from labkit.cluster import DEFAULT_RESTART, RESTARTS
 from labkit.errors import BadInput, LabError, Unreachable
+from labkit.flags import format_value
 from labkit.progress import Progress, quiet
 from labkit.settings import Settings
 from labkit.timeline import (ERROR_LOGS, EVENT_SENT, FIRST_FAILURE, FLAG_APPLIED, FLAGD_RESTARTED,
-                             FLAGD_SERVING, PROBLEM_OPENED, ROLLED_BACK, Timeline, now)
+                             FLAGD_SERVING, LAB_RESET, PROBLEM_OPENED, ROLLED_BACK, Timeline, now)
 
 
 class Lab:
@@ -126,7 +127,8 @@ class Lab:
         """The variant that is the lab page's `on` on this release (3.0.0: '10%', 1 in 10 carts fail)."""
         variants = self._variants_or_none(flag)
         release = self.cluster.demo_release(flag, variants)[0]
-        return release.lab_on_variant if release.lab_on_variant in variants or "on" not in variants else "on"
+        on = release.lab_on_variant if release.lab_on_variant in variants or "on" not in variants else "on"
+        return OnVariant(on, release.version, format_value(variants[on]) if on in variants else None)
 
     def _variants_or_none(self, flag: str) -> dict:
         try:
@@ -293,7 +295,7 @@ class Lab:
             service, since=self._since_change(timedelta(hours=1)), timeout=timeout, progress=progress))
         if not self.timeline.in_cycle(PROBLEM_OPENED):
             self._record_problem(found)
-        return found
+        return self._described(found)
 
     def _record_problem(self, found) -> None:
         """The cycle's "problem opened" step: a problem no earlier step named. Davis dates a problem
@@ -319,9 +321,12 @@ class Lab:
     def problems(self, service: str = names.SERVICE, since: datetime | str = "now-1d"):
         from labkit import tables
 
-        found = self.dynatrace.problems(service, since=since)
+        return self._described(tables.shown_as(tables.Problems, self.dynatrace.problems(service, since=since)))
+
+    def _described(self, found):
+        """The problems with their descriptions (01's table as complete as 02's)."""
         found["description"] = found["problem_id"].map(self._descriptions(found["problem_id"]))
-        return tables.shown_as(tables.Problems, found)
+        return found
 
     def _descriptions(self, problem_ids) -> dict[str, str]:
         """The problems' descriptions (with the runbook link) where Grail can tell; none without a
@@ -462,7 +467,12 @@ class Lab:
     def reset(self, progress: Progress | None = None):
         """Facilitator's reset between groups: every flag back to the demo release's own default
         (the failures off; 3.0.0's loadGeneratorTraffic on: off would stop its load generator), a
-        flag the release does not have to 'off'; flagd restarted, the timeline cleared."""
+        flag the release does not have to 'off'; flagd restarted, the timeline cleared and its new
+        run begun with a "lab reset" step (so the verdict says the lab was reset).
+
+        flagd restarts even when no flag changed: a ConfigMap edited by hand (kubectl, no restart)
+        is not what flagd serves, and only a restart makes the two one (the next group starts on
+        what the ConfigMap says)."""
         live = self.cluster.flag_file()
         release = self.demo_release()
         resting = release.resting_variants()
@@ -474,10 +484,12 @@ class Lab:
             if target in f.variants and f.default_variant != target:
                 self.cluster.set_default_variant(f.key, target)
                 changed[f.key] = target
-        if changed:
-            self.restart_flagd(progress=progress)
+        restarted = self.cluster.restart_flagd(progress=progress, how=DEFAULT_RESTART)  # the old run is over
         self.timeline.clear()
-        return Reset(changed, release.version)
+        back = ", ".join(f"{k} = {v}" for k, v in changed.items()) or "none changed"
+        self.timeline.add(LAB_RESET, note=f"every flag at demo {release.version}'s defaults ({back})")
+        return Reset(changed, release.version, f"{restarted.how}, {restarted.seconds:.1f} s",
+                     self.timeline.run_id)
 
 
 def _ago(since) -> str:

@@ -93,7 +93,7 @@ def cart_types(lab, flag: str) -> list[Check]:
         f"{why}: flagd answers the cart with TYPE_MISMATCH, the cart reads {default} and never fails. "
         f"Fix: {cart.fix_hint(flag, release)}.") if why else (
         f"every variant is a {release.cart_kind} the cart reads; the lab page's `on` is "
-        f"{release.lab_on_variant!r}")))
+        f"`{release.lab_on_variant}`")))
     try:
         read = lab.cluster.cart_reads(flag)
     except LabError as exc:

@@ -25,13 +25,14 @@ FIRST_FAILURE = "first failure seen by the shop"
 ERROR_LOGS = "error logs seen"
 PROBLEM_OPENED = "problem opened"
 ROLLED_BACK = "rolled back"
+LAB_RESET = "lab reset"  # a facilitator's reset: the first step of the run it starts
 
 # Kinds that name a change of one flag (old → new).
 CHANGES = (EVENT_SENT, FLAG_APPLIED)
 
 # At one timestamp, cause before effect: the change, flagd serving it, the request that failed, its
 # error log, the problem.
-CAUSAL_RANK = {EVENT_SENT: 0, FLAG_APPLIED: 1, FLAGD_RESTARTED: 2, FLAGD_SERVING: 3, ROLLED_BACK: 4,
+CAUSAL_RANK = {LAB_RESET: -1, EVENT_SENT: 0, FLAG_APPLIED: 1, FLAGD_RESTARTED: 2, FLAGD_SERVING: 3, ROLLED_BACK: 4,
                FIRST_FAILURE: 5, ERROR_LOGS: 6, PROBLEM_OPENED: 7}
 
 #: Called as hook(step) after a step is added, hook(None) after clear() (a room's seat reports its
@@ -132,6 +133,8 @@ class Timeline:
     def run_id(self) -> str:
         if self.path is not None:
             self._read()
+            if self._seen is None:  # shown before any step (00's lab card): the id shown is the run's
+                self._claim()
         return self._run_id
 
     @property
@@ -187,6 +190,21 @@ class Timeline:
         tmp.write_text(json.dumps({"run": self._run_id, "started": now().isoformat()}) + "\n",
                        encoding="utf-8")
         os.replace(tmp, self.path)
+
+    def _claim(self) -> None:
+        """The file with this run's header unless another kernel wrote one first (then its id wins):
+        linked in place, which never overwrites, so two kernels never show two ids for one run."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.claim")
+        tmp.write_text(json.dumps({"run": self._run_id, "started": now().isoformat()}) + "\n",
+                       encoding="utf-8")
+        try:
+            os.link(tmp, self.path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._read()
 
     def _append(self, line: str) -> None:
         if not self.path.exists():

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from labkit import cards
-from labkit.timeline import EVENT_SENT, FLAG_APPLIED, FLAGD_SERVING, Timeline, change_label
+from labkit.timeline import EVENT_SENT, FLAG_APPLIED, FLAGD_SERVING, LAB_RESET, Timeline, change_label
 
 NAN = float("nan")
 WINDOW = timedelta(minutes=5)
@@ -286,12 +286,20 @@ def compare(failed, timeline: Timeline | None, flag: str = "cartFailure", window
     rate_name = f"failure rate of {unit}" if per_call else f"failure rate of all {unit}"
     w = windows(timeline, flag, events, window)
     if w is None:
-        return Verdict(NAN, NAN, 0, 0, f"no change of {flag} in this run yet: apply one with the "
-                       "flag switch or lab.change_flag()", False, unit=unit, rate_name=rate_name)
+        return Verdict(NAN, NAN, 0, 0, _no_change(timeline, flag), False, unit=unit, rate_name=rate_name)
     b, a = count(failed, *w.before, logs=logs), count(failed, *w.after, logs=logs)
     text, rose = _sentence(b, a, unit, rate_name, w, min_requests)
     return Verdict(b.rate, a.rate, b.total, a.total, text, rose, w.label, b.failed, a.failed, unit,
                    "" if per_call else straddled(failed, w), rate_name, w, failed, logs)
+
+
+def _no_change(timeline: Timeline | None, flag: str) -> str:
+    """Why there is nothing to judge: a facilitator's reset began this run, or no change yet."""
+    reset = timeline.last(LAB_RESET) if timeline is not None else None
+    if reset is not None:
+        return (f"the lab was reset at {cards.when(reset.time)} ({reset.note}): this run has no change "
+                f"of {flag} yet; the next group starts with 01")
+    return f"no change of {flag} in this run yet: apply one with the flag switch or lab.change_flag()"
 
 
 def judge(dt, timeline: Timeline | None, failed, service: str = "cart", flag: str = "cartFailure",

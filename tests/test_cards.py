@@ -176,3 +176,47 @@ def test_flags_show_as_a_card_with_each_default():
     page = flags._repr_html_()
     assert 'class="labkit-card labkit-card-flags"' in page and "cartFailure" in page and "on=True, off=False" in page
     assert isinstance(flags[flags["default"] == "off"], tables.Flags)  # a filtered table stays a card
+
+
+def test_prose_shows_code_as_code_and_every_url_as_a_link():
+    """A card never shows a literal backtick or a bare URL (00's service row, the preflight's `on`)."""
+    checks = Preflight([Check("service 'cart'", True, "seen as SERVICE-1: https://t.example/ui/apps/"
+                              "dynatrace.services/explorer?detailsId=SERVICE-1&sidebarOpen=false"),
+                        Check("cartFailure types", True, "the lab page's `on` is `10%`")])
+    page = checks._repr_html_()
+    assert "`" not in page and "<code>on</code>" in page and "<code>10%</code>" in page
+    assert re.search(r'<a href="https://t\.example/ui/apps/dynatrace\.services/explorer\?detailsId=SERVICE-1'
+                     r'&amp;sidebarOpen=false"[^>]*>https://t\.example', page), page
+    note = cards.card("x", "t", [("a", "see https://t.example/x.")], note="run `labkit check` <b>")
+    assert 'href="https://t.example/x"' in note and "</a>." in note  # the full stop is not the URL's
+    assert "<code>labkit check</code>" in note and "&lt;b&gt;" in note  # still escaped
+
+
+def test_a_log_shows_the_fields_the_review_page_names_and_wraps_the_trace_id():
+    row = {"timestamp": pd.Timestamp(AT), "loglevel": "ERROR", "service": "cart", "content": "boom",
+           "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7",
+           "dt.owner": "teamA", "dt.cost.product": None, "dt.cost.costcenter": "ops-42"}
+    page = cards.error_logs(pd.DataFrame([row]))
+    for shown in ("trace_id: 4bf92f3577b34da6a3ce929d0e0e4736", "span_id: 00f067aa0ba902b7",
+                  "dt.owner: teamA", "dt.cost.costcenter: ops-42"):
+        assert shown in page, shown
+    assert "dt.cost.product" not in page  # the lab's collector maps none: only what is there
+    assert "overflow-wrap:anywhere" in page  # a 32-hex trace id wraps inside the card
+
+
+def test_the_reset_card_says_flagd_restarted_and_the_new_run():
+    done = Reset({}, "3.0.0", "rollout, 2.1 s", "9f8e7d6c")
+    assert "left running" not in repr(done) and "flagd restarted (rollout, 2.1 s)" in repr(done)
+    page = done._repr_html_()
+    assert "every flag was already there" in page and "rollout, 2.1 s" in page and "9f8e7d6c" in page
+
+
+def test_the_on_variant_reads_as_a_sentence_and_passes_on_as_the_variant():
+    from IPython.lib.pretty import pretty
+
+    from labkit.answers import OnVariant
+
+    on = OnVariant("10%", "3.0.0", "0.1")
+    assert on == "10%" and f"{on!r}" == "'10%'"  # a str wherever a variant goes
+    assert pretty(on) == "On demo 3.0.0 the lab page's `on` is the variant 10% (cartFailure = 0.1)."
+    assert "<code>on</code>" in on._repr_html_() and "'10%'" not in on._repr_html_()

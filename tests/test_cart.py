@@ -200,7 +200,7 @@ def test_check_fails_on_the_mismatch_naming_the_fix_and_passes_after_it(demo, la
     fix = lab.fix_flag_types()
     lab.restart_flagd()
     checks = {c.item: c for c in lab.check()}
-    assert checks["cartFailure types"].ok and "'10%'" in checks["cartFailure types"].detail
+    assert checks["cartFailure types"].ok and "the lab page's `on` is `10%`" in checks["cartFailure types"].detail
     assert checks["the cart"].detail == "the cart reads cartFailure = 0.1 (10%), so about 1 in 10 EmptyCart calls fail" + expect("10.0 %")
     # the lab page's file also lacks loadGeneratorTraffic: 3.0.0's load generator then sends nothing
     assert [c.item for c in lab.check() if not c.ok] == ["load generator"]
@@ -222,11 +222,15 @@ def test_reset_puts_every_flag_back_to_the_releases_own_defaults(demo, lab_of):
     assert not check.ok and check.detail.endswith("pauses all traffic. Fix: python -m labkit set loadGeneratorTraffic on")
     done = lab.reset()
     assert done.flags == {"cartFailure": "off", "loadGeneratorTraffic": "on"}
-    assert repr(done).startswith("Lab reset: set cartFailure = off, loadGeneratorTraffic = on back (demo 3.0.0's "
-                                 "defaults) and restarted flagd")
+    assert repr(done).startswith("Lab reset: set cartFailure = off, loadGeneratorTraffic = on back to demo "
+                                 "3.0.0's defaults; flagd restarted (rollout, ")
     assert lab.cluster.served_value("loadGeneratorTraffic").variant == "on"
     assert {c.item: c for c in lab.check()}["load generator"].ok
-    assert lab.reset().flags == {}  # nothing left to put back
+    again = lab.reset()
+    assert again.flags == {}  # nothing left to put back, and flagd restarted all the same (its card says so)
+    assert "already at demo 3.0.0's defaults; flagd restarted (rollout, " in repr(again)
+    assert [s.kind for s in lab.timeline.steps] == ["lab reset"] and lab.timeline.run_id == again.run_id
+    assert lab.verdict().text.startswith("the lab was reset at ")  # not "apply one"
 
 
 def test_served_and_change_flag_say_what_the_cart_reads(demo, lab_of):

@@ -228,7 +228,8 @@ def test_a_wrong_platform_token_is_named_not_hidden_behind_log_search(lab_env, s
 def test_error_log_frame_columns(dt):
     frame = dt.error_logs("cart", since="now-10m")
     assert list(frame.columns) == ["timestamp", "loglevel", "status", "content", "trace_id",
-                                   "span_id", "service", "statuscode", "detail"]
+                                   "span_id", "service", "statuscode", "detail",
+                                   "dt.owner", "dt.cost.product", "dt.cost.costcenter"]
 
 
 # ---------------------------------------------------------------- metrics, problems, logs

@@ -60,7 +60,8 @@ def test_the_run_survives_a_new_kernel_and_a_reset_clears_it(lab_env, lab_on):
         served = second.roll_back()  # 03 knows what the flag was before 01 changed it
         assert served.variant == "off" and first.timeline.last("rolled back").new == "off"
         second.reset()
-        assert first.timeline.steps == [] and first.timeline.run_id == second.timeline.run_id
+        assert [s.kind for s in first.timeline.steps] == ["lab reset"]  # the new run's first step
+        assert first.timeline.run_id == second.timeline.run_id
         kept = (lab_env["LABKIT_STATE_DIR"] + "/timeline.jsonl")
         assert lab_env["DT_API_TOKEN"] not in open(kept).read()
     finally:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
+from urllib.parse import unquote
 
 import nbformat
 import pytest
@@ -37,25 +39,50 @@ def _find(book, source_start: str) -> str:
     raise AssertionError(f"no cell starts with {source_start!r}")
 
 
+FACILITATOR = "99-facilitator"  # between groups, never in the attendee's ORDER
+
+
+class _Run(dict):
+    """The executed notebooks by name, and the run's timeline (step kinds) after each one."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps: dict[str, list[str]] = {}
+
+
 @pytest.fixture(scope="module")
 def executed(kernel_env, tmp_path_factory):
     """Run the four notebooks once, in order, on a local lab of their own (as a workshop group
-    starts on a fresh one): no other test's traffic or steps are in its data."""
+    starts on a fresh one): no other test's traffic or steps are in its data. The facilitator's
+    notebook runs after them, kept apart (it is not the attendee's)."""
     from labkit.sandbox import LocalLab, Timings
+    from labkit.settings import TIMELINE_FILE
+    from labkit.timeline import Timeline
 
     lab = LocalLab(tmp_path_factory.mktemp("workshop-lab"), Timings.fast()).start()
     out = tmp_path_factory.mktemp("executed")
     env = {**lab.env, **kernel_env, "LABKIT_STATIC_CHARTS": "1"}
-    books = {}
+    timeline = Path(lab.env["LABKIT_STATE_DIR"]) / TIMELINE_FILE
+    books, facilitator = _Run(), {}
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("PYTHONPATH", raising=False)
         try:
-            for name in ORDER:
+            for name in [*ORDER, FACILITATOR]:
                 path = run_notebook(NOTEBOOKS / f"{name}.ipynb", out, env, timeout=300)
-                books[name] = nbformat.read(path, as_version=4)
+                (facilitator if name == FACILITATOR else books)[name] = nbformat.read(path, as_version=4)
+                books.steps[name] = [s.kind for s in Timeline(timeline).steps]
         finally:
             lab.stop()
+    books.facilitator = facilitator[FACILITATOR]
     return books
+
+
+def _on(book) -> str:
+    """The lab page's `on` on this run's release, as 01's `on = lab.on_variant()` cell says it."""
+    text = "".join(_outputs(book, "text/plain", "on = lab.on_variant()"))
+    found = re.search(r"is the variant (\S+)", text)
+    assert found and f"'{found.group(1)}'" not in text, f"not a sentence: {text!r}"
+    return found.group(1)
 
 
 def _outputs(book, mime: str, source_start: str | None = None) -> list[str]:
@@ -67,7 +94,7 @@ def _outputs(book, mime: str, source_start: str | None = None) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("name", ORDER)
+@pytest.mark.parametrize("name", [*ORDER, FACILITATOR])
 def test_committed_without_outputs_with_a_python3_kernel(name):
     book = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     assert book.metadata["kernelspec"]["name"] == "python3", "a front end would ask which kernel"
@@ -88,7 +115,7 @@ def test_setup_names_the_local_lab_and_the_flag(executed):
 def test_introduce_change_event_flag_traffic_problem_chart(executed):
     book = executed["01-introduce-change"]
     assert "OK" in _find(book, "event = lab.inform_dynatrace")
-    on = _find(book, "on = lab.on_variant()").strip().strip("'")  # the lab page's `on` on this release
+    on = _on(book)  # the lab page's `on` on this release
     served = _find(book, "served = switch.apply(on)")
     assert f"flagd serves cartFailure = {on}" in served and "the cart reads cartFailure = " in served, served
     assert "the cart (demo " in _find(book, 'lab.layers("cartFailure")')
@@ -96,6 +123,8 @@ def test_introduce_change_event_flag_traffic_problem_chart(executed):
     assert "failed" in traffic and " 0 failed" not in traffic, traffic
     assert "Can't access cart storage" in _find(book, "logs = lab.wait_for_error_logs")
     assert PROBLEM_TITLE in _find(book, "problems = lab.wait_for_problem")
+    problems = "".join(_outputs(book, "text/html", "problems = lab.wait_for_problem"))  # as complete as 02's
+    assert re.search(r'<a href="[^"]+/ui/document/[^"]+"[^>]*>Ops runbook</a>', problems), problems[:2000]
     chart = _find(book, "lab.chart()")
     assert f"cartFailure: off → {on}" in chart, "the change marker is missing from the chart"
     assert "rose" in _find(book, "lab.verdict()")
@@ -122,6 +151,8 @@ def test_review_problem_follows_the_page_to_its_end(executed):
     assert re.search(r'<a href="[^"]+/ui/document/[^"]+"[^>]*>Ops runbook</a>', problems), problems[:2000]
     logs = "".join(_outputs(book, "text/html", 'logs = lab.error_logs("cart")'))
     assert "t able to connect to redis" in logs and "FailedPrecondition" in logs
+    for field in ("trace_id: ", "span_id: ", "dt.owner: ", "dt.cost.costcenter: "):  # what the page names
+        assert field in logs, field
     events = "".join(_outputs(book, "text/html", 'lab.change_events("cart")'))
     assert '<a href="' in events and "cartFailure" in events
     assert "Ops runbook" in "".join(_outputs(book, "text/html", 'runbook = lab.runbook("cart")'))
@@ -141,7 +172,7 @@ def test_roll_back_recovers(executed):
     assert "off" in _find(book, "served = lab.roll_back")
     traffic = _find(book, "traffic = lab.generate_traffic")
     assert " 0 failed" in traffic, traffic
-    on = _find(executed["01-introduce-change"], "on = lab.on_variant()").strip().strip("'")
+    on = _on(executed["01-introduce-change"])
     assert f"cartFailure: {on} → off" in _find(book, "lab.chart()")
 
 
@@ -171,6 +202,56 @@ def test_every_rate_names_its_window(executed):
     assert seen >= 4  # the traffic card, the verdict's two sides, the chart's subtitle at least
 
 
+def test_running_03_top_to_bottom_leaves_the_lab_unreset(executed):
+    """An attendee running 03 cell by cell rolls back; only the facilitator's notebook resets."""
+    after_03 = executed.steps["03-roll-back"]
+    assert "rolled back" in after_03 and "lab reset" not in after_03, after_03
+    assert after_03[:len(executed.steps["02-review-problem"])] == executed.steps["02-review-problem"]
+    assert not any(".reset(" in c.source for c in executed["03-roll-back"].cells if c.cell_type == "code")
+    verdict = _find(executed["03-roll-back"], "lab.verdict()")
+    assert "was reset" not in verdict and "apply one" not in verdict, verdict
+
+
+def test_the_facilitators_reset_says_what_it_did_and_the_verdict_after_it(executed):
+    book = executed.facilitator
+    assert executed.steps[FACILITATOR] == ["lab reset"]  # a new run, begun by the reset
+    done = _find(book, "lab.reset()")
+    assert "Lab reset" in done and "flagd restarted (rollout, " in done and "left running" not in done
+    assert 'class="labkit-card labkit-card-reset' in done
+    markdown = "".join(c.source for c in book.cells if c.cell_type == "markdown")
+    assert "restarts flagd" in markdown  # what the card says, the markdown says
+    verdict = _find(book, "lab.verdict()")
+    assert "the lab was reset at " in verdict and "apply one" not in verdict, verdict
+    assert "off" in _find(book, 'lab.served("cartFailure")')
+    assert not [o for c in book.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+
+
+def test_one_run_id_from_00_on(executed):
+    """00 shows the run's id before any step; 01-03 (kernels of their own) show the same one."""
+    shown = {name: re.findall(r"run</th><td>([0-9a-f]+)<", _find(book, "import labkit"))
+             for name, book in executed.items()}
+    assert len(shown["00-setup"]) == 1 and all(ids == shown["00-setup"] for ids in shown.values()), shown
+
+
+def test_the_log_link_opened_later_still_starts_at_the_change(executed):
+    """01's Logs-app link once read `from: now()-34s`: five minutes on it listed nothing."""
+    from datetime import datetime, timedelta, timezone
+
+    from labkit.sandbox.dynatrace.dql import parse_dql
+
+    book = executed["01-introduce-change"]
+    html = "".join(_outputs(book, "text/html", "logs = lab.wait_for_error_logs"))
+    link = re.search(r'href="([^"]+/ui/apps/dynatrace\.logs/intent/view_query#[^"]+)"', html)
+    assert link, html[:1000]
+    dql = json.loads(unquote(link.group(1).replace("&amp;", "&").split("#", 1)[1]))["dt.query"]
+    assert "now()" not in dql, dql
+    later = int((datetime.now(timezone.utc) + timedelta(minutes=5)).timestamp() * 1000)
+    start = datetime.fromtimestamp(parse_dql(dql).start(later) / 1000, timezone.utc)
+    times = re.findall(r"(\d\d:\d\d:\d\d) UTC", html)  # the error logs' times in the card
+    first = min(t for t in times)
+    assert start.strftime("%H:%M:%S") <= first, (dql, times)
+
+
 def test_notebooks_have_no_errors(executed):
     for name, book in executed.items():
         for cell in book.cells:
@@ -192,7 +273,7 @@ def test_no_output_is_a_bare_repr(executed):
     ("01-introduce-change", "event = lab.inform_dynatrace"), ("01-introduce-change", "served = switch.apply"),
     ("01-introduce-change", "traffic = lab.generate_traffic"), ("01-introduce-change", "lab.verdict()"),
     ("01-introduce-change", "lab.timeline"), ("00-setup", "checks = lab.check()"),
-    ("02-review-problem", "lab.trace_logs("), ("03-roll-back", "lab.reset()")])
+    ("02-review-problem", "lab.trace_logs("), ("03-roll-back", "served = lab.roll_back")])
 def test_results_show_as_cards(executed, name, source_start):
     html = "".join(_outputs(executed[name], "text/html", source_start))
     assert 'class="labkit-card' in html, f"{name}: {source_start}: no card in {html[:300]!r}"

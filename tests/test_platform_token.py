@@ -497,6 +497,24 @@ def test_links_use_the_formats_a_tenant_opens():
     assert "+" not in link and "%20" in link  # spaces as %20 (a + stays a plus: PARSE_ERROR)
 
 
+def test_a_log_link_from_the_change_still_starts_at_the_change_when_opened_later():
+    """01's link once read `from: now()-34s`: opened five minutes later it started after the errors."""
+    from datetime import datetime, timedelta, timezone
+
+    from labkit.dynatrace._links import logs_link
+    from labkit.dynatrace._query import dql_from
+    from labkit.sandbox.dynatrace.dql import parse_dql
+
+    change = datetime.now(timezone.utc) - timedelta(seconds=34)
+    query = f'fetch logs, from: {dql_from(change)} | filter status == "ERROR"'
+    dql = json.loads(unquote(logs_link(PLATFORM, query, change).split("#", 1)[1]))["dt.query"]
+    later = int((datetime.now(timezone.utc) + timedelta(minutes=5)).timestamp() * 1000)
+    assert parse_dql(dql).start(later) == int(change.timestamp() * 1000), dql  # the change's millisecond
+    assert "now()" not in dql and dql.endswith('| filter status == "ERROR"')
+    relative = json.loads(unquote(logs_link(PLATFORM, "fetch logs, from: now()-1h", "now-1h").split("#")[1]))
+    assert relative["dt.query"] == "fetch logs, from: now()-1h"  # asked for the last hour: stays so
+
+
 def test_a_change_event_in_grail_has_the_davis_fields(local_lab, platform_only):
     with client(platform_only) as dt:
         run_id = uuid.uuid4().hex[:12]

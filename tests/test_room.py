@@ -154,12 +154,12 @@ def test_a_seat_reports_its_steps_goes_silent_and_the_facilitator_resets_its_lab
         forged = other.client.post("/services/labkit-board/api/seats/seat-1/steps",
                                    json={"step": {"kind": "rolled back"}})
         assert forged.status_code == 403
-        # the facilitator resets seat-1's lab: flag off and served everywhere, steps cleared
+        # the facilitator resets seat-1's lab: flag off and served everywhere, a new run begun by the reset
         reset = _board(room, facilitator, "api/seats/seat-1/reset", "POST")
         assert reset.status_code == 200 and "cartFailure" in reset.json()["reset"], reset.text
         row = _row(room, facilitator, "seat-1", lambda r: r["flag_served"] and
-                   set(r["flag_served"].values()) == {"off"} and not r["steps"])
-        assert set(row["flag_served"].values()) == {"off"} and row["steps"] == []
+                   set(r["flag_served"].values()) == {"off"} and r["steps"] == ["lab reset"])
+        assert set(row["flag_served"].values()) == {"off"} and row["steps"] == ["lab reset"]
         # the kernel ends (as a crashed or closed notebook does): the seat goes silent, not fine
         kernel.close(shutdown=True)
         row = _row(room, facilitator, "seat-1", lambda r: r["status"] == "silent")

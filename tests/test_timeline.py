@@ -64,6 +64,16 @@ def test_the_run_id_handed_out_before_the_first_step_stays_the_runs(tmp_path):
     assert Timeline(tmp_path / "runs" / "timeline.jsonl").run_id == run == tl.run_id
 
 
+def test_a_run_id_shown_before_any_step_is_the_one_every_kernel_shows(tmp_path):
+    """00's lab card shows the run id before any step; 01's kernel, started later, shows the same."""
+    path = tmp_path / "timeline.jsonl"
+    first, second = Timeline(path), Timeline(path)  # two kernels, neither has written a step
+    shown = first.run_id
+    assert second.run_id == shown and Timeline(path).run_id == shown
+    second.add(EVENT_SENT, flag="cartFailure", old="off", new="on")
+    assert first.run_id == shown and [s.kind for s in first.steps] == [EVENT_SENT]
+
+
 def test_each_cycle_looks_up_its_own_steps():
     from labkit.timeline import FIRST_FAILURE, ROLLED_BACK
 

@@ -333,3 +333,14 @@ def _served(tel, method: str, failed: bool, ms: int):
                 status="error" if failed else "unset", attributes={"rpc.method": method})
     tel.add_spans([span])
     return span
+
+
+def test_a_verdict_after_a_reset_says_the_lab_was_reset():
+    """After 99-facilitator's reset the run has no change: the verdict says why, not "apply one"."""
+    from labkit.timeline import LAB_RESET
+
+    tl = Timeline()
+    tl.add(LAB_RESET, note="every flag at demo 3.0.0's defaults (cartFailure = off)")
+    verdict = compare(failed_frame([(1, 0, 10)]), tl)
+    assert verdict.text.startswith("the lab was reset at ") and "cartFailure = off" in verdict.text
+    assert "apply one" not in verdict.text and not verdict.rose

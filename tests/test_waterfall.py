@@ -55,3 +55,25 @@ def test_the_trace_link_opens_the_distributed_traces_app():
     link = trace_link("https://abc12345.apps.dynatrace.com", TRACE)
     assert link == ("https://abc12345.apps.dynatrace.com/ui/intent/dynatrace.distributedtracing/view-trace"
                     "#%7B%22trace_id%22%3A%22" + TRACE + "%22%7D")
+
+
+def test_children_are_indented_under_their_parents_and_the_labels_left_aligned():
+    """checkout at the left edge, its calls one step in, the cart's EmptyCart under checkout's client
+    span two steps in: what the Distributed traces app's tree shows."""
+    fig = waterfall.figure(span_frame(RECORDS), TRACE)
+    assert fig.layout.meta["labkit"]["depths"] == [0, 1, 1, 1, 2]
+    assert fig.layout.yaxis.showticklabels is False  # tick labels are right-aligned: no indent shows
+    labels = [a for a in fig.layout.annotations if a.yref == "y"]
+    assert [a.text for a in labels] == fig.layout.meta["labkit"]["labels"]
+    assert {a.xanchor for a in labels} == {"left"} and [a.y for a in labels] == list(fig.data[0].y)
+    shifts = [a.xshift for a in labels]
+    assert shifts[1] - shifts[0] == shifts[4] - shifts[3] == waterfall.INDENT_PX and shifts[1:4] == [shifts[1]] * 3
+    assert -shifts[0] < fig.layout.margin.l  # the root's label starts inside the figure, at its left
+
+
+def test_two_spans_of_one_name_keep_two_rows():
+    records = [_span("c1", None, "checkout", "PlaceOrder", "server", 0, 60),
+               _span("x1", "c1", "currency", "Convert", "server", 5, 3),
+               _span("x2", "c1", "currency", "Convert", "server", 10, 3)]
+    fig = waterfall.figure(span_frame(records), TRACE)
+    assert len(set(fig.data[0].y)) == 3

@@ -529,7 +529,8 @@ class Dynatrace:
         """ERROR logs of `service`, newest first: Grail DQL with the platform token, else the
         classic log search with the API token, else Forbidden naming the token needed.
 
-        Columns: timestamp (UTC), loglevel, status, content, trace_id, span_id, service.
+        Columns: timestamp (UTC), loglevel, status, content, trace_id, span_id, service, statuscode, detail,
+        dt.owner, dt.cost.product, dt.cost.costcenter (the pod's owner and cost, as the collector tags them).
         """
         limit = max(1, min(int(limit), 10000))
         # status, not loglevel: Dynatrace marks SEVERE, CRITICAL, FATAL, ... as status ERROR too
@@ -682,8 +683,8 @@ def _wait_for(check: Callable[[], "pd.DataFrame"], timeout: float, progress: Pro
         frame = check()
         elapsed = time.monotonic() - start
         if len(frame):
-            if progress:
-                progress(f"found {len(frame)} {what}", 1.0)
+            if progress:  # "found a problem on service 'cart'", never "found 1 a problem"
+                progress(f"found {what}" + (f" ({len(frame)} in all)" if len(frame) > 1 else ""), 1.0)
             return frame
         if progress:
             progress(f"waiting for {what} ({elapsed:.0f} s of {timeout:g} s)",

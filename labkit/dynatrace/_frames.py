@@ -226,6 +226,10 @@ def _first(value):
     return value
 
 
+# The pod's owner and cost, as the lab's collector tags its logs (the review page names them).
+OWNER_FIELDS = ("dt.owner", "dt.cost.product", "dt.cost.costcenter")
+
+
 def grail_log_row(rec: dict) -> dict:
     return {
         "timestamp": rec.get("timestamp"),
@@ -237,6 +241,7 @@ def grail_log_row(rec: dict) -> dict:
         "service": _first(rec.get("service.name") or rec.get("dt.entity.service.name")),
         "statuscode": _first(rec.get("statuscode")),
         "detail": _first(rec.get("detail")),
+        **{k: _first(rec.get(k)) for k in OWNER_FIELDS},
     }
 
 
@@ -253,6 +258,7 @@ def classic_log_row(rec: dict) -> dict:
         "service": col("service.name"),
         "statuscode": col("statuscode"),
         "detail": col("detail"),
+        **{k: col(k) for k in OWNER_FIELDS},
     }
 
 
@@ -304,7 +310,7 @@ def log_frame(rows: list[dict], newest_first: bool) -> "pd.DataFrame":
     import pandas as pd
 
     columns = ["timestamp", "loglevel", "status", "content", "trace_id", "span_id", "service",
-               "statuscode", "detail"]
+               "statuscode", "detail", *OWNER_FIELDS]
     frame = pd.DataFrame.from_records(rows, columns=columns)
     frame["timestamp"] = pd.to_datetime([_one_utc(v) for v in frame["timestamp"]], utc=True)
     ordered = _cause_first(frame.sort_values("timestamp", kind="stable").to_dict("records"))

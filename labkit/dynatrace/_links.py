@@ -10,10 +10,13 @@ dynatrace-answers.md §6's. A link never carries a token.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from urllib.parse import quote
 
-from labkit.dynatrace._query import as_datetime
+from labkit.dynatrace._query import _REL, as_datetime
+
+_FROM = re.compile(r"from: ?now\(\)-\d+s\b")  # the seconds dql_from() makes of a time
 
 
 def problem_link(base: str, problem_id: str) -> str:
@@ -28,7 +31,14 @@ def service_link(base: str, entity_id: str) -> str:
 def logs_link(base: str, query: str, since=None) -> str:
     """The Logs app showing `query` (its DQL, whose `from:` carries the timeframe) through its
     view_query intent: the app's own state in the fragment is internal and versioned, the intent is
-    not (dynatrace-answers.md §6)."""
+    not (dynatrace-answers.md §6).
+
+    A `since` that is a time (the change's) goes into the link as that time, an absolute
+    `from:"2026-12-07T09:49:51.000Z"` (DQL's ISO 8601 form): the query's own `now()-34s` is right
+    when it runs, but a link opened five minutes later would start after the change's errors.
+    A relative `since` ('now-1h') stays relative: that is what was asked for."""
+    if since is not None and not (isinstance(since, str) and _REL.match(since.strip())):
+        query = _FROM.sub(f'from: "{_iso(as_datetime(since))}"', query, count=1)
     payload = json.dumps({"dt.query": query}, separators=(",", ":"))
     return f"{base}/ui/apps/dynatrace.logs/intent/view_query#{quote(payload, safe='')}"
 

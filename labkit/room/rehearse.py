@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 import threading
 import time
@@ -49,7 +50,8 @@ class SeatResult:
     def turned_on(self) -> str:
         """The variant the seat's 01 turned on: what its `on = lab.on_variant()` cell printed."""
         cell = next((c for c in self.cells if c.name == "on_variant" and c.text), None)
-        return cell.text.strip().strip("'\"") if cell else "on"
+        said = re.search(r"is the variant (\S+)", cell.text) if cell else None  # its sentence (answers.OnVariant)
+        return said.group(1) if said else cell.text.strip().strip("'\"") if cell else "on"
 
     @property
     def failed(self) -> bool:
