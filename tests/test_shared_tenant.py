@@ -113,7 +113,7 @@ def test_the_whole_tenant_unscoped_sees_both_seats(seat1_changed, room):
     env = dict(shared.env("seat-2"))
     env.pop("LABKIT_CLUSTER_NAME")
     with Dynatrace(_settings(env)) as dt:
-        assert len(dt._services("cart")) == 2
+        assert len(dt.entities.named("cart")) == 2
         assert dt.failed_requests("cart", since="now-30m")["failed"].sum() >= 6
         assert len(dt.problems()) == 1
 

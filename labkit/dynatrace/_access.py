@@ -62,7 +62,7 @@ def _seat(dt: "Dynatrace") -> Access:
     """On a shared tenant: can labkit tell this seat's own service from the other seats'?"""
     item = f"keep to {dt.scope.describe()} (k8s.cluster.name)"
     try:
-        entity = dt._seat(SERVICE)
+        entity = dt.entities.seat(SERVICE)
     except Forbidden as exc:
         return Access(item, False, (
             f"{exc}: queries are kept to the seat by k8s.cluster.name, but the change event would "

@@ -1,21 +1,33 @@
-"""The lab's change event: its body, the tenant's answer, and the result labkit shows (ChangeEvent).
+"""The lab's change event: sending it (its body, the tenant's answer, the result labkit shows:
+ChangeEvent) and reading change events back (the events API, as frames with links).
 
-Split from the client (labkit/dynatrace/__init__.py), which sends it through `_http`.
+The Dynatrace facade (labkit/dynatrace/__init__.py) calls `ChangeEvents`; the event's target
+entity is `_entities`'.
 """
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 import httpx
 
 from labkit import cards
+from labkit.dynatrace._client import Client, log
+from labkit.dynatrace._entities import Entities
+from labkit.dynatrace._frames import change_event_frame
 from labkit.dynatrace._http import maybe_recorded_message
 from labkit.dynatrace._links import notebook_link
-from labkit.dynatrace._query import as_str, dql_string
+from labkit.dynatrace._query import as_str, dql_from, dql_string, service_selector, time_param
 from labkit.dynatrace._scope import Scope
 from labkit.errors import BadInput, LabError, Unreachable
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+INGEST_SCOPE = "events.ingest"
 
 EVENT_TYPE = "CUSTOM_CONFIGURATION"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -131,3 +143,67 @@ def _ingest_result(resp: httpx.Response, what: str, selector: str, event: Change
             f"{', '.join(bad)} (HTTP {resp.status_code}). Check the service in Dynatrace; "
             f"the lab's selector is {selector}.")
     return event
+
+
+class ChangeEvents:
+    """The change events of this lab: sent to the service's entity, read back by service or id."""
+
+    def __init__(self, client: Client, entities: Entities):
+        self.client = client
+        self.entities = entities
+
+    def send(self, service: str, flag: str, new, old=None, run_id: str | None = None,
+             title: str = "feature flag changed") -> ChangeEvent:
+        """See Dynatrace.send_change_event."""
+        _check_change(service, flag, new, old)
+        selector, warnings = self.entities.event_target(service)
+        run_id = run_id or uuid.uuid4().hex[:12]
+        scope = self.client.scope
+        body = _change_event_body(title, selector, flag, new, old, run_id, scope)
+        sent_at = datetime.now(timezone.utc)
+        what = f"the change event for {flag} on service {service!r}"
+        resp = self.client.http.request("classic", "POST", "/api/v2/events/ingest", body=body,
+                                        scope=INGEST_SCOPE, what=what, idempotent=False, event=True)
+        event = _ingest_result(resp, what, selector, ChangeEvent(
+            service=service, flag=flag, old=None if old is None else as_str(old), new=as_str(new),
+            run_id=run_id, sent_at=sent_at, report_count=0, warnings=warnings, ui=self.client.ui,
+            cluster=scope.cluster))
+        if event.report_count == 0:
+            self.entities.forget(service)
+            note = "".join(f" ({w})" for w in warnings)
+            raise LabError(
+                f"No entity matched {selector}: {what} was not recorded{note}. The service was not "
+                f"seen in the last 24 hours, or its name differs (Dynatrace shows it under Services). "
+                "Send some traffic (labkit shop) and try again.")
+        for w in warnings:
+            log.warning("%s", w)
+        return event
+
+    def of_service(self, service: str, since="now-2h") -> "pd.DataFrame":
+        """See Dynatrace.change_events."""
+        params = {"eventSelector": f'eventType("{EVENT_TYPE}")',
+                  "entitySelector": service_selector(service),
+                  "from": time_param(since), "pageSize": 1000}
+        events = self.client.paged("/api/v2/events", "events", scope="events.read",
+                                   what=f"to read change events of service {service!r}", params=params)
+        events = [e for e in events if self.client.scope.owns_event(e)]
+        return self._with_links(change_event_frame(events), service, since)
+
+    def one(self, event_id: str) -> "pd.DataFrame":
+        """See Dynatrace.change_event."""
+        if not isinstance(event_id, str) or not re.fullmatch(r"-?[0-9]+_[0-9]+", event_id):
+            raise BadInput(f"{event_id!r} is not an event id (like -4321987654321098765_1754552700000).")
+        body = self.client.get_json(f"/api/v2/events/{event_id}", scope="events.read",
+                                    what=f"to read the event {event_id}")
+        return self._with_links(change_event_frame([body]), None, None)
+
+    def _with_links(self, frame: "pd.DataFrame", service: str | None, since) -> "pd.DataFrame":
+        ui = self.client.ui
+        frame["link"] = [notebook_link(ui, f"fetch events | filter event.id == {dql_string(str(i))}")
+                         for i in frame["event_id"]]
+        if service is not None:
+            query = (f"fetch events, from: {dql_from(since)} | filter event.type == "
+                     f"{dql_string(EVENT_TYPE)} and dt.entity.service.name == {dql_string(service)}"
+                     " | sort timestamp desc")
+            frame.attrs["link"] = notebook_link(ui, self.client.scope.dql(query))
+        return frame
