@@ -1,7 +1,8 @@
 """What a flagd pod does with its flag file: load it at start into OpenFeature's flagd core, evaluate from it.
 
 OFREP answers (`evaluate`) are OpenFeature's core's own (`openfeature-flagd-core`: JsonLogic targeting,
-`fractional`, `$evaluators`/`$ref`, metadata, flagd's reasons), shaped as flagd's OFREP service does
+`$evaluators`/`$ref`, metadata, flagd's reasons) but for `fractional`, which is flagd v0.16's in both
+paths (fractional.py: the core's newer algorithm buckets users differently), shaped as flagd's OFREP service does
 (flagd v0.16 `core/pkg/service/ofrep/models.go`). Typed answers (`resolve`, what 8013 serves) follow
 flagd's Go `evaluateVariant` and `resolve[T]` (core/pkg/evaluator/json.go) step by step, with the
 core's JsonLogic only for the targeting rule: the core's own typed reads are looser than flagd's
@@ -21,6 +22,7 @@ from openfeature.evaluation_context import EvaluationContext
 from openfeature.exception import FlagNotFoundError, OpenFeatureError, ParseError
 
 from labkit.sandbox.flagd import gojson
+from labkit.sandbox.flagd.fractional import as_flagd
 
 FLAG_FILE = "demo.flagd.json"  # flagd's --uri: ./etc/flagd/demo.flagd.json, the init container's copy
 # What the core's flag model takes: it refuses any other key (the demo's `description`), flagd ignores them.
@@ -70,7 +72,8 @@ class FlagSet:
         flag = self.doc["flags"].get(key)
         metadata = self._metadata(flag)
         try:
-            details = getattr(self.core, f"resolve_{_kind(flag)}_value")(key, None, _context(context))
+            with as_flagd():
+                details = getattr(self.core, f"resolve_{_kind(flag)}_value")(key, None, _context(context))
         except FlagNotFoundError:
             return 404, {"key": key, "errorCode": "FLAG_NOT_FOUND",
                          "errorDetails": f"flag `{key}` does not exist", "metadata": {}}
@@ -121,7 +124,8 @@ class FlagSet:
         rule = flag.get("targeting")
         if rule:
             try:
-                result = targeting(key, rule, _context(context))
+                with as_flagd():
+                    result = targeting(key, rule, _context(context))
             except Exception:  # jsonlogic.Apply failed: flagd answers PARSE_ERROR
                 return "", "ERROR", metadata, "PARSE_ERROR"
             if result is not None:
