@@ -12,6 +12,7 @@ from openfeature.evaluation_context import EvaluationContext
 from openfeature.exception import FlagNotFoundError, ParseError
 
 from kube_sandbox import KubeSandbox
+from labkit.sandbox.flagd.fractional import as_flagd
 from labkit.sandbox import SHARED_FLAGS, Timings
 from labkit.sandbox.flagd import FlagSet, load_flags, start_lines
 
@@ -95,7 +96,8 @@ def expected(core: FlagdCore, doc: dict, key: str, context: dict | None) -> dict
     sample = variants.get(flag.get("defaultVariant"), next(iter(variants.values()), None))
     kind = {bool: "boolean", str: "string", dict: "object"}.get(type(sample), "float")
     try:
-        d = getattr(core, f"resolve_{kind}_value")(key, None, EvaluationContext(tk or None, ctx))
+        with as_flagd():  # OpenFeature's core with flagd v0.16's fractional (test_flagd_fractional.py pins it)
+            d = getattr(core, f"resolve_{kind}_value")(key, None, EvaluationContext(tk or None, ctx))
     except FlagNotFoundError:
         return {"errorCode": "FLAG_NOT_FOUND"}
     except ParseError:
