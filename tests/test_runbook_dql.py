@@ -109,7 +109,8 @@ def test_entity_name_and_append_need_their_tables_scopes(lab):
 
 
 def test_the_runbook_page_runs_all_three_sections(lab):
-    from labkit.tenant import RUNBOOK_ID
+    from labkit.sandbox.dynatrace import seed
 
-    page = lab.grail.get(f"/ui/document/{RUNBOOK_ID}").text  # the local Notebooks app
+    page = lab.grail.get(f"/ui/document/{seed.runbook_id(lab.tenant)}").text  # the local Notebooks app
+    assert page.count("<h2>") == 3, page
     assert "cannot run" not in page and "cartFailure" in page and PROBLEM_TITLE in page
