@@ -1,4 +1,5 @@
-"""DQL for the subset the lab uses: tokenizer, parser and the pipeline stages over records.
+"""DQL for the subset the lab uses: the parser (its words are dql_tokens, its values and functions
+dql_functions, its stages over records dql_stages; all re-exported here).
 
 A small, honest parser: what the lab's queries need parses, anything else is a DqlError whose
 message names what the local lab does support (never a silently wrong answer). Reading the data
@@ -6,64 +7,16 @@ a query fetches is Grail's part (grail.py); here records are plain dicts.
 """
 from __future__ import annotations
 
-import inspect
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from labkit.sandbox.dynatrace.dql_functions import FUNCTIONS, DqlContext, _function, _not  # noqa: F401
+from labkit.sandbox.dynatrace.dql_functions import _at, _compare, _each, _truthy
+from labkit.sandbox.dynatrace.dql_stages import AGGREGATIONS, apply_stages  # noqa: F401
+from labkit.sandbox.dynatrace.dql_tokens import DqlError, Tok, tokenize  # noqa: F401
 from labkit.sandbox.dynatrace.errors import EnvironmentApiError
 from labkit.sandbox.dynatrace.times import parse_time
-
-
-class DqlError(Exception):
-    def __init__(self, message: str, position: int | None = None):
-        super().__init__(message)
-        self.message, self.position = message, position
-
-
-@dataclass
-class Tok:
-    kind: str  # str, num, dur, ident, op, eof
-    value: Any
-    pos: int
-
-
-DQL_TOKEN_RE = re.compile(r"""
-    (?P<ws>\s+)
-  | (?P<str>"(?:[^"\\]|\\.)*")
-  | (?P<tick>`[^`]*`)
-  | (?P<dur>\d+(?:\.\d+)?(?:ms|ns|us|s|m|h|d|w)\b)
-  | (?P<num>\d+(?:\.\d+)?)
-  | (?P<ident>[A-Za-z_][\w.]*)
-  | (?P<op>==|!=|<=|>=|\[\]|[<>=(){},:|+\-*/@\[\]])
-""", re.X)
-DURATION_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60 * 10**9,
-               "h": 3600 * 10**9, "d": 86400 * 10**9, "w": 7 * 86400 * 10**9}
-
-
-def tokenize(query: str) -> list[Tok]:
-    toks, i = [], 0
-    while i < len(query):
-        m = DQL_TOKEN_RE.match(query, i)
-        if not m:
-            raise DqlError(f"Unexpected character '{query[i]}'", i)
-        kind = m.lastgroup
-        text = m.group(0)
-        if kind == "str":
-            toks.append(Tok("str", json.loads(text) if "\\" in text else text[1:-1], i))
-        elif kind == "tick":
-            toks.append(Tok("ident", text[1:-1], i))
-        elif kind == "dur":
-            num, unit = re.fullmatch(r"([\d.]+)([a-z]+)", text).groups()
-            toks.append(Tok("dur", int(float(num) * DURATION_NS[unit]), i))
-        elif kind == "num":
-            toks.append(Tok("num", float(text) if "." in text else int(text), i))
-        elif kind != "ws":
-            toks.append(Tok(kind, text, i))
-        i = m.end()
-    toks.append(Tok("eof", None, len(query)))
-    return toks
 
 
 @dataclass
@@ -90,22 +43,25 @@ class DqlQuery:
     by: list[str] = field(default_factory=list)
     ts_filter: Callable[[dict], Any] | None = None
     interval_ns: int | None = None
+    reads: set[str] = field(default_factory=set)  # tables beyond `source`: appended ones, entities
+
+    def tables(self) -> set[str]:
+        """Every table the query reads, for the token's scopes."""
+        return {self.source} | self.reads
 
 
 SOURCES = ("logs", "events", "dt.davis.problems", "spans")
 STAGES = ("filter", "filterOut", "sort", "limit", "fields", "fieldsKeep", "fieldsAdd", "fieldsRemove",
-          "fieldsFlatten", "expand", "summarize")
+          "fieldsFlatten", "expand", "summarize", "makeTimeseries", "append")
 SUPPORTED = ("fetch logs|events|dt.davis.problems|spans [, from:, to:] and timeseries {..}, by:, "
              "filter:, interval:, from:, to:; then " + ", ".join(STAGES))
-AGGREGATIONS = ("count", "countIf", "min", "max", "sum", "avg", "takeFirst", "takeLast",
-                "collectDistinct")
 
 
 class Parser:
     """Recursive descent over one pipe stage's tokens."""
 
-    def __init__(self, toks: list[Tok]):
-        self.toks, self.i = toks, 0
+    def __init__(self, toks: list[Tok], text: str = ""):
+        self.toks, self.i, self.text = toks, 0, text
 
     @property
     def tok(self) -> Tok:
@@ -210,120 +166,6 @@ class Parser:
         return _function(name_tok, args, named)
 
 
-def _truthy(v) -> bool:
-    return v is True
-
-
-def _not(v):
-    return None if v is None else not v
-
-
-class Each(list):
-    """The elements of an array in an iterative expression (`arr[]`): iAny/iAll reduce them."""
-
-
-def _each(value):
-    return Each(value) if isinstance(value, list) else None
-
-
-def _at(value, key):
-    if isinstance(value, Each):
-        return Each(_at(v, key) for v in value)
-    if isinstance(value, dict):
-        return value.get(key)
-    if isinstance(value, list) and isinstance(key, int) and -len(value) <= key < len(value):
-        return value[key]
-    return None
-
-
-def _compare(op: str, a, b):
-    if isinstance(a, Each) or isinstance(b, Each):
-        pairs = zip(a, b) if isinstance(a, Each) and isinstance(b, Each) else (
-            ((x, b) for x in a) if isinstance(a, Each) else ((a, y) for y in b))
-        return Each(_compare(op, x, y) for x, y in pairs)
-    if a is None or b is None:
-        return None  # DQL: comparisons with null are null, so filter drops the record
-    if isinstance(a, bool) != isinstance(b, bool) or isinstance(a, str) != isinstance(b, str):
-        return op == "!="
-    try:
-        return {"==": a == b, "!=": a != b, "<": a < b, "<=": a <= b, ">": a > b,
-                ">=": a >= b}[op]
-    except TypeError:
-        return None
-
-
-def _phrase(text, phrase) -> bool | None:
-    if not isinstance(text, str) or not isinstance(phrase, str):
-        return None
-    return re.search(r"(?<!\w)" + re.escape(phrase) + r"(?!\w)", text, re.I) is not None
-
-
-def _string_test(test):
-    def fn(value, needle, case_sensitive=True):
-        if not isinstance(value, str) or not isinstance(needle, str):
-            return None
-        if not case_sensitive:
-            value, needle = value.lower(), needle.lower()
-        return test(value, needle)
-    return fn
-
-
-def _in(value, *options):
-    if value is None:
-        return None
-    if isinstance(value, list):
-        return any(v in options for v in value)
-    return value in options
-
-
-def _matches_value(value, pattern, case_sensitive=False):
-    """matchesValue(): the whole value (any element of an array), case-insensitive, `*` wildcards."""
-    if isinstance(value, list):
-        return any(_matches_value(v, pattern, case_sensitive) is True for v in value)
-    if not isinstance(value, str) or not isinstance(pattern, str):
-        return None
-    regex = ".*".join(re.escape(part) for part in pattern.split("*"))
-    return re.fullmatch(regex, value, 0 if case_sensitive else re.I) is not None
-
-
-FUNCTIONS: dict[str, Callable] = {
-    "matchesPhrase": _phrase,
-    "matchesValue": _matches_value,
-    "contains": _string_test(lambda v, n: n in v),
-    "startsWith": _string_test(lambda v, n: v.startswith(n)),
-    "endsWith": _string_test(lambda v, n: v.endswith(n)),
-    "in": _in,
-    "isNull": lambda v: v is None,
-    "isNotNull": lambda v: v is not None,
-    "isTrue": lambda v: v is True,
-    "isFalse": lambda v: v is False,
-    "lower": lambda v: v.lower() if isinstance(v, str) else None,
-    "upper": lambda v: v.upper() if isinstance(v, str) else None,
-    "not": _not,
-    "iAny": lambda v: any(x is True for x in v) if isinstance(v, Each) else None,
-    "iAll": lambda v: all(x is True for x in v) if isinstance(v, Each) else None,
-    "arraySize": lambda v: len(v) if isinstance(v, list) else None,
-}
-
-
-def _function(name_tok: Tok, args: list, named: dict):
-    fn = FUNCTIONS.get(name_tok.value)
-    if fn is None:
-        raise DqlError(f"The local lab's DQL does not support the function "
-                       f"'{name_tok.value}()'. Supported: {', '.join(FUNCTIONS)}", name_tok.pos)
-    if named and set(named) != {"caseSensitive"}:
-        raise DqlError(f"Unknown parameter(s) {', '.join(named)} for {name_tok.value}()",
-                       name_tok.pos)
-
-    def call(r):
-        kwargs = {k: v(r) for k, v in named.items()}
-        return fn(*(a(r) for a in args), **({"case_sensitive": kwargs["caseSensitive"]}
-                                            if kwargs else {}))
-    try:
-        inspect.signature(fn).bind(*args, **({"case_sensitive": 1} if named else {}))
-    except TypeError:
-        raise DqlError(f"Wrong number of arguments for {name_tok.value}()", name_tok.pos) from None
-    return call
 
 
 def _time_expr(p: Parser) -> Callable[[int], int]:
@@ -369,8 +211,12 @@ def split_stages(toks: list[Tok]) -> list[list[Tok]]:
 def parse_dql(text: str) -> DqlQuery:
     if not isinstance(text, str) or not text.strip():
         raise DqlError("The query is empty", 0)
-    stages = split_stages(tokenize(text))
-    first = Parser(stages[0])
+    return _parse_query(tokenize(text), text)
+
+
+def _parse_query(toks: list[Tok], text: str) -> DqlQuery:
+    stages = split_stages(toks)
+    first = Parser(stages[0], text)
     command = first.take("ident")
     if command.value == "fetch":
         query = _parse_fetch(first, text)
@@ -379,8 +225,13 @@ def parse_dql(text: str) -> DqlQuery:
     else:
         raise DqlError(f"The local lab's DQL does not support '{command.value}' as the first "
                        f"command. Supported: {SUPPORTED}", command.pos)
-    for toks in stages[1:]:
-        query.stages.append(_parse_stage(Parser(toks)))
+    for stage_toks in stages[1:]:
+        stage = _parse_stage(Parser(stage_toks, text))
+        if stage.command == "append":
+            query.reads |= stage.args["query"].tables()
+        query.stages.append(stage)
+    if any(t.kind == "ident" and t.value == "entityName" and n.value == "(" for t, n in zip(toks, toks[1:])):
+        query.reads.add("entities")  # entityName() reads the entity model (storage:entities:read)
     return query
 
 
@@ -501,6 +352,10 @@ def _parse_stage(p: Parser) -> Stage:
         return _parse_flatten(p)
     if name == "summarize":
         return _parse_summarize(p)
+    if name == "makeTimeseries":
+        return _parse_make_timeseries(p)
+    if name == "append":
+        return _parse_append(p)
     raise DqlError(f"The local lab's DQL does not support the command '{name}'. "
                    f"Supported: {SUPPORTED}", command.pos)
 
@@ -547,23 +402,79 @@ def _parse_flatten(p: Parser) -> Stage:
     return Stage("fieldsFlatten", args)
 
 
+def _aggregation(p: Parser, allowed: tuple[str, ...], command: str) -> tuple[str, str, Callable | None]:
+    """`[name =] func([expr])`: its column's name (as written when unnamed), the function, its argument."""
+    start = p.i
+    name = None
+    if p.tok.kind == "ident" and p.toks[p.i + 1].value == "=":
+        name = p.take().value
+        p.take("op", "=")
+    func = p.take("ident")
+    if func.value not in allowed:
+        raise DqlError(f"The local lab's {command} supports {', '.join(allowed)}, not "
+                       f"'{func.value}'", func.pos)
+    p.take("op", "(")
+    arg = None if p.tok.kind == "op" and p.tok.value == ")" else p.expr()
+    p.take("op", ")")
+    return name or _text(p.toks[start:p.i]), func.value, arg
+
+
+MAKE_TIMESERIES = ("count", "countIf", "sum", "avg", "min", "max")
+
+
+def _parse_make_timeseries(p: Parser) -> Stage:
+    """`makeTimeseries [name =] agg(..), .., by: {..}, interval: 5m | bins: n, time: field`; the
+    parameters and aggregations in any order (Grail's canonical form puts by: first)."""
+    args: dict = {"aggs": [], "by": [], "interval_ns": None, "bins": None, "time": "timestamp"}
+    while True:
+        if p.tok.kind == "ident" and p.toks[p.i + 1].value == ":":
+            key = p.take()
+            p.take("op", ":")
+            if key.value == "by":
+                braced = p.accept("op", "{")
+                args["by"] = _columns(p)
+                if braced:
+                    p.take("op", "}")
+            elif key.value == "interval":
+                args["interval_ns"] = p.take("dur").value
+            elif key.value == "bins":
+                args["bins"] = int(p.take("num").value)
+            elif key.value == "time":
+                args["time"] = p.take("ident").value
+            else:
+                raise DqlError(f"The local lab's makeTimeseries supports by:, interval:, bins: and "
+                               f"time:, not '{key.value}:'", key.pos)
+        else:
+            args["aggs"].append(_aggregation(p, MAKE_TIMESERIES, "makeTimeseries"))
+        if not p.accept("op", ","):
+            break
+    p.done()
+    if not args["aggs"]:
+        raise DqlError("makeTimeseries needs an aggregation, e.g. count()", p.tok.pos)
+    return Stage("makeTimeseries", args)
+
+
+def _parse_append(p: Parser) -> Stage:
+    """`append [subquery]`: the subquery's records after the query's, over the same timeframe."""
+    open_tok = p.take("op", "[")
+    depth, start = 1, p.i
+    while depth:
+        tok = p.take()
+        if tok.kind == "eof":
+            raise DqlError("append's subquery has no closing ']'", open_tok.pos)
+        depth += {"[": 1, "]": -1}.get(tok.value, 0) if tok.kind == "op" else 0
+    close = p.toks[p.i - 1]
+    p.done()
+    inner = p.toks[start:p.i - 1] + [Tok("eof", None, close.pos)]
+    sub = _parse_query(inner, p.text[open_tok.pos + 1:close.pos].strip() if p.text else "")
+    return Stage("append", {"query": sub})
+
+
 def _parse_summarize(p: Parser) -> Stage:
     aggs, by = [], []
     if not (p.tok.kind == "ident" and p.tok.value == "by"):
         while True:
-            start = p.i
-            name = None
-            if p.tok.kind == "ident" and p.toks[p.i + 1].value == "=":
-                name = p.take().value
-                p.take("op", "=")
-            func = p.take("ident")
-            if func.value not in AGGREGATIONS:
-                raise DqlError(f"The local lab's summarize supports {', '.join(AGGREGATIONS)}, not "
-                               f"'{func.value}'", func.pos)
-            p.take("op", "(")
-            arg = None if p.tok.kind == "op" and p.tok.value == ")" else p.expr()
-            p.take("op", ")")
-            aggs.append((name or _text(p.toks[start:p.i]), func.value, arg))
+            aggs.append(_aggregation(p, AGGREGATIONS, "summarize"))
             if not p.accept("op", ","):
                 break
             if p.tok.kind == "ident" and p.tok.value == "by":
@@ -577,113 +488,4 @@ def _parse_summarize(p: Parser) -> Stage:
     p.done()
     return Stage("summarize", {"aggs": aggs, "by": by})
 
-
-def _aggregate(func: str, values: list):
-    present = [v for v in values if v is not None]
-    if func == "count":
-        return len(values)
-    if func == "countIf":
-        return sum(1 for v in values if v is True)
-    if func == "collectDistinct":
-        return list(dict.fromkeys(present))
-    if not present:
-        return None
-    if func in ("takeFirst", "takeLast"):
-        return present[0] if func == "takeFirst" else present[-1]
-    if func in ("min", "max"):
-        try:
-            return (min if func == "min" else max)(present, key=_sort_key)
-        except TypeError:
-            return None
-    numbers = [v for v in present if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    if not numbers:
-        return None
-    return sum(numbers) if func == "sum" else sum(numbers) / len(numbers)
-
-
-def _summarize(rows: list[dict], aggs: list, by: list) -> list[dict]:
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        key = tuple(_hashable(fn(r)) for _, fn in by)
-        groups.setdefault(key, []).append(r)
-    if not by and not groups:
-        groups[()] = []  # summarize over nothing still answers one record (count() = 0)
-    out = []
-    for key, members in groups.items():
-        record = {name: fn(members[0]) for name, fn in by}
-        for name, func, arg in aggs:
-            values = [arg(r) if arg else True for r in members]
-            record[name] = _aggregate(func, values)
-        out.append(record)
-    return out
-
-
-def _hashable(value):
-    return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
-
-
-def _expand(rows: list[dict], field_name: str) -> list[dict]:
-    out = []
-    for r in rows:
-        values = r.get(field_name)
-        if not isinstance(values, list):
-            out.append(r)  # not an array: the record as it is
-            continue
-        out.extend({**r, field_name: v} for v in values)
-    return out
-
-
-def _flatten(rows: list[dict], field_name: str, prefix: str, keys) -> list[dict]:
-    out = []
-    for r in rows:
-        nested = r.get(field_name)
-        r = dict(r)
-        if isinstance(nested, dict):
-            for k in keys if keys is not None else list(nested):
-                r[prefix + k] = nested.get(k)
-        out.append(r)
-    return out
-
-
-# ----- the pipeline stages over records -------------------------------------------------------
-def _sort_key(value):
-    # nulls last; numbers before strings so mixed columns still sort deterministically
-    if value is None:
-        return (2, 0)
-    if isinstance(value, (int, float)):
-        return (0, value)
-    return (1, str(value))
-
-
-def apply_stages(rows: list[dict], stages: list[Stage]) -> list[dict]:
-    for stage in stages:
-        if stage.command == "filter":
-            pred = stage.args["predicate"]
-            rows = [r for r in rows if pred(r) is True]
-        elif stage.command == "sort":
-            for name, desc in reversed(stage.args["keys"]):
-                key = "_ms" if name == "timestamp" and rows and "_ms" in rows[0] else name
-                present = [r for r in rows if r.get(key) is not None]
-                missing = [r for r in rows if r.get(key) is None]
-                # records written in the same millisecond keep the order they were written in
-                present.sort(key=lambda r: (_sort_key(r.get(key)), r.get("_seq", 0)), reverse=desc)
-                rows = present + missing
-        elif stage.command == "limit":
-            rows = rows[:stage.args["n"]]
-        elif stage.command == "fields":
-            columns = stage.args["columns"]
-            rows = [{n: fn(r) for n, fn in columns} for r in rows]
-        elif stage.command == "fieldsAdd":
-            columns = stage.args["columns"]
-            rows = [{**r, **{n: fn(r) for n, fn in columns}} for r in rows]
-        elif stage.command == "expand":
-            rows = _expand(rows, stage.args["field"])
-        elif stage.command == "fieldsFlatten":
-            rows = _flatten(rows, stage.args["field"], stage.args["prefix"], stage.args["fields"])
-        elif stage.command == "summarize":
-            rows = _summarize(rows, stage.args["aggs"], stage.args["by"])
-        elif stage.command == "fieldsRemove":
-            drop = set(stage.args["names"])
-            rows = [{k: v for k, v in r.items() if k not in drop} for r in rows]
-    return rows
 

@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any
 
-from labkit.sandbox.dynatrace.dql import DqlError, DqlQuery, apply_stages, parse_dql
+from labkit.sandbox.dynatrace.dql import DqlContext, DqlError, DqlQuery, apply_stages, parse_dql
 from labkit.sandbox.dynatrace.errors import EnvironmentApiError, PlatformError
 from labkit.sandbox.dynatrace.series import merged_minutes, parse_resolution, series_values
 from labkit.sandbox.dynatrace.telemetry import (OPENPIPELINE, PROBLEM_CATEGORIES, Event, MonitoredEntity,
@@ -104,14 +104,21 @@ GRAIL_SCOPES = {"logs": ("storage:logs:read", "storage:buckets:read"),
                 "events": ("storage:events:read", "storage:buckets:read"),
                 "dt.davis.problems": ("storage:events:read", "storage:buckets:read"),
                 "spans": ("storage:spans:read", "storage:buckets:read"),
-                "timeseries": ("storage:metrics:read", "storage:buckets:read")}
+                "timeseries": ("storage:metrics:read", "storage:buckets:read"),
+                "entities": ("storage:entities:read",)}
 
 
-def authorize_table(tenant: Tenant, req: Request, source: str) -> None:
-    """A query on a table the token may not read: Grail's 403 NOT_AUTHORIZED_FOR_TABLE, which names
-    the table in `arguments` and carries no missingScopes (dynatrace-answers.md §2)."""
+def authorize_table(tenant: Tenant, req: Request, source: str | set[str]) -> None:
+    """A query on a table the token may not read (its own, an appended one, the entities that
+    entityName() reads): Grail's 403 NOT_AUTHORIZED_FOR_TABLE, which names the table in `arguments`
+    and carries no missingScopes (dynatrace-answers.md §2)."""
     tenant.authorize_platform(req)
     held = tenant.platform_tokens.scopes(bearer(req))
+    for table in sorted({source} if isinstance(source, str) else source):
+        _authorize(table, held)
+
+
+def _authorize(source: str, held) -> None:
     if not set(GRAIL_SCOPES.get(source, ())) <= held:
         table = "metrics" if source == "timeseries" else source
         raise PlatformError(403, "NOT_AUTHORIZED_FOR_TABLE", "NOT_AUTHORIZED_FOR_TABLE",
@@ -222,20 +229,33 @@ def _types(records: list[dict]) -> list[dict]:
     return [{"indexRange": [0, len(records) - 1], "mappings": mappings}]
 
 
+def _source_records(tenant: Tenant, q: DqlQuery, frame: tuple[int, int], now: int) -> tuple[list[dict], dict]:
+    """The records a query's first command reads, and (timeseries) its metrics and widened frame."""
+    if q.source == "timeseries":
+        return _timeseries(tenant, q, *frame)
+    return _fetch(tenant, q.source, *frame, now), {"metrics": [], "frame": frame}
+
+
+def _context(tenant: Tenant, frame: tuple[int, int], now: int) -> DqlContext:
+    """The tenant the stages run on: append's subquery over the same timeframe, entity names."""
+    def run(sub: DqlQuery) -> list[dict]:
+        return apply_stages(_source_records(tenant, sub, frame, now)[0], sub.stages)
+
+    def entity_name(entity_id: str) -> str | None:
+        entity = tenant.telemetry.entity_by_id(entity_id)
+        return entity.name if entity else None
+    return DqlContext(frame, run, entity_name)
+
+
 def execute_dql(tenant: Tenant, job: GrailJob) -> dict:
     started = time.perf_counter()
     q = job.query
-    start, end = job.frame
     now = tenant.telemetry.clock()
-    metadata_metrics = []
-    if q.source == "timeseries":
-        rows, info = _timeseries(tenant, q, start, end)
-        metadata_metrics = info["metrics"]
-        start, end = info["frame"]
-    else:
-        rows = _fetch(tenant, q.source, start, end, now)
+    rows, info = _source_records(tenant, q, job.frame, now)
+    metadata_metrics = info["metrics"]
+    start, end = info["frame"]
     scanned = len(rows)
-    rows = apply_stages(rows, q.stages)
+    rows = apply_stages(rows, q.stages, _context(tenant, job.frame, now))
     notifications = []
     if len(rows) > job.max_records:
         rows = rows[:job.max_records]
@@ -311,7 +331,7 @@ def grail_execute(tenant: Tenant, req: Request) -> Response:
         query = parse_dql(body["query"])
     except DqlError as err:
         return _dql_error(err, body["query"])
-    authorize_table(tenant, req, query.source)
+    authorize_table(tenant, req, query.tables())
     frame = query_frame(query, body, tenant.telemetry.clock())
     wait_ms = _int_param(body.get("requestTimeoutMilliseconds"), "requestTimeoutMilliseconds",
                          1000)

@@ -237,7 +237,8 @@ def run_query(tenant: Tenant, req: Request) -> Response:
 
 # ----- a notebook document: the runbook the problem's description links ("Redis Troubleshooting")
 def _runbook_section(tenant: Tenant, title: str, text: str) -> str:
-    """A DQL section run now: its records as a table (a timeseries as one row per slot)."""
+    """A DQL section run now: its records as a table (a timeseries or makeTimeseries as one row per
+    slot with data, each series named by its column and its `by:` values)."""
     now = tenant.telemetry.clock()
     try:
         query = parse_dql(text)
@@ -246,14 +247,16 @@ def _runbook_section(tenant: Tenant, title: str, text: str) -> str:
         return (f"<h2>{html.escape(title)}</h2><pre>{html.escape(text)}</pre>"
                 f"<p>The local lab cannot run this query: {html.escape(err.message)}</p>")
     records = result["records"]
-    if query.source == "timeseries":  # one row per slot: the trend as a table
-        rows = []
+    if records and all("timeframe" in r and "interval" in r for r in records):
+        rows = []  # timeseries and makeTimeseries: one row per slot, the trend as a table
         for r in records:
             start = parse_time(r["timeframe"]["start"], now)
             step = int(r["interval"]) // 1_000_000
-            for name in (a.name for a in query.aggs):
-                rows += [(iso_ms(start + i * step), html.escape(name), "-" if v is None else f"{v:g}")
-                         for i, v in enumerate(r.get(name) or [])]
+            label = " ".join(str(v) for k, v in r.items() if not isinstance(v, (list, dict)) and k != "interval")
+            for name in (k for k, v in r.items() if isinstance(v, list)):
+                series = html.escape(f"{name} {label}".strip())
+                rows += [(iso_ms(start + i * step), series, f"{v:g}")
+                         for i, v in enumerate(r[name]) if v]  # the slots with data: not null, not 0
         body = table(rows[-30:], ("time", "series", "value"))
     else:
         cols = [c for c in dict.fromkeys(k for r in records for k in r)][:MAX_COLUMNS]
