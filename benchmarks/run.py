@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # ReadyGauge: flagd's Ready pods, watched with the kubernetes client
 
 from labkit.sandbox import LocalLab, Timings  # noqa: E402
+from labkit.releases import FLAG  # noqa: E402
 from labkit.settings import Settings  # noqa: E402
 
 
@@ -46,6 +47,22 @@ def settle(lab, timeout: float = 30) -> None:
     raise RuntimeError("flagd did not settle")
 
 
+def variants(workshop) -> tuple[str, str]:
+    """(on, resting) of cartFailure on the lab's demo release: its own on-variant (3.0.0: '10%', 2.2.0:
+    'on') and what a fresh install serves ('off'), so the bench flips the flag the release really has."""
+    return workshop.on_variant(), workshop.demo_release().resting_variants()[FLAG]
+
+
+def flip(workshop, on: str, rest: str) -> str:
+    """The variant to change to next: on when it rests, else back to rest."""
+    return on if workshop.cluster.flag_file().flag(FLAG).default_variant == rest else rest
+
+
+def rest_again(workshop, rest: str) -> None:
+    if workshop.cluster.flag_file().flag(FLAG).default_variant != rest:
+        workshop.change_flag(rest, send_event=False)
+
+
 def restart_rows(lab, settings, repeat: int) -> list[tuple]:
     """Apply -> every Ready pod serves, rollout vs scale, with the pod lifecycle in the lab's proportions."""
     from kube_sandbox import ReadyGauge
@@ -56,21 +73,21 @@ def restart_rows(lab, settings, repeat: int) -> list[tuple]:
     saved = (t.pod_terminate, t.pod_start)
     t.pod_terminate, t.pod_start = 3.0, 1.0  # the lab's Codespace: ~30 s to terminate, ~10 s to start
     workshop = Lab(settings)
+    on, rest = variants(workshop)
     seconds = {"rollout": [], "scale": []}
     dark = {"rollout": [], "scale": []}
     try:
         for i in range(repeat):
             for way in ("rollout", "scale"):  # interleaved: both ways see the same machine noise
                 settle(lab)
-                variant = "on" if workshop.cluster.flag_file().flag("cartFailure").default_variant == "off" else "off"
+                variant = flip(workshop, on, rest)
                 with ReadyGauge(lab.kubeconfig_path) as gauge:
                     start = time.perf_counter()
                     workshop.change_flag(variant, send_event=False, restart=way)
                     seconds[way].append(time.perf_counter() - start)
                 dark[way].append(gauge.dark)
         settle(lab)
-        if workshop.cluster.flag_file().flag("cartFailure").default_variant != "off":
-            workshop.change_flag("off", send_event=False)
+        rest_again(workshop, rest)
     finally:
         t.pod_terminate, t.pod_start = saved
         workshop.dynatrace.close()
@@ -95,24 +112,23 @@ def cart_rows(lab, settings, repeat: int) -> list[tuple]:
     from labkit.lab import Lab
 
     workshop = Lab(settings)
-    cluster, on = workshop.cluster, workshop.on_variant()
+    cluster, (on, rest) = workshop.cluster, variants(workshop)
     pods, cart = [], []
     try:
         for _ in range(repeat):
             settle(lab)
-            variant = on if cluster.flag_file().flag("cartFailure").default_variant == "off" else "off"
+            variant = flip(workshop, on, rest)
             start = time.perf_counter()
-            cluster.set_default_variant("cartFailure", variant)
+            cluster.set_default_variant(FLAG, variant)
             cluster.restart_flagd(timeout=60, how="rollout")
-            cluster.wait_served("cartFailure", variant, timeout=30)
+            cluster.wait_served(FLAG, variant, timeout=30)
             pods.append(time.perf_counter() - start)
             while cluster.cart_reads().variant != variant:  # asked as the cart asks, until it reads it
                 if time.perf_counter() - start > 60:
                     raise RuntimeError(f"the cart never read {variant}")
             cart.append(time.perf_counter() - start)
         settle(lab)
-        if cluster.flag_file().flag("cartFailure").default_variant != "off":
-            workshop.change_flag("off", send_event=False)
+        rest_again(workshop, rest)
     finally:
         workshop.dynatrace.close()
     served, read = statistics.median(pods), statistics.median(cart)
@@ -199,18 +215,25 @@ def main() -> None:
         imp = statistics.median(subprocess_seconds([sys.executable, "-c", "import labkit"], env, args.repeat))
         rows.append(("import labkit", f"{imp:.3f} s", "fresh interpreter", "< 1.0 s", imp < 1.0))
 
+        from labkit.lab import Lab
+
+        workshop = Lab(settings)  # the release's own variants: the event says what a change would say
+        try:
+            on, rest = variants(workshop)
+        finally:
+            workshop.close()
         dt = Dynatrace(settings)
         body = {"title": "feature flag changed", "entitySelector": "type(SERVICE),entityName.equals(cart)",
                 "eventType": "CUSTOM_CONFIGURATION",
                 "properties": {"dt.event.is_rootcause_relevant": "true", "action": "changed",
-                               "feature_flag.key": "cartFailure", "defaultValue": "on"}}
+                               "feature_flag.key": FLAG, "defaultValue": on}}
         bare = httpx.Client(headers={"Authorization": f"Api-Token {lab.api_token}"}, timeout=10)
         n = max(args.repeat * 8, 40)
-        dt.send_change_event("cart", "cartFailure", "on", old="off")  # warm: the token and entity lookups
+        dt.send_change_event("cart", FLAG, on, old=rest)  # warm: the token and entity lookups
         # interleaved, one of each in turn, so a busy moment on a shared machine hits both sides alike
         pairs = [(timed(lambda: bare.post(f"{lab.tenant_server.url}/api/v2/events/ingest",
                                           json=body).raise_for_status(), 1)[0],
-                  timed(lambda: dt.send_change_event("cart", "cartFailure", "on", old="off"), 1)[0])
+                  timed(lambda: dt.send_change_event("cart", FLAG, on, old=rest), 1)[0])
                  for _ in range(n)]
         bare_t, ours_t = (statistics.median(side) for side in zip(*pairs))
         ratio = ours_t / bare_t

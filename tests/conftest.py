@@ -106,6 +106,31 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "notebooks: executes the workbook headless (slow)")
     config.addinivalue_line("markers", "browser: drives JupyterLab in Debian's chromium")
     config.addinivalue_line("markers", "install: pip install from a clean clone into a fresh venv")
+    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist runs a group's tests on one worker")
+
+
+# ---- the suite in parallel (.ci/run: pytest-xdist, --dist loadgroup) ------------------------------
+# The room's, the browser's and the notebooks' tests start hubs, browsers and kernels and time them:
+# each kind runs on one worker, one test after another, so they never race each other for the cores.
+ALONE = {"test_room.py": "room", "test_browser.py": "browser", "test_notebooks.py": "notebooks"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into the node ids
+def pytest_collection_modifyitems(items):
+    for item in items:
+        group = ALONE.get(item.path.name) or _module_fixture_group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def _module_fixture_group(item) -> str | None:
+    """A module whose tests share a module-scoped fixture (a workbook run, a lab of a release) keeps
+    them on one worker: spread over four, the fixture would be built four times."""
+    defs = getattr(item, "_fixtureinfo", None)
+    for fixture_defs in (defs.name2fixturedefs.values() if defs else ()):
+        if any(d.scope == "module" for d in fixture_defs):
+            return item.path.name
+    return None
 
 
 # ---- hardening results table (issue 6; tests/hardening_report.py) ------------------------------
@@ -117,6 +142,21 @@ def pytest_runtest_makereport(item, call):
         from hardening_report import mark_outcome
 
         mark_outcome(item.nodeid, report.passed)  # failed or skipped: not survived
+
+
+def pytest_sessionfinish(session):
+    """On an xdist worker: hand its hardening records to the controller, which prints the table."""
+    if hasattr(session.config, "workeroutput") and "hardening_report" in sys.modules:
+        session.config.workeroutput["hardening"] = sys.modules["hardening_report"].export()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    records = getattr(node, "workeroutput", {}).get("hardening")
+    if records:
+        import hardening_report
+
+        hardening_report.merge(records)
 
 
 def pytest_terminal_summary(terminalreporter):

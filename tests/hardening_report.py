@@ -13,7 +13,7 @@ the records of a failed test), so a red test can never show up as a green row.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
@@ -56,6 +56,16 @@ def mark_outcome(nodeid: str, passed: bool) -> None:
     for rec in RECORDS:
         if rec.nodeid == nodeid:
             rec.passed = passed if rec.passed in (None, True) else False
+
+
+def export() -> list[dict]:
+    """This process's records, as an xdist worker sends them to the controller."""
+    return [asdict(r) for r in RECORDS]
+
+
+def merge(records: list[dict]) -> None:
+    """A worker's records (export()) added to the controller's, which prints the table."""
+    RECORDS.extend(Record(**r) for r in records)
 
 
 def rows() -> list[list]:

@@ -43,7 +43,7 @@ def _missing() -> str | None:
 
 @pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
 def test_dynatraces_own_sdk_drives_the_local_tenants_settings_and_documents(tenant_sandbox):
-    sandbox = tenant_sandbox(bare=True)  # a tenant before getting-started: nothing made yet
+    sandbox = tenant_sandbox(bare=True)  # the SDK creates the pipeline itself: a tenant not yet set up
     env = {**os.environ, "LAB_URL": sandbox.tenant_server.url, "LAB_TOKEN": sandbox.platform_token,
            "LAB_PIPELINE": json.dumps(lab.pipeline_value()),
            "LAB_ROUTE": json.dumps(lab.route_entry("set-by-the-script"))}

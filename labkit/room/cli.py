@@ -6,7 +6,6 @@ import argparse
 import signal
 import sys
 import time
-from pathlib import Path
 
 from labkit.errors import LabError
 
@@ -46,35 +45,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def start_room(args):
-    from labkit.room.hub import Hub, HubConfig, passed_env, proxy_command
-    from labkit.room.seats import Room
-    from labkit.room.tenant import SharedTenant
-
-    room = Room(Path(args.dir), args.seats, shared=args.shared_tenant)
-    room.prepare()
-    env = passed_env()
-    tenant = SharedTenant(room).start() if args.shared_tenant else None
-    if tenant is not None:
-        env.update(tenant.seat_env())
-    config = HubConfig(room, port=args.port, proxy=proxy_command(room.folder), cull_timeout=args.cull_after,
-                       silent_after=args.silent_after, passed_env=env)
-    try:
-        hub = Hub(config).start()
-    except BaseException:
-        if tenant is not None:
-            tenant.stop()
-        raise
-    return room, config, hub, tenant
-
-
-def stop_room(hub, tenant) -> list[int]:
-    left = hub.stop()
-    if tenant is not None:
-        tenant.stop()
-    return left
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse(list(sys.argv[1:] if argv is None else argv))
     if args.command == "rehearse":
@@ -82,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return rehearse(args)
     from labkit.room.hub import describe
+    from labkit.room.start import start_room, stop_room
 
     room, config, hub, tenant = start_room(args)
     print(describe(config), flush=True)

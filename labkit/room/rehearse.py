@@ -234,7 +234,7 @@ def rehearse(args) -> int:
     """Start a room (or use the one running at --port), run every seat, check the board."""
     import httpx
 
-    from labkit.room.cli import start_room, stop_room
+    from labkit.room.start import start_room, stop_room
     from labkit.room.seats import Room
 
     hub_url = f"http://127.0.0.1:{args.port}"
