@@ -45,8 +45,29 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+# What a room needs beyond the workbook: the `room` extra (JupyterHub, its idle culler) and the proxy.
+INSTALL = ".venv/bin/pip install -e '.[room]' && npm install --prefix .room configurable-http-proxy"
+
+
+def require_jupyterhub() -> None:
+    """Say the one install command at once, before anything is installed or started."""
+    import importlib.util
+
+    def lacks(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is None
+        except (ImportError, ValueError):  # a broken or blocked install counts as missing
+            return True
+
+    missing = [m for m in ("jupyterhub", "jupyterhub_idle_culler") if lacks(m)]
+    if missing:
+        raise LabError(f"labkit room needs JupyterHub, which this Python lacks ({', '.join(missing)}). "
+                       f"Install what a room needs, in the checkout: {INSTALL}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(list(sys.argv[1:] if argv is None else argv))
+    require_jupyterhub()
     if args.command == "rehearse":
         from labkit.room.rehearse import rehearse
 
