@@ -277,3 +277,21 @@ def test_no_output_is_a_bare_repr(executed):
 def test_results_show_as_cards(executed, name, source_start):
     html = "".join(_outputs(executed[name], "text/html", source_start))
     assert 'class="labkit-card' in html, f"{name}: {source_start}: no card in {html[:300]!r}"
+
+
+def test_the_charts_as_executed_frame_the_change(executed):
+    """01's and 03's charts as the attendee gets them: the window starts a few minutes before the
+    change (not ten flat minutes), each bar sits in the middle of the minute it counts, and no
+    failure rate is drawn before the change."""
+    import pandas as pd
+
+    for name in ("01-introduce-change", "03-roll-back"):
+        fig = _outputs(executed[name], "application/vnd.plotly.v1+json", "lab.chart()")[0]
+        change = min(pd.Timestamp(s["x0"]) for s in fig["layout"]["shapes"] if s.get("name") == "change")
+        lo = pd.Timestamp(fig["layout"]["xaxis"]["range"][0])
+        assert pd.Timedelta(minutes=1) <= change - lo <= pd.Timedelta(minutes=5), (name, lo, change)
+        bars = [pd.Timestamp(x) for d in fig["data"] if d["type"] == "bar" for x in (d.get("x") or [])]
+        assert bars and all(x.second == 30 and x.microsecond == 0 for x in bars), (name, bars[:5])
+        rates = [pd.Timestamp(x) for d in fig["data"] if d["type"] == "scatter"
+                 and str(d.get("name", "")).startswith("failure rate") for x in (d.get("x") or [])]
+        assert rates and min(rates) >= change.floor("s"), (name, min(rates), change)
