@@ -185,13 +185,7 @@ def _sort(items: list[dict], raw: str | None, fields) -> None:
 
 def get_object(tenant: Tenant, req: Request, objectId: str) -> Response:  # noqa: N803
     _authorize(tenant, req, READ)
-    try:
-        obj = tenant.settings.get(objectId)
-    except ConfigError as err:
-        raise EnvironmentApiError(404, err.message) from None
-    if not tenant.openpipeline_migrated and obj.schema_id.startswith("builtin:openpipeline."):
-        raise EnvironmentApiError(404, f"Settings not found: no object with id {objectId}")
-    return json_response(_item(obj, FIELDS))
+    return json_response(_item(_existing(tenant, objectId, EnvironmentApiError), FIELDS))
 
 
 # ----- POST /settings/objects: a list in, a list of SettingsObjectResponse out ------------------
@@ -294,16 +288,16 @@ class ObjectError(EnvironmentApiError):
         return json_response(body, self.status)
 
 
-_one_error = ObjectError
 
-
-def _existing(tenant: Tenant, object_id: str) -> SettingsObject:
+def _existing(tenant: Tenant, object_id: str, error: type[EnvironmentApiError] = ObjectError) -> SettingsObject:
+    """The object, else a 404 in `error`'s body (GET: the ErrorEnvelope; PUT/DELETE: one
+    SettingsObjectResponse); an unmigrated tenant has no OpenPipeline objects."""
     try:
         obj = tenant.settings.get(object_id)
     except ConfigError as err:
-        raise _one_error(404, err.message) from None
+        raise error(404, err.message) from None
     if not tenant.openpipeline_migrated and obj.schema_id.startswith("builtin:openpipeline."):
-        raise _one_error(404, f"Settings not found: no object with id {object_id}")
+        raise error(404, f"Settings not found: no object with id {object_id}")
     return obj
 
 
@@ -313,21 +307,21 @@ def update_object(tenant: Tenant, req: Request, objectId: str) -> Response:  # n
     try:
         body = req.json()
     except (ValueError, UnicodeDecodeError):
-        raise _one_error(400, "Could not parse the request body as JSON") from None
+        raise ObjectError(400, "Could not parse the request body as JSON") from None
     if not isinstance(body, dict) or "value" not in body:
-        raise _one_error(400, "The request body must be a SettingsObjectUpdate with a value")
+        raise ObjectError(400, "The request body must be a SettingsObjectUpdate with a value")
     with tenant.settings.lock:
         obj = _existing(tenant, objectId)
         token = body.get("updateToken")
         if token is not None and token != obj.update_token:
-            raise _one_error(409, "Failed. Conflicting resource.")
+            raise ObjectError(409, "Failed. Conflicting resource.")
         value, found = _checked(tenant, obj.schema_id, body["value"], obj.object_id)
         schema = schemas.load(obj.schema_id)
         found += [(name, f"Property '{name}' cannot be modified (modificationPolicy NEVER)")
                   for name in schemas.immutable(schema)
                   if isinstance(value, dict) and value.get(name) != obj.value.get(name)]
         if found:
-            raise _one_error(400, "Constraints violated.", body["value"],
+            raise ObjectError(400, "Constraints violated.", body["value"],
                              _violations(obj.schema_id, "", found))
         if not dry:
             tenant.settings.update(objectId, value, token, by=who["by"])
@@ -340,11 +334,11 @@ def delete_object(tenant: Tenant, req: Request, objectId: str) -> Response:  # n
         obj = _existing(tenant, objectId)
         token = req.query.get("updateToken")
         if token is not None and token != obj.update_token:
-            raise _one_error(409, "Failed. Conflicting resource.")
+            raise ObjectError(409, "Failed. Conflicting resource.")
         for other in tenant.settings.items():
             other_schema = schemas.load(other.schema_id)
             if other_schema and (obj.schema_id, objectId) in schemas.references(other_schema, other.value):
-                raise _one_error(400, f"Cannot delete {objectId}: it is referenced by {other.schema_id} "
+                raise ObjectError(400, f"Cannot delete {objectId}: it is referenced by {other.schema_id} "
                                       f"object {other.object_id} (referential integrity). Remove the "
                                       "reference first.")
         tenant.settings.delete(objectId, token)
