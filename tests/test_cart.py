@@ -115,6 +115,7 @@ def test_a_missing_flag_and_no_flagd_pod_read_the_default(demo):
     sandbox = demo("3.0.0", DEMO_300)
     cluster = sandbox.labkit()
     sandbox.scale(0)
+    sandbox.wait_ready(0)  # the controllers delete the pod after the scale returns, as a real cluster's do
     read = cluster.cart_reads()
     assert read.error_code == "PROVIDER_NOT_READY" and read.value == 0
     assert "no flagd pod is Ready" in read.summary
