@@ -228,9 +228,12 @@ def test_ctrl_c_stops_the_hub_every_seat_and_leaves_nothing_running(room):
 
 # ------------------------------------------------------------------- the rehearsal, end to end
 def test_rehearse_a_small_room_odd_seats_change_even_seats_stay_clean(tmp_path):
+    # --start-servers: the facilitator starts the seats' servers first (the tests above cover a login
+    # that starts its own server), so each login finds its server running
     out = tmp_path / "rehearsal.json"
     done = subprocess.run([sys.executable, "-m", "labkit", "room", "rehearse", "--seats", "2", "--change", "odd",
-                           "--port", str(_free_port()), "--dir", str(tmp_path / ".room"), "--json", str(out)],
+                           "--port", str(_free_port()), "--dir", str(tmp_path / ".room"), "--json", str(out),
+                           "--start-servers"],
                           cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -241,6 +244,9 @@ def test_rehearse_a_small_room_odd_seats_change_even_seats_stay_clean(tmp_path):
     assert result["totals"]["board_disagrees"] == {} and result["totals"]["failed_seats"] == []
     assert "seat-1 (changes cartFailure)" in done.stdout and "room: seats 2" in done.stdout
     assert "room stopped" in done.stdout and "leftover" not in done.stdout
+    assert "started 2 seats' servers in" in done.stdout and "seats' servers ready: 2 of 2" in done.stderr
+    assert result["totals"]["servers"] == "pre-started by the facilitator"
+    assert all(s["ready_seconds"] < 1.0 for s in seats.values()), seats  # found running: no server starts in 1 s
 
 
 # ------------------------------------------------------------------------ a seat's reports, culling

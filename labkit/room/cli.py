@@ -19,6 +19,8 @@ def _room_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cull-after", type=int, default=3600, help="stop a seat's server idle this many s")
     p.add_argument("--silent-after", type=float, default=90.0,
                    help="the board shows a running seat that has not reported for this many s as silent")
+    p.add_argument("--start-servers", action="store_true",
+                   help="start every seat's server before anyone logs in (a login then finds it running)")
 
 
 def build_parser() -> argparse.ArgumentParser:

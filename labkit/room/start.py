@@ -1,12 +1,13 @@
 """A room started on this machine (its folder, shared tenant if asked, and hub) and stopped again:
 what `labkit room` and `labkit room rehearse` both do, kept here so that room/ imports in one
-direction (cli -> rehearse -> start -> hub/seats/tenant)."""
+direction (cli -> rehearse -> start -> hub/seats/tenant/prestart)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from labkit.room.hub import Hub, HubConfig, passed_env, proxy_command
-from labkit.room.seats import Room
+from labkit.room.prestart import start_servers
+from labkit.room.seats import FACILITATOR, Room
 from labkit.room.tenant import SharedTenant
 
 
@@ -20,9 +21,15 @@ def start_room(args):
         env.update(tenant.seat_env())
     config = HubConfig(room, port=args.port, proxy=proxy_command(room.folder), cull_timeout=args.cull_after,
                        silent_after=args.silent_after, passed_env=env)
+    hub = None
     try:
         hub = Hub(config).start()
-    except BaseException:
+        if getattr(args, "start_servers", False):
+            took = start_servers(config.url, room.secrets()["passwords"][FACILITATOR], room.names)
+            print(f"started {room.seats} seats' servers in {took:.1f} s (before anyone logs in)", flush=True)
+    except BaseException:  # a failure or Ctrl-C while the hub or the servers start: nothing left running
+        if hub is not None:
+            hub.stop()
         if tenant is not None:
             tenant.stop()
         raise
