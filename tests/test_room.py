@@ -352,3 +352,15 @@ def test_the_board_says_what_the_cart_reads_and_when_it_is_only_its_default():
     assert _cart_text(SimpleNamespace(value=0.1, variant="10%", error_code=None)) == "0.1 (10%)"
     assert _cart_text(SimpleNamespace(value=0, variant=None, error_code="TYPE_MISMATCH")) == \
         "0 (TYPE_MISMATCH: its code default)"
+
+
+def test_the_rehearsal_takes_a_closed_problem_only_from_a_seat_that_saw_it_open():
+    from labkit.room.rehearse import SeatResult, disagreements
+
+    seat = SeatResult("seat-1", changes=True, steps=["change", "problem opened"])
+    row = {"steps": seat.steps, "status": "reporting", "flag_served": {"flagd-1": "on"}, "problem": "closed"}
+    assert disagreements(seat, row) == []  # it opened, then closed a quiet period after the seat's last failure
+    never = SeatResult("seat-3", changes=True, steps=["change"])
+    assert disagreements(never, {**row, "steps": never.steps}) == [
+        "board problem 'closed', the seat waited for an open one"]
+    assert disagreements(seat, {**row, "problem": "none"}) == ["board problem 'none', the seat waited for an open one"]

@@ -226,7 +226,8 @@ class Hub:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        _, alive = psutil.wait_procs(started[1:], timeout=10)
+        # each server's kernels and lab stop in turn on a shared CPU: 40 seats' take longer than 10 s
+        _, alive = psutil.wait_procs(started[1:], timeout=max(10.0, 0.5 * len(started)))
         for p in alive:  # only processes this hub started, by pid
             try:
                 p.kill()

@@ -87,7 +87,9 @@ class SeatKernel:
 
         url = (self.login.hub_url.replace("http", "ws", 1) + self.base +
                f"api/kernels/{self.kernel_id}/channels?session_id={self.session_id}")
-        ws = websocket.create_connection(url, header=[f"Authorization: token {self.login.token}"], timeout=30)
+        # 40 seats' servers and kernels starting on 2 cores answer the upgrade slowly (measured: 30 s was too
+        # short for 2 of 40); a browser's JupyterLab waits and retries as long
+        ws = websocket.create_connection(url, header=[f"Authorization: token {self.login.token}"], timeout=120)
         ws.settimeout(5)  # a cell may run for minutes without a message: recv wakes up to check the deadline
         return ws
 
