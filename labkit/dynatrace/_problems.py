@@ -68,7 +68,7 @@ class Problems:
             fresh = (frame["start"] >= since) | (frame["status"].astype("string").str.upper() == "OPEN")
             return frame[fresh.fillna(False)].reset_index(drop=True)
 
-        return wait_for(check, timeout, progress, f"a problem on service {service!r}",
+        return wait_for(check, timeout, progress, f"a problem on service {service!r} or its pods",
                         f"No problem on service {service!r} (or its pods) opened within {timeout:g} s. "
                         "The tenant opens it from the first routed error log, so check that the error "
                         "logs arrived tagged with alertmessage and priority (labkit logs) and that the "
