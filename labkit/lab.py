@@ -28,6 +28,7 @@ from labkit.progress import Progress
 from labkit.settings import Settings
 from labkit.timeline import EVENT_SENT, FIRST_FAILURE, Timeline  # noqa: F401 (EVENT_SENT: as above)
 
+
 class Lab:
     """The lab: the workshop steps as methods, each recorded on the timeline."""
 
