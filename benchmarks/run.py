@@ -1,6 +1,6 @@
 """Speed targets, measured side by side in one run on the local lab; prints a table.
 
-    .venv/bin/python benchmarks/run.py [--repeat 5] [--workbook]
+    .venv/bin/python benchmarks/run.py [--repeat 5] [--release 3.0.0|2.2.0|all] [--workbook] [--short-waits]
 
 Ratios and overheads, not absolute times, are what to compare on a shared, noisy machine.
 """
@@ -12,15 +12,36 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # ReadyGauge: flagd's Ready pods, watched with the kubernetes client
 
+from labkit import releases  # noqa: E402
 from labkit.sandbox import LocalLab, Timings  # noqa: E402
 from labkit.releases import FLAG  # noqa: E402
 from labkit.settings import Settings  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Waits:
+    """What the rows wait on that is not what they measure: the local lab's pod lifecycle, the shop's
+    run, the seats. README is what the README's table is measured with; SHORT (--short-waits, for the
+    test suite) is a tenth of the pod times at the same 3 : 1 ratio: every row runs, its numbers are
+    not the README's and its targets mean nothing there."""
+    pod_terminate: float      # s the lab's flagd pods stay Terminating (restart_flagd, cart rows)
+    pod_start: float          # s they take to start
+    change_terminate: float   # restart_rows': the lab's Codespace, ~30 s to terminate ...
+    change_start: float       # ... and ~10 s to start, scaled down
+    shop_seconds: float
+    seats: int                # at least this many seats join the shared tenant
+    seats_settle: float       # s for the new seats' flagd pods to start before reading beside them
+
+
+README = Waits(1.0, 1.0, 3.0, 1.0, shop_seconds=5.0, seats=5, seats_settle=2.0)
+SHORT = Waits(0.1, 0.1, 0.3, 0.1, shop_seconds=1.0, seats=2, seats_settle=0.5)
 
 
 def timed(fn, repeat: int) -> list[float]:
@@ -63,7 +84,7 @@ def rest_again(workshop, rest: str) -> None:
         workshop.change_flag(rest, send_event=False)
 
 
-def restart_rows(lab, settings, repeat: int) -> list[tuple]:
+def restart_rows(lab, settings, repeat: int, waits: Waits) -> list[tuple]:
     """Apply -> every Ready pod serves, rollout vs scale, with the pod lifecycle in the lab's proportions."""
     from kube_sandbox import ReadyGauge
 
@@ -71,7 +92,7 @@ def restart_rows(lab, settings, repeat: int) -> list[tuple]:
 
     t = lab.timings
     saved = (t.pod_terminate, t.pod_start)
-    t.pod_terminate, t.pod_start = 3.0, 1.0  # the lab's Codespace: ~30 s to terminate, ~10 s to start
+    t.pod_terminate, t.pod_start = waits.change_terminate, waits.change_start  # the Codespace's 30 s : 10 s
     workshop = Lab(settings)
     on, rest = variants(workshop)
     seconds = {"rollout": [], "scale": []}
@@ -91,9 +112,11 @@ def restart_rows(lab, settings, repeat: int) -> list[tuple]:
     finally:
         t.pod_terminate, t.pod_start = saved
         workshop.dynatrace.close()
-    life = {"rollout": 1.0, "scale": 4.0}  # rollout waits for a start only; scale for termination + start
+    # rollout waits for a start only; scale for termination + start
+    life = {"rollout": waits.change_start, "scale": waits.change_terminate + waits.change_start}
     roll, scale = statistics.median(seconds["rollout"]), statistics.median(seconds["scale"])
-    how = f"median of {repeat}, 1 replica; pods stop 3 s, start 1 s (the lab's 30 s : 10 s)"
+    how = (f"median of {repeat}, 1 replica; pods stop {waits.change_terminate:g} s, start "
+           f"{waits.change_start:g} s (the lab's 30 s : 10 s)")
     rows = [("Apply -> every pod serves: rollout vs scale", f"{roll / scale:.2f}x",
              f"{roll:.2f} s vs {scale:.2f} s, {how}", "<= 0.5x", roll / scale <= 0.5)]
     rows.append(("no Ready flagd pod during a change (rollout)", f"{max(dark['rollout']):.2f} s",
@@ -148,7 +171,7 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
-def seat_rows(repeat: int) -> list[tuple]:
+def seat_rows(repeat: int, waits: Waits) -> list[tuple]:
     """Seats on one local tenant: what one more seat costs, and whether a seat's reads slow down
     when the tenant holds other seats' data (they are filtered, not skipped)."""
     from labkit.dynatrace import Dynatrace
@@ -156,7 +179,7 @@ def seat_rows(repeat: int) -> list[tuple]:
 
     timings = Timings.fast()
     timings.shopper_rate = 0.0
-    seats = max(repeat, 5)
+    seats = max(repeat, waits.seats)
     with tempfile.TemporaryDirectory() as room:
         shared = start_shared_tenant(room, ["seat-1"], timings)
         try:
@@ -171,7 +194,7 @@ def seat_rows(repeat: int) -> list[tuple]:
                     shared.add_seat(f"seat-{k}")
                     starts.append(time.perf_counter() - start)
                 per_seat = (_rss_mb() - rss) / (seats - 1)
-                time.sleep(2.0)  # the new seats' flagd pods start (fast timings): not what is measured
+                time.sleep(waits.seats_settle)  # the new seats' flagd pods start: not what is measured
                 beside = statistics.median(timed(reads, repeat * 4))
         finally:
             shared.stop()
@@ -182,20 +205,17 @@ def seat_rows(repeat: int) -> list[tuple]:
              f"{beside * 1000:.1f} ms vs {alone * 1000:.1f} ms", "<= 1.5x", beside / alone <= 1.5)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--workbook", action="store_true", help="also time the whole workbook headless")
-    args = parser.parse_args()
+def lab_rows(version: str, repeat: int, waits: Waits) -> list[tuple]:
+    """The rows measured on one local lab of demo release `version`."""
     import os
 
     import httpx
 
     timings = Timings.fast()
-    timings.pod_terminate, timings.pod_start, timings.shopper_rate = 1.0, 1.0, 0.0
+    timings.pod_terminate, timings.pod_start, timings.shopper_rate = waits.pod_terminate, waits.pod_start, 0.0
     timings.seed_hours = 24.0
     rows = []
-    with LocalLab(tempfile.mkdtemp(), timings) as lab:
+    with LocalLab(tempfile.mkdtemp(), timings, release=version) as lab:
         env = {**os.environ, **lab.env, "PYTHONPATH": str(ROOT)}
         settings = Settings.load(environ=lab.env, dotenv=None)
         from labkit.cluster import Cluster
@@ -204,15 +224,15 @@ def main() -> None:
 
         cluster = Cluster(settings)
         lifecycle = timings.pod_terminate + timings.pod_start
-        restarts = timed(lambda: cluster.restart_flagd(timeout=60), args.repeat)
+        restarts = timed(lambda: cluster.restart_flagd(timeout=60), repeat)
         overhead = statistics.median(restarts) - lifecycle
         rows.append(("restart_flagd() overhead over the pod lifecycle", f"{overhead:.3f} s",
-                     f"median of {args.repeat}; lifecycle {lifecycle:.1f} s", "<= 0.3 s", overhead <= 0.3))
+                     f"median of {repeat}; lifecycle {lifecycle:.1f} s", "<= 0.3 s", overhead <= 0.3))
 
-        flags = statistics.median(subprocess_seconds([sys.executable, "-m", "labkit", "flags"], env, args.repeat))
+        flags = statistics.median(subprocess_seconds([sys.executable, "-m", "labkit", "flags"], env, repeat))
         rows.append(("python -m labkit flags", f"{flags:.2f} s", "wall, fresh interpreter", "< 1.5 s", flags < 1.5))
 
-        imp = statistics.median(subprocess_seconds([sys.executable, "-c", "import labkit"], env, args.repeat))
+        imp = statistics.median(subprocess_seconds([sys.executable, "-c", "import labkit"], env, repeat))
         rows.append(("import labkit", f"{imp:.3f} s", "fresh interpreter", "< 1.0 s", imp < 1.0))
 
         from labkit.lab import Lab
@@ -222,13 +242,15 @@ def main() -> None:
             on, rest = variants(workshop)
         finally:
             workshop.close()
+        if on.release != version:  # the lab must run the release asked for, or every row is about another
+            raise RuntimeError(f"asked for demo {version}, the local lab runs {on.release}")
         dt = Dynatrace(settings)
         body = {"title": "feature flag changed", "entitySelector": "type(SERVICE),entityName.equals(cart)",
                 "eventType": "CUSTOM_CONFIGURATION",
                 "properties": {"dt.event.is_rootcause_relevant": "true", "action": "changed",
                                "feature_flag.key": FLAG, "defaultValue": on}}
         bare = httpx.Client(headers={"Authorization": f"Api-Token {lab.api_token}"}, timeout=10)
-        n = max(args.repeat * 8, 40)
+        n = max(repeat * 8, 40)
         dt.send_change_event("cart", FLAG, on, old=rest)  # warm: the token and entity lookups
         # interleaved, one of each in turn, so a busy moment on a shared machine hits both sides alike
         pairs = [(timed(lambda: bare.post(f"{lab.tenant_server.url}/api/v2/events/ingest",
@@ -241,33 +263,71 @@ def main() -> None:
                      f"{ours_t * 1000:.1f} ms vs {bare_t * 1000:.1f} ms, median of {n}, interleaved",
                      "<= 1.2x", ratio <= 1.2))
 
-        q = statistics.median(timed(lambda: dt.failed_requests("cart", since="now-24h", resolution="1m"), args.repeat))
-        rows.append(("24 h of cart at 1 min into a DataFrame", f"{q:.3f} s", f"median of {args.repeat}",
+        q = statistics.median(timed(lambda: dt.failed_requests("cart", since="now-24h", resolution="1m"), repeat))
+        rows.append(("24 h of cart at 1 min into a DataFrame", f"{q:.3f} s", f"median of {repeat}",
                      "< 0.5 s", q < 0.5))
 
-        rows += restart_rows(lab, settings, args.repeat)
-        rows += cart_rows(lab, settings, args.repeat)
+        rows += restart_rows(lab, settings, repeat, waits)
+        rows += cart_rows(lab, settings, repeat)
 
-        result = Shop(settings).run(seconds=5, rate=0)
-        ops = result.operations / 5
-        rows.append(("shop cart operations per second", f"{ops:.0f}/s", "one process, 5 s", ">= 200/s", ops >= 200))
+        seconds = waits.shop_seconds
+        result = Shop(settings).run(seconds=seconds, rate=0)
+        ops = result.operations / seconds
+        rows.append(("shop cart operations per second", f"{ops:.0f}/s", f"one process, {seconds:g} s",
+                     ">= 200/s", ops >= 200))
+    return rows
 
-    rows += seat_rows(args.repeat)
 
+def workbook_row() -> tuple:
+    import os
+
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "labkit", "workshop", "--out", tempfile.mkdtemp()],
+                   cwd=ROOT, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    wb = time.perf_counter() - start
+    return ("whole workbook headless on the local lab", f"{wb:.0f} s", "default timings", "< 180 s", wb < 180)
+
+
+def release_rows(version: str, args, waits: Waits) -> list[tuple]:
+    """Every row on demo release `version`, each led by it. The environment says it too, as `labkit
+    --release` does: the seats' labs and the workbook's subprocess start that release."""
+    import os
+
+    os.environ["LABKIT_DEMO_RELEASE"] = version
+    rows = lab_rows(version, args.repeat, waits) + seat_rows(args.repeat, waits)
     if args.workbook:
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "labkit", "workshop", "--out", tempfile.mkdtemp()],
-                       cwd=ROOT, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        wb = time.perf_counter() - start
-        rows.append(("whole workbook headless on the local lab", f"{wb:.0f} s", "default timings", "< 180 s",
-                     wb < 180))
+        rows.append(workbook_row())
+    return [(version, *row) for row in rows]
 
-    widths = [max(len(str(r[i])) for r in rows + [("what", "value", "how", "target")]) for i in range(4)]
-    header = ("what", "value", "how", "target")
+
+def print_table(rows: list[tuple]) -> None:
+    """rows: (release, what, value, how, target, met)."""
+    header = ("release", "what", "value", "how", "target")
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     print(" | ".join(h.ljust(w) for h, w in zip(header, widths)) + " | met")
     print("-+-".join("-" * w for w in widths) + "-+----")
     for row in rows:
-        print(" | ".join(str(c).ljust(w) for c, w in zip(row[:4], widths)) + f" | {'yes' if row[4] else 'NO'}")
+        print(" | ".join(str(c).ljust(w) for c, w in zip(row[:-1], widths)) + f" | {'yes' if row[-1] else 'NO'}")
+
+
+def main() -> None:
+    import os
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--release", choices=[*sorted(releases.RELEASES), "all"],
+                        default=os.environ.get("LABKIT_DEMO_RELEASE") or releases.DEFAULT,
+                        help="the demo release the local lab runs, each flipping cartFailure to the variant "
+                             "that fails on it; all: one after another (default: $LABKIT_DEMO_RELEASE, "
+                             f"else {releases.DEFAULT})")
+    parser.add_argument("--workbook", action="store_true", help="also time the whole workbook headless")
+    parser.add_argument("--short-waits", action="store_true",
+                        help="pods stop and start in a tenth of the time, the shop runs 1 s, 2 seats: "
+                             "every row runs (the test suite's check), its numbers are not the README's")
+    args = parser.parse_args()
+    waits = SHORT if args.short_waits else README
+    chosen = sorted(releases.RELEASES) if args.release == "all" else [releases.get(args.release).version]
+    print_table([row for version in chosen for row in release_rows(version, args, waits)])
 
 
 if __name__ == "__main__":
