@@ -93,8 +93,10 @@ class Cluster:
         return self._serving.value(flag, context)
 
     def served_by_pod(self, pod: str, flag: str) -> Served | None:
-        """Ask ONE flagd pod, through the API server's pod proxy, what it serves for `flag` (OFREP);
-        None while that pod does not answer (starting, going, or gone)."""
+        """Ask ONE flagd pod, through the API server's pod proxy, what it serves for `flag` (OFREP).
+
+        None while that pod does not answer (starting, going, or gone). The service proxy answers
+        from one pod of its choosing; this is how each pod is asked."""
         return self._serving.by_pod(pod, flag)
 
     def served_by_ready_pods(self, flag: str) -> dict[str, Served | None]:
