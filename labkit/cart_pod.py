@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 
 from labkit import settings as names
-from labkit.cluster import Cluster, _ready, _terminating
+from labkit.cluster import Cluster
+from labkit.cluster.pods import ready, terminating, watch_pods
 from labkit.errors import NotFound
 from labkit.progress import Progress, quiet
 
@@ -28,7 +29,7 @@ def _cart_deployment(cluster: Cluster) -> dict:
 def support_info(cluster: Cluster) -> str | None:
     """The supportInfo of the cart's running pods (a Ready one first), or None when they have none."""
     pods, _ = cluster.kube.list_objects("pods", names.CART_SELECTOR)
-    running = sorted((p for p in pods.values() if not _terminating(p)), key=lambda p: not _ready(p))
+    running = sorted((p for p in pods.values() if not terminating(p)), key=lambda p: not ready(p))
     for pod in running:
         value = ((pod.get("metadata") or {}).get("annotations") or {}).get(SUPPORT_INFO)
         if value:
@@ -60,17 +61,17 @@ def annotate(cluster: Cluster, value: str, *, timeout: float = 180, progress: Pr
         return ((pod.get("metadata") or {}).get("annotations") or {}).get(SUPPORT_INFO) == value
 
     def done(pods):
-        staying = [p for p in pods.values() if not _terminating(p)]
+        staying = [p for p in pods.values() if not terminating(p)]
         return replicas == 0 or (all(carries(p) for p in staying)
-                                 and sum(_ready(p) for p in staying) >= replicas)
+                                 and sum(ready(p) for p in staying) >= replicas)
 
     def on_change(pods):
-        new = sum(1 for p in pods.values() if carries(p) and _ready(p))
+        new = sum(1 for p in pods.values() if carries(p) and ready(p))
         report(f"cart pods with the new supportInfo ready {new}/{replicas}", 0.1 + 0.9 * min(new, replicas) / max(replicas, 1))
 
-    cluster._watch_pods(done, time.monotonic() + timeout, on_change,
-                        lambda pods: f"the cart's rollout did not finish within {timeout:g} s after its supportInfo "
-                                     f"changed; check: kubectl -n {cluster.namespace} rollout status deploy/{name}",
-                        selector=names.CART_SELECTOR)
+    watch_pods(cluster.kube, done, time.monotonic() + timeout, on_change,
+               lambda pods: f"the cart's rollout did not finish within {timeout:g} s after its supportInfo "
+                            f"changed; check: kubectl -n {cluster.namespace} rollout status deploy/{name}",
+               selector=names.CART_SELECTOR)
     report("the cart's pods carry the new supportInfo", 1.0)
     return name
