@@ -1,9 +1,11 @@
 """Events as the controllers and the kubelet write them (core v1), and their events.k8s.io/v1 view."""
 from __future__ import annotations
 
+import copy
 import time
 
 from labkit.sandbox.kube.discovery import NODE, NS
+from labkit.sandbox.kube.store import now_rfc3339
 
 MAX_EVENTS = 600  # a real cluster drops them after an hour; here the oldest go first
 COMPONENTS = {"Pod": "kubelet", "ReplicaSet": "replicaset-controller", "Deployment": "deployment-controller"}
@@ -72,3 +74,22 @@ def v1_field(name: str) -> str:
         return "involvedObject." + name[len("regarding."):]
     return {"reportingController": "reportingComponent", "note": "message"}.get(name, name)
 
+
+class Recorder:
+    """LocalCluster's event recorder (it provides _objects and _write)."""
+
+    def _record(self, obj: dict, reason: str, message: str, type_: str = "Normal",
+                field_path: str | None = None, component: str | None = None) -> None:
+        """Write an Event about obj, or count a repeat of the same one (client-go's recorder)."""
+        ev = core_event(obj, reason, message, now_rfc3339(), type_, field_path, component)
+        for old in self._objects["events"].values():
+            if same(old, ev):
+                old = copy.deepcopy(old)
+                old["count"] += 1
+                old["lastTimestamp"] = ev["lastTimestamp"]
+                self._write("events", old, "MODIFIED")
+                return
+        self._write("events", ev, "ADDED")
+        if len(self._objects["events"]) > MAX_EVENTS:
+            oldest = min(self._objects["events"].values(), key=lambda e: int(e["metadata"]["resourceVersion"]))
+            self._write("events", copy.deepcopy(oldest), "DELETED")
