@@ -55,15 +55,19 @@ class SeatLogin:
     def start_server(self, timeout: float = 300) -> float:
         """Ask the hub for the seat's server (as the spawn page does); seconds until it is ready."""
         start = time.monotonic()
-        r = self.client.post(f"/hub/api/users/{self.seat}/server")
-        if r.status_code not in (201, 202, 400):  # 400: already running
-            raise LabError(f"the hub would not start {self.seat}'s server: {r.status_code} {r.text[:200]}")
+        self.ask_for_server(self.seat)
         while time.monotonic() - start < timeout:
             server = (self.client.get(f"/hub/api/users/{self.seat}").json().get("servers") or {}).get("", {})
             if server.get("ready"):
                 return time.monotonic() - start
             time.sleep(0.5)
         raise Unreachable(f"{self.seat}'s server was not ready within {timeout:.0f} s (see the hub's log)")
+
+    def ask_for_server(self, seat: str) -> None:
+        """POST the hub's start of `seat`'s server (its own, or any seat's as the admin facilitator)."""
+        r = self.client.post(f"/hub/api/users/{seat}/server")
+        if r.status_code not in (201, 202, 400):  # 400: already running
+            raise LabError(f"the hub would not start {seat}'s server: {r.status_code} {r.text[:200]}")
 
     def close(self) -> None:
         self.client.close()

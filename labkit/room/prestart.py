@@ -22,22 +22,21 @@ def start_servers(hub_url: str, password: str, seats: list[str], timeout: float 
     try:
         login.login()
         for seat in seats:
-            r = login.client.post(f"/hub/api/users/{seat}/server")
-            if r.status_code not in (201, 202, 400):  # 400: already running
-                raise Unreachable(f"the hub would not start {seat}'s server: {r.status_code} {r.text[:200]}")
+            login.ask_for_server(seat)
         waiting = set(seats)
-        while waiting:
+        while True:
             users = login.client.get("/hub/api/users", params={"state": "active"}).json()
             ready = {u["name"] for u in users if (u.get("servers") or {}).get("", {}).get("ready")}
-            if waiting - ready != waiting:
+            if waiting & ready:
                 waiting -= ready
                 print(f"  seats' servers ready: {len(seats) - len(waiting)} of {len(seats)}", file=sys.stderr,
                       flush=True)
-            if waiting and time.monotonic() - start > timeout:
+            if not waiting:
+                break
+            if time.monotonic() - start > timeout:
                 raise Unreachable(f"{len(waiting)} seats' servers were not ready within {timeout:.0f} s "
                                   f"({', '.join(sorted(waiting)[:5])}...; see the hub's log)")
-            if waiting:
-                time.sleep(1)
+            time.sleep(1)
         return time.monotonic() - start
     finally:
         login.close()
