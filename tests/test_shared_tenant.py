@@ -281,3 +281,26 @@ def test_seats_run_from_the_command_line_and_stop_cleanly(tmp_path):
         proc.wait(timeout=30)
     assert proc.returncode == 0
     assert not (tmp_path / "seat-1" / "lab.env").exists() and not (tmp_path / "seats.json").exists()
+
+
+def test_a_seats_query_reads_only_its_own_cluster_and_answers_as_the_whole_filter(seat1_changed, room):
+    """On a room's tenant each seat's poll must not turn every seat's spans into records (40 seats
+    polling that is what stalled a room): `filter k8s.cluster.name == "x"` right after fetch reads
+    only x's records, and gives exactly what the filter over all records gives."""
+    from labkit.sandbox.dynatrace import grail
+    from labkit.sandbox.dynatrace.dql import parse_dql
+
+    shared, _ = room
+    for source in ("spans", "logs"):
+        pushed = parse_dql(f'fetch {source} | filter k8s.cluster.name == "seat-1"')
+        assert pushed.stages[0].args["cluster"] == "seat-1"
+        frame = (0, shared.telemetry.clock() + 1)
+        rows, _ = grail._source_records(shared.tenant, pushed, frame, frame[1])
+        assert rows and {r["k8s.cluster.name"] for r in rows} == {"seat-1"}
+        everything = grail._fetch(shared.tenant, source, *frame, frame[1])
+        assert {r["k8s.cluster.name"] for r in everything} == {"seat-1", "seat-2"}
+        assert rows == [r for r in everything if r["k8s.cluster.name"] == "seat-1"]
+    for other in ('k8s.cluster.name == "seat-1" or true', 'k8s.cluster.name != "seat-1"',
+                  'in(k8s.cluster.name, "seat-1")'):
+        assert parse_dql(f"fetch spans | filter {other}").stages[0].args["cluster"] is None
+    assert "cluster" not in parse_dql('fetch spans | filterOut k8s.cluster.name == "seat-1"').stages[0].args

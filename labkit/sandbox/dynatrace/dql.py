@@ -308,16 +308,28 @@ def _parse_timeseries(p: Parser, text: str) -> DqlQuery:
     return query
 
 
+def _one_cluster(toks: list[Tok]) -> str | None:
+    """The seat a filter keeps when it is exactly `k8s.cluster.name == "x"` (what labkit adds after
+    fetch on a shared tenant), so the store reads only that cluster's records, as Grail reads only
+    the buckets a filter needs; the filter still runs on them."""
+    shape = [(t.kind, t.value if t.kind != "str" else None) for t in toks]
+    if shape == [("ident", "k8s.cluster.name"), ("op", "=="), ("str", None), ("eof", None)]:
+        return toks[2].value
+    return None
+
+
 def _parse_stage(p: Parser) -> Stage:
     command = p.take("ident")
     name = command.value
     if name in ("filter", "filterOut"):
+        first = p.i
         predicate = p.expr()
         p.done()
         if name == "filterOut":
             inner = predicate
             predicate = lambda r: _not(inner(r)) is True or inner(r) is None  # noqa: E731
-        return Stage("filter", {"predicate": predicate})
+            return Stage("filter", {"predicate": predicate})
+        return Stage("filter", {"predicate": predicate, "cluster": _one_cluster(p.toks[first:])})
     if name == "sort":
         keys = []
         while True:

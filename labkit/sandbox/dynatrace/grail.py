@@ -70,7 +70,18 @@ def _problem_record(p: Problem) -> dict:
 
 
 def _span_record(s: Span, telemetry) -> dict:
-    """A span as `fetch spans` returns it (OTel attributes flat, its events as span.events)."""
+    """A span as `fetch spans` returns it (OTel attributes flat, its events as span.events): built
+    once per span (a stored span no longer changes) once its service's entity exists; a copy each
+    read, as the stages may add fields."""
+    if s.record is None:
+        record = _new_span_record(s, telemetry)
+        if "dt.entity.service" not in record:
+            return record
+        s.record = record
+    return dict(s.record)
+
+
+def _new_span_record(s: Span, telemetry) -> dict:
     entity = telemetry.entity_of(s.service, s.cluster)
     record = {
         "start_time": iso_ns(s.start_ns), "end_time": iso_ns(s.end_ns), "_ms": s.time,
@@ -86,15 +97,17 @@ def _span_record(s: Span, telemetry) -> dict:
     return {k: v for k, v in record.items() if v is not None}
 
 
-def _fetch(tenant: Tenant, source: str, start: int, end: int, now: int) -> list[dict]:
+def _fetch(tenant: Tenant, source: str, start: int, end: int, now: int, cluster: str | None = None) -> list[dict]:
+    """The records of `source` in [start, end); `cluster`: only that k8s.cluster.name's logs and
+    spans (the query's first filter keeps only them anyway)."""
     if source == "logs":
-        rows = [dict(r) for r in tenant.telemetry.logs(start, end)]
+        rows = [dict(r) for r in tenant.telemetry.logs(start, end, cluster)]
         rows.reverse()  # newest first, as Grail returns logs without an explicit sort
         return rows
     if source == "events":
         return [_event_record(e, now) for e in tenant.telemetry.events() if start <= e.start < end]
     if source == "spans":  # newest first, as Grail returns them without a sort
-        return [_span_record(s, tenant.telemetry) for s in reversed(tenant.telemetry.spans(start, end))]
+        return [_span_record(s, tenant.telemetry) for s in reversed(tenant.telemetry.spans(start, end, cluster))]
     return [_problem_record(p) for p in tenant.telemetry.problems()
             if p.start < end and (p.open or p.end >= start)]
 
@@ -233,7 +246,9 @@ def _source_records(tenant: Tenant, q: DqlQuery, frame: tuple[int, int], now: in
     """The records a query's first command reads, and (timeseries) its metrics and widened frame."""
     if q.source == "timeseries":
         return _timeseries(tenant, q, *frame)
-    return _fetch(tenant, q.source, *frame, now), {"metrics": [], "frame": frame}
+    first = q.stages[0] if q.stages else None
+    cluster = first.args.get("cluster") if first is not None and first.command == "filter" else None
+    return _fetch(tenant, q.source, *frame, now, cluster), {"metrics": [], "frame": frame}
 
 
 def _context(tenant: Tenant, frame: tuple[int, int], now: int) -> DqlContext:

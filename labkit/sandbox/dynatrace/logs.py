@@ -121,10 +121,11 @@ class Logs:
             self._enrich(entry)
         return self._store(entry)
 
-    def logs(self, start: int, end: int) -> list[dict]:
-        """Log records in [start, end), oldest first, Grail-shaped; `_ms` is private (epoch ms)."""
+    def logs(self, start: int, end: int, cluster: str | None = None) -> list[dict]:
+        """Log records (of `cluster`, or all) in [start, end), oldest first, Grail-shaped; `_ms` is
+        private (epoch ms)."""
         with self._lock:
             rows = [r for r in itertools.chain(self._info_logs, self._error_logs)
-                    if start <= r["_ms"] < end]
+                    if start <= r["_ms"] < end and cluster in (None, r.get("k8s.cluster.name"))]
         rows.sort(key=lambda r: (r["_ms"], r["_seq"]))
         return rows

@@ -36,6 +36,7 @@ class Span:
     status: str = "unset"  # span.status_code: ok | error | unset
     attributes: dict = field(default_factory=dict)  # rpc.*, http.*, user.id ...
     events: list = field(default_factory=list)  # span events: {"span_event.name", "timestamp", ...}
+    record: dict | None = field(default=None, repr=False, compare=False)  # as Grail returns it (grail.py)
 
     @property
     def time(self) -> int:
@@ -124,7 +125,8 @@ class Spans:
             return [r for r in self._spans if r.kind == "server" and service in (None, r.service)
                     and cluster in (None, r.cluster)]
 
-    def spans(self, start: int, end: int) -> list[Span]:
-        """Every span that started in [start, end) epoch ms, oldest first."""
+    def spans(self, start: int, end: int, cluster: str | None = None) -> list[Span]:
+        """Every span (of `cluster`, or all) that started in [start, end) epoch ms, oldest first."""
+        lo, hi = start * 1_000_000, end * 1_000_000
         with self._lock:
-            return [s for s in self._spans if start <= s.time < end]
+            return [s for s in self._spans if lo <= s.start_ns < hi and cluster in (None, s.cluster)]

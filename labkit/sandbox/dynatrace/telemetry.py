@@ -102,8 +102,8 @@ class Telemetry:
     def records(self, service: str | None = None, cluster: str | None = None) -> list[Span]:
         return self._spans.records(service, cluster)
 
-    def spans(self, start: int, end: int) -> list[Span]:
-        return self._spans.spans(start, end)
+    def spans(self, start: int, end: int, cluster: str | None = None) -> list[Span]:
+        return self._spans.spans(start, end, cluster)
 
     # ----- logs (logs.py) -------------------------------------------------------------------
     def log_info(self, service: str, content: str, trace_id: str, span_id: str, pod: str,
@@ -119,8 +119,8 @@ class Telemetry:
                              cluster: str = DEFAULT_CLUSTER, attributes: dict | None = None) -> dict:
         return self._logs.log_cart_redis_error(trace_id, span_id, pod, at, cluster, attributes)
 
-    def logs(self, start: int, end: int) -> list[dict]:
-        return self._logs.logs(start, end)
+    def logs(self, start: int, end: int, cluster: str | None = None) -> list[dict]:
+        return self._logs.logs(start, end, cluster)
 
     # ----- events and problems (davis.py) ---------------------------------------------------
     def davis_event(self, name: str, event_type: str, description: str, entity: MonitoredEntity,
