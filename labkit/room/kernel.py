@@ -74,17 +74,22 @@ class SeatLogin:
 
 
 class SeatKernel:
-    """A notebook's session and kernel in the seat's own server."""
+    """A notebook's session and kernel in the seat's own server, over one websocket that reconnects as
+    JupyterLab's does: with the same session id, so the server replays what the kernel said meanwhile."""
+
+    RECONNECTS = 7  # JupyterLab's limit; it waits 1, 2, 4 ... s between tries
 
     def __init__(self, login: SeatLogin, notebook: str):
         self.login, self.notebook = login, notebook
         self.base = f"/user/{login.seat}/"
         self.session_id = uuid.uuid4().hex
+        self.reconnects = 0  # over the kernel's life (a rehearsal reports them)
         r = login.client.post(self.base + "api/sessions", json={
             "path": notebook, "name": notebook, "type": "notebook", "kernel": {"name": "python3"}})
         r.raise_for_status()
         self.kernel_id = r.json()["kernel"]["id"]
-        self.ws = self._connect()
+        self.ws = None
+        self._reconnect(first=True)
 
     def _connect(self):
         import websocket
@@ -97,6 +102,24 @@ class SeatKernel:
         ws.settimeout(5)  # a cell may run for minutes without a message: recv wakes up to check the deadline
         return ws
 
+    def _reconnect(self, first: bool = False) -> None:
+        """(Re)open the websocket. The server drops it when the kernel does not answer within its
+        kernel_info_timeout (a kernel still starting on a loaded machine), or a proxy restarts."""
+        import websocket
+
+        if self.ws is not None:
+            self.ws.close()
+        for attempt in range(self.RECONNECTS + 1):
+            try:
+                self.ws = self._connect()
+                self.reconnects += not first
+                return
+            except (websocket.WebSocketException, OSError) as exc:
+                if getattr(exc, "status_code", None) in (403, 404) or attempt == self.RECONNECTS:  # gone
+                    raise Unreachable(f"{self.login.seat}'s kernel websocket would not open after "
+                                      f"{attempt + 1} tries: {type(exc).__name__}: {str(exc)[:200]}") from exc
+                time.sleep(2 ** attempt)
+
     def cells(self) -> list[str]:
         """The notebook's code cells, as the server has the file (the workbook as shipped)."""
         r = self.login.client.get(self.base + f"api/contents/{quote(self.notebook)}")
@@ -104,26 +127,57 @@ class SeatKernel:
         return ["".join(c["source"]) if isinstance(c["source"], list) else c["source"]
                 for c in r.json()["content"]["cells"] if c["cell_type"] == "code"]
 
-    def run(self, code: str, timeout: float = 900) -> CellRun:
+    def _send(self, msg_type: str, content: dict, msg_id: str) -> None:
         import websocket
 
-        msg_id = uuid.uuid4().hex
-        self.ws.send(json.dumps({
+        message = json.dumps({
             "header": {"msg_id": msg_id, "username": self.login.seat, "session": self.session_id,
-                       "msg_type": "execute_request", "version": "5.3"},
-            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-            "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {},
-                        "allow_stdin": False, "stop_on_error": True}}))
-        start, error, texts, replied, idle = time.monotonic(), None, [], False, False
+                       "msg_type": msg_type, "version": "5.3"},
+            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [], "content": content})
+        try:
+            self.ws.send(message)
+        except (websocket.WebSocketException, OSError):
+            self._reconnect()
+            self.ws.send(message)
+
+    def _recv(self) -> dict | None:
+        """The next message, or None after a quiet 5 s or a reconnect (the caller decides what next)."""
+        import websocket
+
+        try:
+            return json.loads(self.ws.recv())
+        except websocket.WebSocketTimeoutException:
+            return None
+        except (websocket.WebSocketConnectionClosedException, OSError):
+            self._reconnect()
+            return {"reconnected": True}
+
+    def run(self, code: str, timeout: float = 900) -> CellRun:
+        msg_id, probe = uuid.uuid4().hex, None
+        execute = {"code": code, "silent": False, "store_history": True, "user_expressions": {},
+                   "allow_stdin": False, "stop_on_error": True}
+        self._send("execute_request", execute, msg_id)
+        start, error, texts, replied, idle, heard = time.monotonic(), None, [], False, False, False
         while not (replied and idle):
             if time.monotonic() - start > timeout:
                 raise Unreachable(f"a cell ran longer than {timeout:.0f} s in {self.login.seat}'s kernel")
-            try:
-                msg = json.loads(self.ws.recv())
-            except websocket.WebSocketTimeoutException:
+            msg = self._recv()
+            if msg is None:
                 continue
-            if (msg.get("parent_header") or {}).get("msg_id") != msg_id:
+            if msg.get("reconnected"):
+                if not heard:  # did the kernel get the cell? Its shell answers in order: ask it something
+                    probe = uuid.uuid4().hex
+                    self._send("kernel_info_request", {}, probe)
                 continue
+            parent = (msg.get("parent_header") or {}).get("msg_id")
+            if parent == probe and msg["msg_type"] == "kernel_info_reply":
+                probe = None
+                if not heard:  # the kernel answered what came after the cell, and never saw the cell
+                    self._send("execute_request", execute, msg_id)
+                continue
+            if parent != msg_id:
+                continue
+            heard = True
             kind, content = msg["msg_type"], msg.get("content", {})
             if kind == "execute_reply":
                 replied = True
@@ -141,7 +195,8 @@ class SeatKernel:
 
     def close(self, shutdown: bool = False) -> None:
         try:
-            self.ws.close()
+            if self.ws is not None:
+                self.ws.close()
         finally:
             if shutdown:
                 self.login.client.delete(self.base + f"api/kernels/{self.kernel_id}")

@@ -45,6 +45,7 @@ class SeatResult:
     control_failures: int = 0
     notebook_cells: int = 0  # how many of `cells` are 01's own (a control seat adds its shopping)
     reporter: dict | None = None  # the kernel's report thread as it ended (report.Reporter.status)
+    reconnects: int = 0  # times the kernel's websocket dropped and came back (as JupyterLab's would)
 
     @property
     def turned_on(self) -> str:
@@ -138,6 +139,7 @@ def run_seat(hub_url: str, seat: str, password: str, notebook: str, changes: boo
         result.error = f"{type(exc).__name__}: {str(exc)[:300]}"
     finally:
         if kernel is not None:
+            result.reconnects = kernel.reconnects
             kernel.close()
         login.close()
     return result
@@ -206,6 +208,7 @@ def report(results: list[SeatResult], watch: MemoryWatch, everyone_ready: float,
         r.peak_mb = round(peak, 1)
         what = "changes cartFailure" if r.changes else "control (no change)"
         lines.append(f"{r.seat} ({what}): ready {r.ready_seconds:.1f} s, peak {peak:.0f} MB"
+                     + (f", kernel websocket reconnected {r.reconnects}x" if r.reconnects else "")
                      + (f", ERROR {r.error}" if r.error else ""))
         lines += [f"    {c.seconds:7.2f} s  {c.name}" + (f"  ERROR {c.error}" if c.error else "") for c in r.cells]
         if not r.changes:
@@ -218,6 +221,7 @@ def report(results: list[SeatResult], watch: MemoryWatch, everyone_ready: float,
         "failed_seats": [r.seat for r in results if r.failed],
         "control_seats_with_failures": [r.seat for r in results if not r.changes and r.control_failures],
         "board_disagrees": {s: d for s, d in found.items() if d},
+        "kernel_reconnects": sum(r.reconnects for r in results),
         "seconds_until_every_seat_ready": round(everyone_ready, 1),
         "servers": servers,  # what "ready" measured: a login that starts its server, or finds it running
         "wall_seconds": round(wall, 1),
