@@ -143,6 +143,11 @@ def test_a_seat_reports_its_steps_goes_silent_and_the_facilitator_resets_its_lab
     try:
         seat.start_server()
         kernel = SeatKernel(seat, "01-introduce-change.ipynb")
+        # its kernel talks over IPC sockets in the seat's short runtime dir: no loopback port to race for
+        from labkit.room.seats import Room
+
+        files = list(Room(room.folder, 2).runtime_dir("seat-1").glob("kernel-*.json"))
+        assert files and {json.loads(f.read_text())["transport"] for f in files} == {"ipc"}
         on = releases.get().lab_on_variant  # the lab page's `on` on the seat's demo release
         for code in ("import labkit\nlab = labkit.connect()", f"lab.change_flag({on!r})"):
             assert kernel.run(code, timeout=120).error is None
@@ -243,6 +248,9 @@ def test_rehearse_a_small_room_odd_seats_change_even_seats_stay_clean(tmp_path):
     assert "first failure seen by the shop" not in seats["seat-2"]["steps"]
     assert result["totals"]["board_disagrees"] == {} and result["totals"]["failed_seats"] == []
     assert "seat-1 (changes cartFailure)" in done.stdout and "room: seats 2" in done.stdout
+    from labkit.room.seats import Room
+
+    assert not Room(tmp_path / ".room", 2).runtime_root.exists()  # the kernels' IPC sockets went with the hub
     assert "room stopped" in done.stdout and "leftover" not in done.stdout
     assert "started 2 seats' servers in" in done.stdout and "seats' servers ready: 2 of 2" in done.stderr
     assert result["totals"]["servers"] == "pre-started by the facilitator"

@@ -25,6 +25,12 @@ from labkit.room.seats import BOARD, FACILITATOR, Room
 PROXY = "configurable-http-proxy"
 REPO = Path(__file__).resolve().parents[2]
 SEAT_KEYS = ("LABKIT_STATE_DIR", "LABKIT_CLUSTER_NAME", "LABKIT_BOARD_URL")
+# Seats on one machine share its loopback ports. Each seat's server picks its kernels' five TCP ports by
+# binding port 0 and letting go; 40 servers doing so at once hand one port to two kernels, and the one
+# that loses ("Address already in use") hangs in ipykernel's exit (zmq's Context.term), never answering
+# (measured: 1 of 40 seats, and 1 of 2 in a loaded CI run). IPC sockets in each seat's own runtime dir
+# take no ports. (A seat pod on Zero to JupyterHub has its own network, so it keeps TCP.)
+KERNEL_TRANSPORT = "--KernelManager.transport=ipc"
 
 
 def hear_sigint() -> None:
@@ -88,7 +94,8 @@ class HubConfig:
         return f"{self.url}/services/{BOARD}/"
 
     def seat_env(self) -> dict[str, dict[str, str]]:
-        return {name: self.room.seat_env(name, self.board_url) for name in self.room.names}
+        return {name: {**self.room.seat_env(name, self.board_url),
+                       "JUPYTER_RUNTIME_DIR": str(self.room.runtime_dir(name))} for name in self.room.names}
 
     def render(self) -> str:
         """The hub's config file: plain assignments a facilitator can read and check."""
@@ -123,13 +130,13 @@ c.Authenticator.admin_users = {{{FACILITATOR!r}}}
 c.JupyterHub.spawner_class = "jupyterhub.spawner.SimpleLocalProcessSpawner"
 c.SimpleLocalProcessSpawner.home_dir_template = "{room.folder}/seats/{{username}}"
 c.Spawner.cmd = [{py!r}, "-m", "jupyterhub.singleuser"]
-c.Spawner.args = {["--allow-root"] if os.geteuid() == 0 else []!r}  # jupyter_server refuses root otherwise (CI runs as root)
+c.Spawner.args = {[KERNEL_TRANSPORT] + (["--allow-root"] if os.geteuid() == 0 else [])!r}  # root: CI runs as root
 c.Spawner.default_url = "/lab/tree/01-introduce-change.ipynb"
 c.Spawner.start_timeout = 180
 c.Spawner.http_timeout = 180
 c.Spawner.environment = {{
     **{self.passed_env!r},
-    **{{key: seat_value(key) for key in {list(SEAT_KEYS)!r}}},
+    **{{key: seat_value(key) for key in {list(SEAT_KEYS) + ["JUPYTER_RUNTIME_DIR"]!r}}},
 }}
 
 c.JupyterHub.services = [
@@ -162,6 +169,7 @@ class Hub:
         (hub_dir / "jupyterhub.sqlite").unlink(missing_ok=True)  # a room starts with no servers on record
         config_path = hub_dir / "jupyterhub_config.py"
         config_path.write_text(self.config.render())
+        self.config.room.make_runtime_dirs()
         log = open(self.log_path, "ab")
         # its own session: the terminal's Ctrl-C reaches labkit room, which stops the hub in order
         self.proc = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", str(config_path)],
@@ -235,6 +243,7 @@ class Hub:
                 pass
         psutil.wait_procs(alive, timeout=5)
         self.proc = None
+        shutil.rmtree(self.config.room.runtime_root, ignore_errors=True)
         return [p.pid for p in alive]
 
 

@@ -26,7 +26,8 @@ from labkit.room.seats import FACILITATOR
 # The calls in 01 that make the change; a control seat stops before the first of them.
 CHANGE_CALLS = ("inform_dynatrace(", ".apply(", "change_flag(", "make_change(")
 CONTROL_CELLS = ("result = lab.generate_traffic(seconds=30, rate=5)\nresult",
-                 "import json\nprint(json.dumps({'failures': len(result.failures)}))")
+                 "import json\nprint(json.dumps({'failures': len(result.failures), 'seen': [\n"
+                 "    f'{f.operation} {f.status} {f.detail[:120]}' for f in result.failures[:3]]}))")
 STEPS_CELL = ("import json\nprint('LABKIT-STEPS ' + json.dumps([s.kind for s in lab.timeline.steps]))\n"
               "from labkit.room import report\n"
               "print('LABKIT-REPORTER ' + json.dumps(report._installed[0].status() if report._installed else None))")
@@ -43,6 +44,7 @@ class SeatResult:
     peak_mb: float = 0.0
     error: str | None = None
     control_failures: int = 0
+    control_seen: list[str] = field(default_factory=list)  # the first few as the shop saw them
     notebook_cells: int = 0  # how many of `cells` are 01's own (a control seat adds its shopping)
     reporter: dict | None = None  # the kernel's report thread as it ended (report.Reporter.status)
     reconnects: int = 0  # times the kernel's websocket dropped and came back (as JupyterLab's would)
@@ -129,7 +131,8 @@ def run_seat(hub_url: str, seat: str, password: str, notebook: str, changes: boo
             if ran.error:
                 break
             if code == CONTROL_CELLS[1]:
-                result.control_failures = json.loads(ran.text.strip().splitlines()[-1])["failures"]
+                said = json.loads(ran.text.strip().splitlines()[-1])
+                result.control_failures, result.control_seen = said["failures"], said["seen"]
         steps = kernel.run(STEPS_CELL, timeout=60)
         line = next((x for x in steps.text.splitlines() if x.startswith("LABKIT-STEPS ")), None)
         result.steps = json.loads(line.split(" ", 1)[1]) if line else []
@@ -213,6 +216,7 @@ def report(results: list[SeatResult], watch: MemoryWatch, everyone_ready: float,
         lines += [f"    {c.seconds:7.2f} s  {c.name}" + (f"  ERROR {c.error}" if c.error else "") for c in r.cells]
         if not r.changes:
             lines.append(f"    control shop saw {r.control_failures} failures")
+            lines += [f"      {seen}" for seen in r.control_seen]
         lines += [f"    board disagrees: {d}" for d in found.get(r.seat, [])]
     times = [c.seconds for r in results for c in r.cells[:r.notebook_cells]]  # 01's cells, not the control's
     peaks = [r.peak_mb for r in results]

@@ -11,6 +11,7 @@ each JupyterLab. A seat that reads another's files with a terminal can see them 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -81,6 +82,16 @@ class Room:
         return self.shared_dir / seat if self.shared else self.home(seat) / ".labkit"
 
     @property
+    def runtime_root(self) -> Path:
+        """Where the seats' Jupyter runtime dirs are: connection files and the kernels' IPC sockets, whose
+        paths must be short (a Unix socket's path: 107 bytes on Linux, 103 on macOS), so under /tmp,
+        named after the room's folder."""
+        return Path("/tmp") / f"labkit-room-{hashlib.sha1(str(self.folder).encode()).hexdigest()[:10]}"
+
+    def runtime_dir(self, seat: str) -> Path:
+        return self.runtime_root / seat
+
+    @property
     def shared_dir(self) -> Path:
         return self.folder / "shared-tenant"
 
@@ -104,6 +115,12 @@ class Room:
         for name in self.names:
             self.make_home(name)
         return made
+
+    def make_runtime_dirs(self) -> None:
+        """The seats' runtime dirs (0700), made as the hub starts (Hub.stop removes them)."""
+        for name in self.names:
+            self.runtime_dir(name).mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.runtime_root, 0o700)
 
     def make_home(self, seat: str) -> Path:
         return fill_home(self.home(seat))
