@@ -112,7 +112,7 @@ def pytest_configure(config):
 # ---- the suite in parallel (.ci/run: pytest-xdist, --dist loadgroup) ------------------------------
 # The room's, the browser's and the notebooks' tests start hubs, browsers and kernels and time them:
 # each kind runs on one worker, one test after another, so they never race each other for the cores.
-ALONE = {"test_room.py": "room", "test_browser.py": "browser", "test_notebooks.py": "notebooks"}
+ALONE = {"test_room.py": "room", "test_seat_kernel.py": "room", "test_browser.py": "browser", "test_notebooks.py": "notebooks"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into the node ids
