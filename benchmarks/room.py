@@ -69,7 +69,7 @@ def main() -> None:
          per_seat < DYNATRACE_SEAT_MB),
         ("seats rehearsed at once on this machine", f"{args.seats}", f"exit {room['exit']}; failed "
          f"{totals['failed_seats'] or 'none'}; board disagrees {list(totals['board_disagrees']) or 'nowhere'}; "
-         f"kernel websockets reconnected {totals.get('kernel_reconnects', 0)}x",
+         f"kernel websockets reconnected {totals['kernel_reconnects']}x",
          "every seat passes", room["exit"] == 0),
         ("seats this machine holds by memory", f"{by_memory}", f"80% of {psutil.virtual_memory().total / 2**30:.0f} GiB "
          f"/ {per_seat:.0f} MB; {psutil.cpu_count()} cores", ">= 30", by_memory >= 30),

@@ -31,6 +31,7 @@ SEAT_KEYS = ("LABKIT_STATE_DIR", "LABKIT_CLUSTER_NAME", "LABKIT_BOARD_URL")
 # (measured: 1 of 40 seats, and 1 of 2 in a loaded CI run). IPC sockets in each seat's own runtime dir
 # take no ports. (A seat pod on Zero to JupyterHub has its own network, so it keeps TCP.)
 KERNEL_TRANSPORT = "--KernelManager.transport=ipc"
+RUNTIME_KEY = "JUPYTER_RUNTIME_DIR"  # a seat's own runtime dir, for those sockets
 
 
 def hear_sigint() -> None:
@@ -95,7 +96,7 @@ class HubConfig:
 
     def seat_env(self) -> dict[str, dict[str, str]]:
         return {name: {**self.room.seat_env(name, self.board_url),
-                       "JUPYTER_RUNTIME_DIR": str(self.room.runtime_dir(name))} for name in self.room.names}
+                       RUNTIME_KEY: str(self.room.runtime_dir(name))} for name in self.room.names}
 
     def render(self) -> str:
         """The hub's config file: plain assignments a facilitator can read and check."""
@@ -136,7 +137,7 @@ c.Spawner.start_timeout = 180
 c.Spawner.http_timeout = 180
 c.Spawner.environment = {{
     **{self.passed_env!r},
-    **{{key: seat_value(key) for key in {list(SEAT_KEYS) + ["JUPYTER_RUNTIME_DIR"]!r}}},
+    **{{key: seat_value(key) for key in {[*SEAT_KEYS, RUNTIME_KEY]!r}}},
 }}
 
 c.JupyterHub.services = [

@@ -141,7 +141,7 @@ class SeatKernel:
             self.ws.send(message)
 
     def _recv(self) -> dict | None:
-        """The next message, or None after a quiet 5 s or a reconnect (the caller decides what next)."""
+        """The next message, or None after a quiet 5 s or a reconnect (self.reconnects tells which)."""
         import websocket
 
         try:
@@ -150,7 +150,7 @@ class SeatKernel:
             return None
         except (websocket.WebSocketConnectionClosedException, OSError):
             self._reconnect()
-            return {"reconnected": True}
+            return None
 
     def run(self, code: str, timeout: float = 900) -> CellRun:
         msg_id, probe = uuid.uuid4().hex, None
@@ -158,16 +158,17 @@ class SeatKernel:
                    "allow_stdin": False, "stop_on_error": True}
         self._send("execute_request", execute, msg_id)
         start, error, texts, replied, idle, heard = time.monotonic(), None, [], False, False, False
+        connection = self.reconnects  # the websocket the cell went out on
         while not (replied and idle):
             if time.monotonic() - start > timeout:
                 raise Unreachable(f"a cell ran longer than {timeout:.0f} s in {self.login.seat}'s kernel")
             msg = self._recv()
-            if msg is None:
-                continue
-            if msg.get("reconnected"):
+            if self.reconnects != connection:
+                connection = self.reconnects
                 if not heard:  # did the kernel get the cell? Its shell answers in order: ask it something
                     probe = uuid.uuid4().hex
                     self._send("kernel_info_request", {}, probe)
+            if msg is None:
                 continue
             parent = (msg.get("parent_header") or {}).get("msg_id")
             if parent == probe and msg["msg_type"] == "kernel_info_reply":
