@@ -1,6 +1,7 @@
 """Shared fixtures: one local lab per test session, on loopback, with fast timings."""
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -107,6 +108,11 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "browser: drives JupyterLab in Debian's chromium")
     config.addinivalue_line("markers", "install: pip install from a clean clone into a fresh venv")
     config.addinivalue_line("markers", "xdist_group(name): pytest-xdist runs a group's tests on one worker")
+    # Ctrl-C tests send SIGINT to labkit's processes, as a terminal does. Started from `nohup ... &` (no job
+    # control), the suite inherits SIGINT ignored, every child it starts too, and those tests hang; a handler
+    # here is reset to the default in each child at exec
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # ---- the suite in parallel (.ci/run: pytest-xdist, --dist loadgroup) ------------------------------
