@@ -257,6 +257,47 @@ def test_rehearse_a_small_room_odd_seats_change_even_seats_stay_clean(tmp_path):
     assert all(s["ready_seconds"] < 1.0 for s in seats.values()), seats  # found running: no server starts in 1 s
 
 
+def test_ctrl_c_stops_a_rehearsal_while_its_seats_run_cells_and_leaves_nothing_running(tmp_path):
+    import psutil
+
+    # its own session, signalled as a group: what a terminal's Ctrl-C does (the hub has its own session)
+    proc = subprocess.Popen([sys.executable, "-m", "labkit", "room", "rehearse", "--seats", "2", "--change", "all",
+                             "--port", str(_free_port()), "--dir", str(tmp_path / ".room"), "--start-servers"],
+                            cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline, family = time.monotonic() + 300, []
+        while time.monotonic() < deadline and proc.poll() is None:  # both seats' kernels running 01
+            family = psutil.Process(proc.pid).children(recursive=True)
+            if sum("ipykernel" in " ".join(_cmdline(p)) for p in family) >= 2:
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(2)  # into 01's cells
+        family = psutil.Process(proc.pid).children(recursive=True)
+        os.killpg(proc.pid, signal.SIGINT)
+        sent = time.monotonic()
+        out = proc.communicate(timeout=120)[0]
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, out[-3000:]
+    assert "stopping: every seat stops where it is" in out and "room stopped" in out and "leftover" not in out
+    assert took < 20, f"{took:.1f} s from Ctrl-C to exit (the seats ran 01 to its end first?)\n{out[-2000:]}"
+    assert [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+    assert "room: seats" not in out  # no report of a rehearsal that did not run
+
+
+def _cmdline(proc) -> list[str]:
+    import psutil
+
+    try:
+        return proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return []
+
+
 # ------------------------------------------------------------------------ a seat's reports, culling
 def test_the_timeline_tells_its_hooks_and_a_failing_hook_stops_nothing(tmp_path):
     from labkit import timeline

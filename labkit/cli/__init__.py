@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         except LabError as exc:
             err(f"error: {exc}")
             return exc.exit_code
+        except KeyboardInterrupt:  # the room stopped what it had started before this reaches here
+            err("interrupted")
+            return 130
     args = build_parser().parse_args(argv)  # argparse errors exit 2
     try:
         code = COMMANDS[args.command].run(args) or 0

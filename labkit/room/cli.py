@@ -70,6 +70,8 @@ def require_jupyterhub() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse(list(sys.argv[1:] if argv is None else argv))
     require_jupyterhub()
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the room as Ctrl-C does
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
     if args.command == "rehearse":
         from labkit.room.rehearse import rehearse
 
@@ -82,8 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     if tenant is not None:
         print(f"  shared tenant: {tenant.describe()}", flush=True)
     print("Ctrl-C stops the hub, every seat's server and lab.", flush=True)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the room as Ctrl-C does
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
     try:
         while hub.proc.poll() is None:
             time.sleep(0.5)

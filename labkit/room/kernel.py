@@ -4,6 +4,7 @@ kernel's websocket (Jupyter's messaging protocol, v5.3), timing each cell."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ class SeatLogin:
     password: str
     client: httpx.Client = field(init=False)
     token: str | None = None
+    stop: threading.Event = field(default_factory=threading.Event)  # set on Ctrl-C: the seat ends where it is
 
     def __post_init__(self):
         self.client = httpx.Client(base_url=self.hub_url, timeout=60)
@@ -60,7 +62,7 @@ class SeatLogin:
             server = (self.client.get(f"/hub/api/users/{self.seat}").json().get("servers") or {}).get("", {})
             if server.get("ready"):
                 return time.monotonic() - start
-            time.sleep(0.5)
+            self.pause(0.5)
         raise Unreachable(f"{self.seat}'s server was not ready within {timeout:.0f} s (see the hub's log)")
 
     def ask_for_server(self, seat: str) -> None:
@@ -68,6 +70,11 @@ class SeatLogin:
         r = self.client.post(f"/hub/api/users/{seat}/server")
         if r.status_code not in (201, 202, 400):  # 400: already running
             raise LabError(f"the hub would not start {seat}'s server: {r.status_code} {r.text[:200]}")
+
+    def pause(self, seconds: float) -> None:
+        """Sleep, unless the rehearsal is stopped (then KeyboardInterrupt, in this seat's thread)."""
+        if self.stop.wait(seconds):
+            raise KeyboardInterrupt
 
     def close(self) -> None:
         self.client.close()
@@ -118,7 +125,7 @@ class SeatKernel:
                 if getattr(exc, "status_code", None) in (403, 404) or attempt == self.RECONNECTS:  # gone
                     raise Unreachable(f"{self.login.seat}'s kernel websocket would not open after "
                                       f"{attempt + 1} tries: {type(exc).__name__}: {str(exc)[:200]}") from exc
-                time.sleep(2 ** attempt)
+                self.login.pause(2 ** attempt)
 
     def cells(self) -> list[str]:
         """The notebook's code cells, as the server has the file (the workbook as shipped)."""
@@ -162,6 +169,7 @@ class SeatKernel:
         while not (replied and idle):
             if time.monotonic() - start > timeout:
                 raise Unreachable(f"a cell ran longer than {timeout:.0f} s in {self.login.seat}'s kernel")
+            self.login.pause(0)  # Ctrl-C: within a recv's 5 s
             msg = self._recv()
             if self.reconnects != connection:
                 connection = self.reconnects

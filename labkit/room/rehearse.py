@@ -13,9 +13,10 @@ import json
 import math
 import re
 import statistics
+import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -110,9 +111,10 @@ class MemoryWatch:
         return seen, shared
 
 
-def run_seat(hub_url: str, seat: str, password: str, notebook: str, changes: bool) -> SeatResult:
+def run_seat(hub_url: str, seat: str, password: str, notebook: str, changes: bool,
+             stop: threading.Event) -> SeatResult:
     result = SeatResult(seat, changes)
-    login = SeatLogin(hub_url, seat, password)
+    login = SeatLogin(hub_url, seat, password, stop=stop)
     kernel = None
     try:
         login.login()
@@ -126,6 +128,7 @@ def run_seat(hub_url: str, seat: str, password: str, notebook: str, changes: boo
         else:
             result.notebook_cells = len(cells)
         for code in cells:
+            login.pause(0)
             ran = kernel.run(code)
             result.cells.append(ran)
             if ran.error:
@@ -146,6 +149,16 @@ def run_seat(hub_url: str, seat: str, password: str, notebook: str, changes: boo
             kernel.close()
         login.close()
     return result
+
+
+def run_seats(pool: ThreadPoolExecutor, seats: list[tuple]) -> list[SeatResult]:
+    """Every seat at once, in the pool; a line as each ends (a room of 40 runs for minutes)."""
+    futures = [pool.submit(run_seat, *seat) for seat in seats]
+    for done, future in enumerate(as_completed(futures), 1):
+        result = future.result()
+        said = f" ({result.seat} failed)" if result.failed else ""
+        print(f"  seats done: {done} of {len(seats)}{said}", file=sys.stderr, flush=True)
+    return [f.result() for f in futures]
 
 
 def board_rows(hub_url: str, password: str) -> dict[str, dict]:
@@ -266,16 +279,22 @@ def rehearse(args) -> int:
     if any(s not in secrets for s in seats):
         raise LabError(f"the room at {hub_url} has fewer seats than --seats {args.seats}.")
     changes = {s: args.change == "all" or int(s.split("-")[1]) % 2 == 1 for s in seats}
-    start = time.monotonic()
+    start, stop = time.monotonic(), threading.Event()
+    pool = ThreadPoolExecutor(max_workers=len(seats))
     try:
-        with MemoryWatch(seats, room.folder) as watch, ThreadPoolExecutor(max_workers=len(seats)) as pool:
-            results = list(pool.map(lambda s: run_seat(hub_url, s, secrets[s], args.notebook, changes[s]), seats))
+        with MemoryWatch(seats, room.folder) as watch:
+            results = run_seats(pool, [(hub_url, s, secrets[s], args.notebook, changes[s], stop) for s in seats])
         wall = time.monotonic() - start
         ready = max((r.ready_seconds for r in results if not math.isnan(r.ready_seconds)), default=math.nan)
         found = board_agrees(hub_url, secrets[FACILITATOR], results)
         servers = "pre-started by the facilitator" if getattr(args, "start_servers", False) else "started at each login"
         totals = report(results, watch, ready, wall, found, servers)
+    except KeyboardInterrupt:  # Ctrl-C (or kill): every seat ends where it is, then the room stops
+        print("stopping: every seat stops where it is, then the room", file=sys.stderr, flush=True)
+        raise
     finally:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)  # seats notice within a websocket recv (5 s)
         if hub is not None:
             left = stop_room(hub, tenant)
             print(f"room stopped{f'; killed {len(left)} leftover processes' if left else ''}", flush=True)
