@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import math
+import sys
 from datetime import datetime, timedelta, timezone
 
 from labkit import verdict
@@ -360,6 +361,20 @@ def _layout(service: str, subtitle: str, rate_name: str, shapes: list, annotatio
         shapes=shapes, annotations=annotations, meta={"labkit": meta})
 
 
+def graph_objects():
+    """plotly.graph_objects, without the second a kernel would lose showing its first figure.
+
+    plotly's display imports nbformat, whose jsonschema imports rfc3987_syntax when it is installed
+    (Jupyter's jsonschema[format-nongpl] installs it), which builds ~35 Lark parsers at import: 1.1 s
+    of CPU in every kernel (python-jsonschema/jsonschema#1428). It only checks the "iri" formats, which
+    no notebook schema uses; without it jsonschema leaves them unchecked. In a room of 40 seats on 2
+    cores, 20 kernels paid it at once and the chart cell took 24 s."""
+    sys.modules.setdefault("rfc3987_syntax", None)  # `import rfc3987_syntax` -> ImportError, skipped
+    import plotly.graph_objects as go
+
+    return go
+
+
 def failures_figure(failed, events=None, problems=None, timeline: Timeline | None = None,
                     service: str = "cart", local: bool = False, widget: bool = False, logs=None,
                     flag: str = "cartFailure", judged=None):
@@ -389,7 +404,7 @@ def failures_figure(failed, events=None, problems=None, timeline: Timeline | Non
     Returns a go.Figure (a go.FigureWidget when widget=True). layout.meta["labkit"] counts what was
     drawn (change_markers, step_markers, problems, slots, partial, empty, local, verdict).
     """
-    import plotly.graph_objects as go
+    go = graph_objects()
 
     rows = _rows(failed)
     slot = _slot(failed)

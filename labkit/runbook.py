@@ -55,7 +55,9 @@ def error_trend(failed, service: str = "cart", events=None):
     (the frame's timestamp is that minute's start: labkit.dynatrace stamps minutes so), as a step
     line with a marker in the minute's middle: the minute the main chart's bar covers."""
     import pandas as pd
-    import plotly.graph_objects as go
+    from labkit.charts import graph_objects
+
+    go = graph_objects()
 
     rows = failed if failed is not None and len(failed) else None
     starts = list(pd.to_datetime(rows["timestamp"], utc=True).dt.tz_localize(None)) if rows is not None else []
@@ -109,7 +111,9 @@ def changes_and_problems(events, problems, failed=None):
     times inside it: a change at 09:49:51 shows in 09:49's bar, saying 09:49:51. With `failed`
     (chart 1's minutes) its x axis is chart 1's."""
     import pandas as pd
-    import plotly.graph_objects as go
+    from labkit.charts import graph_objects
+
+    go = graph_objects()
 
     changes = _counts((r.get("timestamp"), f"{r.get('flag')} = {r.get('new')}")
                       for r in (events.to_dict("records") if events is not None and len(events) else []))

@@ -42,7 +42,9 @@ def figure(spans, trace_id: str = "", local: bool = False):
     The labels are annotations in the left margin, left-aligned and indented by depth, as the
     Distributed traces app shows a tree: axis tick labels are right-aligned, so an indentation there
     never shows. One row a span (y is its place), so two spans of one name keep two rows."""
-    import plotly.graph_objects as go
+    from labkit.charts import graph_objects
+
+    go = graph_objects()
 
     ordered = tree_order(spans)
     t0 = min((r["start"] for r, _ in ordered), default=None)

@@ -349,3 +349,21 @@ def test_the_runbook_charts_agree_with_the_main_chart_minute_by_minute():
     assert pd.Timestamp(change.x[0]).floor("min") == _naive(T0 + timedelta(minutes=19))
     assert change.text[0] == "10:19:51" and problem.text[0] == "10:20:23"  # at their own times
     assert pd.Timestamp(problem.x[0]).floor("min") == _naive(T0 + timedelta(minutes=20))
+
+
+def test_a_kernels_first_figure_shows_without_compiling_rfc3987_syntaxs_grammars():
+    # plotly's display imports nbformat -> jsonschema -> rfc3987_syntax (1.1 s of Lark parsers per kernel)
+    code = """
+import sys, time
+from labkit import charts
+go = charts.graph_objects()
+import nbformat, plotly.io as pio
+start = time.perf_counter()
+bundle = pio.renderers._build_mime_bundle(go.Figure(go.Bar(y=[1])).to_dict(), renderers_string="plotly_mimetype")
+assert "application/vnd.plotly.v1+json" in bundle, bundle.keys()
+nbformat.validate(nbformat.v4.new_notebook())  # notebooks still validate
+print(sys.modules.get("rfc3987_syntax", "absent"))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() in ("None", "absent"), done.stdout
