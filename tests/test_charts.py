@@ -354,11 +354,10 @@ def test_the_runbook_charts_agree_with_the_main_chart_minute_by_minute():
 def test_a_kernels_first_figure_shows_without_compiling_rfc3987_syntaxs_grammars():
     # plotly's display imports nbformat -> jsonschema -> rfc3987_syntax (1.1 s of Lark parsers per kernel)
     code = """
-import sys, time
+import sys
 from labkit import charts
 go = charts.graph_objects()
 import nbformat, plotly.io as pio
-start = time.perf_counter()
 bundle = pio.renderers._build_mime_bundle(go.Figure(go.Bar(y=[1])).to_dict(), renderers_string="plotly_mimetype")
 assert "application/vnd.plotly.v1+json" in bundle, bundle.keys()
 nbformat.validate(nbformat.v4.new_notebook())  # notebooks still validate

@@ -266,10 +266,9 @@ def test_ctrl_c_stops_a_rehearsal_while_its_seats_run_cells_and_leaves_nothing_r
                             cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
-        deadline, family = time.monotonic() + 300, []
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:  # both seats' kernels running 01
-            family = psutil.Process(proc.pid).children(recursive=True)
-            if sum("ipykernel" in " ".join(_cmdline(p)) for p in family) >= 2:
+            if len(_room_kernels(tmp_path / ".room", 2)) >= 2:
                 break
             time.sleep(0.5)
         assert proc.poll() is None, proc.stdout.read()[-3000:]
@@ -289,13 +288,15 @@ def test_ctrl_c_stops_a_rehearsal_while_its_seats_run_cells_and_leaves_nothing_r
     assert "room: seats" not in out  # no report of a rehearsal that did not run
 
 
-def _cmdline(proc) -> list[str]:
+def _room_kernels(folder: Path, seats: int) -> list:
+    """The room's seats' kernels: their connection files are in the room's runtime dirs (not its folder)."""
     import psutil
 
-    try:
-        return proc.cmdline()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return []
+    from labkit.room.seats import Room
+
+    runtime = str(Room(folder, seats).runtime_root)
+    return [p for p in psutil.process_iter(["cmdline"])
+            if "ipykernel" in " ".join(p.info["cmdline"] or []) and runtime in " ".join(p.info["cmdline"] or [])]
 
 
 # ------------------------------------------------------------------------ a seat's reports, culling
@@ -327,8 +328,6 @@ def test_the_report_hook_installs_only_in_a_seat_of_a_room(monkeypatch):
 def test_an_idle_seat_is_culled_and_its_lab_stops_with_it(tmp_path):
     """jupyterhub-idle-culler, a hub service, stops a seat's server idle past --cull-after; the seat's
     local lab lived in its kernel, so it stops too (its Kubernetes API no longer answers)."""
-    import psutil
-
     from labkit.room.kernel import SeatKernel, SeatLogin
 
     folder, port = tmp_path / ".room", _free_port()
@@ -367,9 +366,7 @@ def test_an_idle_seat_is_culled_and_its_lab_stops_with_it(tmp_path):
             time.sleep(0.5)
         with pytest.raises(httpx.ConnectError):
             httpx.get(server + "/healthz", verify=False, timeout=2)
-        kernels = [p for p in psutil.process_iter(["cmdline"])
-                   if str(folder) in " ".join(p.info["cmdline"] or []) and "ipykernel" in " ".join(p.info["cmdline"])]
-        assert kernels == [], "a culled seat's kernel is still running"
+        assert _room_kernels(folder, 1) == [], "a culled seat's kernel is still running"
         seat.close()
     finally:
         proc.send_signal(signal.SIGINT)
