@@ -7,7 +7,6 @@ imported inside the functions: `import labkit.charts` stays cheap.
 from __future__ import annotations
 
 import html
-import math
 import sys
 from datetime import datetime, timedelta, timezone
 
